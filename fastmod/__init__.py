@@ -1,0 +1,15 @@
+"""fastmod: Cython-accelerated CPU neural-network modules with hand-written backward passes.
+
+    import numpy as np, fastmod
+    from fastmod import nn
+    model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 10))
+    logits = model(x); loss = crit(logits, y); model.backward(crit.backward()); opt.step()
+"""
+from fastmod._runtime import (set_num_threads, get_num_threads, have_openmp, no_grad,
+                              enable_grad, is_grad_enabled, manual_seed, default_generator)
+from fastmod import nn, losses
+
+__version__ = "0.1.0"
+
+__all__ = ["nn", "losses", "set_num_threads", "get_num_threads", "have_openmp", "no_grad",
+           "enable_grad", "is_grad_enabled", "manual_seed", "default_generator"]

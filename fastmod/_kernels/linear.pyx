@@ -1,0 +1,133 @@
+# cython: language_level=3
+"""Linear (the seed's MM_{W,b}) forward and backward on BLAS.
+
+Legend: N = rows (batch, flattened leading dims), IN = in_features, OUT = out_features.
+Layouts (row-major, C-contiguous, one dtype): x (N, IN), weight (OUT, IN), bias (OUT,), y (N, OUT).
+
+The def entry points take ndarrays and read their data pointers directly: acquiring a typed
+memoryview costs ~1 us per argument, which is most of the budget of a batch-1 forward. The
+Python layer (fastmod.nn) has already checked shapes, dtypes and contiguity.
+"""
+cimport numpy as cnp
+from cython cimport floating
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
+
+from fastmod._kernels._blas cimport pgemm, pgemv
+from fastmod._kernels._threads cimport num_threads
+
+cnp.import_array()
+
+
+cdef void _linear_forward(floating* y, const floating* x, const floating* w, const floating* b,
+                          int N, int IN, int OUT) noexcept nogil:
+    # y (N, OUT) = x (N, IN) @ w.T (IN, OUT) + b: broadcast b into y, then GEMM with beta = 1
+    cdef int n
+    cdef floating beta = 0
+    if b != NULL:
+        for n in range(N):
+            memcpy(y + <Py_ssize_t>n * OUT, b, OUT * sizeof(floating))
+        beta = 1
+    cdef int nt = num_threads()
+    if N == 1:
+        pgemv(False, OUT, IN, <floating>1, w, IN, x, beta, y, nt)
+    else:
+        pgemm(False, True, N, OUT, IN, <floating>1, x, IN, w, IN, beta, y, OUT, nt)
+
+
+cdef void _bias_grad(floating* db, const floating* dy, Py_ssize_t N, int C, bint accumulate) noexcept nogil:
+    # db (C,) (+)= sum over rows of dy (N, C); summed in double so long batches keep precision
+    cdef double* acc = <double*>malloc(C * sizeof(double))
+    cdef Py_ssize_t n
+    cdef int c
+    cdef const floating* row
+    for c in range(C):
+        acc[c] = 0
+    for n in range(N):
+        row = dy + n * C
+        for c in range(C):
+            acc[c] += row[c]
+    if accumulate:
+        for c in range(C):
+            db[c] = <floating>(db[c] + acc[c])
+    else:
+        for c in range(C):
+            db[c] = <floating>acc[c]
+    free(acc)
+
+
+cdef void _linear_backward(floating* dx, floating* dw, floating* db,
+                           const floating* dy, const floating* x, const floating* w,
+                           int N, int IN, int OUT, bint acc_w, bint acc_b) noexcept nogil:
+    cdef int nt = num_threads()
+    # dW (OUT, IN) (+)= dy.T (OUT, N) @ x (N, IN)
+    if dw != NULL:
+        pgemm(True, False, OUT, IN, N, <floating>1, dy, OUT, x, IN,
+              <floating>(1 if acc_w else 0), dw, IN, nt)
+    # db (OUT,) (+)= dy summed over rows
+    if db != NULL:
+        _bias_grad(db, dy, N, OUT, acc_b)
+    # dx (N, IN) = dy (N, OUT) @ W (OUT, IN)
+    if dx != NULL:
+        if N == 1:
+            pgemv(True, OUT, IN, <floating>1, w, IN, dy, <floating>0, dx, nt)
+        else:
+            pgemm(False, False, N, IN, OUT, <floating>1, dy, OUT, w, IN, <floating>0, dx, IN, nt)
+
+
+cdef inline void* _ptr(object a):
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+def linear_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b):
+    """y (N, OUT) = x (N, IN) @ w.T + b (b may be None)."""
+    cdef int N = <int>cnp.PyArray_DIM(x, 0), IN = <int>cnp.PyArray_DIM(x, 1)
+    cdef int OUT = <int>cnp.PyArray_DIM(w, 0)
+    cdef void* py = cnp.PyArray_DATA(y)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* pw = cnp.PyArray_DATA(w)
+    cdef void* pb = _ptr(b)
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+        with nogil:
+            _linear_forward(<float*>py, <float*>px, <float*>pw, <float*>pb, N, IN, OUT)
+    else:
+        with nogil:
+            _linear_forward(<double*>py, <double*>px, <double*>pw, <double*>pb, N, IN, OUT)
+
+
+def linear_backward(object dx, object dw, object db, cnp.ndarray dy, cnp.ndarray x,
+                    cnp.ndarray w, bint acc_w, bint acc_b):
+    """dx = dy @ w; dw (+)= dy.T @ x; db (+)= dy.sum(0). Any of dx, dw, db may be None to skip it.
+
+    acc_w / acc_b: add into dw / db (True) or overwrite them (False, when they are known zero).
+    """
+    cdef int N = <int>cnp.PyArray_DIM(x, 0), IN = <int>cnp.PyArray_DIM(x, 1)
+    cdef int OUT = <int>cnp.PyArray_DIM(w, 0)
+    cdef void* pdx = _ptr(dx)
+    cdef void* pdw = _ptr(dw)
+    cdef void* pdb = _ptr(db)
+    cdef void* pdy = cnp.PyArray_DATA(dy)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* pw = cnp.PyArray_DATA(w)
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+        with nogil:
+            _linear_backward(<float*>pdx, <float*>pdw, <float*>pdb, <float*>pdy, <float*>px,
+                             <float*>pw, N, IN, OUT, acc_w, acc_b)
+    else:
+        with nogil:
+            _linear_backward(<double*>pdx, <double*>pdw, <double*>pdb, <double*>pdy, <double*>px,
+                             <double*>pw, N, IN, OUT, acc_w, acc_b)
+
+
+def bias_grad(cnp.ndarray db, cnp.ndarray dy, bint accumulate):
+    """db (C,) (+)= dy (R, C) summed over rows (R = dy.size // C), in double."""
+    cdef int C = <int>cnp.PyArray_DIM(db, 0)
+    cdef Py_ssize_t R = cnp.PyArray_SIZE(dy) // C
+    cdef void* pdb = cnp.PyArray_DATA(db)
+    cdef void* pdy = cnp.PyArray_DATA(dy)
+    if cnp.PyArray_TYPE(dy) == cnp.NPY_FLOAT32:
+        with nogil:
+            _bias_grad(<float*>pdb, <float*>pdy, R, C, accumulate)
+    else:
+        with nogil:
+            _bias_grad(<double*>pdb, <double*>pdy, R, C, accumulate)

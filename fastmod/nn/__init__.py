@@ -1,0 +1,12 @@
+"""fastmod.nn: the seed's building blocks as modules with hand-written backward passes."""
+from fastmod.nn.module import Module, Parameter
+from fastmod.nn.linear import Linear
+from fastmod.nn.activation import ReLU, Sigmoid, Tanh, GELU, Softmax, LogSoftmax
+from fastmod.nn.containers import (Identity, Sequential, ModuleList, Residual, Parallel,
+                                   ResidualBlock)
+from fastmod.nn.misc import Flatten, Dropout
+from fastmod.nn import init
+
+__all__ = ["Module", "Parameter", "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax",
+           "LogSoftmax", "Identity", "Sequential", "ModuleList", "Residual", "Parallel",
+           "ResidualBlock", "Flatten", "Dropout", "init"]

@@ -1,0 +1,244 @@
+"""Composition (the seed's "Module Composition Strategies"): sequential, parallel, residual."""
+from collections import OrderedDict
+
+import numpy as np
+
+from fastmod.nn._validate import positive_int
+from fastmod.nn.activation import make_activation
+from fastmod.nn.linear import Linear
+from fastmod.nn.module import Module
+
+
+def _backward_first(m, dy, need_input_grad):
+    # only pass the flag when it matters, so user modules with backward(dy) keep working
+    return m.backward(dy) if need_input_grad else m.backward(dy, need_input_grad=False)
+
+
+class Identity(Module):
+    """y = x. Shape: any -> same."""
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dy, need_input_grad=True):
+        return dy
+
+
+class Sequential(Module):
+    """f(x) = f_n(... f_2(f_1(x))) (the seed's sequential composition); backward in reverse.
+
+    Args: modules, or one OrderedDict of name -> module. Children are named "0", "1", ...
+
+    Example:
+        >>> import numpy as np, fastmod.nn as nn
+        >>> m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> m(np.zeros((3, 4), np.float32)).shape
+        (3, 2)
+    """
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], (dict, OrderedDict)):
+            items = modules[0].items()
+        else:
+            items = ((str(i), m) for i, m in enumerate(modules))
+        for name, m in items:
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: element {name!r} is a {type(m).__name__}, not a Module")
+            self.add_module(name, m)
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def backward(self, dy, need_input_grad=True):
+        mods = list(self._modules.values())
+        if not mods:
+            return dy
+        for m in reversed(mods[1:]):
+            dy = m.backward(dy)
+        return _backward_first(mods[0], dy, need_input_grad)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, idx):
+        mods = list(self._modules.values())
+        if isinstance(idx, slice):
+            return Sequential(*mods[idx])
+        return mods[idx]
+
+    def append(self, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"Sequential.append: expected a Module, got {type(module).__name__}")
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+
+class ModuleList(Module):
+    """A list of modules that registers them (named "0", "1", ...); it has no forward."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleList.append: expected a Module, got {type(module).__name__}")
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+    def extend(self, modules):
+        for m in modules:
+            self.append(m)
+        return self
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, idx):
+        mods = list(self._modules.values())
+        if isinstance(idx, slice):
+            return ModuleList(mods[idx])
+        return mods[idx]
+
+    def forward(self, *args, **kwargs):
+        raise TypeError("ModuleList is a container, not a layer: iterate over it and call its modules")
+
+
+class Residual(Module):
+    """f(x) = x + g(x) (the seed's residual composition; a skip connection is
+    Residual(Sequential(...))). Backward: dx = dy + g.backward(dy).
+
+    Shape: x -> same (g must preserve the shape).
+    """
+
+    def __init__(self, fn):
+        super().__init__()
+        if not isinstance(fn, Module):
+            raise TypeError(f"Residual: expected a Module, got {type(fn).__name__}")
+        self.fn = fn
+
+    def forward(self, x):
+        gx = self.fn(x)
+        if not isinstance(gx, np.ndarray) or gx.shape != np.shape(x):
+            raise ValueError(f"Residual: the wrapped module must keep the input's shape "
+                             f"{np.shape(x)}, got {getattr(gx, 'shape', type(gx).__name__)}")
+        return x + gx
+
+    def backward(self, dy, need_input_grad=True):
+        dg = _backward_first(self.fn, dy, need_input_grad)
+        return dy + dg if need_input_grad else None
+
+
+class Parallel(Module):
+    """f(x) = Combine(f_1(x), ..., f_n(x)) (the seed's parallel composition).
+
+    Args:
+        *branches: modules applied to the same input.
+        combine: 'sum' (outputs of equal shape are added) or 'concat' (joined along `dim`).
+        dim: the concatenation axis (default 1, channels / features).
+
+    Backward: the output gradient is given (split, for concat) to each branch, and the
+    branches' input gradients are added.
+    """
+
+    def __init__(self, *branches, combine="sum", dim=1):
+        super().__init__()
+        if not branches:
+            raise ValueError("Parallel: expected at least one branch")
+        if combine not in ("sum", "concat"):
+            raise ValueError(f"Parallel: combine must be 'sum' or 'concat', got {combine!r}")
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+            raise ValueError(f"Parallel: dim must be an int, got {dim!r}")
+        for i, b in enumerate(branches):
+            if not isinstance(b, Module):
+                raise TypeError(f"Parallel: branch {i} is a {type(b).__name__}, not a Module")
+            self.add_module(str(i), b)
+        self.combine = combine
+        self.dim = int(dim)
+
+    def extra_repr(self):
+        return f"combine={self.combine!r}" + (f", dim={self.dim}" if self.combine == "concat" else "")
+
+    def forward(self, x):
+        outs = [b(x) for b in self._modules.values()]
+        if self.combine == "sum":
+            shape = outs[0].shape
+            for i, o in enumerate(outs[1:], 1):
+                if o.shape != shape:
+                    raise ValueError(f"{self._short_repr()}: branch {i} gave shape {o.shape}, "
+                                     f"branch 0 gave {shape}; 'sum' needs equal shapes")
+            y = outs[0].copy()
+            for o in outs[1:]:
+                y += o
+            self._save(None)
+            return y
+        nd = outs[0].ndim
+        if not -nd <= self.dim < nd:
+            raise ValueError(f"{self._short_repr()}: dim {self.dim} out of range for outputs of rank {nd}")
+        d = self.dim % nd
+        for i, o in enumerate(outs[1:], 1):
+            if o.ndim != nd or o.shape[:d] + o.shape[d + 1:] != outs[0].shape[:d] + outs[0].shape[d + 1:]:
+                raise ValueError(f"{self._short_repr()}: branch {i} gave shape {o.shape}, branch 0 "
+                                 f"gave {outs[0].shape}; 'concat' needs equal shapes except on dim {d}")
+        self._save(np.cumsum([o.shape[d] for o in outs])[:-1])
+        return np.concatenate(outs, axis=d)
+
+    def backward(self, dy, need_input_grad=True):
+        (splits,) = self._saved()
+        branches = list(self._modules.values())
+        if splits is None:
+            parts = [dy] * len(branches)
+        else:
+            parts = np.split(dy, splits, axis=self.dim % dy.ndim)
+        dx = None
+        for b, g in zip(branches, parts):
+            gi = _backward_first(b, np.ascontiguousarray(g), need_input_grad)
+            if need_input_grad:
+                dx = gi.copy() if dx is None else dx.__iadd__(gi)
+        return dx
+
+
+class ResidualBlock(Module):
+    """Res(z) = z + sigma(MM_1(sigma(MM_2(z)))) — the seed's residual block, "Advanced Modules".
+
+    Args:
+        dim: feature size (MM_1 and MM_2 are Linear(dim, dim)).
+        activation: 'relu' (default), 'gelu', 'tanh', 'sigmoid', or a Module class.
+
+    Shape: (*, dim) -> (*, dim). Children: mm1, mm2 (MM_2 is applied first, as in the seed).
+    """
+
+    def __init__(self, dim, activation="relu", dtype=np.float32):
+        super().__init__()
+        dim = positive_int(dim, "ResidualBlock: dim")
+        self.dim = dim
+        self.mm1 = Linear(dim, dim, dtype=dtype)
+        self.mm2 = Linear(dim, dim, dtype=dtype)
+        self.act_inner = make_activation(activation, "ResidualBlock")   # sigma after MM_2
+        self.act_outer = make_activation(activation, "ResidualBlock")   # sigma after MM_1
+        self.activation = activation
+
+    def extra_repr(self):
+        return f"{self.dim}" + ("" if self.activation == "relu" else f", activation={self.activation!r}")
+
+    def forward(self, z):
+        h = self.act_outer(self.mm1(self.act_inner(self.mm2(z))))
+        return z + h
+
+    def backward(self, dy, need_input_grad=True):
+        g = self.mm1.backward(self.act_outer.backward(dy))
+        g = self.mm2.backward(self.act_inner.backward(g), need_input_grad)
+        if not need_input_grad:
+            return None
+        g += dy
+        return g

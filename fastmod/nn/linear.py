@@ -1,0 +1,75 @@
+"""Linear: the seed's matrix-multiplication module MM_{W,b}(z) = W z + b."""
+import numpy as np
+
+from fastmod._kernels import linear as _k
+from fastmod.nn import init
+from fastmod.nn._validate import boolean, positive_int
+from fastmod.nn.module import Module, Parameter, as_float_dtype
+
+
+class Linear(Module):
+    """y = x W^T + b  (the seed's MM_{W,b}, "7.3 Basic Building Blocks").
+
+    Note: with b != 0 this map is affine, not linear: MM(a z1 + b z2) = a MM(z1) + b MM(z2) only
+    when the bias is zero (the seed's "Linearity" property needs b = 0). Parameter count
+    out*in + out.
+
+    Args:
+        in_features: size of each input row (m in the seed).
+        out_features: size of each output row (n in the seed).
+        bias: learn an additive bias (default True).
+        dtype: float32 (default) or float64.
+
+    Shape:
+        x (*, in_features) -> y (*, out_features); weight (out_features, in_features).
+
+    Example:
+        >>> import numpy as np, fastmod.nn as nn
+        >>> nn.Linear(784, 10)(np.zeros((32, 784), np.float32)).shape
+        (32, 10)
+    """
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32):
+        super().__init__()
+        self.in_features = positive_int(in_features, "Linear: in_features")
+        self.out_features = positive_int(out_features, "Linear: out_features")
+        boolean(bias, "Linear: bias")
+        dt = as_float_dtype(dtype, "Linear: dtype")
+        self.weight = Parameter(np.empty((self.out_features, self.in_features), dt))
+        self.bias = Parameter(np.empty(self.out_features, dt)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        init.default_weight_bias_(self.weight, self.bias)
+
+    def extra_repr(self):
+        s = f"{self.in_features}, {self.out_features}"
+        return s if self.bias is not None else s + ", bias=False"
+
+    def forward(self, x):
+        w = self.weight.data
+        x = self._check_dtype(x, w.dtype)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"{self._short_repr()}: expected input of shape (*, {self.in_features}), "
+                             f"got {x.shape}")
+        x2 = x.reshape(-1, self.in_features)
+        y = np.empty((x2.shape[0], self.out_features), w.dtype)
+        b = self.bias
+        _k.linear_forward(y, x2, w, None if b is None else b.data)
+        self._save(x2, x.shape)                     # x (N, in) for dW, x's shape for dx
+        return y.reshape(x.shape[:-1] + (self.out_features,))
+
+    def backward(self, dy, need_input_grad=True):
+        x2, xshape = self._saved()
+        w = self.weight
+        dy = self._check_grad(dy, xshape[:-1] + (self.out_features,), w.data.dtype)
+        dy2 = dy.reshape(-1, self.out_features)
+        dw = acc_w = db = acc_b = None
+        if w.requires_grad:
+            dw, acc_w = w.grad_buffer()
+        b = self.bias
+        if b is not None and b.requires_grad:
+            db, acc_b = b.grad_buffer()
+        dx = np.empty_like(x2) if need_input_grad else None
+        _k.linear_backward(dx, dw, db, dy2, x2, w.data, bool(acc_w), bool(acc_b))
+        return dx.reshape(xshape) if need_input_grad else None

@@ -1,0 +1,488 @@
+"""Module and Parameter: the API every fastmod layer shares (SPEC §2).
+
+A Module computes `y = m(x)` (forward) and `dx = m.backward(dy)` (backward). Forward saves what
+backward needs only while grad mode is on (not inside `fastmod.no_grad()`). Backward returns
+the input gradient and *adds* parameter gradients into `p.grad`, as torch does.
+
+Saved state is a stack per module: a module applied twice within one forward pass (one top-level
+call) keeps both states and backward pops them in reverse order, which is the order a
+container's backward visits them. A new top-level forward releases what earlier passes left
+(so evaluating in training mode never leaks memory); a backward with nothing to pop raises.
+"""
+from collections import OrderedDict, namedtuple
+
+import numpy as np
+
+from fastmod._runtime import STATE
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+F32, F64 = FLOAT_DTYPES
+
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+
+def as_float_dtype(dtype, who="dtype"):
+    """np.float32 / np.float64 (any spelling) -> np.dtype; anything else -> TypeError."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{who}: expected float32 or float64, got {dtype!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{who}: expected float32 or float64, got {dt}")
+    return dt
+
+
+class Parameter:
+    """A learnable array: `.data` (updated in place by optimizers) and `.grad` (same shape).
+
+    Gradients are zeroed lazily: `zero_grad()` only marks the gradient as zero, and the next
+    backward overwrites it instead of adding (BLAS beta = 0), so zeroing costs nothing and a
+    parameter no backward reached is skipped by the optimizers, like torch's `grad=None`.
+    """
+    __slots__ = ("data", "_grad", "_grad_zero", "requires_grad", "__weakref__")
+
+    def __init__(self, data, requires_grad=True):
+        data = np.asarray(data)
+        if data.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"Parameter: expected float32 or float64 data, got {data.dtype}")
+        self.data = np.ascontiguousarray(data)
+        self._grad = None
+        self._grad_zero = True
+        self.requires_grad = bool(requires_grad)
+
+    # -- gradient access -------------------------------------------------------------------
+    @property
+    def grad(self):
+        """d(loss)/d(data), an array of data's shape and dtype (zeros before any backward)."""
+        g = self._grad
+        if g is None or g.shape != self.data.shape or g.dtype != self.data.dtype:
+            g = self._grad = np.zeros_like(self.data)
+        elif self._grad_zero:
+            g.fill(0)
+        self._grad_zero = False
+        return g
+
+    @grad.setter
+    def grad(self, value):
+        if value is None:
+            self._grad_zero = True
+            return
+        value = np.asarray(value)
+        if value.shape != self.data.shape or value.dtype != self.data.dtype:
+            raise ValueError(f"Parameter.grad: expected {self.data.dtype} array of shape "
+                             f"{self.data.shape}, got {value.dtype} {value.shape}")
+        self._grad = np.ascontiguousarray(value).copy()
+        self._grad_zero = False
+
+    def grad_buffer(self):
+        """(grad array, accumulate) for kernels: write with beta = 0 when accumulate is False."""
+        g = self._grad
+        if g is None or g.shape != self.data.shape or g.dtype != self.data.dtype:
+            g = self._grad = np.empty_like(self.data)
+            self._grad_zero = True
+        acc = not self._grad_zero
+        self._grad_zero = False
+        return g, acc
+
+    def has_grad(self):
+        """False until a backward (or an assignment) gives this parameter a gradient."""
+        return not self._grad_zero
+
+    def zero_grad(self):
+        self._grad_zero = True
+
+    # -- array-like conveniences -------------------------------------------------------------
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def size(self):
+        return self.data.size
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    def numpy(self):
+        return self.data
+
+    def __array__(self, dtype=None, copy=None):
+        return self.data if dtype is None else self.data.astype(dtype)
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class of every layer and container (torch.nn.Module's API on NumPy arrays)."""
+
+    training = True
+
+    def __init__(self):
+        d = self.__dict__
+        d["_parameters"] = OrderedDict()
+        d["_buffers"] = OrderedDict()
+        d["_non_persistent"] = set()
+        d["_modules"] = OrderedDict()
+        d["_stack"] = []
+        d["training"] = True
+
+    # -- registration -------------------------------------------------------------------------
+    def __setattr__(self, name, value):
+        d = self.__dict__
+        params = d.get("_parameters")
+        if params is None:
+            raise AttributeError(f"{type(self).__name__}: call Module.__init__() before assigning "
+                                 f"attribute {name!r}")
+        if isinstance(value, Parameter):
+            d["_modules"].pop(name, None)
+            d["_buffers"].pop(name, None)
+            params[name] = value
+        elif isinstance(value, Module):
+            params.pop(name, None)
+            d["_buffers"].pop(name, None)
+            d["_modules"][name] = value
+        elif name in params:
+            if value is not None:
+                raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} to "
+                                f"parameter {name!r} (use a Parameter or None)")
+            params[name] = None
+        elif name in d["_buffers"]:
+            if value is not None and not isinstance(value, np.ndarray):
+                raise TypeError(f"{type(self).__name__}: buffer {name!r} must be an ndarray")
+            d["_buffers"][name] = value
+        elif name in d["_modules"]:
+            if value is not None:
+                raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} to "
+                                f"submodule {name!r} (use a Module or None)")
+            d["_modules"][name] = None
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        for reg in ("_parameters", "_buffers", "_modules"):
+            self.__dict__[reg].pop(name, None)
+        object.__delattr__(self, name)
+
+    def register_parameter(self, name, param):
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"register_parameter: expected a Parameter or None, got {type(param).__name__}")
+        self.__dict__["_parameters"][name] = param
+        object.__setattr__(self, name, param)
+
+    def register_buffer(self, name, array, persistent=True):
+        """A state array that is not learned (e.g. BatchNorm's running_mean), saved in state_dict
+        unless persistent=False."""
+        if array is not None and not isinstance(array, np.ndarray):
+            raise TypeError(f"register_buffer: expected an ndarray or None, got {type(array).__name__}")
+        self.__dict__["_buffers"][name] = array
+        if persistent:
+            self._non_persistent.discard(name)
+        else:
+            self._non_persistent.add(name)
+        object.__setattr__(self, name, array)
+
+    def add_module(self, name, module):
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"add_module: expected a Module, got {type(module).__name__}")
+        self.__dict__["_modules"][str(name)] = module
+        object.__setattr__(self, str(name), module)
+
+    # -- forward / backward -----------------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        st = STATE
+        if st.depth:
+            return self.forward(*args, **kwargs)
+        st.pass_id += 1                     # a top-level call starts a new forward pass
+        st.depth = 1
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            st.depth = 0
+
+    def forward(self, *args, **kwargs):
+        raise TypeError(f"{type(self).__name__} does not define forward()")
+
+    def backward(self, dy):
+        raise TypeError(f"{type(self).__name__} does not define backward()")
+
+    def _save(self, *state):
+        """Keep `state` for backward (nothing is kept under no_grad())."""
+        if not STATE.grad_enabled:
+            return
+        stack = self._stack
+        pid = STATE.pass_id
+        if stack and stack[-1][0] != pid:
+            stack.clear()                   # left over from an earlier pass: release it
+        stack.append((pid, state))
+
+    def _saved(self):
+        """Pop the state the matching forward saved; a clear error when there is none."""
+        try:
+            return self._stack.pop()[1]
+        except IndexError:
+            raise RuntimeError(
+                f"{self._short_repr()}.backward: no saved forward state. Call the module with "
+                "grad enabled (not under fastmod.no_grad()) before backward; each forward "
+                "allows one backward, and a new top-level forward releases the state of "
+                "earlier ones.") from None
+
+    def _release_saved(self):
+        self._stack.clear()
+
+    # -- input checks shared by the layers ------------------------------------------------------
+    def _short_repr(self):
+        extra = self.extra_repr()
+        return f"{type(self).__name__}({extra})"
+
+    def _check_array(self, x, name="input"):
+        """x must be a non-empty float32/float64 ndarray; returns it C-contiguous."""
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{self._short_repr()}: expected a numpy.ndarray {name}, "
+                            f"got {type(x).__name__}")
+        dt = x.dtype
+        if dt is not F32 and dt is not F64 and dt not in FLOAT_DTYPES:
+            raise TypeError(f"{self._short_repr()}: expected a float32 or float64 {name}, got {dt}")
+        if x.size == 0:
+            raise ValueError(f"{self._short_repr()}: expected a non-empty {name}, got shape {x.shape}")
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        return x
+
+    def _check_dtype(self, x, dtype, name="input"):
+        """x must be an ndarray of exactly `dtype` (the module's parameters' dtype)."""
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{self._short_repr()}: expected a numpy.ndarray {name}, "
+                            f"got {type(x).__name__}")
+        if x.dtype is not dtype and x.dtype != dtype:
+            raise TypeError(f"{self._short_repr()}: expected {dtype} {name} like its weights, got "
+                            f"{x.dtype} (use .astype(np.{dtype}) on the {name}, or "
+                            f".astype(np.{x.dtype}) on the module)")
+        if x.size == 0:
+            raise ValueError(f"{self._short_repr()}: expected a non-empty {name}, got shape {x.shape}")
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        return x
+
+    def _check_grad(self, dy, shape, dtype):
+        """The output gradient must match the forward output's shape and dtype."""
+        if not isinstance(dy, np.ndarray):
+            raise TypeError(f"{self._short_repr()}.backward: expected a numpy.ndarray gradient, "
+                            f"got {type(dy).__name__}")
+        if dy.shape != shape or (dy.dtype is not dtype and dy.dtype != dtype):
+            raise ValueError(f"{self._short_repr()}.backward: expected a gradient of shape {shape} "
+                             f"and dtype {dtype} (the forward output's), got {dy.shape} {dy.dtype}")
+        if not dy.flags.c_contiguous:
+            dy = np.ascontiguousarray(dy)
+        return dy
+
+    # -- traversal ------------------------------------------------------------------------------
+    def named_modules(self, memo=None, prefix="", remove_duplicate=True):
+        if memo is None:
+            memo = set()
+        if remove_duplicate:
+            if id(self) in memo:
+                return
+            memo.add(id(self))
+        yield prefix, self
+        for name, m in self._modules.items():
+            if m is None:
+                continue
+            sub = prefix + ("." if prefix else "") + name
+            yield from m.named_modules(memo, sub, remove_duplicate)
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def named_children(self):
+        seen = set()
+        for name, m in self._modules.items():
+            if m is not None and id(m) not in seen:
+                seen.add(id(m))
+                yield name, m
+
+    def children(self):
+        for _, m in self.named_children():
+            yield m
+
+    def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
+        seen = set()
+        mods = self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate) if recurse \
+            else [(prefix, self)]
+        for mprefix, m in mods:
+            for name, p in m._parameters.items():
+                if p is None or (remove_duplicate and id(p) in seen):
+                    continue
+                seen.add(id(p))
+                yield mprefix + ("." if mprefix else "") + name, p
+
+    def parameters(self, recurse=True):
+        for _, p in self.named_parameters(recurse=recurse):
+            yield p
+
+    def named_buffers(self, prefix="", recurse=True, persistent_only=False):
+        mods = self.named_modules(prefix=prefix) if recurse else [(prefix, self)]
+        for mprefix, m in mods:
+            for name, b in m._buffers.items():
+                if b is None or (persistent_only and name in m._non_persistent):
+                    continue
+                yield mprefix + ("." if mprefix else "") + name, b
+
+    def buffers(self, recurse=True):
+        for _, b in self.named_buffers(recurse=recurse):
+            yield b
+
+    def apply(self, fn):
+        for m in self.children():
+            m.apply(fn)
+        fn(self)
+        return self
+
+    # -- modes, gradients, sizes, dtype -------------------------------------------------------
+    def train(self, mode=True):
+        if not isinstance(mode, bool):
+            raise ValueError(f"train: mode must be a bool, got {mode!r}")
+        for m in self.modules():
+            m.__dict__["training"] = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.parameters():
+            p.zero_grad()
+
+    def requires_grad_(self, requires_grad=True):
+        for p in self.parameters():
+            p.requires_grad = bool(requires_grad)
+        return self
+
+    def num_parameters(self, trainable_only=False):
+        return int(sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only))
+
+    @property
+    def dtype(self):
+        """The dtype of the first parameter (float32 when the module has none)."""
+        for p in self.parameters():
+            return p.dtype
+        return F32
+
+    def astype(self, dtype):
+        """Convert every parameter and floating buffer to `dtype` (float32 or float64), in place."""
+        dt = as_float_dtype(dtype, f"{type(self).__name__}.astype")
+        for m in self.modules():
+            for p in m._parameters.values():
+                if p is not None and p.data.dtype != dt:
+                    p.data = p.data.astype(dt)
+                    p._grad = None
+                    p._grad_zero = True
+            for name, b in list(m._buffers.items()):
+                if b is not None and b.dtype.kind == "f" and b.dtype != dt:
+                    setattr(m, name, b.astype(dt))
+            m._release_saved()
+            m._on_dtype_change(dt)
+        return self
+
+    def _on_dtype_change(self, dtype):
+        """Hook for modules that cache dtype-dependent state."""
+
+    def float(self):
+        return self.astype(np.float32)
+
+    def double(self):
+        return self.astype(np.float64)
+
+    # -- state dict ----------------------------------------------------------------------------
+    def state_dict(self, prefix=""):
+        """Flat {dotted name: array copy} of parameters and persistent buffers (torch names)."""
+        out = OrderedDict()
+        for mprefix, m in self.named_modules(prefix=prefix, remove_duplicate=False):
+            dot = mprefix + ("." if mprefix else "")
+            for name, p in m._parameters.items():
+                if p is not None:
+                    out[dot + name] = p.data.copy()
+            for name, b in m._buffers.items():
+                if b is not None and name not in m._non_persistent:
+                    out[dot + name] = np.array(b, copy=True)
+        return out
+
+    def _state_targets(self):
+        """{dotted name: (owner module, attribute name, current array)} as state_dict names them."""
+        out = OrderedDict()
+        for mprefix, m in self.named_modules(remove_duplicate=False):
+            dot = mprefix + ("." if mprefix else "")
+            for name, p in m._parameters.items():
+                if p is not None:
+                    out[dot + name] = (p, None, p.data)
+            for name, b in m._buffers.items():
+                if b is not None and name not in m._non_persistent:
+                    out[dot + name] = (m, name, b)
+        return out
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy arrays from `state_dict` into this module's parameters and buffers.
+
+        Keys, shapes and dtypes are checked first and every mismatch is named in one error
+        (missing and unexpected keys only when strict); nothing is modified when any check fails.
+        Values may be NumPy arrays or anything with .numpy() (e.g. torch tensors).
+        """
+        if not hasattr(state_dict, "items"):
+            raise TypeError(f"load_state_dict: expected a dict of arrays, got {type(state_dict).__name__}")
+        targets = self._state_targets()
+        problems, arrays = [], {}
+        missing = [k for k in targets if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in targets]
+        if strict:
+            if missing:
+                problems.append("missing keys: " + ", ".join(missing))
+            if unexpected:
+                problems.append("unexpected keys: " + ", ".join(map(str, unexpected)))
+        for key, (_, _, cur) in targets.items():
+            if key not in state_dict:
+                continue
+            v = state_dict[key]
+            if hasattr(v, "detach") and hasattr(v, "numpy"):
+                v = v.detach().cpu().numpy()
+            v = np.asarray(v)
+            if v.shape != cur.shape:
+                problems.append(f"{key}: expected shape {cur.shape}, got {v.shape}")
+            elif v.dtype != cur.dtype:
+                problems.append(f"{key}: expected dtype {cur.dtype}, got {v.dtype}")
+            elif v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+                problems.append(f"{key}: contains NaN or infinite values")
+            else:
+                arrays[key] = v
+        if problems:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: " + "; ".join(problems))
+        for key, v in arrays.items():
+            owner, name, cur = targets[key]
+            if not cur.flags.writeable:
+                cur = cur.copy()
+                if name is None:
+                    owner.data = cur
+                else:
+                    setattr(owner, name, cur)
+            np.copyto(cur, v)
+        for m in self.modules():
+            m._release_saved()
+        return IncompatibleKeys(missing, unexpected)
+
+    # -- printing -------------------------------------------------------------------------------
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = []
+        for name, m in self._modules.items():
+            sub = repr(m).replace("\n", "\n  ")
+            lines.append(f"({name}): {sub}")
+        main = f"{type(self).__name__}({self.extra_repr()}"
+        if lines:
+            return main + "\n  " + "\n  ".join(lines) + "\n)"
+        return main + ")"
