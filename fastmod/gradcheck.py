@@ -57,7 +57,9 @@ def gradcheck(module, *inputs, eps=1e-6, atol=1e-6, rtol=1e-4, check_inputs=True
         if p.dtype != np.float64:
             raise TypeError("gradcheck: the module must be float64 (call .astype(np.float64)); "
                             f"found a {p.dtype} parameter")
-    inputs = [np.array(x, copy=True) if isinstance(x, np.ndarray) else x for x in inputs]
+    # C-order copies: perturbing x.reshape(-1) below must write into the array itself (a
+    # transposed input's reshape would be a copy, and its numeric gradient silently zero)
+    inputs = [np.array(x, order="C", copy=True) if isinstance(x, np.ndarray) else x for x in inputs]
     for i, x in enumerate(inputs):
         if _is_float(x) and x.dtype != np.float64:
             raise TypeError(f"gradcheck: input {i} must be float64, got {x.dtype}")

@@ -49,7 +49,7 @@ class Linear(Module):
     def forward(self, x):
         w = self.weight.data
         x = self._check_dtype(x, w.dtype)
-        if x.shape[-1] != self.in_features:
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"{self._short_repr()}: expected input of shape (*, {self.in_features}), "
                              f"got {x.shape}")
         x2 = x.reshape(-1, self.in_features)

@@ -1,0 +1,97 @@
+"""Shared fixtures: dtype and thread parametrization, a seeded RNG, state restoration."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+# `pytest` run from the checkout imports the in-place build, not an installed copy.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import fastmod  # noqa: E402
+
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """Every test leaves fastmod's thread count as it found it."""
+    n = fastmod.get_num_threads()
+    yield
+    fastmod.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _grad_mode_on():
+    """A test that fails inside `with no_grad():` must not leak grad mode into the next one."""
+    yield
+    from fastmod._runtime import STATE
+    STATE.grad_enabled = True
+    STATE.depth = 0
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(params=DTYPES, ids=["f32", "f64"])
+def dtype(request):
+    return request.param
+
+
+@pytest.fixture(params=[1, 2], ids=["t1", "t2"])
+def threads(request):
+    """Run the test at 1 thread and at 2 (the restore fixture resets the count afterwards)."""
+    fastmod.set_num_threads(request.param)
+    return request.param
+
+
+@pytest.fixture
+def torch():
+    """torch, or skip the test when it is not installed (parity tests only)."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)     # the machine is shared; parity needs no speed
+    return torch
+
+
+@pytest.fixture
+def parity(torch):
+    """check(fm_module, torch_module, *inputs, direction='t2f'|'f2t', dy=None, atol/rtol):
+    load the weights one way (torch -> fastmod via {k: v.numpy()}, or fastmod -> torch via
+    torch.from_numpy), then compare state_dict names and shapes, forward outputs, the input
+    gradient and every parameter gradient. Returns (y, dx) from fastmod."""
+    from reference import tol
+
+    def check(fm, tm, x, direction="t2f", dy=None, seed=0, parity_tol=None):
+        dt = x.dtype
+        tm = tm.to(torch.float64 if dt == np.float64 else torch.float32)
+        tsd, fsd = tm.state_dict(), fm.state_dict()
+        assert list(tsd) == list(fsd), "state_dict names differ from torch's"
+        for k in tsd:
+            assert tuple(tsd[k].shape) == fsd[k].shape, k
+        if direction == "t2f":
+            fm.load_state_dict({k: v.detach().numpy() for k, v in tsd.items()})
+        else:
+            tm.load_state_dict({k: torch.from_numpy(v) for k, v in fsd.items()})
+        kw = parity_tol or tol(dt, parity=True)
+        fm.zero_grad()
+        y = fm(x)
+        xt = torch.from_numpy(x.copy()).requires_grad_(True)
+        yt = tm(xt)
+        np.testing.assert_allclose(y, yt.detach().numpy(), **kw)
+        if dy is None:
+            dy = np.random.default_rng(seed).standard_normal(y.shape).astype(dt)
+        dx = fm.backward(dy)
+        yt.backward(torch.from_numpy(dy.copy()))
+        np.testing.assert_allclose(dx, xt.grad.numpy(), **kw)
+        fparams = dict(fm.named_parameters())
+        tparams = dict(tm.named_parameters())
+        assert list(fparams) == list(tparams)
+        for k, p in tparams.items():
+            np.testing.assert_allclose(fparams[k].grad, p.grad.numpy(), err_msg=k, **kw)
+        return y, dx
+
+    return check

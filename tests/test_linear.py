@@ -1,0 +1,253 @@
+"""Linear (the seed's MM_{W,b}): reference, gradcheck, torch parity, seed properties, bad input."""
+import math
+
+import numpy as np
+import pytest
+
+import fastmod
+from fastmod import nn
+import reference as ref
+from reference import tol
+
+SHAPES = [(5, 4), (2, 3, 4), (4,)]   # (N, in), (N, *, in), 1-D (in,)
+
+
+def make(in_f=4, out_f=3, bias=True, dtype=np.float64):
+    fastmod.manual_seed(0)
+    return nn.Linear(in_f, out_f, bias=bias, dtype=dtype)
+
+
+# ------------------------------------------------------------------ forward / backward vs NumPy
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", SHAPES, ids=["2d", "3d", "1d"])
+def test_forward_matches_reference(dtype, shape, bias, rng):
+    m = make(bias=bias, dtype=dtype)
+    x = rng.standard_normal(shape).astype(dtype)
+    y = m(x)
+    assert y.shape == shape[:-1] + (3,) and y.dtype == dtype
+    want = ref.linear(x, m.weight.data, None if m.bias is None else m.bias.data)
+    np.testing.assert_allclose(y, want, **tol(dtype, parity=True))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", SHAPES, ids=["2d", "3d", "1d"])
+def test_backward_matches_reference(dtype, shape, bias, rng):
+    m = make(bias=bias, dtype=dtype)
+    x = rng.standard_normal(shape).astype(dtype)
+    y = m(x)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = m.backward(dy)
+    rdx, rdw, rdb = ref.linear_backward(dy, x, m.weight.data)
+    assert dx.shape == x.shape and dx.dtype == dtype
+    np.testing.assert_allclose(dx, rdx, **tol(dtype, parity=True))
+    np.testing.assert_allclose(m.weight.grad, rdw, **tol(dtype, parity=True))
+    if bias:
+        np.testing.assert_allclose(m.bias.grad, rdb, **tol(dtype, parity=True))
+
+
+def test_large_enough_to_split_gemm_matches_reference(threads, rng):
+    # big enough that pgemm/pgemv split C over 2 threads (> 2^18 multiply-adds)
+    m = make(96, 80, dtype=np.float64)
+    for shape in [(70, 96), (96,)]:
+        x = rng.standard_normal(shape)
+        y = m(x)
+        np.testing.assert_allclose(y, ref.linear(x, m.weight.data, m.bias.data), rtol=1e-11, atol=1e-11)
+        m.zero_grad()
+        dy = rng.standard_normal(y.shape)
+        dx = m.backward(dy)
+        rdx, rdw, rdb = ref.linear_backward(dy, x, m.weight.data)
+        np.testing.assert_allclose(dx, rdx, rtol=1e-11, atol=1e-11)
+        np.testing.assert_allclose(m.weight.grad, rdw, rtol=1e-11, atol=1e-11)
+        np.testing.assert_allclose(m.bias.grad, rdb, rtol=1e-11, atol=1e-11)
+
+
+# ------------------------------------------------------------------ gradcheck
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", SHAPES, ids=["2d", "3d", "1d"])
+def test_gradcheck(shape, bias, rng):
+    m = make(bias=bias)
+    assert fastmod.gradcheck(m, rng.standard_normal(shape))
+
+
+def test_gradcheck_frozen_weight_and_transposed_input(rng):
+    m = make()
+    m.weight.requires_grad = False
+    x = rng.standard_normal((4, 6)).T            # non-contiguous input
+    assert fastmod.gradcheck(m, x)
+
+
+# ------------------------------------------------------------------ torch parity
+@pytest.mark.parametrize("direction", ["t2f", "f2t"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", SHAPES, ids=["2d", "3d", "1d"])
+def test_torch_parity(torch, parity, dtype, shape, bias, direction, rng):
+    torch.manual_seed(0)
+    tm = torch.nn.Linear(4, 3, bias=bias)
+    fm = make(bias=bias, dtype=dtype)
+    parity(fm, tm, rng.standard_normal(shape).astype(dtype), direction=direction)
+
+
+def test_default_init_matches_torch_bounds():
+    fastmod.manual_seed(3)
+    m = nn.Linear(50, 40)
+    bound = 1 / math.sqrt(50)
+    for p in (m.weight.data, m.bias.data):
+        assert p.dtype == np.float32
+        assert np.abs(p).max() <= bound
+        assert np.abs(p).max() > 0.8 * bound       # uniform over the whole interval, not a sliver
+    assert m.weight.shape == (40, 50) and m.bias.shape == (40,)
+
+
+# ------------------------------------------------------------------ the seed's properties
+def test_linear_without_bias_is_linear(rng):
+    m = make(bias=False)
+    z1, z2 = rng.standard_normal((2, 3, 4))
+    a, b = 1.7, -0.6
+    np.testing.assert_allclose(m(a * z1 + b * z2), a * m(z1) + b * m(z2), rtol=1e-12, atol=1e-12)
+
+
+def test_linear_with_bias_is_affine_not_linear(rng):
+    """The seed claims MM(a z1 + b z2) = a MM(z1) + b MM(z2); with b != 0 it fails (affine)."""
+    m = make(bias=True)
+    m.bias.data[...] = [0.5, -1.0, 2.0]
+    z1, z2 = rng.standard_normal((2, 3, 4))
+    a, b = 1.7, -0.6
+    lhs, rhs = m(a * z1 + b * z2), a * m(z1) + b * m(z2)
+    assert not np.allclose(lhs, rhs)
+    # exactly off by (1 - a - b) * bias: affine
+    np.testing.assert_allclose(lhs - rhs, np.broadcast_to((1 - a - b) * m.bias.data, lhs.shape),
+                               rtol=1e-12, atol=1e-12)
+    # ... and affine combinations (a + b = 1) are preserved
+    np.testing.assert_allclose(m(0.3 * z1 + 0.7 * z2), 0.3 * m(z1) + 0.7 * m(z2), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n,mm", [(3, 4), (10, 1), (1, 7)])
+def test_parameter_count(n, mm):
+    assert nn.Linear(mm, n).num_parameters() == n * mm + n
+    assert nn.Linear(mm, n, bias=False).num_parameters() == n * mm
+
+
+# ------------------------------------------------------------------ layouts: strides, read-only
+@pytest.mark.parametrize("kind", ["transposed", "sliced", "readonly", "fortran"])
+def test_noncontiguous_and_readonly_inputs(dtype, kind, rng):
+    m = make(dtype=dtype)
+    base = rng.standard_normal((8, 10)).astype(dtype)
+    x = {"transposed": base[:4].T,                      # (10, 4), strides swapped
+         "sliced": base[::2, 1:9:2],                    # (4, 4), every other row/column
+         "fortran": np.asfortranarray(base[:, :4]),
+         "readonly": base[:, :4].copy()}[kind]
+    if kind == "readonly":
+        x.flags.writeable = False
+    assert kind == "readonly" or not x.flags.c_contiguous
+    y = m(x)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = m.backward(dy)
+    gw = m.weight.grad.copy()
+    m.zero_grad()
+    xc = np.ascontiguousarray(x)
+    np.testing.assert_array_equal(m(xc), y)
+    np.testing.assert_array_equal(m.backward(dy), dx)
+    np.testing.assert_array_equal(m.weight.grad, gw)
+    # a non-contiguous output gradient too
+    m.zero_grad()
+    m(xc)
+    dy_t = np.ascontiguousarray(dy.T).T
+    assert not dy_t.flags.c_contiguous
+    np.testing.assert_array_equal(m.backward(dy_t), dx)
+
+
+def test_input_not_modified(rng):
+    m = make()
+    x = rng.standard_normal((3, 4))
+    x0 = x.copy()
+    m.backward(np.ones_like(m(x)))
+    np.testing.assert_array_equal(x, x0)
+
+
+def test_need_input_grad_false_returns_none_and_fills_parameter_grads(rng):
+    m = make()
+    x = rng.standard_normal((5, 4))
+    dy = rng.standard_normal((5, 3))
+    m(x)
+    assert m.backward(dy, need_input_grad=False) is None
+    gw, gb = m.weight.grad.copy(), m.bias.grad.copy()
+    _, rdw, rdb = ref.linear_backward(dy, x, m.weight.data)
+    np.testing.assert_allclose(gw, rdw, rtol=1e-12)
+    np.testing.assert_allclose(gb, rdb, rtol=1e-12)
+
+
+def test_requires_grad_false_skips_that_gradient(rng):
+    m = make()
+    m.bias.requires_grad = False
+    x, dy = rng.standard_normal((5, 4)), rng.standard_normal((5, 3))
+    m(x)
+    dx = m.backward(dy)
+    assert not m.bias.has_grad()
+    np.testing.assert_array_equal(m.bias.grad, 0)
+    rdx, rdw, _ = ref.linear_backward(dy, x, m.weight.data)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-12)
+    np.testing.assert_allclose(m.weight.grad, rdw, rtol=1e-12)
+
+
+# ------------------------------------------------------------------ bad input
+def test_bad_inputs():
+    m = nn.Linear(4, 3)                                   # float32
+    x = np.zeros((2, 4), np.float32)
+    with pytest.raises(ValueError, match=r"Linear\(4, 3\): expected input of shape \(\*, 4\), got \(2, 5\)"):
+        m(np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match=r"expected input of shape \(\*, 4\), got \(\)"):
+        m(np.ones((), np.float32))
+    with pytest.raises(TypeError, match=r"float32.*float64"):
+        m(x.astype(np.float64))
+    with pytest.raises(TypeError, match=r"float32.*int64"):
+        m(np.zeros((2, 4), np.int64))
+    with pytest.raises(TypeError, match=r"float32.*float16"):
+        m(np.zeros((2, 4), np.float16))
+    with pytest.raises(TypeError, match=r"numpy.ndarray.*list"):
+        m([[0.0] * 4] * 2)
+    with pytest.raises(ValueError, match=r"non-empty.*\(0, 4\)"):
+        m(np.zeros((0, 4), np.float32))
+    with pytest.raises(ValueError, match=r"non-empty"):
+        m(np.zeros((2, 0, 4), np.float32))
+
+
+def test_bad_backward():
+    m = nn.Linear(4, 3)
+    with pytest.raises(RuntimeError, match=r"Linear\(4, 3\)\.backward: no saved forward state"):
+        m.backward(np.zeros((2, 3), np.float32))
+    m(np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"expected a gradient of shape \(2, 3\).*got \(2, 4\)"):
+        m.backward(np.zeros((2, 4), np.float32))
+    m(np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"dtype float32.*got \(2, 3\) float64"):
+        m.backward(np.zeros((2, 3), np.float64))
+    m(np.zeros((2, 4), np.float32))
+    with pytest.raises(TypeError, match=r"numpy.ndarray gradient, got list"):
+        m.backward([[0.0] * 3] * 2)
+    m(np.zeros((2, 4), np.float32))
+    m.backward(np.zeros((2, 3), np.float32))
+    with pytest.raises(RuntimeError, match="no saved forward state"):
+        m.backward(np.zeros((2, 3), np.float32))       # one backward per forward
+
+
+@pytest.mark.parametrize("args,kwargs,match", [
+    ((0, 3), {}, "in_features must be a positive integer"),
+    ((4, -1), {}, "out_features must be a positive integer"),
+    ((4.0, 3), {}, "in_features must be a positive integer"),
+    ((True, 3), {}, "in_features must be a positive integer"),
+    ((4, float("nan")), {}, "out_features must be a positive integer"),
+    ((4, 3), {"bias": "yes"}, "bias must be a bool"),
+])
+def test_bad_constructor_args(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        nn.Linear(*args, **kwargs)
+
+
+def test_bad_dtype_constructor_arg():
+    with pytest.raises(TypeError, match="expected float32 or float64, got int32"):
+        nn.Linear(2, 2, dtype=np.int32)
+
+
+def test_repr():
+    assert repr(nn.Linear(4, 3)) == "Linear(4, 3)"
+    assert repr(nn.Linear(4, 3, bias=False)) == "Linear(4, 3, bias=False)"
