@@ -35,6 +35,8 @@ class _Elementwise(Module):
     def backward(self, dy, need_input_grad=True):
         (saved,) = self._saved()
         dy = self._check_grad(dy, saved.shape, saved.dtype)
+        if not need_input_grad:
+            return None
         dx = np.empty_like(dy)
         if self._needs_input:
             _k.activation_backward(self._kind, dx, dy, saved, None)
@@ -135,6 +137,8 @@ class _SoftmaxBase(Module):
     def backward(self, dy, need_input_grad=True):
         y, (o, c, i) = self._saved()
         dy = self._check_grad(dy, y.shape, y.dtype)
+        if not need_input_grad:
+            return None
         dx = np.empty_like(dy)
         _ks.softmax_backward(dx, dy, y, o, c, i, self._log)
         return dx

@@ -1,0 +1,236 @@
+"""Element-wise activations (the seed's sigma) and Softmax / LogSoftmax."""
+import numpy as np
+import pytest
+
+import fastmod
+from fastmod import nn
+import reference as ref
+from reference import tol
+
+# name -> (fastmod factory, (torch.nn class name, its kwargs)); references in ref.ACTIVATIONS
+ELEMENTWISE = {
+    "relu": (nn.ReLU, ("ReLU", {})),
+    "sigmoid": (nn.Sigmoid, ("Sigmoid", {})),
+    "tanh": (nn.Tanh, ("Tanh", {})),
+    "gelu": (nn.GELU, ("GELU", {})),
+    "gelu_tanh": (lambda: nn.GELU(approximate="tanh"), ("GELU", {"approximate": "tanh"})),
+}
+NAMES = list(ELEMENTWISE)
+
+
+def away_from_zero(rng, shape, dtype=np.float64, scale=2.0):
+    """Normal samples pushed off 0 (ReLU's kink) so finite differences are exact there."""
+    x = rng.standard_normal(shape) * scale
+    x += np.where(x >= 0, 0.05, -0.05)
+    return x.astype(dtype)
+
+
+# ------------------------------------------------------------------ element-wise activations
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_backward_match_reference(name, dtype, rng):
+    m = ELEMENTWISE[name][0]()
+    fwd, deriv = ref.ACTIVATIONS[name]
+    x = away_from_zero(rng, (3, 4, 5), dtype)
+    y = m(x)
+    assert y.shape == x.shape and y.dtype == dtype
+    np.testing.assert_allclose(y, fwd(x), **tol(dtype))
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    dx = m.backward(dy)
+    assert dx.dtype == dtype
+    np.testing.assert_allclose(dx, dy * deriv(x), **tol(dtype))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_extreme_inputs_are_finite(name, dtype):
+    m = ELEMENTWISE[name][0]()
+    x = np.array([-1e4, -700.0, -100.0, -1e-30, 0.0, 1e-30, 100.0, 700.0, 1e4], dtype)
+    with np.errstate(all="raise"):
+        y = m(x)
+        dx = m.backward(np.ones_like(x))
+    assert np.all(np.isfinite(y)) and np.all(np.isfinite(dx))
+    np.testing.assert_allclose(y, ref.ACTIVATIONS[name][0](x), **tol(dtype))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradcheck(name, rng):
+    assert fastmod.gradcheck(ELEMENTWISE[name][0](), away_from_zero(rng, (3, 5)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_torch_parity(name, torch, parity, dtype, rng):
+    fm = ELEMENTWISE[name][0]()
+    tname, kw = ELEMENTWISE[name][1]
+    tm = getattr(torch.nn, tname)(**kw)
+    parity(fm, tm, away_from_zero(rng, (4, 6), dtype))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_elementwise_independence(name, rng):
+    """sigma acts on each element alone: a diagonal Jacobian, permutation and reshape
+    equivariance."""
+    m = ELEMENTWISE[name][0]()
+    x = away_from_zero(rng, (2, 4))
+    with fastmod.no_grad():
+        jac = ref.numeric_jacobian(lambda z: m(z), x)
+        off = jac - np.diag(np.diag(jac))
+        assert np.abs(off).max() == 0.0
+        np.testing.assert_allclose(np.diag(jac), ref.ACTIVATIONS[name][1](x).ravel(), rtol=1e-6, atol=1e-8)
+        y = m(x)
+        perm = rng.permutation(x.size)
+        np.testing.assert_array_equal(m(x.ravel()[perm]), y.ravel()[perm])
+        np.testing.assert_array_equal(m(x.reshape(8, 1, 1)), y.reshape(8, 1, 1))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind", ["transposed", "sliced", "readonly"])
+def test_noncontiguous_and_readonly(name, kind, rng):
+    m = ELEMENTWISE[name][0]()
+    base = away_from_zero(rng, (6, 8), np.float32)
+    x = {"transposed": base.T, "sliced": base[::2, ::3], "readonly": base.copy()}[kind]
+    if kind == "readonly":
+        x.flags.writeable = False
+    x0 = x.copy()
+    y = m(x)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = m.backward(dy)
+    np.testing.assert_array_equal(x, x0)              # the input is left alone
+    np.testing.assert_array_equal(m(np.ascontiguousarray(x)), y)
+    np.testing.assert_array_equal(m.backward(np.ascontiguousarray(dy)), dx)
+
+
+def test_relu_inplace(rng):
+    x = away_from_zero(rng, (3, 4))
+    want, wgrad = ref.relu(x), ref.relu_grad(x)
+    m = nn.ReLU(inplace=True)
+    y = m(x)
+    assert y is x                                     # the input array is overwritten, as torch
+    np.testing.assert_array_equal(x, want)
+    dy = rng.standard_normal(x.shape)
+    np.testing.assert_array_equal(m.backward(dy), dy * wgrad)
+    assert repr(m) == "ReLU(inplace=True)" and repr(nn.ReLU()) == "ReLU()"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_need_input_grad_false(name, rng):
+    m = ELEMENTWISE[name][0]()
+    x = away_from_zero(rng, (2, 3))
+    m(x)
+    assert m.backward(np.ones_like(x), need_input_grad=False) is None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_inputs(name):
+    m = ELEMENTWISE[name][0]()
+    cls = type(m).__name__
+    with pytest.raises(TypeError, match=rf"{cls}.*numpy.ndarray input, got list"):
+        m([1.0, 2.0])
+    with pytest.raises(TypeError, match=r"float32 or float64 input, got int64"):
+        m(np.arange(4))
+    with pytest.raises(TypeError, match=r"got float16"):
+        m(np.zeros(3, np.float16))
+    with pytest.raises(ValueError, match=r"non-empty input, got shape \(0, 3\)"):
+        m(np.zeros((0, 3)))
+    with pytest.raises(RuntimeError, match=rf"{cls}.*backward: no saved forward state"):
+        m.backward(np.zeros(3))
+    m(np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"gradient of shape \(2, 3\).*got \(3, 2\)"):
+        m.backward(np.zeros((3, 2)))
+    m(np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"dtype float64.*got \(2, 3\) float32"):
+        m.backward(np.zeros((2, 3), np.float32))
+
+
+def test_bad_constructor_args():
+    with pytest.raises(ValueError, match="approximate must be 'none' or 'tanh', got 'fast'"):
+        nn.GELU(approximate="fast")
+    with pytest.raises(ValueError, match="inplace must be a bool"):
+        nn.ReLU(inplace="yes")
+    for cls in (nn.Softmax, nn.LogSoftmax):
+        for bad in (1.5, None, "1", True):
+            with pytest.raises(ValueError, match="dim must be an int"):
+                cls(dim=bad)
+
+
+def test_gelu_repr():
+    assert repr(nn.GELU()) == "GELU()"
+    assert repr(nn.GELU(approximate="tanh")) == "GELU(approximate='tanh')"
+
+
+# ------------------------------------------------------------------ softmax / log-softmax
+SOFTMAX = {"softmax": (nn.Softmax, ref.softmax, ref.softmax_backward, "Softmax"),
+           "log_softmax": (nn.LogSoftmax, ref.log_softmax, ref.log_softmax_backward, "LogSoftmax")}
+DIMS = [0, 1, 2, -1, -2]
+
+
+@pytest.mark.parametrize("kind", list(SOFTMAX))
+@pytest.mark.parametrize("dim", DIMS)
+def test_softmax_matches_reference(kind, dim, dtype, rng):
+    cls, fwd, bwd, _ = SOFTMAX[kind]
+    m = cls(dim=dim)
+    x = (rng.standard_normal((3, 4, 5)) * 3).astype(dtype)
+    y = m(x)
+    assert y.dtype == dtype and y.shape == x.shape
+    np.testing.assert_allclose(y, fwd(x, axis=dim), **tol(dtype))
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    np.testing.assert_allclose(m.backward(dy), bwd(dy, fwd(x, axis=dim), axis=dim),
+                               rtol=tol(dtype)["rtol"] * 10, atol=tol(dtype)["atol"] * 10)
+
+
+@pytest.mark.parametrize("kind", list(SOFTMAX))
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_softmax_gradcheck(kind, dim, rng):
+    assert fastmod.gradcheck(SOFTMAX[kind][0](dim=dim), rng.standard_normal((3, 4, 2)))
+
+
+@pytest.mark.parametrize("kind", list(SOFTMAX))
+@pytest.mark.parametrize("dim", [0, 1, 2, -1])
+def test_softmax_torch_parity(kind, dim, torch, parity, dtype, rng):
+    cls, _, _, tname = SOFTMAX[kind]
+    parity(cls(dim=dim), getattr(torch.nn, tname)(dim=dim),
+           rng.standard_normal((2, 3, 4)).astype(dtype))
+
+
+@pytest.mark.parametrize("kind", list(SOFTMAX))
+def test_softmax_huge_logits_are_stable(kind, dtype):
+    cls, fwd, _, _ = SOFTMAX[kind]
+    x = np.array([[1e4, -1e4, 0.0, 1e4 - 1.0], [-1e4, -1e4, -1e4, -1e4]], dtype)
+    m = cls(dim=1)
+    with np.errstate(all="raise"):
+        y = m(x)
+        dx = m.backward(np.ones_like(x))
+    assert np.all(np.isfinite(y)) and np.all(np.isfinite(dx))
+    np.testing.assert_allclose(y, fwd(x, axis=1), **tol(dtype))
+
+
+def test_softmax_rows_sum_to_one_and_shift_invariance(rng):
+    x = rng.standard_normal((4, 7))
+    m = nn.Softmax(dim=1)
+    y = m(x)
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-14)
+    np.testing.assert_allclose(m(x + 123.0), y, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", list(SOFTMAX))
+def test_softmax_noncontiguous(kind, rng):
+    m = SOFTMAX[kind][0](dim=0)
+    x = rng.standard_normal((5, 4)).T
+    np.testing.assert_array_equal(m(x), m(np.ascontiguousarray(x)))
+
+
+def test_softmax_bad_inputs():
+    m = nn.Softmax(dim=2)
+    with pytest.raises(ValueError, match=r"Softmax\(dim=2\): dim 2 is out of range for input of shape \(3, 4\)"):
+        m(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match=r"dim -3 is out of range"):
+        nn.LogSoftmax(dim=-3)(np.zeros((3, 4)))
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        m([[[1.0]]])
+    with pytest.raises(TypeError, match="int32"):
+        m(np.zeros((1, 2, 3), np.int32))
+    with pytest.raises(ValueError, match="non-empty"):
+        m(np.zeros((1, 2, 0)))
+    with pytest.raises(RuntimeError, match="no saved forward state"):
+        m.backward(np.zeros((1, 2, 3)))
+    m(np.zeros((1, 2, 3)))
+    with pytest.raises(ValueError, match=r"gradient of shape \(1, 2, 3\)"):
+        m.backward(np.zeros((1, 2, 4)))
