@@ -21,7 +21,7 @@ class Identity(Module):
         return x
 
     def backward(self, dy, need_input_grad=True):
-        return dy
+        return dy if need_input_grad else None
 
 
 class Sequential(Module):
@@ -132,9 +132,12 @@ class Residual(Module):
         if not isinstance(gx, np.ndarray) or gx.shape != np.shape(x):
             raise ValueError(f"Residual: the wrapped module must keep the input's shape "
                              f"{np.shape(x)}, got {getattr(gx, 'shape', type(gx).__name__)}")
+        self._save(gx.shape, gx.dtype)
         return x + gx
 
     def backward(self, dy, need_input_grad=True):
+        shape, dtype = self._saved()
+        dy = self._check_grad(dy, shape, dtype)
         dg = _backward_first(self.fn, dy, need_input_grad)
         return dy + dg if need_input_grad else None
 
@@ -180,7 +183,7 @@ class Parallel(Module):
             y = outs[0].copy()
             for o in outs[1:]:
                 y += o
-            self._save(None)
+            self._save(None, y.shape, y.dtype)
             return y
         nd = outs[0].ndim
         if not -nd <= self.dim < nd:
@@ -190,11 +193,13 @@ class Parallel(Module):
             if o.ndim != nd or o.shape[:d] + o.shape[d + 1:] != outs[0].shape[:d] + outs[0].shape[d + 1:]:
                 raise ValueError(f"{self._short_repr()}: branch {i} gave shape {o.shape}, branch 0 "
                                  f"gave {outs[0].shape}; 'concat' needs equal shapes except on dim {d}")
-        self._save(np.cumsum([o.shape[d] for o in outs])[:-1])
-        return np.concatenate(outs, axis=d)
+        y = np.concatenate(outs, axis=d)
+        self._save(np.cumsum([o.shape[d] for o in outs])[:-1], y.shape, y.dtype)
+        return y
 
     def backward(self, dy, need_input_grad=True):
-        (splits,) = self._saved()
+        splits, shape, dtype = self._saved()
+        dy = self._check_grad(dy, shape, dtype)
         branches = list(self._modules.values())
         if splits is None:
             parts = [dy] * len(branches)

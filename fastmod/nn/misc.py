@@ -30,12 +30,14 @@ class Flatten(Module):
         if not (-nd <= s < nd and -nd <= e < nd) or s % nd > e % nd:
             raise ValueError(f"{self._short_repr()}: cannot flatten dims {s}..{e} of input of shape {x.shape}")
         s, e = s % nd, e % nd
-        self._save(x.shape)
-        return x.reshape(x.shape[:s] + (-1,) + x.shape[e + 1:])
+        y = x.reshape(x.shape[:s] + (-1,) + x.shape[e + 1:])
+        self._save(x.shape, y.shape, x.dtype)
+        return y
 
     def backward(self, dy, need_input_grad=True):
-        (shape,) = self._saved()
-        return np.ascontiguousarray(dy).reshape(shape)
+        shape, out_shape, dtype = self._saved()
+        dy = self._check_grad(dy, out_shape, dtype)
+        return dy.reshape(shape) if need_input_grad else None
 
 
 class Dropout(Module):
@@ -72,6 +74,8 @@ class Dropout(Module):
 
     def backward(self, dy, need_input_grad=True):
         (mask,) = self._saved()
+        if not need_input_grad:
+            return None
         if mask is None:
             return dy
         dy = self._check_grad(dy, mask.shape, mask.dtype)
