@@ -5,8 +5,10 @@ from fastmod.nn.activation import ReLU, Sigmoid, Tanh, GELU, Softmax, LogSoftmax
 from fastmod.nn.containers import (Identity, Sequential, ModuleList, Residual, Parallel,
                                    ResidualBlock)
 from fastmod.nn.misc import Flatten, Dropout
+from fastmod.nn.attention import MultiheadAttention, scaled_dot_product_attention
 from fastmod.nn import init
 
 __all__ = ["Module", "Parameter", "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax",
            "LogSoftmax", "Identity", "Sequential", "ModuleList", "Residual", "Parallel",
            "ResidualBlock", "Flatten", "Dropout", "init"]
+__all__ += ["MultiheadAttention", "scaled_dot_product_attention"]

@@ -1,0 +1,258 @@
+# cython: language_level=3
+"""Scaled dot-product attention, forward and backward: softmax(Q K^T * scale + mask) V per
+(batch, head), with a fused, stable row softmax and optional dropout on the probabilities.
+
+Legend: N = batch, H = heads, T = query length, S = key length, D = head dim.
+Layouts (row-major, one dtype): head h of batch n reads Q rows q + n*T*ldq + h*D (T rows of D,
+stride ldq), K rows k + n*S*ldk + h*D, V rows v + n*S*ldv + h*D, and writes O rows
+out + n*T*ldo + h*D. With ldq = ldk = ldv = 3E these are the column blocks of the packed
+(N, T, 3E) in-projection output, and with ldo = E the output is already the (N, T, E)
+concatenation of the heads: no head split/merge copies. The gradients dq, dk, dv use the
+layouts of q, k, v.
+
+P (N, H, T, S) keeps the softmax probabilities for backward (NULL: inference, the scores live
+in a per-thread (T, S) scratch). Masks are additive, in the data's dtype: amask (T, S) shared
+(amask_stride 0) or one per (batch, head) (stride T*S); kpm (N, S) per batch (key padding);
+causal allows key s for query t only when s <= t. A row whose keys are all masked gets zero
+probabilities (torch gives NaN there).
+
+Dropout (training): each probability is kept with prob. 1 - p and scaled by 1/(1 - p). The keep
+decision is a hash of (seed, n, h, t, s) (splitmix64), so backward regenerates the same mask
+instead of storing a second (N, H, T, S) array, and it does not depend on the thread count.
+
+The prange runs over the N*H (batch, head) pairs; each thread calls the single-threaded gemm
+and owns its scratch, so every output block is written by exactly one thread and results are
+bit-identical at any thread count.
+"""
+cimport numpy as cnp
+from cython cimport floating
+from cython.parallel cimport prange, parallel
+from libc.math cimport exp, expf, INFINITY
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport malloc, free
+
+from fastmod._kernels._blas cimport gemm
+from fastmod._kernels._threads cimport threads_for
+
+cnp.import_array()
+
+cdef Py_ssize_t GRAIN = 1 << 16          # multiply-adds per thread before a 2nd thread pays off
+
+
+cdef inline floating _exp(floating v) noexcept nogil:
+    if floating is float:
+        return expf(v)
+    else:
+        return exp(v)
+
+
+cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
+    """splitmix64's finalizer: a counter -> 64 well-mixed bits."""
+    x = (x ^ (x >> 30)) * <uint64_t>0xBF58476D1CE4E5B9ULL
+    x = (x ^ (x >> 27)) * <uint64_t>0x94D049BB133111EBULL
+    return x ^ (x >> 31)
+
+
+cdef inline void _dropout_row(floating* pd, const floating* p, Py_ssize_t S, uint64_t seed,
+                              uint64_t base, uint64_t thr, floating inv_keep) noexcept nogil:
+    """pd[s] = p[s] * keep(s) / (1 - p_drop); keep(s) = hash(seed, base + s) >= thr."""
+    cdef Py_ssize_t s
+    for s in range(S):
+        if (_mix(seed + (base + <uint64_t>s) * <uint64_t>0x9E3779B97F4A7C15ULL) >> 32) >= thr:
+            pd[s] = p[s] * inv_keep
+        else:
+            pd[s] = 0
+
+
+cdef inline void _softmax_row(floating* p, const floating* am, const floating* km,
+                              Py_ssize_t S, Py_ssize_t valid) noexcept nogil:
+    """p[:valid] (scaled scores) += masks, then stable softmax in place; p[valid:] = 0."""
+    cdef Py_ssize_t s
+    cdef floating m = -INFINITY, e
+    cdef double tot = 0
+    if am != NULL:
+        for s in range(valid):
+            p[s] = p[s] + am[s]
+    if km != NULL:
+        for s in range(valid):
+            p[s] = p[s] + km[s]
+    for s in range(valid):
+        if p[s] > m:
+            m = p[s]
+    if m == -INFINITY:                  # every key masked: no attention at all
+        valid = 0
+    else:
+        for s in range(valid):
+            e = _exp(p[s] - m)
+            p[s] = e
+            tot += e
+        e = <floating>(1.0 / tot)
+        for s in range(valid):
+            p[s] = p[s] * e
+    for s in range(valid, S):
+        p[s] = 0
+
+
+cdef void _attention_forward(floating* out, floating* P,
+                             const floating* q, const floating* k, const floating* v,
+                             const floating* amask, Py_ssize_t amask_stride, const floating* kpm,
+                             int N, int H, int T, int S, int D,
+                             int ldq, int ldk, int ldv, int ldo, floating scale, bint causal,
+                             double drop_p, uint64_t seed) noexcept nogil:
+    cdef Py_ssize_t NH = <Py_ssize_t>N * H, TS = <Py_ssize_t>T * S
+    cdef Py_ssize_t bh, n, h, t
+    cdef int nt = threads_for(NH * TS * D, GRAIN)
+    cdef bint drop = drop_p > 0
+    cdef uint64_t thr = <uint64_t>(drop_p * 4294967296.0)
+    cdef floating inv_keep = <floating>(1.0 / (1.0 - drop_p)) if drop else 1
+    cdef floating* scratch = NULL
+    cdef floating* pp
+    cdef floating* pd
+    if nt > NH:
+        nt = <int>NH
+    with parallel(num_threads=nt):
+        # per thread: the scores when P is not kept, and the dropped-out probabilities
+        scratch = <floating*>malloc(2 * TS * sizeof(floating))
+        for bh in prange(NH, schedule='static'):
+            n = bh // H
+            h = bh % H
+            pp = P + bh * TS if P != NULL else scratch
+            # scores (T, S) = scale * Q_h (T, D) @ K_h^T (D, S)
+            gemm(False, True, T, S, D, scale, q + n * T * ldq + h * D, ldq,
+                 k + n * S * ldk + h * D, ldk, <floating>0, pp, S)
+            for t in range(T):
+                _softmax_row(pp + t * S,
+                             amask + bh * amask_stride + t * S if amask != NULL else NULL,
+                             kpm + n * S if kpm != NULL else NULL,
+                             S, min(t + 1, S) if causal else S)
+            pd = pp
+            if drop:
+                pd = scratch + TS
+                for t in range(T):
+                    _dropout_row(pd + t * S, pp + t * S, S, seed, <uint64_t>(bh * TS + t * S),
+                                 thr, inv_keep)
+            # O_h (T, D) = P (T, S) @ V_h (S, D), written into the heads' concatenation
+            gemm(False, False, T, D, S, <floating>1, pd, S, v + n * S * ldv + h * D, ldv,
+                 <floating>0, out + n * T * ldo + h * D, ldo)
+        free(scratch)
+
+
+cdef void _attention_backward(floating* dq, floating* dk, floating* dv, const floating* dout,
+                              const floating* P, const floating* q, const floating* k,
+                              const floating* v, int N, int H, int T, int S, int D,
+                              int ldq, int ldk, int ldv, int ldo, floating scale,
+                              double drop_p, uint64_t seed) noexcept nogil:
+    cdef Py_ssize_t NH = <Py_ssize_t>N * H, TS = <Py_ssize_t>T * S
+    cdef Py_ssize_t bh, n, h, t, s
+    cdef int nt = threads_for(NH * TS * D, GRAIN)
+    cdef bint drop = drop_p > 0
+    cdef uint64_t thr = <uint64_t>(drop_p * 4294967296.0)
+    cdef floating inv_keep = <floating>(1.0 / (1.0 - drop_p)) if drop else 1
+    cdef floating* scratch = NULL
+    cdef floating* dp
+    cdef floating* pd
+    cdef floating* row
+    cdef const floating* pp
+    cdef const floating* prow
+    cdef const floating* dop
+    cdef double dot
+    if nt > NH:
+        nt = <int>NH
+    with parallel(num_threads=nt):
+        scratch = <floating*>malloc(2 * TS * sizeof(floating))
+        for bh in prange(NH, schedule='static'):
+            n = bh // H
+            h = bh % H
+            pp = P + bh * TS
+            dop = dout + n * T * ldo + h * D
+            dp = scratch
+            pd = <floating*>pp
+            if drop:
+                pd = scratch + TS
+                for t in range(T):
+                    _dropout_row(pd + t * S, pp + t * S, S, seed, <uint64_t>(bh * TS + t * S),
+                                 thr, inv_keep)
+            # dV_h (S, D) = Pd^T (S, T) @ dO_h (T, D)
+            gemm(True, False, S, D, T, <floating>1, pd, S, dop, ldo, <floating>0,
+                 dv + n * S * ldv + h * D, ldv)
+            # dPd (T, S) = dO_h (T, D) @ V_h^T (D, S)
+            gemm(False, True, T, S, D, <floating>1, dop, ldo, v + n * S * ldv + h * D, ldv,
+                 <floating>0, dp, S)
+            for t in range(T):
+                row = dp + t * S
+                prow = pp + t * S
+                if drop:
+                    # dP = dPd * keep / (1 - p): pd is zero exactly where dropped (or p = 0)
+                    for s in range(S):
+                        if pd[t * S + s] == 0:
+                            row[s] = 0
+                        else:
+                            row[s] = row[s] * inv_keep
+                # softmax backward: dS = P * (dP - sum(dP * P)), the sum in double
+                dot = 0
+                for s in range(S):
+                    dot = dot + <double>row[s] * prow[s]
+                for s in range(S):
+                    row[s] = prow[s] * <floating>(row[s] - dot)
+            # dQ_h (T, D) = scale * dS (T, S) @ K_h (S, D)
+            gemm(False, False, T, D, S, scale, dp, S, k + n * S * ldk + h * D, ldk,
+                 <floating>0, dq + n * T * ldq + h * D, ldq)
+            # dK_h (S, D) = scale * dS^T (S, T) @ Q_h (T, D)
+            gemm(True, False, S, D, T, scale, dp, S, q + n * T * ldq + h * D, ldq,
+                 <floating>0, dk + n * S * ldk + h * D, ldk)
+        free(scratch)
+
+
+cdef inline void* _ptr(object a):
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+def attention_forward(cnp.ndarray out, object P, cnp.ndarray q, cnp.ndarray k, cnp.ndarray v,
+                      object amask, Py_ssize_t amask_stride, object kpm,
+                      int N, int H, int T, int S, int D, int ldq, int ldk, int ldv, int ldo,
+                      double scale, bint causal, double drop_p, uint64_t seed):
+    """out = softmax(scale * Q K^T + masks) V per (batch, head); P (N, H, T, S) keeps the
+    probabilities (None: not kept). q, k, v, out may be views into larger arrays: pass the
+    arrays whose data pointer is the first element, with their row strides ld*."""
+    cdef void* po = cnp.PyArray_DATA(out)
+    cdef void* pP = _ptr(P)
+    cdef void* pq = cnp.PyArray_DATA(q)
+    cdef void* pk = cnp.PyArray_DATA(k)
+    cdef void* pv = cnp.PyArray_DATA(v)
+    cdef void* pam = _ptr(amask)
+    cdef void* pkm = _ptr(kpm)
+    if cnp.PyArray_TYPE(q) == cnp.NPY_FLOAT32:
+        with nogil:
+            _attention_forward(<float*>po, <float*>pP, <float*>pq, <float*>pk, <float*>pv,
+                               <float*>pam, amask_stride, <float*>pkm, N, H, T, S, D,
+                               ldq, ldk, ldv, ldo, <float>scale, causal, drop_p, seed)
+    else:
+        with nogil:
+            _attention_forward(<double*>po, <double*>pP, <double*>pq, <double*>pk, <double*>pv,
+                               <double*>pam, amask_stride, <double*>pkm, N, H, T, S, D,
+                               ldq, ldk, ldv, ldo, scale, causal, drop_p, seed)
+
+
+def attention_backward(cnp.ndarray dq, cnp.ndarray dk, cnp.ndarray dv, cnp.ndarray dout,
+                       cnp.ndarray P, cnp.ndarray q, cnp.ndarray k, cnp.ndarray v,
+                       int N, int H, int T, int S, int D, int ldq, int ldk, int ldv, int ldo,
+                       double scale, double drop_p, uint64_t seed):
+    """dq, dk, dv (layouts of q, k, v; overwritten) from dout (layout of out) and the saved P."""
+    cdef void* pdq = cnp.PyArray_DATA(dq)
+    cdef void* pdk = cnp.PyArray_DATA(dk)
+    cdef void* pdv = cnp.PyArray_DATA(dv)
+    cdef void* pdo = cnp.PyArray_DATA(dout)
+    cdef void* pP = cnp.PyArray_DATA(P)
+    cdef void* pq = cnp.PyArray_DATA(q)
+    cdef void* pk = cnp.PyArray_DATA(k)
+    cdef void* pv = cnp.PyArray_DATA(v)
+    if cnp.PyArray_TYPE(q) == cnp.NPY_FLOAT32:
+        with nogil:
+            _attention_backward(<float*>pdq, <float*>pdk, <float*>pdv, <float*>pdo, <float*>pP,
+                                <float*>pq, <float*>pk, <float*>pv, N, H, T, S, D,
+                                ldq, ldk, ldv, ldo, <float>scale, drop_p, seed)
+    else:
+        with nogil:
+            _attention_backward(<double*>pdq, <double*>pdk, <double*>pdv, <double*>pdo,
+                                <double*>pP, <double*>pq, <double*>pk, <double*>pv, N, H, T, S, D,
+                                ldq, ldk, ldv, ldo, scale, drop_p, seed)

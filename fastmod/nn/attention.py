@@ -1,0 +1,290 @@
+"""Attention (the seed's "Transformer Modules"): scaled dot-product attention and
+multi-head attention, forward and backward on one Cython kernel (fastmod._kernels.attention)."""
+import math
+
+import numpy as np
+
+from fastmod import _runtime
+from fastmod._kernels import attention as _ka
+from fastmod._kernels import linear as _kl
+from fastmod._runtime import STATE
+from fastmod.nn import init
+from fastmod.nn._validate import boolean, finite_float, positive_int
+from fastmod.nn.linear import Linear
+from fastmod.nn.module import Module, Parameter, as_float_dtype
+
+
+def _additive_mask(mask, dtype, shapes, who, name, bool_true_masks=True):
+    """A bool or float mask -> a C-contiguous additive float mask of `dtype` (or None).
+
+    bool: True = this position may NOT be attended (torch.nn.MultiheadAttention's convention;
+    bool_true_masks=False flips it, as F.scaled_dot_product_attention's True = may attend).
+    float: added to the scores (use -inf to mask). `shapes` lists the accepted shapes.
+    """
+    if mask is None:
+        return None
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"{who}: expected {name} to be a numpy.ndarray (bool or {dtype}), "
+                        f"got {type(mask).__name__}")
+    if mask.shape not in shapes:
+        expected = " or ".join(str(s) for s in shapes)
+        raise ValueError(f"{who}: expected {name} of shape {expected}, got {mask.shape}")
+    if mask.dtype == np.bool_:
+        blocked = mask if bool_true_masks else ~mask
+        out = np.zeros(mask.shape, dtype)
+        out[blocked] = -np.inf
+        return out
+    if mask.dtype != dtype:
+        raise TypeError(f"{who}: expected a bool or {dtype} {name} (like the query), got {mask.dtype}")
+    return np.ascontiguousarray(mask)
+
+
+def _drop_seed(generator):
+    g = generator if generator is not None else _runtime.default_generator()
+    return int(g.integers(0, 2 ** 63, dtype=np.int64))
+
+
+class MultiheadAttention(Module):
+    """MHA(Q, K, V) = Concat(head_1, ..., head_h) W^O, head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V),
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V  (the seed's "Multi-Head Attention").
+
+    torch.nn.MultiheadAttention's parameters, names and initialization: `in_proj_weight` (3E, E)
+    holds W^Q, W^K, W^V stacked (xavier_uniform), `in_proj_bias` (3E,) zeros, `out_proj` a
+    Linear(E, E) with zero bias; d_k = E / num_heads and the scale is 1/sqrt(d_k). For
+    self-attention Q, K and V come from one GEMM with the stacked weight, and the heads are read
+    and written in place (no split/merge copies). The attention probabilities (N, H, T, S) are the
+    only array of that size kept for backward; dropout on them is regenerated from a seed.
+
+    Differences from torch:
+      * `m(x)` returns the output array, not torch's `(output, weights)` tuple. With
+        `need_weights=True` it returns `(output, weights)`, weights averaged over heads
+        (N, T, S) (or per head (N, H, T, S) with average_attn_weights=False), taken before
+        dropout; backward then takes the output's gradient only (weights get no gradient).
+      * `is_causal=True` alone applies the causal mask (torch requires attn_mask with it).
+      * A query whose keys are all masked attends to nothing (zero output row); torch gives NaN.
+      * kdim/vdim, add_bias_kv and add_zero_attn are not supported.
+
+    Args:
+        embed_dim: E, the model width (divisible by num_heads).
+        num_heads: H.
+        dropout: dropout probability on the attention weights (training only).
+        bias: learn in_proj_bias and out_proj.bias (default True).
+        batch_first: inputs (N, T, E) (default True); False takes (T, N, E) (transposed copies).
+        dtype: float32 (default) or float64.
+        generator: numpy Generator for dropout (default: fastmod's, see fastmod.manual_seed).
+
+    Call:
+        m(x, attn_mask=None, is_causal=False, key_padding_mask=None) — self-attention;
+        m(query, key, value, ...) — attention of query over key/value (backward returns
+        (dquery, dkey, dvalue)). Masks: attn_mask (T, S) or (N*H, T, S), key_padding_mask
+        (N, S); bool (True = may not attend, as torch) or additive float of the query's dtype.
+
+    Shape: query (N, T, E), key/value (N, S, E) -> (N, T, E).
+
+    Example:
+        >>> import numpy as np, fastmod.nn as nn
+        >>> nn.MultiheadAttention(64, 4)(np.zeros((2, 10, 64), np.float32)).shape
+        (2, 10, 64)
+    """
+
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, batch_first=True,
+                 dtype=np.float32, generator=None):
+        super().__init__()
+        E = self.embed_dim = positive_int(embed_dim, "MultiheadAttention: embed_dim")
+        H = self.num_heads = positive_int(num_heads, "MultiheadAttention: num_heads")
+        if E % H:
+            raise ValueError(f"MultiheadAttention: embed_dim ({E}) must be divisible by "
+                             f"num_heads ({H})")
+        self.head_dim = E // H
+        self.dropout = finite_float(dropout, "MultiheadAttention: dropout", 0.0, 1.0, high_open=True)
+        self.batch_first = boolean(batch_first, "MultiheadAttention: batch_first")
+        boolean(bias, "MultiheadAttention: bias")
+        dt = as_float_dtype(dtype, "MultiheadAttention: dtype")
+        self.generator = generator
+        self.in_proj_weight = Parameter(np.empty((3 * E, E), dt))
+        self.in_proj_bias = Parameter(np.empty(3 * E, dt)) if bias else None
+        self.out_proj = Linear(E, E, bias=bias, dtype=dt)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """torch's: xavier_uniform_ on in_proj_weight, zero biases; out_proj.weight keeps
+        Linear's default (kaiming_uniform, a=sqrt(5))."""
+        init.xavier_uniform_(self.in_proj_weight)
+        self.out_proj.reset_parameters()
+        if self.in_proj_bias is not None:
+            init.zeros_(self.in_proj_bias)
+            init.zeros_(self.out_proj.bias)
+
+    def extra_repr(self):
+        s = f"{self.embed_dim}, {self.num_heads}"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.in_proj_bias is None:
+            s += ", bias=False"
+        if not self.batch_first:
+            s += ", batch_first=False"
+        return s
+
+    # -- input checks ---------------------------------------------------------------------------
+    def _check_seq(self, x, name, n=None):
+        if isinstance(x, np.ndarray) and x.dtype == np.bool_:
+            raise TypeError(f"{self._short_repr()}: got a bool array as {name}; masks are "
+                            f"keyword arguments (attn_mask=..., key_padding_mask=...)")
+        x = self._check_dtype(x, self.in_proj_weight.data.dtype, name)
+        E = self.embed_dim
+        lead = "N, L" if self.batch_first else "L, N"
+        if x.ndim != 3 or x.shape[2] != E:
+            raise ValueError(f"{self._short_repr()}: expected {name} of shape ({lead}, {E}), "
+                             f"got {x.shape}")
+        if not self.batch_first:
+            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        if n is not None and x.shape[0] != n:
+            raise ValueError(f"{self._short_repr()}: {name} has batch size {x.shape[0]}, the "
+                             f"query has {n}")
+        return x
+
+    def _masks(self, attn_mask, key_padding_mask, N, T, S, dt):
+        who, H = self._short_repr(), self.num_heads
+        am = _additive_mask(attn_mask, dt, [(T, S), (N * H, T, S)], who, "attn_mask")
+        kpm = _additive_mask(key_padding_mask, dt, [(N, S)], who, "key_padding_mask")
+        stride = 0 if am is None or am.ndim == 2 else T * S
+        return am, stride, kpm
+
+    # -- forward / backward ---------------------------------------------------------------------
+    def forward(self, query, key=None, value=None, *, attn_mask=None, is_causal=False,
+                key_padding_mask=None, need_weights=False, average_attn_weights=True):
+        E, H, D = self.embed_dim, self.num_heads, self.head_dim
+        w = self.in_proj_weight.data
+        b = None if self.in_proj_bias is None else self.in_proj_bias.data
+        dt = w.dtype
+        boolean(is_causal, f"{self._short_repr()}: is_causal")
+        if (key is None) != (value is None):
+            raise ValueError(f"{self._short_repr()}: pass both key and value (cross-attention) "
+                             "or neither (self-attention)")
+        self_attn = key is None
+        x = self._check_seq(query, "query")
+        N, T = x.shape[0], x.shape[1]
+        if self_attn:
+            S = T
+            qkv = np.empty((N * T, 3 * E), dt)                  # [Q | K | V] from one GEMM
+            _kl.linear_forward(qkv, x.reshape(N * T, E), w, b)
+            q, k, v, ld = qkv, qkv[:, E:], qkv[:, 2 * E:], 3 * E
+            inputs = (x,)
+        else:
+            kx = self._check_seq(key, "key", N)
+            vx = self._check_seq(value, "value", N)
+            S = kx.shape[1]
+            if vx.shape[1] != S:
+                raise ValueError(f"{self._short_repr()}: key and value must have the same "
+                                 f"length, got {kx.shape[1]} and {vx.shape[1]}")
+            q, k, v = np.empty((N * T, E), dt), np.empty((N * S, E), dt), np.empty((N * S, E), dt)
+            for i, (dst, src) in enumerate(((q, x), (k, kx), (v, vx))):
+                _kl.linear_forward(dst, src.reshape(-1, E), w[i * E:(i + 1) * E],
+                                   None if b is None else b[i * E:(i + 1) * E])
+            ld = E
+            inputs = (x, kx, vx)
+        am, am_stride, kpm = self._masks(attn_mask, key_padding_mask, N, T, S, dt)
+        drop = self.dropout if self.training else 0.0
+        seed = _drop_seed(self.generator) if drop > 0 else 0
+        keep = STATE.grad_enabled
+        P = np.empty((N, H, T, S), dt) if keep or need_weights else None
+        ctx = np.empty((N, T, E), dt)                           # heads' outputs, concatenated
+        _ka.attention_forward(ctx, P, q, k, v, am, am_stride, kpm, N, H, T, S, D, ld, ld, ld, E,
+                              1.0 / math.sqrt(D), is_causal, drop, seed)
+        out = self.out_proj(ctx)
+        # for backward: the projection inputs, Q/K/V (packed or separate), P, dropout's seed
+        self._save(inputs, q, k, v, ld, P, drop, seed)
+        if not self.batch_first:
+            out = np.ascontiguousarray(out.transpose(1, 0, 2))
+        if need_weights:
+            weights = P.mean(axis=1) if average_attn_weights else P.copy()
+            return out, weights
+        return out
+
+    def backward(self, dy, need_input_grad=True):
+        inputs, q, k, v, ld, P, drop, seed = self._saved()
+        if isinstance(dy, tuple):                               # (d out, d weights) from need_weights
+            dy = dy[0]
+        E, H, D = self.embed_dim, self.num_heads, self.head_dim
+        N, _, T, S = P.shape
+        dt = P.dtype
+        if not self.batch_first:
+            dy = self._check_grad(dy, (T, N, E), dt)
+            dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
+        dctx = self.out_proj.backward(dy)
+        if len(inputs) == 1:                                    # packed: views of one (N*T, 3E)
+            dqkv = np.empty((N * T, 3 * E), dt)
+            dq, dk, dv = dqkv, dqkv[:, E:], dqkv[:, 2 * E:]
+        else:
+            dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+        _ka.attention_backward(dq, dk, dv, dctx, P, q, k, v, N, H, T, S, D, ld, ld, ld, E,
+                               1.0 / math.sqrt(D), drop, seed)
+        wp, bp = self.in_proj_weight, self.in_proj_bias
+        dw = db = None
+        acc_w = acc_b = False
+        if wp.requires_grad:
+            dw, acc_w = wp.grad_buffer()
+        if bp is not None and bp.requires_grad:
+            db, acc_b = bp.grad_buffer()
+        if len(inputs) == 1:
+            x2 = inputs[0].reshape(N * T, E)
+            dx = np.empty_like(x2) if need_input_grad else None
+            _kl.linear_backward(dx, dw, db, dqkv, x2, wp.data, acc_w, acc_b)
+            return self._out_grad(dx, N, T) if need_input_grad else None
+        grads = []
+        for i, (dpart, src) in enumerate(zip((dq, dk, dv), inputs)):
+            s = slice(i * E, (i + 1) * E)
+            x2 = src.reshape(-1, E)
+            dx = np.empty_like(x2) if need_input_grad else None
+            _kl.linear_backward(dx, None if dw is None else dw[s], None if db is None else db[s],
+                                dpart, x2, wp.data[s], acc_w, acc_b)
+            grads.append(self._out_grad(dx, N, src.shape[1]) if need_input_grad else None)
+        return tuple(grads) if need_input_grad else None
+
+    def _out_grad(self, dx, N, L):
+        dx = dx.reshape(N, L, self.embed_dim)
+        return dx if self.batch_first else np.ascontiguousarray(dx.transpose(1, 0, 2))
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
+                                 is_causal=False, scale=None, generator=None):
+    """softmax(Q K^T * scale + mask) V for (N, H, T, D) / (N, H, S, D) arrays (inference: no
+    backward; use MultiheadAttention for training). Like torch.nn.functional's, a bool attn_mask
+    here means True = MAY attend (the opposite of MultiheadAttention's bool masks); attn_mask
+    has shape (T, S) or (N, H, T, S). scale defaults to 1/sqrt(D).
+
+    Example:
+        >>> import numpy as np, fastmod.nn as nn
+        >>> q = np.zeros((2, 4, 10, 16), np.float32)
+        >>> nn.scaled_dot_product_attention(q, q, q).shape
+        (2, 4, 10, 16)
+    """
+    who = "scaled_dot_product_attention"
+    arrs = []
+    for name, a in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(a, np.ndarray) or a.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{who}: expected {name} a float32/float64 numpy.ndarray, got "
+                            f"{getattr(a, 'dtype', type(a).__name__)}")
+        if a.ndim != 4 or a.size == 0:
+            raise ValueError(f"{who}: expected a non-empty {name} of shape (N, H, L, D), got {a.shape}")
+        arrs.append(np.ascontiguousarray(a))
+    q, k, v = arrs
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"{who}: query, key and value must share a dtype, got {q.dtype}, "
+                        f"{k.dtype}, {v.dtype}")
+    N, H, T, D = q.shape
+    S = k.shape[2]
+    if k.shape != (N, H, S, D) or v.shape != (N, H, S, D):
+        raise ValueError(f"{who}: expected key and value of shape {(N, H, S, D)} for query "
+                         f"{q.shape}, got {k.shape} and {v.shape}")
+    am = _additive_mask(attn_mask, q.dtype, [(T, S), (N, H, T, S)], who, "attn_mask",
+                        bool_true_masks=False)
+    p = finite_float(dropout_p, f"{who}: dropout_p", 0.0, 1.0, high_open=True)
+    seed = _drop_seed(generator) if p > 0 else 0
+    sc = 1.0 / math.sqrt(D) if scale is None else finite_float(scale, f"{who}: scale")
+    out = np.empty((N, H, T, D), q.dtype)
+    # (N, H, L, D) is N*H "batches" of one head each, rows of stride D
+    _ka.attention_forward(out, None, q, k, v, am, 0 if am is None or am.ndim == 2 else T * S,
+                          None, N * H, 1, T, S, D, D, D, D, D, sc, boolean(is_causal, f"{who}: is_causal"),
+                          p, seed)
+    return out
