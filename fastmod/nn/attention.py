@@ -158,6 +158,10 @@ class MultiheadAttention(Module):
         b = None if self.in_proj_bias is None else self.in_proj_bias.data
         dt = w.dtype
         boolean(is_causal, f"{self._short_repr()}: is_causal")
+        for name, a in (("key", key), ("value", value)):
+            if isinstance(a, np.ndarray) and a.dtype == np.bool_:
+                raise TypeError(f"{self._short_repr()}: got a bool array as {name}; masks are "
+                                f"keyword arguments (attn_mask=..., key_padding_mask=...)")
         if (key is None) != (value is None):
             raise ValueError(f"{self._short_repr()}: pass both key and value (cross-attention) "
                              "or neither (self-attention)")
