@@ -6,9 +6,10 @@ from fastmod.nn.containers import (Identity, Sequential, ModuleList, Residual, P
                                    ResidualBlock)
 from fastmod.nn.misc import Flatten, Dropout
 from fastmod.nn.attention import MultiheadAttention, scaled_dot_product_attention
+from fastmod.nn.embedding import Embedding
 from fastmod.nn import init
 
 __all__ = ["Module", "Parameter", "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax",
            "LogSoftmax", "Identity", "Sequential", "ModuleList", "Residual", "Parallel",
            "ResidualBlock", "Flatten", "Dropout", "init"]
-__all__ += ["MultiheadAttention", "scaled_dot_product_attention"]
+__all__ += ["MultiheadAttention", "scaled_dot_product_attention", "Embedding"]
