@@ -51,11 +51,19 @@ def _open(path):
 
 
 def _read(f, n, path):
-    """Up to n bytes; a corrupt gzip stream becomes a DataError naming the file."""
+    """Up to n bytes, in chunks (so a corrupt header's huge size never allocates more than the
+    file holds); a corrupt gzip stream becomes a DataError naming the file."""
+    chunks, left = [], n
     try:
-        return f.read(n)
+        while left > 0:
+            c = f.read(min(left, 1 << 24))
+            if not c:
+                break
+            chunks.append(c)
+            left -= len(c)
     except (OSError, EOFError, zlib.error) as e:   # gzip.BadGzipFile is an OSError
         raise DataError(f"{path}: not a valid gzip file ({e})") from None
+    return b"".join(chunks)
 
 
 def read_idx(path):
@@ -91,8 +99,7 @@ def read_idx(path):
         for s in shape:
             count *= s
         nbytes = count * dt.itemsize
-        # read no more than the header promises (+1 byte to detect trailing data), so that a
-        # corrupt size can never make us allocate more than the file holds
+        # read what the header promises, then 1 byte more to detect trailing data
         data = _read(f, nbytes, path)
         if len(data) < nbytes:
             raise DataError(f"{path}: truncated IDX file: the header declares shape {shape} "
@@ -164,7 +171,7 @@ def check_xy(x, y, source, num_classes=None):
     if lo < 0 or (num_classes is not None and hi >= num_classes):
         i = int(np.flatnonzero((y < 0) | ((y >= num_classes) if num_classes is not None else False))[0])
         rng = f"[0, {num_classes - 1}]" if num_classes is not None else "[0, ...)"
-        raise DataError(f"{source}: label {y[i]!r} of sample {i} is out of range {rng}"
+        raise DataError(f"{source}: label {y[i].item()} of sample {i} is out of range {rng}"
                         + (f" for {num_classes} classes" if num_classes is not None else ""))
     return x, y.astype(np.int64)
 
