@@ -7,9 +7,11 @@ from fastmod.nn.containers import (Identity, Sequential, ModuleList, Residual, P
 from fastmod.nn.misc import Flatten, Dropout
 from fastmod.nn.attention import MultiheadAttention, scaled_dot_product_attention
 from fastmod.nn.embedding import Embedding
+from fastmod.nn.transformer import TransformerEncoderLayer
 from fastmod.nn import init
 
 __all__ = ["Module", "Parameter", "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax",
            "LogSoftmax", "Identity", "Sequential", "ModuleList", "Residual", "Parallel",
            "ResidualBlock", "Flatten", "Dropout", "init"]
-__all__ += ["MultiheadAttention", "scaled_dot_product_attention", "Embedding"]
+__all__ += ["MultiheadAttention", "scaled_dot_product_attention", "Embedding",
+            "TransformerEncoderLayer"]
