@@ -1,0 +1,392 @@
+# cython: language_level=3
+"""Convolution (the seed's Conv1D / Conv2D, cross-correlation as torch) forward and backward:
+im2col + GEMM, parallel over the batch.
+
+Legend: N = batch, C = input channels, H, W = input size, OC = output channels, KH, KW = kernel,
+SH, SW = stride, PH, PW = top / left padding (the bottom / right padding is implied by OH, OW),
+DH, DW = dilation, G = groups, Cg = C / G, OCg = OC / G, K = Cg*KH*KW (GEMM depth per group),
+P = OH*OW (output positions per image).
+Layouts (row-major, one dtype): x (N, C, H, W), weight (OC, Cg, KH, KW), bias (OC,),
+y (N, OC, OH, OW). Conv1d is the H = KH = 1 case. Inside one image, x and y must be
+C-contiguous, but consecutive images may be further apart (batch stride >= C*H*W): DenseBlock
+passes a channel prefix of its concatenation buffer as x and a channel slice of it as y.
+
+Per image n and group g (cols = im2col(x_n), (C*KH*KW, P); group g owns rows g*K..(g+1)*K):
+    y_n[g]  (OCg, P) = W_g (OCg, K) @ cols_g (K, P) + b_g
+    dW_g   (OCg, K) += dy_n[g] (OCg, P) @ cols_g^T (P, K)
+    dcols_g (K, P)   = W_g^T (K, OCg) @ dy_n[g] (OCg, P);   dx_n = col2im(dcols)
+A 1x1 kernel with stride 1 and no padding needs no im2col at all: cols = x_n.
+
+Threads (measured on the 2-core dev box, see bench/bench_conv.py): the batch is split into one
+contiguous chunk of images per thread; each thread im2cols one image at a time into its own
+buffer and calls a single-threaded GEMM. That beat one big batched GEMM (im2col of the whole
+batch, then a GEMM split over threads) for forward, dW and dX. dW and db go through per-thread
+partials summed in thread order, so a fixed thread count gives bit-identical results. With fewer
+images than threads (batch 1), images run in turn and each GEMM is split over the threads.
+"""
+cimport numpy as cnp
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+
+from fastmod._kernels._blas cimport gemm, pgemm
+from fastmod._kernels._threads cimport num_threads
+
+cnp.import_array()
+
+cdef enum:
+    SERIAL_MACS = 1 << 17       # a whole conv below this many multiply-adds runs on one thread
+
+
+# ---------------------------------------------------------------- im2col / col2im
+cdef inline void _valid_range(int off, int stride, int size, int out, int* lo, int* hi) noexcept nogil:
+    # the output columns o in [lo, hi) whose input column o*stride + off lies in [0, size)
+    cdef int a, b
+    a = 0 if off >= 0 else (-off + stride - 1) // stride
+    b = (size - off + stride - 1) // stride if size - off > 0 else 0
+    if b > out:
+        b = out
+    if a > b:
+        a = b
+    lo[0] = a
+    hi[0] = b
+
+
+cdef void im2col_2d(floating* col, const floating* x, int C, int H, int W, int OH, int OW,
+                    int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW,
+                    Py_ssize_t ldc) noexcept nogil:
+    """col (C*KH*KW, OH*OW), rows ldc apart:
+    col[(c, kh, kw), (oh, ow)] = x[c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW] (0 outside x).
+    Loops over the kernel window; each output row is a strided copy."""
+    cdef int c, kh, kw, oh, ow, ih, off, lo, hi
+    cdef floating* row
+    cdef const floating* src
+    cdef Py_ssize_t r = 0
+    for c in range(C):
+        for kh in range(KH):
+            for kw in range(KW):
+                off = kw * DW - PW
+                _valid_range(off, SW, W, OW, &lo, &hi)
+                row = col + r * ldc
+                r += 1
+                for oh in range(OH):
+                    ih = oh * SH - PH + kh * DH
+                    if ih < 0 or ih >= H or lo >= hi:
+                        memset(row, 0, OW * sizeof(floating))
+                    else:
+                        src = x + (<Py_ssize_t>c * H + ih) * W
+                        for ow in range(lo):
+                            row[ow] = 0
+                        if SW == 1:
+                            memcpy(row + lo, src + lo + off, (hi - lo) * sizeof(floating))
+                        else:
+                            for ow in range(lo, hi):
+                                row[ow] = src[ow * SW + off]
+                        for ow in range(hi, OW):
+                            row[ow] = 0
+                    row += OW
+
+
+cdef void col2im_2d(floating* x, const floating* col, int C, int H, int W, int OH, int OW,
+                    int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW) noexcept nogil:
+    """The adjoint of im2col_2d: x[c, ih, iw] += col[(c, kh, kw), (oh, ow)] (x must be initialized)."""
+    cdef int c, kh, kw, oh, ow, ih, off, lo, hi
+    cdef const floating* row
+    cdef floating* dst
+    cdef Py_ssize_t P = <Py_ssize_t>OH * OW
+    cdef Py_ssize_t r = 0
+    for c in range(C):
+        for kh in range(KH):
+            for kw in range(KW):
+                off = kw * DW - PW
+                _valid_range(off, SW, W, OW, &lo, &hi)
+                row = col + r * P
+                r += 1
+                for oh in range(OH):
+                    ih = oh * SH - PH + kh * DH
+                    if ih >= 0 and ih < H:
+                        dst = x + (<Py_ssize_t>c * H + ih) * W + off
+                        if SW == 1:
+                            for ow in range(lo, hi):
+                                dst[ow] += row[ow]
+                        else:
+                            for ow in range(lo, hi):
+                                dst[ow * SW] += row[ow]
+                    row += OW
+
+
+# ---------------------------------------------------------------- geometry of one call
+cdef struct Geom:
+    int N, C, H, W, OC, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, G
+    int Cg, OCg, K, P
+    Py_ssize_t xs, ys       # batch strides of x / dx and y / dy, in elements
+    bint direct             # 1x1 kernel, stride 1, no padding: cols are x itself
+
+
+cdef inline Py_ssize_t _col_size(Geom* g) noexcept nogil:
+    return 1 if g.direct else <Py_ssize_t>g.C * g.KH * g.KW * g.P
+
+
+cdef inline int _threads_for_batch(Geom* g) noexcept nogil:
+    cdef int nt = num_threads()
+    cdef double macs = <double>g.N * g.OC * g.K * g.P
+    if nt > g.N:
+        nt = g.N
+    if macs < SERIAL_MACS:
+        nt = 1
+    return nt if nt > 1 else 1
+
+
+# ---------------------------------------------------------------- forward
+cdef void _forward_image(floating* y, const floating* x, const floating* w, const floating* b,
+                         floating* col, Geom* g, int gemm_nt) noexcept nogil:
+    # y (OC, P) = per group W_g @ cols_g (+ b broadcast along P first, then GEMM with beta = 1)
+    cdef const floating* cols
+    cdef int gr, o, p
+    cdef floating beta = 0
+    cdef floating* yrow
+    if g.direct:
+        cols = x
+    else:
+        im2col_2d(col, x, g.C, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.SH, g.SW, g.PH, g.PW, g.DH, g.DW,
+                  g.P)
+        cols = col
+    if b != NULL:
+        beta = 1
+        for o in range(g.OC):
+            yrow = y + <Py_ssize_t>o * g.P
+            for p in range(g.P):
+                yrow[p] = b[o]
+    for gr in range(g.G):
+        pgemm(False, False, g.OCg, g.P, g.K, <floating>1,
+              w + <Py_ssize_t>gr * g.OCg * g.K, g.K,
+              cols + <Py_ssize_t>gr * g.K * g.P, g.P,
+              beta, y + <Py_ssize_t>gr * g.OCg * g.P, g.P, gemm_nt)
+
+
+cdef void _conv_forward(floating* y, const floating* x, const floating* w, const floating* b,
+                        Geom* g) noexcept nogil:
+    cdef int nt = _threads_for_batch(g)
+    cdef int t, n, lo, hi, chunk
+    cdef Py_ssize_t cs = _col_size(g)
+    cdef floating* colbuf = <floating*>malloc(nt * cs * sizeof(floating))
+    if nt <= 1:
+        for n in range(g.N):
+            _forward_image(y + n * g.ys, x + n * g.xs, w, b, colbuf, g, num_threads())
+    else:
+        chunk = (g.N + nt - 1) // nt
+        for t in prange(nt, num_threads=nt, schedule='static'):
+            lo = t * chunk
+            hi = min(g.N, lo + chunk)
+            for n in range(lo, hi):
+                _forward_image(y + n * g.ys, x + n * g.xs, w, b, colbuf + t * cs, g, 1)
+    free(colbuf)
+
+
+# ---------------------------------------------------------------- backward
+cdef void _backward_image(floating* dx, floating* dw, double* db, const floating* dy,
+                          const floating* x, const floating* w, floating* col, Geom* g,
+                          bint dw_beta, bint acc_dx, int gemm_nt) noexcept nogil:
+    # dw (OC, K) (+)= dy_n @ cols^T per group; db (OC,) += sum_p dy_n; dx_n (+)= col2im(W^T dy_n)
+    cdef const floating* cols
+    cdef const floating* dyrow
+    cdef int gr, o, p
+    cdef double s
+    if dw != NULL:
+        if g.direct:
+            cols = x
+        else:
+            im2col_2d(col, x, g.C, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.SH, g.SW, g.PH, g.PW,
+                      g.DH, g.DW, g.P)
+            cols = col
+        for gr in range(g.G):
+            pgemm(False, True, g.OCg, g.K, g.P, <floating>1,
+                  dy + <Py_ssize_t>gr * g.OCg * g.P, g.P,
+                  cols + <Py_ssize_t>gr * g.K * g.P, g.P,
+                  <floating>(1 if dw_beta else 0), dw + <Py_ssize_t>gr * g.OCg * g.K, g.K, gemm_nt)
+    if db != NULL:
+        for o in range(g.OC):
+            dyrow = dy + <Py_ssize_t>o * g.P
+            s = 0
+            for p in range(g.P):
+                s += dyrow[p]
+            db[o] += s
+    if dx != NULL:
+        if g.direct:
+            # dx_n (C, H*W) (+)= W_g^T @ dy_n[g]: the GEMM writes straight into dx
+            for gr in range(g.G):
+                pgemm(True, False, g.K, g.P, g.OCg, <floating>1,
+                      w + <Py_ssize_t>gr * g.OCg * g.K, g.K,
+                      dy + <Py_ssize_t>gr * g.OCg * g.P, g.P,
+                      <floating>(1 if acc_dx else 0), dx + <Py_ssize_t>gr * g.K * g.P, g.P,
+                      gemm_nt)
+        else:
+            for gr in range(g.G):
+                pgemm(True, False, g.K, g.P, g.OCg, <floating>1,
+                      w + <Py_ssize_t>gr * g.OCg * g.K, g.K,
+                      dy + <Py_ssize_t>gr * g.OCg * g.P, g.P,
+                      <floating>0, col + <Py_ssize_t>gr * g.K * g.P, g.P, gemm_nt)
+            if not acc_dx:
+                memset(dx, 0, <Py_ssize_t>g.C * g.H * g.W * sizeof(floating))
+            col2im_2d(dx, col, g.C, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.SH, g.SW, g.PH, g.PW,
+                      g.DH, g.DW)
+
+
+cdef void _conv_backward(floating* dx, floating* dw, floating* db, const floating* dy,
+                         const floating* x, const floating* w, Geom* g,
+                         bint acc_w, bint acc_b, bint acc_dx) noexcept nogil:
+    cdef int nt = _threads_for_batch(g)
+    cdef int t, n, lo, hi, chunk, o
+    cdef Py_ssize_t i, cs = _col_size(g)
+    cdef Py_ssize_t wsize = <Py_ssize_t>g.OC * g.K
+    cdef floating* colbuf = <floating*>malloc(nt * cs * sizeof(floating))
+    cdef floating* dwpart = NULL
+    cdef double* dbpart = NULL
+    cdef double acc
+    if db != NULL:
+        dbpart = <double*>malloc(nt * g.OC * sizeof(double))
+        memset(dbpart, 0, nt * g.OC * sizeof(double))
+    if nt <= 1:
+        for n in range(g.N):
+            # the first image overwrites dw unless accumulating
+            _backward_image(dx + n * g.xs if dx != NULL else NULL, dw, dbpart, dy + n * g.ys,
+                            x + n * g.xs, w, colbuf, g, acc_w or n > 0, acc_dx, num_threads())
+    else:
+        if dw != NULL:
+            dwpart = <floating*>malloc(nt * wsize * sizeof(floating))
+        chunk = (g.N + nt - 1) // nt
+        for t in prange(nt, num_threads=nt, schedule='static'):
+            lo = t * chunk
+            hi = min(g.N, lo + chunk)
+            for n in range(lo, hi):
+                _backward_image(dx + n * g.xs if dx != NULL else NULL,
+                                dwpart + t * wsize if dwpart != NULL else NULL,
+                                dbpart + t * g.OC if dbpart != NULL else NULL,
+                                dy + n * g.ys, x + n * g.xs, w, colbuf + t * cs, g,
+                                n > lo, acc_dx, 1)
+        if dw != NULL:
+            # fixed-order sum of the per-thread partials (threads with no image left none)
+            for i in range(wsize):
+                acc = dw[i] if acc_w else 0
+                for t in range(nt):
+                    if t * chunk < g.N:
+                        acc = acc + dwpart[t * wsize + i]
+                dw[i] = <floating>acc
+            free(dwpart)
+    if db != NULL:
+        for o in range(g.OC):
+            acc = db[o] if acc_b else 0
+            for t in range(nt):
+                acc += dbpart[t * g.OC + o]
+            db[o] = <floating>acc
+        free(dbpart)
+    free(colbuf)
+
+
+# ---------------------------------------------------------------- batched variant (for measurement)
+cdef void _conv_forward_batched(floating* y, const floating* x, const floating* w,
+                                const floating* b, Geom* g) noexcept nogil:
+    # cols of the whole batch (C*KH*KW, N*P), one GEMM split over threads into (OC, N*P), then
+    # a transposing copy into y (N, OC, P). Kept to compare with the per-image recipe.
+    cdef int nt = num_threads()
+    cdef int n, o, p
+    cdef Py_ssize_t NP = <Py_ssize_t>g.N * g.P, KR = <Py_ssize_t>g.C * g.KH * g.KW
+    cdef floating* cols = <floating*>malloc(KR * NP * sizeof(floating))
+    cdef floating* tmp = <floating*>malloc(<Py_ssize_t>g.OC * NP * sizeof(floating))
+    for n in prange(g.N, num_threads=nt, schedule='static'):
+        im2col_2d(cols + <Py_ssize_t>n * g.P, x + n * g.xs, g.C, g.H, g.W, g.OH, g.OW, g.KH, g.KW,
+                  g.SH, g.SW, g.PH, g.PW, g.DH, g.DW, NP)
+    pgemm(False, False, g.OC, <int>NP, <int>KR, <floating>1, w, <int>KR, cols, <int>NP,
+          <floating>0, tmp, <int>NP, nt)
+    for n in prange(g.N, num_threads=nt, schedule='static'):
+        for o in range(g.OC):
+            for p in range(g.P):
+                y[n * g.ys + <Py_ssize_t>o * g.P + p] = tmp[<Py_ssize_t>o * NP + <Py_ssize_t>n * g.P + p] + (b[o] if b != NULL else 0)
+    free(cols)
+    free(tmp)
+
+
+# ---------------------------------------------------------------- Python entry points
+cdef inline void* _ptr(object a):
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef void _geom(Geom* g, cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int SH, int SW, int PH,
+                int PW, int DH, int DW, int G):
+    g.N = <int>cnp.PyArray_DIM(x, 0)
+    g.C = <int>cnp.PyArray_DIM(x, 1)
+    g.H = <int>cnp.PyArray_DIM(x, 2)
+    g.W = <int>cnp.PyArray_DIM(x, 3)
+    g.OC = <int>cnp.PyArray_DIM(y, 1)
+    g.OH = <int>cnp.PyArray_DIM(y, 2)
+    g.OW = <int>cnp.PyArray_DIM(y, 3)
+    g.KH = <int>cnp.PyArray_DIM(w, 2)
+    g.KW = <int>cnp.PyArray_DIM(w, 3)
+    g.SH, g.SW, g.PH, g.PW, g.DH, g.DW, g.G = SH, SW, PH, PW, DH, DW, G
+    g.Cg = g.C // G
+    g.OCg = g.OC // G
+    g.K = g.Cg * g.KH * g.KW
+    g.P = g.OH * g.OW
+    g.xs = cnp.PyArray_STRIDES(x)[0] // cnp.PyArray_ITEMSIZE(x)
+    g.ys = cnp.PyArray_STRIDES(y)[0] // cnp.PyArray_ITEMSIZE(y)
+    g.direct = (g.KH == 1 and g.KW == 1 and SH == 1 and SW == 1 and PH == 0 and PW == 0
+                and g.OH == g.H and g.OW == g.W)
+
+
+def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
+                   int SH, int SW, int PH, int PW, int DH, int DW, int G, bint batched=False):
+    """y (N, OC, OH, OW) = conv(x (N, C, H, W), w (OC, C/G, KH, KW)) + b (b may be None).
+
+    PH / PW are the top / left paddings; OH, OW (y's shape) imply the bottom / right ones.
+    Images of x and y are C-contiguous; their batch strides may be larger (channel views).
+    batched=True runs the one-big-GEMM variant (groups=1 only; for benchmarks).
+    """
+    cdef Geom g
+    _geom(&g, x, y, w, SH, SW, PH, PW, DH, DW, G)
+    cdef void* py = cnp.PyArray_DATA(y)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* pw = cnp.PyArray_DATA(w)
+    cdef void* pb = _ptr(b)
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+        with nogil:
+            if batched:
+                _conv_forward_batched(<float*>py, <float*>px, <float*>pw, <float*>pb, &g)
+            else:
+                _conv_forward(<float*>py, <float*>px, <float*>pw, <float*>pb, &g)
+    else:
+        with nogil:
+            if batched:
+                _conv_forward_batched(<double*>py, <double*>px, <double*>pw, <double*>pb, &g)
+            else:
+                _conv_forward(<double*>py, <double*>px, <double*>pw, <double*>pb, &g)
+
+
+def conv2d_backward(object dx, object dw, object db, cnp.ndarray dy, cnp.ndarray x,
+                    cnp.ndarray w, int SH, int SW, int PH, int PW, int DH, int DW, int G,
+                    bint acc_w, bint acc_b, bint acc_dx):
+    """dx (+)= conv^T(dy); dw (+)= dy (*) x; db (+)= dy summed over (N, OH, OW).
+
+    Any of dx, dw, db may be None to skip it. acc_*: add into the array (True) or overwrite it.
+    dx has x's shape and batch stride.
+    """
+    cdef Geom g
+    _geom(&g, x, dy, w, SH, SW, PH, PW, DH, DW, G)
+    if dx is not None:
+        g.xs = cnp.PyArray_STRIDES(<cnp.ndarray>dx)[0] // cnp.PyArray_ITEMSIZE(x)
+        if g.xs != cnp.PyArray_STRIDES(x)[0] // cnp.PyArray_ITEMSIZE(x):
+            raise ValueError("conv2d_backward: dx and x must have the same batch stride")
+    cdef void* pdx = _ptr(dx)
+    cdef void* pdw = _ptr(dw)
+    cdef void* pdb = _ptr(db)
+    cdef void* pdy = cnp.PyArray_DATA(dy)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* pw = cnp.PyArray_DATA(w)
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+        with nogil:
+            _conv_backward(<float*>pdx, <float*>pdw, <float*>pdb, <float*>pdy, <float*>px,
+                           <float*>pw, &g, acc_w, acc_b, acc_dx)
+    else:
+        with nogil:
+            _conv_backward(<double*>pdx, <double*>pdw, <double*>pdb, <double*>pdy, <double*>px,
+                           <double*>pw, &g, acc_w, acc_b, acc_dx)

@@ -1,0 +1,238 @@
+"""Convolutions: the seed's Conv1D / Conv2D ("Convolutional Modules") as torch's Conv1d / Conv2d.
+
+Convolution here is cross-correlation, as in the seed's formula and in torch:
+    y[n, o, i, j] = b[o] + sum_{c in group(o), p, q} w[o, c, p, q] x[n, c, i*s - pad + p*d, j*s - pad + q*d]
+The seed's Conv1D-S is Conv1d(1, 1, 2l+1, padding=l, bias=False) (multiplication by the banded
+matrix Q), Conv2D-S the 2-D analogue; the multi-channel Conv1D / Conv2D sum one Conv-S per
+(output, input) channel pair: k*C*C' (resp. k^2*C*C') weights, plus C' biases.
+
+The kernels (fastmod/_kernels/conv.pyx) im2col one image at a time into a per-thread buffer
+and call a single-threaded GEMM, parallel over the batch; a 1x1 kernel with stride 1 and no
+padding is a plain GEMM with no im2col.
+"""
+import numpy as np
+
+from fastmod._kernels import conv as _k
+from fastmod.nn import init
+from fastmod.nn._validate import boolean, int_tuple, positive_int
+from fastmod.nn.module import Module, Parameter, as_float_dtype
+
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def _out_size(size, k, s, lo, hi, d):
+    """floor((size + lo + hi - d*(k - 1) - 1) / s) + 1 (<= 0 when the kernel does not fit)."""
+    return (size + lo + hi - d * (k - 1) - 1) // s + 1
+
+
+class _ConvNd(Module):
+    _nd = 2
+    _layout = "(N, C, H, W)"
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros", dtype=np.float32):
+        super().__init__()
+        name, nd = type(self).__name__, self._nd
+        self.in_channels = positive_int(in_channels, f"{name}: in_channels")
+        self.out_channels = positive_int(out_channels, f"{name}: out_channels")
+        self.kernel_size = int_tuple(kernel_size, nd, f"{name}: kernel_size")
+        self.stride = int_tuple(stride, nd, f"{name}: stride")
+        self.dilation = int_tuple(dilation, nd, f"{name}: dilation")
+        self.groups = positive_int(groups, f"{name}: groups")
+        boolean(bias, f"{name}: bias")
+        if self.in_channels % self.groups:
+            raise ValueError(f"{name}: in_channels ({self.in_channels}) must be divisible by "
+                             f"groups ({self.groups})")
+        if self.out_channels % self.groups:
+            raise ValueError(f"{name}: out_channels ({self.out_channels}) must be divisible by "
+                             f"groups ({self.groups})")
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(f"{name}: padding_mode must be one of {_PADDING_MODES}, "
+                             f"got {padding_mode!r}")
+        if padding_mode != "zeros":
+            raise ValueError(f"{name}: padding_mode {padding_mode!r} is not supported yet "
+                             "(only 'zeros')")
+        self.padding_mode = padding_mode
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"{name}: padding must be 'same', 'valid', an int or a tuple of "
+                                 f"{nd} ints, got {padding!r}")
+            if padding == "same" and any(s != 1 for s in self.stride):
+                raise ValueError(f"{name}: padding='same' needs stride 1, got stride {self.stride}")
+            self.padding = padding
+            if padding == "valid":
+                self._pad = tuple((0, 0) for _ in range(nd))
+            else:
+                # torch: total d*(k-1), the smaller half first (extra on the bottom / right)
+                tot = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+                self._pad = tuple((t // 2, t - t // 2) for t in tot)
+        else:
+            self.padding = int_tuple(padding, nd, f"{name}: padding", minimum=0)
+            self._pad = tuple((p, p) for p in self.padding)
+        dt = as_float_dtype(dtype, f"{name}: dtype")
+        self.weight = Parameter(np.empty((self.out_channels, self.in_channels // self.groups)
+                                         + self.kernel_size, dt))
+        self.bias = Parameter(np.empty(self.out_channels, dt)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """torch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias,
+        fan_in = in_channels/groups * prod(kernel_size)."""
+        init.default_weight_bias_(self.weight, self.bias)
+
+    def extra_repr(self):
+        nd = self._nd
+
+        def show(v):
+            return v[0] if isinstance(v, tuple) and len(set(v)) == 1 else v
+
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={show(self.kernel_size)}"
+        if self.stride != (1,) * nd:
+            s += f", stride={show(self.stride)}"
+        if self.padding != (0,) * nd:
+            s += f", padding={self.padding!r}" if isinstance(self.padding, str) \
+                else f", padding={show(self.padding)}"
+        if self.dilation != (1,) * nd:
+            s += f", dilation={show(self.dilation)}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+    # -- geometry ------------------------------------------------------------------------------
+    def _geometry(self, spatial):
+        """(H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, (bottom, right padding)) as 2-D
+        numbers (Conv1d: H = KH = 1)."""
+        H, W = spatial
+        KH, KW = self.kernel_size
+        SH, SW = self.stride
+        DH, DW = self.dilation
+        (PH, PH1), (PW, PW1) = self._pad
+        return (H, W, _out_size(H, KH, SH, PH, PH1, DH), _out_size(W, KW, SW, PW, PW1, DW),
+                KH, KW, SH, SW, PH, PW, DH, DW, (PH1, PW1))
+
+    def _check_input(self, x):
+        w = self.weight.data
+        x = self._check_dtype(x, w.dtype)
+        nd = self._nd
+        if x.ndim != nd + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(f"{self._short_repr()}: expected input of shape "
+                             f"{self._layout.replace('C', str(self.in_channels), 1)}, got {x.shape}")
+        return x
+
+    def output_shape(self, shape):
+        """The output shape for an input of `shape` (N, C, *spatial); ValueError if the dilated
+        kernel does not fit in the padded input."""
+        g = self._geometry(tuple(shape[2:]))
+        out = (g[3],) if self._nd == 1 else (g[2], g[3])
+        if any(o <= 0 for o in out):
+            padded = tuple(s + sum(p) for s, p in zip(shape[2:], self._pad))
+            dil = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size))
+            raise ValueError(f"{self._short_repr()}: the kernel (dilated size {dil}) is larger "
+                             f"than the padded input (size {padded}) for input of shape "
+                             f"{tuple(shape)}")
+        return (shape[0], self.out_channels) + out
+
+    # -- the raw calls (DenseBlock uses them on channel views of one buffer) -------------------
+    def _forward_into(self, y4, x4, geom):
+        """y4 (N, OC, OH, OW) <- conv(x4 (N, C, H, W)); both may have a batch stride > C*H*W."""
+        H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = geom
+        b = self.bias
+        _k.conv2d_forward(y4, x4, self.weight.data.reshape(self.out_channels, -1, KH, KW),
+                          None if b is None else b.data, SH, SW, PH, PW, DH, DW, self.groups)
+
+    def _backward_into(self, dx4, dy4, x4, geom, acc_dx=False):
+        """Parameter gradients (+)= and dx4 (N, C, H, W) (+)= (acc_dx) the input gradient
+        (dx4 None: skip it)."""
+        H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = geom
+        w, b = self.weight, self.bias
+        dw = acc_w = db = acc_b = None
+        if w.requires_grad:
+            dw, acc_w = w.grad_buffer()
+            dw = dw.reshape(self.out_channels, -1, KH, KW)
+        if b is not None and b.requires_grad:
+            db, acc_b = b.grad_buffer()
+        if dw is None and db is None and dx4 is None:
+            return
+        _k.conv2d_backward(dx4, dw, db, dy4, x4, w.data.reshape(self.out_channels, -1, KH, KW),
+                           SH, SW, PH, PW, DH, DW, self.groups, bool(acc_w), bool(acc_b),
+                           bool(acc_dx))
+
+    # -- forward / backward ----------------------------------------------------------------------
+    def forward(self, x):
+        x = self._check_input(x)
+        out_shape = self.output_shape(x.shape)
+        geom = self._geometry(x.shape[2:])
+        H, W, OH, OW = geom[:4]
+        N = x.shape[0]
+        x4 = x.reshape(N, self.in_channels, H, W)
+        y = np.empty(out_shape, x.dtype)
+        self._forward_into(y.reshape(N, self.out_channels, OH, OW), x4, geom)
+        self._save(x4, x.shape, out_shape, geom)      # x (N, C, H, W) for dW and the shapes
+        return y
+
+    def backward(self, dy, need_input_grad=True):
+        x4, xshape, out_shape, geom = self._saved()
+        dy = self._check_grad(dy, out_shape, x4.dtype)
+        OH, OW = geom[2:4]
+        dy4 = dy.reshape(out_shape[0], self.out_channels, OH, OW)
+        dx = np.empty(xshape, x4.dtype) if need_input_grad else None
+        self._backward_into(None if dx is None else dx.reshape(x4.shape), dy4, x4, geom)
+        return dx
+
+
+class Conv1d(_ConvNd):
+    """y = b + sum over input channels of w * x, sliding along L (the seed's Conv1D;
+    cross-correlation, as torch.nn.Conv1d). "Convolutional Modules": Conv1D-S is
+    Conv1d(1, 1, 2l+1, padding=l, bias=False), i.e. y = Q z with the seed's banded matrix Q.
+
+    Args:
+        in_channels, out_channels: C and C'.
+        kernel_size: k. stride, dilation: ints >= 1. padding: int >= 0, 'valid' (0) or 'same'
+            (stride 1; output length L, extra padding on the right for an even d*(k-1)).
+        groups: split channels into groups convolved separately (groups = C: depthwise).
+        bias: learn C' biases (default True). padding_mode: only 'zeros'.
+        dtype: float32 (default) or float64.
+
+    Shape:
+        x (N, C, L) -> y (N, C', L_out), L_out = floor((L + 2*padding - dilation*(k-1) - 1) / stride) + 1;
+        weight (C', C/groups, k) -- k*C*C'/groups parameters plus C' biases.
+
+    Example:
+        >>> import numpy as np, fastmod.nn as nn
+        >>> nn.Conv1d(32, 64, 5, padding=2)(np.zeros((8, 32, 100), np.float32)).shape
+        (8, 64, 100)
+    """
+    _nd = 1
+    _layout = "(N, C, L)"
+
+    def _geometry(self, spatial):
+        (L,), (K,), (S,), (D,), ((P0, P1),) = tuple(spatial), self.kernel_size, self.stride, \
+            self.dilation, self._pad
+        return (1, L, 1, _out_size(L, K, S, P0, P1, D), 1, K, 1, S, 0, P0, 1, D, (0, P1))
+
+
+class Conv2d(_ConvNd):
+    """y = b + sum over input channels of w * x, sliding over (H, W) (the seed's Conv2D;
+    cross-correlation, as torch.nn.Conv2d). Conv2D-S is Conv2d(1, 1, 2l+1, padding=l, bias=False).
+
+    Args:
+        in_channels, out_channels: C and C'.
+        kernel_size, stride, dilation: an int or an (h, w) pair.
+        padding: an int, an (h, w) pair, 'valid' (0) or 'same' (stride 1 only).
+        groups: split channels into groups convolved separately (groups = C: depthwise).
+        bias: learn C' biases (default True). padding_mode: only 'zeros'.
+        dtype: float32 (default) or float64.
+
+    Shape:
+        x (N, C, H, W) -> y (N, C', H_out, W_out),
+        H_out = floor((H + 2*padding[0] - dilation[0]*(kernel_size[0]-1) - 1) / stride[0]) + 1
+        (W_out likewise); weight (C', C/groups, kh, kw) -- k^2*C*C'/groups weights plus C' biases.
+
+    Example:
+        >>> import numpy as np, fastmod.nn as nn
+        >>> nn.Conv2d(3, 16, 3, stride=2, padding=1)(np.zeros((4, 3, 32, 32), np.float32)).shape
+        (4, 16, 16, 16)
+    """
+    _nd = 2
