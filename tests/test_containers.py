@@ -143,6 +143,15 @@ def test_module_used_twice_in_parallel_and_residual(rng):
     shared = lin(3, 3)
     assert fastmod.gradcheck(nn.Parallel(shared, nn.Sequential(shared, nn.Sigmoid())),
                              rng.standard_normal((2, 3)))
+    # the two uses see different inputs: backward must hand each use its own saved state
+    # (regression: Parallel visited branches in forward order and swapped them)
+    act = nn.Tanh()
+    assert fastmod.gradcheck(nn.Parallel(act, nn.Sequential(lin(3, 3), act)),
+                             rng.standard_normal((2, 3)))
+    assert fastmod.gradcheck(nn.Parallel(shared, nn.Sequential(nn.Tanh(), shared), combine="concat"),
+                             rng.standard_normal((2, 3)))
+    assert fastmod.gradcheck(nn.Sequential(shared, nn.Residual(nn.Sequential(nn.Sigmoid(), shared))),
+                             rng.standard_normal((2, 3)))
     res = nn.Residual(nn.Sequential(lin(3, 3, seed=2), nn.Tanh()))
     assert fastmod.gradcheck(nn.Sequential(res, res), rng.standard_normal((2, 3)))
 

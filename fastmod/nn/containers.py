@@ -206,7 +206,9 @@ class Parallel(Module):
         else:
             parts = np.split(dy, splits, axis=self.dim % dy.ndim)
         dx = None
-        for b, g in zip(branches, parts):
+        # last branch first: a module shared by several branches pops its saved states
+        # last-in first-out, so the branches must be visited in the reverse of forward's order
+        for b, g in reversed(list(zip(branches, parts))):
             gi = _backward_first(b, np.ascontiguousarray(g), need_input_grad)
             if need_input_grad:
                 dx = gi.copy() if dx is None else dx.__iadd__(gi)
