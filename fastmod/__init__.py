@@ -9,8 +9,11 @@ from fastmod._runtime import (set_num_threads, get_num_threads, have_openmp, no_
                               enable_grad, is_grad_enabled, manual_seed, default_generator)
 from fastmod import nn, losses
 from fastmod.gradcheck import gradcheck, GradcheckError
+from fastmod import optim, data, models
+from fastmod.io import save, load, load_into
 
 __version__ = "0.1.0"
 
 __all__ = ["nn", "losses", "gradcheck", "GradcheckError", "set_num_threads", "get_num_threads", "have_openmp", "no_grad",
-           "enable_grad", "is_grad_enabled", "manual_seed", "default_generator"]
+           "enable_grad", "is_grad_enabled", "manual_seed", "default_generator",
+           "optim", "data", "models", "save", "load", "load_into"]
