@@ -85,6 +85,7 @@ def test_sequential_named_children_and_indexing():
     assert len(seq) == 3 and seq[0] is a and seq[-1] is c and list(seq) == [a, b, c]
     sub = seq[1:]
     assert isinstance(sub, nn.Sequential) and list(sub) == [b, c]
+    assert list(sub.state_dict()) == ["2.weight", "2.bias"]        # names kept, as torch
     seq.append(nn.Sigmoid())
     assert len(seq) == 4 and "3" in dict(seq.named_children())
     from collections import OrderedDict

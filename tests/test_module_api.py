@@ -272,6 +272,8 @@ def test_astype_round_trip_and_mismatch_errors(rng):
         m(x32.astype(np.float64))
     with pytest.raises(TypeError, match="expected float32 or float64, got int64"):
         m.astype(np.int64)
+    with pytest.raises(TypeError, match=r"got int64 \(use .astype\(np.float32\) on the input\)$"):
+        m(x32.astype(np.int64))                          # no advice to make the module int64
     assert m.double().dtype == np.float64 and m.float().dtype == np.float32
 
 
@@ -322,8 +324,14 @@ def test_load_state_dict_errors_name_every_problem_and_change_nothing():
     assert "0.bias: expected dtype float32, got float64" in msg
     for k, v in m.state_dict().items():                    # nothing was modified
         np.testing.assert_array_equal(v, before[k])
-    with pytest.raises(ValueError, match="NaN or infinite"):
+    with pytest.raises(ValueError, match="0.bias: contains NaN or infinite values"):
         m.load_state_dict({**good, "0.bias": np.full(4, np.nan, np.float32)})
+    # a buffer may hold -inf on purpose (e.g. an attention mask)
+    wb = WithBuffers()
+    sd = wb.state_dict()
+    sd["running"] = np.array([0.0, -np.inf, 1.0], np.float32)
+    wb.load_state_dict(sd)
+    assert wb.running[1] == -np.inf
     with pytest.raises(TypeError, match="expected a dict of arrays, got list"):
         m.load_state_dict([1, 2])
 

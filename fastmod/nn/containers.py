@@ -67,10 +67,10 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def __getitem__(self, idx):
-        mods = list(self._modules.values())
         if isinstance(idx, slice):
-            return Sequential(*mods[idx])
-        return mods[idx]
+            # keeps the children's names, as torch does ("1", "2" for seq[1:])
+            return Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return list(self._modules.values())[idx]
 
     def append(self, module):
         if not isinstance(module, Module):

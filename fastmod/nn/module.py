@@ -259,9 +259,11 @@ class Module:
             raise TypeError(f"{self._short_repr()}: expected a numpy.ndarray {name}, "
                             f"got {type(x).__name__}")
         if x.dtype is not dtype and x.dtype != dtype:
+            hint = f"use .astype(np.{dtype}) on the {name}"
+            if x.dtype in FLOAT_DTYPES:
+                hint += f", or .astype(np.{x.dtype}) on the module"
             raise TypeError(f"{self._short_repr()}: expected {dtype} {name} like its weights, got "
-                            f"{x.dtype} (use .astype(np.{dtype}) on the {name}, or "
-                            f".astype(np.{x.dtype}) on the module)")
+                            f"{x.dtype} ({hint})")
         if x.size == 0:
             raise ValueError(f"{self._short_repr()}: expected a non-empty {name}, got shape {x.shape}")
         if not x.flags.c_contiguous:
@@ -443,7 +445,7 @@ class Module:
                 problems.append("missing keys: " + ", ".join(missing))
             if unexpected:
                 problems.append("unexpected keys: " + ", ".join(map(str, unexpected)))
-        for key, (_, _, cur) in targets.items():
+        for key, (_, name, cur) in targets.items():
             if key not in state_dict:
                 continue
             v = state_dict[key]
@@ -454,7 +456,8 @@ class Module:
                 problems.append(f"{key}: expected shape {cur.shape}, got {v.shape}")
             elif v.dtype != cur.dtype:
                 problems.append(f"{key}: expected dtype {cur.dtype}, got {v.dtype}")
-            elif v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+            elif name is None and not np.all(np.isfinite(v)):
+                # parameters only: a buffer may hold -inf on purpose (e.g. an attention mask)
                 problems.append(f"{key}: contains NaN or infinite values")
             else:
                 arrays[key] = v
