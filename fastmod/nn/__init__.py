@@ -5,6 +5,7 @@ from fastmod.nn.activation import ReLU, Sigmoid, Tanh, GELU, Softmax, LogSoftmax
 from fastmod.nn.containers import (Identity, Sequential, ModuleList, Residual, Parallel,
                                    ResidualBlock)
 from fastmod.nn.misc import Flatten, Dropout
+from fastmod.nn.normalization import LayerNorm, BatchNorm1d, BatchNorm2d, GroupNorm
 from fastmod.nn.attention import MultiheadAttention, scaled_dot_product_attention
 from fastmod.nn.embedding import Embedding
 from fastmod.nn.transformer import TransformerEncoderLayer
@@ -15,3 +16,4 @@ __all__ = ["Module", "Parameter", "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "
            "ResidualBlock", "Flatten", "Dropout", "init"]
 __all__ += ["MultiheadAttention", "scaled_dot_product_attention", "Embedding",
             "TransformerEncoderLayer"]
+__all__ += ["LayerNorm", "BatchNorm1d", "BatchNorm2d", "GroupNorm"]
