@@ -91,7 +91,7 @@ def _plain_array(v, what):
     if a.dtype.hasobject or a.dtype.kind not in "biufc":
         raise TypeError(f"save: {what} has dtype {a.dtype}; only numeric arrays can be saved "
                         "without pickle")
-    return np.ascontiguousarray(a)
+    return a if a.flags.c_contiguous else a.copy(order="C")    # (ascontiguousarray makes 0-d 1-d)
 
 
 def _optimizer_payload(optimizer, arrays):

@@ -71,7 +71,12 @@ def test_buffers_and_int_arrays_kept(tmp_path):
     fastmod.save(tmp_path / "b.npz", m)
     ck = fastmod.load(tmp_path / "b.npz")
     assert list(ck.state_dict) == list(m.state_dict()) == ["count", "lin.weight", "lin.bias"]
-    assert ck.state_dict["count"].dtype == np.int64 and int(ck.state_dict["count"]) == 7
+    assert ck.state_dict["count"].dtype == np.int64 and ck.state_dict["count"].shape == ()
+    assert int(ck.state_dict["count"]) == 7
+    m2 = WithBuffer()
+    m2.count[...] = 0
+    fastmod.load_into(tmp_path / "b.npz", m2)               # a 0-d buffer (like BatchNorm's
+    assert int(m2.count) == 7                                # num_batches_tracked) fits back
 
 
 @pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.05, momentum=0.9, nesterov=True)),
