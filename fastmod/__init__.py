@@ -11,9 +11,10 @@ from fastmod import nn, losses
 from fastmod.gradcheck import gradcheck, GradcheckError
 from fastmod import optim, data, models
 from fastmod.io import save, load, load_into
+from fastmod.training import fit, evaluate
 
 __version__ = "0.1.0"
 
 __all__ = ["nn", "losses", "gradcheck", "GradcheckError", "set_num_threads", "get_num_threads", "have_openmp", "no_grad",
            "enable_grad", "is_grad_enabled", "manual_seed", "default_generator",
-           "optim", "data", "models", "save", "load", "load_into"]
+           "optim", "data", "models", "save", "load", "load_into", "fit", "evaluate"]

@@ -1,5 +1,9 @@
 """fastmod.data: minibatches, splits and synthetic problems (more data sources live beside these)."""
 from fastmod.data.loader import DataLoader, batches, train_test_split
 from fastmod.data.synthetic import make_spirals, make_classification
+from fastmod.data.datasets import load_digits, load_dataset
+from fastmod.data.idx import DataError, read_idx, write_idx, read_idx_dir, read_npz
 
-__all__ = ["DataLoader", "batches", "train_test_split", "make_spirals", "make_classification"]
+__all__ = ["DataLoader", "batches", "train_test_split", "make_spirals", "make_classification",
+           "load_digits", "load_dataset", "DataError", "read_idx", "write_idx", "read_idx_dir",
+           "read_npz"]

@@ -1,0 +1,421 @@
+"""The `fastmod` command.
+
+    fastmod train                          # the seed's CNN on the bundled digits, default settings
+    fastmod train --model transformer      # any of: mlp resnet_s cnn bn_resnet densenet transformer
+    fastmod train --data mnist/            # your data: a directory of MNIST IDX files, or an .npz
+    fastmod train --resume runs/cnn/checkpoint.npz
+    fastmod train --eval-only runs/cnn/checkpoint.npz
+    fastmod bench                          # bench/compare.py's workloads (needs the source tree)
+
+`fastmod train` runs fastmod.fit: it shows a progress bar, prints the test accuracy, the parameter
+count and the wall time, and writes OUT/checkpoint.npz, OUT/history.json and OUT/curves.png.
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+MODELS = ("mlp", "resnet_s", "cnn", "bn_resnet", "densenet", "transformer")
+DEFAULT_MODEL = "cnn"
+
+# Per-architecture defaults: short runs that reach >= 95% test accuracy on the bundled digits
+# (>= 97% for the default CNN) -- see README's model zoo for the measured numbers.
+MODEL_DEFAULTS = {
+    "mlp":         dict(epochs=20, batch_size=64, lr=1e-3, optimizer="adam", weight_decay=0.0),
+    "resnet_s":    dict(epochs=20, batch_size=64, lr=1e-3, optimizer="adam", weight_decay=0.0),
+    "cnn":         dict(epochs=10, batch_size=64, lr=2e-3, optimizer="adam", weight_decay=0.0),
+    "bn_resnet":   dict(epochs=10, batch_size=64, lr=2e-3, optimizer="adam", weight_decay=0.0),
+    "densenet":    dict(epochs=10, batch_size=64, lr=2e-3, optimizer="adam", weight_decay=0.0),
+    "transformer": dict(epochs=20, batch_size=64, lr=1e-3, optimizer="adamw", weight_decay=1e-2),
+}
+TEST_FRACTION = 0.2          # the fixed, seeded test split of data sets that come without one
+SPLIT_SEED = 0               # the split does not move with --seed: every run tests on the same set
+HYPER = ("epochs", "batch_size", "lr", "optimizer", "weight_decay")
+
+
+class CLIError(Exception):
+    """A problem to report in one line (exit status 1)."""
+
+
+def _out(msg=""):
+    print(msg, flush=True)
+
+
+def _note(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------ data
+def load_data(path):
+    """(info, (x_train, y_train), (x_test, y_test)) from the bundled digits (path None) or a
+    user's .npz / IDX directory; split when the data has no test set."""
+    from fastmod.data.datasets import load_dataset
+    from fastmod.data.loader import train_test_split
+    ds = load_dataset(path)
+    train, test = ds["train"], ds["test"]
+    if test is None:
+        xtr, xte, ytr, yte = train_test_split(train[0], train[1], TEST_FRACTION, seed=SPLIT_SEED)
+        train, test = (xtr, ytr), (xte, yte)
+        split = f"seeded {round(100 * (1 - TEST_FRACTION))}/{round(100 * TEST_FRACTION)} split"
+    else:
+        split = "the files' own train/test sets"
+        if train[0].shape[1:] != test[0].shape[1:]:
+            raise CLIError(f"{ds['name']}: train samples have shape {train[0].shape[1:]} but test "
+                           f"samples {test[0].shape[1:]}")
+    num_classes = int(max(train[1].max(), test[1].max())) + 1
+    if num_classes < 2:
+        raise CLIError(f"{ds['name']}: all labels are 0; classification needs at least 2 classes")
+    info = {"name": ds["name"], "split": split, "num_classes": num_classes,
+            "sample_shape": list(train[0].shape[1:])}
+    return info, train, test
+
+
+def _as_images(x, who):
+    """(N, H, W) -> (N, 1, H, W); (N, C, H, W) stays; anything else cannot feed a conv net."""
+    if x.ndim == 3:
+        return x[:, None]
+    if x.ndim == 4:
+        return x
+    raise CLIError(f"--model {who} needs images of shape (N, H, W) or (N, C, H, W), got samples "
+                   f"of shape {x.shape[1:]}")
+
+
+def model_input(name, x):
+    """x (N, ...) as the architecture reads it: flat vectors (mlp, resnet_s), NCHW images
+    (cnn, bn_resnet, densenet), or a sequence of rows as tokens (transformer: (N, H, W*C))."""
+    if name in ("mlp", "resnet_s"):
+        return x.reshape(len(x), -1)
+    if name == "transformer":
+        if x.ndim == 2:
+            raise CLIError("--model transformer reads each image's rows as tokens: it needs "
+                           f"images of shape (N, H, W), got samples of shape {x.shape[1:]}")
+        if x.ndim == 4:                       # (N, C, H, W) -> rows of C*W features
+            x = x.transpose(0, 2, 1, 3)
+        return x.reshape(len(x), x.shape[1], -1)
+    return _as_images(x, name)
+
+
+# ------------------------------------------------------------------------------ models
+def build_model(name, in_shape, num_classes):
+    """The architecture `name` for inputs of shape `in_shape` (as model_input gives them)."""
+    from fastmod import models
+    if name == "mlp":
+        (d,) = in_shape
+        return models.mlp([d, 256, 128, num_classes], activation="relu")
+    if name == "resnet_s":
+        (d,) = in_shape
+        return models.resnet_s(128, 4, num_classes, in_features=d)
+    if name == "cnn":
+        c, h, w = in_shape
+        return models.cnn(in_channels=c, num_classes=num_classes, image_size=(h, w))
+    if name == "bn_resnet":
+        c, h, w = in_shape
+        return models.bn_resnet(in_channels=c, num_classes=num_classes)
+    if name == "densenet":
+        c, h, w = in_shape
+        return models.densenet(in_channels=c, num_classes=num_classes)
+    if name == "transformer":
+        t, d = in_shape
+        return models.transformer_classifier(d, num_classes=num_classes, seq_len=t)
+    raise CLIError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
+
+
+def build_optimizer(name, params, lr, weight_decay):
+    from fastmod import optim
+    if name == "sgd":
+        return optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    if name == "adam":
+        return optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise CLIError(f"unknown optimizer {name!r} (choose from sgd, adam, adamw)")
+
+
+def build_scheduler(optimizer, total_steps):
+    """Cosine decay of the learning rate over the whole run, stepped every minibatch."""
+    from fastmod.optim.lr_scheduler import CosineAnnealingLR
+    return CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+
+
+# ------------------------------------------------------------------------------ outputs
+def write_plot(history, path, title):
+    """Loss and accuracy curves as a PNG (matplotlib, Agg). Returns the path, or None with a
+    one-line note when matplotlib is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _note("note: matplotlib is not installed, so no plot was written "
+              "(pip install matplotlib, or pip install \"fastmod[train]\")")
+        return None
+    ep = history["epoch"]
+    steps = np.asarray(history["step_loss"], float)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    if len(steps) and ep:
+        per_epoch = len(steps) / len(ep)
+        t = np.arange(1, len(steps) + 1) / per_epoch
+        ax1.plot(t, steps, color="0.8", lw=0.8, label="train (per step)")
+    ax1.plot(ep, history["train_loss"], "o-", label="train")
+    if any(v is not None for v in history["val_loss"]):
+        ax1.plot(ep, history["val_loss"], "s-", label="test")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("cross-entropy loss")
+    ax1.set_yscale("log")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    if any(v is not None for v in history["train_acc"]):
+        ax2.plot(ep, [100 * a for a in history["train_acc"]], "o-", label="train")
+    if any(v is not None for v in history["val_acc"]):
+        ax2.plot(ep, [100 * a for a in history["val_acc"]], "s-", label="test")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("accuracy (%)")
+    ax2.legend()
+    ax2.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _write_json(obj, path):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------ train
+def _config_from_checkpoint(path):
+    from fastmod.io import load
+    ckpt = load(path)
+    config = ckpt.meta.get("config")
+    if not isinstance(config, dict) or "model" not in config:
+        raise CLIError(f"{path}: not a checkpoint written by `fastmod train` (no run "
+                       "configuration in it); use fastmod.load_into(path, model) from Python")
+    return ckpt, config
+
+
+def _prepare(config):
+    """Data (normalized, shaped for the model) and the model, from a run's config."""
+    info, train, test = load_data(config["data"])
+    name = config["model"]
+    xtr, xte = model_input(name, train[0]), model_input(name, test[0])
+    if "norm" not in config:       # scalar mean/std of the training inputs, kept for eval-only
+        config["norm"] = [float(xtr.mean()), float(xtr.std()) or 1.0]
+    mean, std = config["norm"]
+    xtr = ((xtr - mean) / std).astype(np.float32)
+    xte = ((xte - mean) / std).astype(np.float32)
+    return info, (xtr, train[1]), (xte, test[1])
+
+
+def _make_model(config, info, in_shape):
+    import fastmod
+    fastmod.manual_seed(config["seed"])
+    try:
+        return build_model(config["model"], tuple(in_shape), info["num_classes"])
+    except (ImportError, AttributeError) as e:
+        raise CLIError(f"--model {config['model']} is not available in this fastmod build ({e})") from None
+
+
+def cmd_train(args):
+    import fastmod
+    from fastmod import losses
+    from fastmod.training import TrainingDiverged, TrainingInterrupted, evaluate, fit
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CLIError(f"--threads must be a positive integer, got {args.threads}")
+        fastmod.set_num_threads(args.threads)
+    if args.resume and args.eval_only:
+        raise CLIError("--resume and --eval-only cannot be used together")
+
+    ckpt = None
+    if args.resume or args.eval_only:
+        path = args.resume or args.eval_only
+        ckpt, config = _config_from_checkpoint(path)
+        given = [k for k in ("model", "batch_size", "lr", "optimizer", "weight_decay", "seed")
+                 if getattr(args, k) is not None and getattr(args, k) != config.get(k)]
+        if given:
+            _note("note: using the checkpoint's settings; ignoring "
+                  + ", ".join(f"--{k.replace('_', '-')}" for k in given))
+        if args.data is not None and os.path.abspath(args.data) != (
+                os.path.abspath(config["data"]) if config["data"] else None):
+            if args.resume:
+                raise CLIError("--data cannot change when resuming (the run continues on the "
+                               f"data it started with: {config['data'] or 'the bundled digits'})")
+            config["data"] = os.path.abspath(args.data)
+        if args.resume and args.epochs is not None:
+            config["epochs"] = args.epochs
+        out = args.out or os.path.dirname(os.path.abspath(path))
+    else:
+        name = args.model or DEFAULT_MODEL
+        config = {"model": name, "seed": 0 if args.seed is None else args.seed,
+                  "data": os.path.abspath(args.data) if args.data else None}
+        for k in HYPER:
+            v = getattr(args, k)
+            config[k] = MODEL_DEFAULTS[name][k] if v is None else v
+        out = args.out or os.path.join("runs", name)
+    _check_hyper(config)
+
+    info, train, test = _prepare(config)
+    model = _make_model(config, info, train[0].shape[1:])
+    nparams = model.num_parameters()
+    crit = losses.CrossEntropyLoss()
+    data_name = "bundled UCI digits" if info["name"] == "digits" else info["name"]
+
+    if args.eval_only:
+        model.load_state_dict(ckpt.state_dict)
+        t0 = time.perf_counter()
+        test_loss, test_acc = evaluate(model, crit, test)
+        _out(f"{config['model']} from {args.eval_only} on {data_name} ({len(test[1])} test "
+             f"samples): test accuracy {100 * test_acc:.2f}%, loss {test_loss:.4f}, "
+             f"{nparams:,} parameters, {time.perf_counter() - t0:.2f} s")
+        return 0
+
+    os.makedirs(out, exist_ok=True)
+    ckpt_path = os.path.join(out, "checkpoint.npz")
+    steps_per_epoch = -(-len(train[1]) // config["batch_size"])
+    opt = build_optimizer(config["optimizer"], model.parameters(), config["lr"], config["weight_decay"])
+    sched = build_scheduler(opt, config["epochs"] * steps_per_epoch)
+    _out(f"fastmod train: {config['model']} ({nparams:,} parameters) on {data_name}: "
+         f"{len(train[1])} train / {len(test[1])} test samples ({info['split']}), "
+         f"{info['num_classes']} classes; {config['epochs']} epochs, batch {config['batch_size']}, "
+         f"{config['optimizer']} lr {config['lr']:g}"
+         + (f" wd {config['weight_decay']:g}" if config["weight_decay"] else "")
+         + f", {fastmod.get_num_threads()} threads")
+    if args.resume:
+        _out(f"resuming from {args.resume}")
+    t0 = time.perf_counter()
+    try:
+        history = fit(model, crit, opt, train, test, epochs=config["epochs"],
+                      batch_size=config["batch_size"], seed=config["seed"], scheduler=sched,
+                      scheduler_interval="step", checkpoint=ckpt_path,
+                      resume=ckpt if args.resume else None,
+                      meta={"config": config}, progress=not args.no_progress)
+    except TrainingDiverged as e:
+        raise CLIError(str(e).replace("fit: ", "", 1)) from None
+    except TrainingInterrupted as e:
+        _note(f"\ninterrupted at step {e.step} (epoch {e.epoch}); a resumable checkpoint is in "
+              f"{e.checkpoint}\nresume with: fastmod train --resume {e.checkpoint}")
+        return 130
+    wall = time.perf_counter() - t0
+    test_loss, test_acc = history["val_loss"][-1], history["val_acc"][-1]
+    _write_json({"config": config, "data": info, "parameters": nparams, "wall_time": wall,
+                 "threads": fastmod.get_num_threads(), "test_accuracy": test_acc,
+                 "history": dict(history)}, os.path.join(out, "history.json"))
+    png = write_plot(history, os.path.join(out, "curves.png"),
+                     f"fastmod {config['model']} on {os.path.basename(data_name)}: "
+                     f"test accuracy {100 * test_acc:.2f}%")
+    _out(f"test accuracy {100 * test_acc:.2f}% (loss {test_loss:.4f}) | {nparams:,} parameters | "
+         f"wall time {wall:.1f} s on {fastmod.get_num_threads()} threads")
+    _out(f"checkpoint: {ckpt_path}" + (f" | curves: {png}" if png else ""))
+    return 0
+
+
+def _check_hyper(config):
+    e, b, lr, wd = config["epochs"], config["batch_size"], config["lr"], config["weight_decay"]
+    if e < 1:
+        raise CLIError(f"--epochs must be a positive integer, got {e}")
+    if b < 1:
+        raise CLIError(f"--batch-size must be a positive integer, got {b}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise CLIError(f"--lr must be a positive number, got {lr}")
+    if not (math.isfinite(wd) and wd >= 0):
+        raise CLIError(f"--weight-decay must be a non-negative number, got {wd}")
+
+
+# ------------------------------------------------------------------------------ bench
+def _compare_script():
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.join(os.path.dirname(here), "bench", "compare.py")
+
+
+def cmd_bench(args, rest):
+    script = _compare_script()
+    if not os.path.isfile(script):
+        _out("fastmod bench runs bench/compare.py from fastmod's source tree, which this "
+             "installation does not include.\nGet the source (the fastmod repository), install it "
+             "with `pip install -e .` and run `fastmod bench` or `python bench/compare.py --help` "
+             "there (add torch to compare against PyTorch).")
+        return 1
+    return subprocess.call([sys.executable, script, *rest])
+
+
+# ------------------------------------------------------------------------------ main
+def make_parser():
+    ap = argparse.ArgumentParser(
+        prog="fastmod", description="fastmod: CPU neural networks on Cython kernels.",
+        epilog="`fastmod train` with no options trains the CNN on the bundled digits. "
+               "`fastmod <command> --help` lists a command's options.")
+    from fastmod import __version__
+    ap.add_argument("--version", action="version", version=f"fastmod {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="{train,bench}")
+    tr = sub.add_parser(
+        "train", help="train a model of the seed on the bundled digits or your data",
+        description="Train one of the seed's architectures with fastmod.fit: progress bar, test "
+                    "accuracy, checkpoint (OUT/checkpoint.npz), curves (OUT/curves.png).",
+        epilog="Per-model defaults (epochs, batch size, lr, optimizer, weight decay): "
+               + "; ".join(f"{m}: {d['epochs']}, {d['batch_size']}, {d['lr']:g}, {d['optimizer']}, "
+                           f"{d['weight_decay']:g}" for m, d in MODEL_DEFAULTS.items()))
+    tr.add_argument("--model", choices=MODELS, default=None,
+                    help=f"architecture (default {DEFAULT_MODEL}; the transformer reads each "
+                         "image's rows as tokens)")
+    tr.add_argument("--epochs", type=int, default=None, help="epochs to train (per-model default)")
+    tr.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 64)")
+    tr.add_argument("--lr", type=float, default=None, help="peak learning rate (cosine decay)")
+    tr.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=None,
+                    help="sgd (Nesterov momentum 0.9), adam or adamw (per-model default)")
+    tr.add_argument("--weight-decay", type=float, default=None, help="weight decay (default per model)")
+    tr.add_argument("--threads", type=int, default=None,
+                    help="threads for fastmod's kernels (default: FASTMOD_NUM_THREADS, "
+                         "OMP_NUM_THREADS or all cores)")
+    tr.add_argument("--seed", type=int, default=None,
+                    help="seed of initialization and data order (default 0; the test split is fixed)")
+    tr.add_argument("--out", metavar="DIR", default=None,
+                    help="where to write checkpoint.npz, history.json, curves.png (default runs/MODEL; "
+                         "with --resume, the checkpoint's directory)")
+    tr.add_argument("--resume", metavar="CKPT", default=None,
+                    help="continue a run from its checkpoint (exactly as if uninterrupted; "
+                         "--epochs may extend it)")
+    tr.add_argument("--eval-only", metavar="CKPT", default=None,
+                    help="only evaluate a checkpoint on the test set")
+    tr.add_argument("--data", metavar="PATH", default=None,
+                    help="your data: an .npz with arrays x (N, ...) and y (N,) (or Keras' x_train, "
+                         "y_train, x_test, y_test), or a directory of MNIST-format IDX files "
+                         "(train-images-idx3-ubyte[.gz], ...); default: the bundled digits")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sub.add_parser("bench", add_help=False,
+                   help="time the reference workloads against PyTorch (bench/compare.py; "
+                        "needs the source tree; options are passed on)")
+    return ap
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = make_parser()
+    if argv[:1] == ["bench"]:
+        try:
+            return cmd_bench(None, argv[1:])
+        except KeyboardInterrupt:
+            return 130
+    args = ap.parse_args(argv)
+    if args.command is None:
+        ap.print_help()
+        return 0
+    try:
+        return cmd_train(args)
+    except (CLIError, ValueError, FileNotFoundError) as e:    # DataError, CheckpointError too
+        print(f"fastmod {args.command}: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:              # outside fit's own handling (e.g. while loading)
+        print("\ninterrupted", file=sys.stderr, flush=True)
+        return 130
