@@ -9,6 +9,9 @@ from fastmod.nn.normalization import LayerNorm, BatchNorm1d, BatchNorm2d, GroupN
 from fastmod.nn.attention import MultiheadAttention, scaled_dot_product_attention
 from fastmod.nn.embedding import Embedding
 from fastmod.nn.transformer import TransformerEncoderLayer
+from fastmod.nn.conv import Conv1d, Conv2d
+from fastmod.nn.pooling import (MaxPool1d, MaxPool2d, AvgPool1d, AvgPool2d, AdaptiveAvgPool2d,
+                                GlobalAvgPool)
 from fastmod.nn import init
 
 __all__ = ["Module", "Parameter", "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax",
@@ -17,3 +20,5 @@ __all__ = ["Module", "Parameter", "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "
 __all__ += ["MultiheadAttention", "scaled_dot_product_attention", "Embedding",
             "TransformerEncoderLayer"]
 __all__ += ["LayerNorm", "BatchNorm1d", "BatchNorm2d", "GroupNorm"]
+__all__ += ["Conv1d", "Conv2d", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d",
+            "AdaptiveAvgPool2d", "GlobalAvgPool"]
