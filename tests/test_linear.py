@@ -45,20 +45,25 @@ def test_backward_matches_reference(dtype, shape, bias, rng):
         np.testing.assert_allclose(m.bias.grad, rdb, **tol(dtype, parity=True))
 
 
-def test_large_enough_to_split_gemm_matches_reference(threads, rng):
-    # big enough that pgemm/pgemv split C over 2 threads (> 2^18 multiply-adds)
-    m = make(96, 80, dtype=np.float64)
-    for shape in [(70, 96), (96,)]:
-        x = rng.standard_normal(shape)
-        y = m(x)
-        np.testing.assert_allclose(y, ref.linear(x, m.weight.data, m.bias.data), rtol=1e-11, atol=1e-11)
-        m.zero_grad()
-        dy = rng.standard_normal(y.shape)
-        dx = m.backward(dy)
-        rdx, rdw, rdb = ref.linear_backward(dy, x, m.weight.data)
-        np.testing.assert_allclose(dx, rdx, rtol=1e-11, atol=1e-11)
-        np.testing.assert_allclose(m.weight.grad, rdw, rtol=1e-11, atol=1e-11)
-        np.testing.assert_allclose(m.bias.grad, rdb, rtol=1e-11, atol=1e-11)
+# (N, in, out) big enough (>= 2^19 multiply-adds) that pgemm / pgemv split over 2 threads:
+# C split by rows and by columns, with and without a transposed operand, edges not multiples
+# of the 16-element block alignment, and the batch-1 GEMV path.
+SPLIT_CASES = [(96, 96, 64), (40, 128, 160), (75, 101, 83), (1, 1024, 512)]
+
+
+@pytest.mark.parametrize("n,i,o", SPLIT_CASES)
+def test_split_gemm_paths_match_reference(threads, n, i, o, dtype, rng):
+    m = make(i, o, dtype=dtype)
+    x = rng.standard_normal((n, i) if n > 1 else (i,)).astype(dtype)
+    y = m(x)
+    kw = tol(dtype, parity=True)
+    np.testing.assert_allclose(y, ref.linear(x, m.weight.data, m.bias.data), **kw)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = m.backward(dy)
+    rdx, rdw, rdb = ref.linear_backward(dy, x, m.weight.data)
+    np.testing.assert_allclose(dx, rdx, **kw)
+    np.testing.assert_allclose(m.weight.grad, rdw, **kw)
+    np.testing.assert_allclose(m.bias.grad, rdb, **kw)
 
 
 # ------------------------------------------------------------------ gradcheck
