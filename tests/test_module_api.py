@@ -228,6 +228,30 @@ def test_parameter_basics():
     assert nn.Parameter(np.ones((3, 2)).T).data.flags.c_contiguous
 
 
+def test_parameter_data_keeps_shape_and_dtype(rng):
+    """Kernels size their loops from the module's arguments: replacing a parameter's data
+    with another shape or dtype (a transposed weight, say) must fail loudly, not read or write
+    out of bounds."""
+    m = nn.Linear(6, 3)
+    w = m.weight.data
+    with pytest.raises(ValueError, match=r"Parameter.data: expected a float32 array of shape \(3, 6\).*got float32 \(6, 3\)"):
+        m.weight.data = w.T.copy()
+    with pytest.raises(TypeError, match=r"expected a float32 array.*got float64 \(3, 6\)"):
+        m.weight.data = w.astype(np.float64)
+    with pytest.raises(ValueError, match=r"Linear: cannot replace parameter 'weight' \(float32 \(3, 6\)\) with a float32 \(2, 2\)"):
+        m.weight = nn.Parameter(np.zeros((2, 2), np.float32))
+    with pytest.raises(TypeError, match="cannot replace parameter 'bias'"):
+        m.bias = nn.Parameter(np.zeros(3))
+    assert m.weight.data is w
+    m.weight.data -= 1.0                                   # in-place updates keep the array
+    assert m.weight.data is w
+    m.weight.data = np.asfortranarray(np.ones((3, 6), np.float32))
+    assert m.weight.data.flags.c_contiguous
+    m.weight = nn.Parameter(np.full((3, 6), 2.0, np.float32))    # same shape: fine (tying)
+    x = rng.standard_normal((2, 6)).astype(np.float32)
+    np.testing.assert_allclose(m(x), ref.linear(x, m.weight.data, m.bias.data), rtol=1e-5, atol=1e-5)
+
+
 def test_module_attribute_rules():
     class NoInit(nn.Module):
         def __init__(self):

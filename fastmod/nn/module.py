@@ -39,16 +39,42 @@ class Parameter:
     backward overwrites it instead of adding (BLAS beta = 0), so zeroing costs nothing and a
     parameter no backward reached is skipped by the optimizers, like torch's `grad=None`.
     """
-    __slots__ = ("data", "_grad", "_grad_zero", "requires_grad", "__weakref__")
+    __slots__ = ("_data", "_grad", "_grad_zero", "requires_grad", "__weakref__")
 
     def __init__(self, data, requires_grad=True):
         data = np.asarray(data)
         if data.dtype not in FLOAT_DTYPES:
             raise TypeError(f"Parameter: expected float32 or float64 data, got {data.dtype}")
-        self.data = np.ascontiguousarray(data)
+        self._data = np.ascontiguousarray(data)
         self._grad = None
         self._grad_zero = True
         self.requires_grad = bool(requires_grad)
+
+    # -- data ------------------------------------------------------------------------------
+    @property
+    def data(self):
+        """The values: a C-contiguous float32/float64 array whose shape and dtype never change
+        behind the module's back (kernels trust them), except through Module.astype."""
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        cur = self._data
+        if value is cur:                    # `p.data -= lr * g` assigns the same array back
+            return
+        value = np.asarray(value)
+        if value.shape != cur.shape or value.dtype != cur.dtype:
+            err = ValueError if value.shape != cur.shape else TypeError
+            raise err(f"Parameter.data: expected a {cur.dtype} array of shape {cur.shape} "
+                      f"(the parameter's), got {value.dtype} {value.shape}; assign into "
+                      "p.data[...] to change values, use Module.astype to change the dtype")
+        self._data = np.ascontiguousarray(value)
+
+    def _set_data(self, value):
+        """Replace data with an array of another dtype (Module.astype); the gradient is dropped."""
+        self._data = np.ascontiguousarray(value)
+        self._grad = None
+        self._grad_zero = True
 
     # -- gradient access -------------------------------------------------------------------
     @property
@@ -140,6 +166,12 @@ class Module:
             raise AttributeError(f"{type(self).__name__}: call Module.__init__() before assigning "
                                  f"attribute {name!r}")
         if isinstance(value, Parameter):
+            old = params.get(name)
+            if old is not None and (old.shape != value.shape or old.dtype != value.dtype):
+                # the module's kernels size their loops from its constructor arguments
+                err = ValueError if old.shape != value.shape else TypeError
+                raise err(f"{type(self).__name__}: cannot replace parameter {name!r} "
+                          f"({old.dtype} {old.shape}) with a {value.dtype} {value.shape} one")
             d["_modules"].pop(name, None)
             d["_buffers"].pop(name, None)
             params[name] = value
@@ -381,9 +413,7 @@ class Module:
         for m in self.modules():
             for p in m._parameters.values():
                 if p is not None and p.data.dtype != dt:
-                    p.data = p.data.astype(dt)
-                    p._grad = None
-                    p._grad_zero = True
+                    p._set_data(p.data.astype(dt))
             for name, b in list(m._buffers.items()):
                 if b is not None and b.dtype.kind == "f" and b.dtype != dt:
                     setattr(m, name, b.astype(dt))
