@@ -1,0 +1,181 @@
+"""Convolution workloads: fastmod vs torch, alternating in one process, printing ratios.
+
+    python bench/bench_conv.py [--threads 2] [--repeat 15] [--only train|layers|recipe]
+
+Three sections:
+  train   SPEC §6's conv workloads (cnn_b32, conv1d_b64, bnresnet_b32, groupnorm_cnn_b32,
+          densenet_b16): one train step (forward, cross-entropy, backward, SGD momentum step),
+          median ms of fastmod and torch, ratio fastmod/torch (< 1: fastmod faster), and the
+          achieved GFLOP/s (GEMM work as bench/workloads.py counts it).
+  layers  every distinct conv / pool layer of those workloads alone: forward, and backward
+          (input + parameter gradients), fastmod vs torch -- to find the slow parts.
+  recipe  the two GEMM recipes of the conv kernel on the same layers: per-image im2col into a
+          per-thread buffer + single-threaded GEMM (the default) vs one batched im2col and one
+          GEMM split over threads (forward only; the kernel keeps it for this comparison).
+Timings alternate fastmod / torch per repetition, medians reported.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import fastmod  # noqa: E402
+from fastmod import nn  # noqa: E402
+import workloads as W  # noqa: E402
+
+TRAIN = ["cnn_b32", "conv1d_b64", "bnresnet_b32", "groupnorm_cnn_b32", "densenet_b16"]
+
+# (label, module args, input shape) of every distinct layer in the workloads above
+CONV_LAYERS = [
+    ("cnn.conv1 3-32 s1", nn.Conv2d, (3, 32, 3), dict(padding=1), (32, 3, 32, 32)),
+    ("cnn.conv2 32-64 s2", nn.Conv2d, (32, 64, 3), dict(stride=2, padding=1), (32, 32, 32, 32)),
+    ("cnn.conv3 64-64 s2", nn.Conv2d, (64, 64, 3), dict(stride=2, padding=1), (32, 64, 16, 16)),
+    ("conv1d.1 32-64 k5", nn.Conv1d, (32, 64, 5), dict(padding=2), (64, 32, 256)),
+    ("conv1d.2 64-64 k5", nn.Conv1d, (64, 64, 5), dict(padding=2), (64, 64, 256)),
+    ("bnres.stem 3-64 16x16", nn.Conv2d, (3, 64, 3), dict(padding=1), (32, 3, 16, 16)),
+    ("bnres.conv 64-64 16x16", nn.Conv2d, (64, 64, 3), dict(padding=1), (32, 64, 16, 16)),
+    ("dense.stem 3-24 32x32", nn.Conv2d, (3, 24, 3), dict(padding=1), (16, 3, 32, 32)),
+    ("dense.l0 24-12 32x32", nn.Conv2d, (24, 12, 3), dict(padding=1), (16, 24, 32, 32)),
+    ("dense.l3 60-12 32x32", nn.Conv2d, (60, 12, 3), dict(padding=1), (16, 60, 32, 32)),
+    ("1x1 64-128 16x16", nn.Conv2d, (64, 128, 1), {}, (32, 64, 16, 16)),
+    ("depthwise 64 3x3", nn.Conv2d, (64, 64, 3), dict(padding=1, groups=64), (32, 64, 16, 16)),
+]
+POOL_LAYERS = [
+    ("maxpool2 64@16x16", nn.MaxPool2d, (2,), {}, (32, 64, 16, 16)),
+    ("avgpool2 64@16x16", nn.AvgPool2d, (2,), {}, (32, 64, 16, 16)),
+    ("adaptive1 64@16x16", nn.AdaptiveAvgPool2d, (1,), {}, (32, 64, 16, 16)),
+]
+
+
+def alternate(fns, repeat):
+    """Run each callable in turn `repeat` times (after 2 warm-ups); median seconds of each."""
+    for _ in range(2):
+        for f in fns:
+            f()
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for i, f in enumerate(fns):
+            t0 = time.perf_counter()
+            f()
+            times[i].append(time.perf_counter() - t0)
+    return [float(np.median(t)) for t in times]
+
+
+def bench_train(repeat):
+    print("\n== train steps (forward + cross-entropy + backward + SGD momentum), median ms ==")
+    print(f"{'workload':>20} {'fastmod':>9} {'torch':>9} {'ratio':>7} {'fm GF/s':>8} {'t GF/s':>8}")
+    ratios = []
+    for name in TRAIN:
+        wl = W.WORKLOADS[name]
+        try:
+            fm = W.FastmodRunner(wl, "train")
+        except W.Unavailable as e:
+            print(f"{name:>20}  skipped: {e}")
+            continue
+        tr = W.TorchRunner(wl, "train")
+        fm.load_torch_weights(tr.model)
+        tf, tt = alternate([fm.train, tr.train], repeat)
+        fl = wl.flops("train")
+        ratios.append(tf / tt)
+        print(f"{name:>20} {tf * 1e3:9.2f} {tt * 1e3:9.2f} {tf / tt:7.2f} {fl / tf / 1e9:8.1f} "
+              f"{fl / tt / 1e9:8.1f}")
+    if ratios:
+        print(f"{'geomean ratio':>20} {W.geomean(ratios):37.2f}")
+
+
+def bench_layers(repeat):
+    import torch
+    print("\n== layers alone, median ms: forward | backward (dx, dW, db) ==")
+    print(f"{'layer':>24} {'fm fwd':>8} {'t fwd':>8} {'ratio':>6} | {'fm bwd':>8} {'t bwd':>8} "
+          f"{'ratio':>6}")
+    rng = np.random.default_rng(0)
+    for label, cls, args, kw, shape in CONV_LAYERS + POOL_LAYERS:
+        fm = cls(*args, **kw)
+        tcls = getattr(torch.nn, cls.__name__)
+        tm = tcls(*args, **kw)
+        if fm.state_dict():
+            fm.load_state_dict({k: v.numpy() for k, v in tm.state_dict().items()})
+        x = rng.standard_normal(shape, dtype=np.float32)
+        xt = torch.from_numpy(x).requires_grad_(True)
+        y = fm(x)
+        dy = rng.standard_normal(y.shape, dtype=np.float32)
+        dyt = torch.from_numpy(dy)
+        state = {}
+
+        def fm_fwd():
+            fm(x)
+
+        def t_fwd():
+            state["yt"] = tm(xt)
+
+        def fm_bwd():
+            fm(x)
+            fm.backward(dy)
+
+        def t_bwd():
+            xt.grad = None
+            tm.zero_grad()
+            tm(xt).backward(dyt)
+
+        f1, t1 = alternate([fm_fwd, t_fwd], repeat)
+        f2, t2 = alternate([fm_bwd, t_bwd], repeat)
+        # backward alone = (forward + backward) - forward
+        fb, tb = max(f2 - f1, 1e-9), max(t2 - t1, 1e-9)
+        print(f"{label:>24} {f1 * 1e3:8.3f} {t1 * 1e3:8.3f} {f1 / t1:6.2f} | {fb * 1e3:8.3f} "
+              f"{tb * 1e3:8.3f} {fb / tb:6.2f}")
+
+
+def bench_recipe(repeat):
+    from fastmod._kernels import conv as _k
+    print("\n== conv forward recipes (fastmod kernels), median ms ==")
+    print(f"{'layer':>24} {'per-image':>10} {'batched':>10} {'ratio':>6}")
+    rng = np.random.default_rng(0)
+    for label, cls, args, kw, shape in CONV_LAYERS:
+        m = cls(*args, **kw)
+        if m.groups != 1:
+            continue
+        x = rng.standard_normal(shape, dtype=np.float32)
+        y = m(x)
+        geom = m._geometry(x.shape[2:])
+        H, Wd, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = geom
+        x4 = x.reshape(x.shape[0], -1, H, Wd)
+        y4 = y.reshape(y.shape[0], -1, OH, OW)
+        w4 = m.weight.data.reshape(m.out_channels, -1, KH, KW)
+        b = m.bias.data
+
+        def per_image():
+            _k.conv2d_forward(y4, x4, w4, b, SH, SW, PH, PW, DH, DW, 1, False)
+
+        def batched():
+            _k.conv2d_forward(y4, x4, w4, b, SH, SW, PH, PW, DH, DW, 1, True)
+
+        a, c = alternate([per_image, batched], repeat)
+        print(f"{label:>24} {a * 1e3:10.3f} {c * 1e3:10.3f} {a / c:6.2f}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--only", choices=["train", "layers", "recipe"], default=None)
+    args = ap.parse_args()
+    import torch
+    torch.set_num_threads(args.threads)
+    fastmod.set_num_threads(args.threads)
+    print(f"threads={args.threads} repeat={args.repeat} float32 torch {torch.__version__}")
+    if args.only in (None, "train"):
+        bench_train(args.repeat)
+    if args.only in (None, "layers"):
+        bench_layers(args.repeat)
+    if args.only in (None, "recipe"):
+        bench_recipe(args.repeat)
+
+
+if __name__ == "__main__":
+    main()

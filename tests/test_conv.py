@@ -1,0 +1,382 @@
+"""Conv1d / Conv2d (the seed's Conv1D / Conv2D): NumPy reference, gradcheck, torch parity, the
+seed's simplified forms (Conv1D-S = Q z, Conv2D-S's double sum), threads, bad input."""
+import numpy as np
+import pytest
+
+import fastmod
+from fastmod import nn
+from reference import tol
+
+
+# ------------------------------------------------------------------ an independent reference
+def _pad_pairs(pad, k, d):
+    """Padding argument -> [(lo, hi)] per spatial dim, as torch defines 'same' / 'valid'."""
+    if pad == "valid":
+        return [(0, 0)] * len(k)
+    if pad == "same":
+        return [(di * (ki - 1) // 2, di * (ki - 1) - di * (ki - 1) // 2) for ki, di in zip(k, d)]
+    return [(p, p) for p in pad]
+
+
+def _windows(xp, k, s, d, out):
+    """Yield (offsets, view) for every kernel tap: view[n, c, *o] = xp[n, c, *(o*s + off*d)]."""
+    for off in np.ndindex(*k):
+        sl = tuple(slice(o * di, o * di + si * (oi - 1) + 1, si)
+                   for o, di, si, oi in zip(off, d, s, out))
+        yield off, (slice(None), slice(None)) + sl
+
+
+def conv_ref(x, w, b, stride, pad, dil, groups):
+    """y (N, OC, *out) by direct summation over kernel taps (einsum), float64."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    nd = x.ndim - 2
+    k = w.shape[2:]
+    pads = _pad_pairs(pad, k, dil)
+    xp = np.pad(x, [(0, 0), (0, 0)] + pads)
+    out = [(xp.shape[2 + i] - dil[i] * (k[i] - 1) - 1) // stride[i] + 1 for i in range(nd)]
+    N, C = x.shape[:2]
+    OC = w.shape[0]
+    cg, og = C // groups, OC // groups
+    y = np.zeros((N, OC, *out))
+    for off, sl in _windows(xp, k, stride, dil, out):
+        patch = xp[sl]
+        for g in range(groups):
+            y[:, g * og:(g + 1) * og] += np.einsum(
+                "nc...,oc->no...", patch[:, g * cg:(g + 1) * cg], w[(slice(g * og, (g + 1) * og), slice(None)) + off])
+    if b is not None:
+        y += np.asarray(b, np.float64).reshape((1, OC) + (1,) * nd)
+    return y
+
+
+def conv_ref_backward(dy, x, w, stride, pad, dil, groups):
+    """(dx, dw, db) of conv_ref for output gradient dy: the adjoint of each tap's slice."""
+    x, w, dy = (np.asarray(a, np.float64) for a in (x, w, dy))
+    nd = x.ndim - 2
+    k = w.shape[2:]
+    pads = _pad_pairs(pad, k, dil)
+    xp = np.pad(x, [(0, 0), (0, 0)] + pads)
+    out = dy.shape[2:]
+    C, OC = x.shape[1], w.shape[0]
+    cg, og = C // groups, OC // groups
+    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
+    for off, sl in _windows(xp, k, stride, dil, out):
+        for g in range(groups):
+            cs, os_ = slice(g * cg, (g + 1) * cg), slice(g * og, (g + 1) * og)
+            dxp[sl][:, cs] += np.einsum("no...,oc->nc...", dy[:, os_], w[(os_, slice(None)) + off])
+            ax = [0] + list(range(2, 2 + nd))
+            dw[(os_, slice(None)) + off] += np.tensordot(dy[:, os_], xp[sl][:, cs], axes=(ax, ax))
+    inner = tuple(slice(lo, xp.shape[2 + i] - hi) for i, (lo, hi) in enumerate(pads))
+    dx = dxp[(slice(None), slice(None)) + inner]
+    return dx, dw, dy.sum(axis=tuple(i for i in range(dy.ndim) if i != 1))
+
+
+# ------------------------------------------------------------------ the grid of shapes
+# (in, out, kernel, kwargs, input shape): odd sizes, stride > kernel, padding, dilation, groups
+# (incl. depthwise), batch 1, 1x1 kernels, inputs smaller than the kernel (made up by padding)
+CASES_2D = [
+    (3, 5, 3, dict(padding=1), (2, 3, 7, 9)),
+    (4, 6, (3, 2), dict(stride=(2, 3), padding=(2, 1), dilation=(1, 2), groups=2), (3, 4, 9, 7)),
+    (3, 4, 2, dict(stride=3), (2, 3, 8, 7)),                         # stride > kernel
+    (4, 8, 1, {}, (2, 4, 5, 6)),                                     # 1x1: plain GEMM
+    (4, 8, 1, dict(stride=2), (2, 4, 5, 6)),                         # 1x1 strided: im2col
+    (4, 4, 3, dict(padding=1, groups=4), (2, 4, 6, 5)),              # depthwise
+    (4, 8, 3, dict(padding="same", groups=4), (1, 4, 5, 6)),         # depthwise x2, batch 1
+    (3, 2, 5, dict(padding=2), (2, 3, 3, 2)),                        # H, W < kernel, padded
+    (2, 3, 4, dict(padding="same", dilation=2), (2, 2, 6, 7)),       # even kernel: asymmetric
+    (2, 3, 3, dict(padding="valid", bias=False), (1, 2, 3, 3)),      # output 1x1
+    (6, 4, 3, dict(stride=2, padding=1, groups=2, bias=False), (3, 6, 8, 8)),
+]
+CASES_1D = [
+    (1, 1, 3, dict(padding=1, bias=False), (2, 1, 9)),               # Conv1D-S
+    (4, 8, 4, dict(padding="same", dilation=2), (3, 4, 11)),
+    (4, 6, 3, dict(stride=4, padding=2, groups=2), (2, 4, 11)),
+    (3, 5, 1, {}, (1, 3, 7)),
+    (3, 3, 5, dict(padding=3, groups=3), (2, 3, 2)),                 # L < kernel, depthwise
+]
+CASES = [("2d",) + c for c in CASES_2D] + [("1d",) + c for c in CASES_1D]
+IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]
+
+
+def _norm(v, nd):
+    return (v,) * nd if isinstance(v, int) else tuple(v)
+
+
+def make_case(case, dtype, seed=0):
+    kind, cin, cout, k, kw, shape = case
+    fastmod.manual_seed(seed)
+    cls = nn.Conv2d if kind == "2d" else nn.Conv1d
+    m = cls(cin, cout, k, dtype=dtype, **kw)
+    x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    nd = 2 if kind == "2d" else 1
+    geo = dict(stride=_norm(kw.get("stride", 1), nd), dil=_norm(kw.get("dilation", 1), nd),
+               groups=kw.get("groups", 1))
+    pad = kw.get("padding", 0)
+    geo["pad"] = pad if isinstance(pad, str) else _norm(pad, nd)
+    return m, x, geo
+
+
+def _ref_args(m, geo):
+    return (geo["stride"], geo["pad"], geo["dil"], geo["groups"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_forward_matches_reference(case, dtype):
+    m, x, geo = make_case(case, dtype)
+    y = m(x)
+    want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
+    assert y.shape == want.shape and y.dtype == dtype
+    np.testing.assert_allclose(y, want, **tol(dtype, parity=True))
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_backward_matches_reference(case, dtype, threads):
+    m, x, geo = make_case(case, dtype)
+    y = m(x)
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    dx = m.backward(dy)
+    rdx, rdw, rdb = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
+    kw = tol(dtype, parity=True)
+    assert dx.shape == x.shape and dx.dtype == dtype
+    np.testing.assert_allclose(dx, rdx, **kw)
+    np.testing.assert_allclose(m.weight.grad, rdw, **kw)
+    if m.bias is not None:
+        np.testing.assert_allclose(m.bias.grad, rdb, **kw)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_gradcheck(case):
+    m, x, _ = make_case(case, np.float64)
+    fastmod.gradcheck(m, x, max_elements=64)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("direction", ["t2f", "f2t"])
+def test_torch_parity(case, direction, dtype, parity, torch):
+    m, x, _ = make_case(case, dtype)
+    kind, cin, cout, k, kw, shape = case
+    tcls = torch.nn.Conv2d if kind == "2d" else torch.nn.Conv1d
+    tm = tcls(cin, cout, k, **kw)
+    parity(m, tm, x, direction=direction)
+
+
+# ------------------------------------------------------------------ threads and the batch split
+# big enough that the kernels split the batch over 2 threads (and batch 1: GEMMs split instead)
+THREAD_CASES = [
+    (nn.Conv2d, (8, 16, 3), dict(padding=1), (5, 8, 12, 11)),
+    (nn.Conv2d, (16, 32, 1), {}, (3, 16, 10, 10)),
+    (nn.Conv2d, (16, 16, 3), dict(padding=1, groups=16), (4, 16, 12, 12)),
+    (nn.Conv1d, (16, 32, 5), dict(padding=2), (6, 16, 64)),
+    (nn.Conv2d, (32, 64, 3), dict(padding=1), (1, 32, 16, 16)),
+]
+
+
+@pytest.mark.parametrize("cls,args,kw,shape", THREAD_CASES)
+def test_threads_agree_and_repeat_bit_identical(cls, args, kw, shape, dtype):
+    rng = np.random.default_rng(0)
+    fastmod.manual_seed(0)
+    m = cls(*args, dtype=dtype, **kw)
+    x = rng.standard_normal(shape).astype(dtype)
+    dy = None
+    results = {}
+    for nt in (1, 2, 2):
+        fastmod.set_num_threads(nt)
+        m.zero_grad()
+        y = m(x)
+        if dy is None:
+            dy = rng.standard_normal(y.shape).astype(dtype)
+        dx = m.backward(dy)
+        res = (y, dx, m.weight.grad.copy(), m.bias.grad.copy())
+        if nt in results:                       # same thread count: bit-identical
+            for a, b in zip(results[nt], res):
+                np.testing.assert_array_equal(a, b)
+        results[nt] = res
+    for a, b in zip(results[1], results[2]):
+        np.testing.assert_allclose(a, b, **tol(dtype, parity=True))
+
+
+def test_gradients_accumulate_until_zero_grad(rng):
+    m = nn.Conv2d(3, 4, 3, padding=1, dtype=np.float64)
+    x = rng.standard_normal((2, 3, 5, 5))
+    dy = rng.standard_normal((2, 4, 5, 5))
+    m(x)
+    m.backward(dy)
+    g1, b1 = m.weight.grad.copy(), m.bias.grad.copy()
+    m(x)
+    m.backward(dy)
+    np.testing.assert_allclose(m.weight.grad, 2 * g1, rtol=1e-12)
+    np.testing.assert_allclose(m.bias.grad, 2 * b1, rtol=1e-12)
+    m.zero_grad()
+    m(x)
+    m.backward(dy)
+    np.testing.assert_allclose(m.weight.grad, g1, rtol=1e-12)
+
+
+def test_need_input_grad_false_and_no_grad(rng):
+    m = nn.Conv1d(3, 4, 3, dtype=np.float64)
+    x = rng.standard_normal((2, 3, 8))
+    y = m(x)
+    assert m.backward(np.ones_like(y), need_input_grad=False) is None
+    assert np.any(m.weight.grad != 0)
+    with fastmod.no_grad():
+        m(x)
+    with pytest.raises(RuntimeError, match="no saved forward state"):
+        m.backward(np.ones_like(y))
+
+
+def test_applied_twice_gives_both_gradients(rng):
+    # y = conv(conv(x)): the module keeps a stack of saved inputs
+    m = nn.Conv2d(2, 2, 3, padding=1, dtype=np.float64)
+    x = rng.standard_normal((1, 2, 4, 4))
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = m
+
+        def forward(self, x):
+            return self.c(self.c(x))
+
+        def backward(self, dy):
+            return self.c.backward(self.c.backward(dy))
+
+    fastmod.gradcheck(Twice(), x)
+
+
+def test_non_contiguous_input_is_copied(rng):
+    m = nn.Conv2d(3, 2, 3, dtype=np.float64)
+    x = rng.standard_normal((2, 7, 7, 3)).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(m(x), conv_ref(x, m.weight.data, m.bias.data, (1, 1), (0, 0), (1, 1), 1),
+                               rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------ the seed's special cases
+def test_conv1d_s_is_the_banded_matrix_q(rng):
+    # Conv1D-S(z)_i = sum_j w_j z_{i - l + (j-1)}: y = Q z with Q[i, i - l + j] = w_j
+    for ell in (1, 2):
+        m = nn.Conv1d(1, 1, 2 * ell + 1, padding=ell, bias=False, dtype=np.float64)
+        assert m.num_parameters() == 2 * ell + 1
+        w = m.weight.data.reshape(-1)
+        n = 9
+        Q = np.zeros((n, n))
+        for i in range(n):
+            for j in range(2 * ell + 1):
+                c = i - ell + j
+                if 0 <= c < n:
+                    Q[i, c] = w[j]
+        z = rng.standard_normal(n)
+        y = m(z.reshape(1, 1, n)).reshape(-1)
+        np.testing.assert_allclose(y, Q @ z, rtol=1e-12, atol=1e-12)
+        # and its backward is Q^T (the gradient of <g, Q z>)
+        g = rng.standard_normal(n)
+        np.testing.assert_allclose(m.backward(g.reshape(1, 1, n)).reshape(-1), Q.T @ g,
+                                   rtol=1e-12, atol=1e-12)
+
+
+def test_conv2d_s_is_the_double_sum(rng):
+    # Conv2D-S(z)_{i,j} = sum_{p,q} w_{p,q} z_{i+p-l, j+q-l} (zero outside z)
+    k, ell = 3, 1
+    m = nn.Conv2d(1, 1, k, padding=ell, bias=False, dtype=np.float64)
+    assert m.num_parameters() == k * k
+    w = m.weight.data[0, 0]
+    z = rng.standard_normal((6, 5))
+    want = np.zeros_like(z)
+    for i in range(6):
+        for j in range(5):
+            for p in range(k):
+                for q in range(k):
+                    a, b = i + p - ell, j + q - ell
+                    if 0 <= a < 6 and 0 <= b < 5:
+                        want[i, j] += w[p, q] * z[a, b]
+    np.testing.assert_allclose(m(z.reshape(1, 1, 6, 5))[0, 0], want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls,spatial", [(nn.Conv1d, (10,)), (nn.Conv2d, (5, 6))])
+def test_multichannel_is_a_sum_of_single_channel_convs(cls, spatial, rng):
+    # Conv(z)_i = sum_j Conv-S_{i,j}(z_j): each (output, input) pair is its own Conv-S
+    C, Cp, k = 3, 4, 3
+    m = cls(C, Cp, k, padding=1, bias=False, dtype=np.float64)
+    z = rng.standard_normal((1, C) + spatial)
+    y = m(z)
+    single = cls(1, 1, k, padding=1, bias=False, dtype=np.float64)
+    for i in range(Cp):
+        total = 0
+        for j in range(C):
+            single.weight.data[...] = m.weight.data[i, j]
+            total = total + single(z[:, j:j + 1])[0, 0]
+        np.testing.assert_allclose(y[0, i], total, rtol=1e-12, atol=1e-12)
+
+
+def test_parameter_counts():
+    assert nn.Conv1d(3, 5, 7, bias=False).num_parameters() == 7 * 3 * 5
+    assert nn.Conv1d(3, 5, 7).num_parameters() == 7 * 3 * 5 + 5
+    assert nn.Conv2d(3, 5, 3, bias=False).num_parameters() == 3 * 3 * 3 * 5
+    assert nn.Conv2d(3, 5, 3).num_parameters() == 3 * 3 * 3 * 5 + 5
+    assert nn.Conv2d(4, 8, 3, groups=4).num_parameters() == 9 * 8 + 8
+
+
+def test_default_init_is_torchs(torch):
+    # U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias, fan_in = C/groups * k*k
+    m = nn.Conv2d(8, 64, 3, groups=2)
+    bound = 1 / np.sqrt(4 * 9)
+    for p in (m.weight.data, m.bias.data):
+        assert np.abs(p).max() <= bound and np.abs(p).max() > 0.9 * bound
+    assert m.weight.shape == tuple(torch.nn.Conv2d(8, 64, 3, groups=2).weight.shape)
+
+
+def test_repr_and_state_dict_names():
+    assert repr(nn.Conv2d(3, 16, 3)) == "Conv2d(3, 16, kernel_size=3)"
+    assert repr(nn.Conv2d(3, 16, (3, 5), stride=2, padding="same" if False else 1, groups=1,
+                          bias=False)) == "Conv2d(3, 16, kernel_size=(3, 5), stride=2, padding=1, bias=False)"
+    assert repr(nn.Conv1d(4, 4, 3, padding="same", groups=4)) == \
+        "Conv1d(4, 4, kernel_size=3, padding='same', groups=4)"
+    assert list(nn.Conv1d(2, 3, 3).state_dict()) == ["weight", "bias"]
+    assert nn.Conv1d(2, 3, 3).state_dict()["weight"].shape == (3, 2, 3)
+
+
+# ------------------------------------------------------------------ bad input
+def test_bad_inputs(rng):
+    m = nn.Conv2d(3, 16, 3)
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 3, H, W\), got \(8, 4, 8, 8\)"):
+        m(np.zeros((8, 4, 8, 8), np.float32))
+    with pytest.raises(ValueError, match=r"expected input of shape"):
+        m(np.zeros((3, 8, 8), np.float32))
+    with pytest.raises(TypeError, match="float32.*float64"):
+        m(np.zeros((1, 3, 8, 8), np.float64))
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        m(np.zeros((1, 3, 2, 8), np.float32))
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        nn.Conv1d(1, 1, 5, dilation=2)(np.zeros((1, 1, 8), np.float32))
+    with pytest.raises(ValueError, match="non-empty"):
+        m(np.zeros((0, 3, 8, 8), np.float32))
+    with pytest.raises(TypeError, match="ndarray"):
+        m([[1.0]])
+    y = m(np.zeros((2, 3, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="expected a gradient of shape"):
+        m.backward(np.zeros((2, 16, 8, 8), np.float32))
+    assert y.shape == (2, 16, 6, 6)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(in_channels=0, out_channels=4, kernel_size=3), "in_channels must be a positive integer"),
+    (dict(in_channels=3, out_channels=-1, kernel_size=3), "out_channels must be a positive integer"),
+    (dict(in_channels=3, out_channels=4, kernel_size=0), "kernel_size must be >= 1"),
+    (dict(in_channels=3, out_channels=4, kernel_size=(3, 3, 3)), "kernel_size must be an int or a tuple of 2"),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, stride=0), "stride must be >= 1"),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, padding=-1), "padding must be >= 0"),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, padding="full"), "padding must be 'same'"),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, padding="same", stride=2), "needs stride 1"),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, dilation=0), "dilation must be >= 1"),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, groups=2), r"in_channels \(3\) must be divisible by groups \(2\)"),
+    (dict(in_channels=4, out_channels=6, kernel_size=3, groups=4), r"out_channels \(6\) must be divisible by groups \(4\)"),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, groups=0), "groups must be a positive integer"),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, padding_mode="reflect"), "not supported"),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, bias=1), "bias must be a bool"),
+])
+def test_bad_constructor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        nn.Conv2d(**kwargs)
+
+
+def test_bad_dtype_argument():
+    with pytest.raises(TypeError, match="float32 or float64"):
+        nn.Conv1d(2, 2, 3, dtype=np.int32)
