@@ -17,7 +17,7 @@ import numbers
 
 import numpy as np
 
-from fastmod.nn.module import Parameter
+from fastmod.nn.module import FLOAT_DTYPES, Parameter
 
 
 def _to_numpy(v):
@@ -112,6 +112,9 @@ class Optimizer:
     def _arrays(self, p):
         """(data, grad) of a parameter with a gradient, C-contiguous and writeable for the kernels."""
         d = p.data
+        if d.dtype not in FLOAT_DTYPES:     # .data reassigned to something else: never reach a kernel
+            raise TypeError(f"{type(self).__name__}: parameter data must be float32 or float64, "
+                            f"got {d.dtype} (shape {d.shape})")
         if not d.flags.c_contiguous:
             d = p.data = np.ascontiguousarray(d)
         if not d.flags.writeable:
