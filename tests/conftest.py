@@ -20,7 +20,8 @@ def _restore_threads():
     """Every test leaves fastmod's thread count as it found it."""
     n = fastmod.get_num_threads()
     yield
-    fastmod.set_num_threads(n)
+    if fastmod.get_num_threads() != n:     # set_num_threads costs ~8 ms (threadpoolctl)
+        fastmod.set_num_threads(n)
 
 
 @pytest.fixture(autouse=True)

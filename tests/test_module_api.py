@@ -436,6 +436,18 @@ def test_new_top_level_forward_releases_old_state(rng):
         np.testing.assert_array_equal(a, p.grad)
 
 
+def test_module_shared_across_two_top_level_calls_raises_clearly(rng):
+    """enc and dec called one after the other (two passes) share an activation: the second
+    pass releases the first one's state, so enc's backward raises instead of using dec's."""
+    act = nn.Tanh()
+    enc, dec = nn.Sequential(lin(3, 3), act), nn.Sequential(lin(3, 3, seed=1), act)
+    h = enc(rng.standard_normal((2, 3)))
+    y = dec(h)
+    dh = dec.backward(np.ones_like(y))
+    with pytest.raises(RuntimeError, match=r"Tanh\(\)\.backward: no saved forward state.*new top-level forward"):
+        enc.backward(dh)
+
+
 def test_failed_forward_does_not_break_later_passes(rng):
     m = nn.Sequential(lin(3, 3), nn.ReLU(), lin(4, 2))      # second Linear has the wrong width
     with pytest.raises(ValueError, match=r"Linear\(4, 2\)"):
