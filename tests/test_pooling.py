@@ -1,0 +1,279 @@
+"""Pooling: MaxPool1d/2d, AvgPool1d/2d, AdaptiveAvgPool2d, GlobalAvgPool -- NumPy reference,
+gradcheck, torch parity, threads, bad input."""
+import math
+
+import numpy as np
+import pytest
+
+import fastmod
+from fastmod import nn
+from reference import tol
+
+
+# ------------------------------------------------------------------ independent references
+def _out(size, k, s, p, d, ceil):
+    span = size + 2 * p - d * (k - 1) - 1
+    o = (math.ceil(span / s) if ceil else span // s) + 1
+    if ceil and (o - 1) * s >= size + p:
+        o -= 1
+    return o
+
+
+def pool_ref(x, kind, k, s, p, d=(1, 1), ceil=False, count_include_pad=True):
+    """Direct loops over windows on (N, C, H, W) in float64. Returns y and, for max, the argmax
+    (flat h*W + w, first maximum)."""
+    x = np.asarray(x, np.float64)
+    N, C, H, W = x.shape
+    OH, OW = _out(H, k[0], s[0], p[0], d[0], ceil), _out(W, k[1], s[1], p[1], d[1], ceil)
+    y = np.zeros((N, C, OH, OW))
+    arg = np.zeros((N, C, OH, OW), np.int64)
+    for i in range(OH):
+        for j in range(OW):
+            h0, w0 = i * s[0] - p[0], j * s[1] - p[1]
+            if kind == "max":
+                taps = [(h0 + a * d[0], w0 + b * d[1]) for a in range(k[0]) for b in range(k[1])]
+                taps = [(h, w) for h, w in taps if 0 <= h < H and 0 <= w < W]
+                vals = np.stack([x[:, :, h, w] for h, w in taps], axis=-1)
+                best = vals.argmax(axis=-1)
+                y[:, :, i, j] = vals.max(axis=-1)
+                flat = np.array([h * W + w for h, w in taps])
+                arg[:, :, i, j] = flat[best]
+            else:
+                he, we = min(h0 + k[0], H + p[0]), min(w0 + k[1], W + p[1])
+                area = (he - h0) * (we - w0)
+                hs, ws, he, we = max(h0, 0), max(w0, 0), min(he, H), min(we, W)
+                if not count_include_pad:
+                    area = (he - hs) * (we - ws)
+                y[:, :, i, j] = x[:, :, hs:he, ws:we].sum(axis=(2, 3)) / area
+    return y, arg
+
+
+def adaptive_ref(x, oh, ow):
+    x = np.asarray(x, np.float64)
+    H, W = x.shape[-2:]
+    y = np.zeros(x.shape[:-2] + (oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            h0, h1 = (i * H) // oh, -(-((i + 1) * H) // oh)
+            w0, w1 = (j * W) // ow, -(-((j + 1) * W) // ow)
+            y[..., i, j] = x[..., h0:h1, w0:w1].mean(axis=(-2, -1))
+    return y
+
+
+# ------------------------------------------------------------------ the grid
+# (kind, kernel, stride, padding, dilation, ceil_mode, count_include_pad, input shape)
+CASES_2D = [
+    ("max", 2, None, 0, 1, False, True, (2, 3, 8, 8)),
+    ("max", 3, 2, 1, 1, False, True, (2, 3, 9, 7)),
+    ("max", (3, 2), (1, 3), (1, 1), (2, 1), False, True, (1, 2, 9, 8)),    # stride > kernel
+    ("max", 3, 2, 1, 2, True, True, (2, 2, 10, 7)),
+    ("max", 3, 3, 1, 1, False, True, (1, 2, 2, 2)),                       # H, W < kernel
+    ("avg", 2, None, 0, 1, False, True, (2, 3, 8, 8)),
+    ("avg", 3, 2, 1, 1, False, True, (2, 3, 9, 7)),
+    ("avg", 3, 2, 1, 1, True, False, (2, 3, 10, 7)),
+    ("avg", 3, 2, 1, 1, True, True, (2, 3, 10, 8)),
+    ("avg", (2, 3), (4, 1), (1, 0), 1, False, True, (1, 2, 9, 8)),
+    ("avg", 3, 3, 1, 1, False, False, (1, 2, 2, 2)),
+]
+IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES_2D)]
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def make_pool(case, nd=2):
+    kind, k, s, p, d, ceil, cip, shape = case
+    if kind == "max":
+        cls = nn.MaxPool2d if nd == 2 else nn.MaxPool1d
+        return cls(k, s, p, dilation=d, ceil_mode=ceil)
+    cls = nn.AvgPool2d if nd == 2 else nn.AvgPool1d
+    return cls(k, s, p, ceil_mode=ceil, count_include_pad=cip)
+
+
+def torch_pool(torch, case, nd=2):
+    kind, k, s, p, d, ceil, cip, shape = case
+    if kind == "max":
+        cls = torch.nn.MaxPool2d if nd == 2 else torch.nn.MaxPool1d
+        return cls(k, s, p, dilation=d, ceil_mode=ceil)
+    cls = torch.nn.AvgPool2d if nd == 2 else torch.nn.AvgPool1d
+    return cls(k, s, p, ceil_mode=ceil, count_include_pad=cip)
+
+
+def _ref_for(case, x):
+    kind, k, s, p, d, ceil, cip, shape = case
+    return pool_ref(x, kind, _pair(k), _pair(k if s is None else s), _pair(p), _pair(d), ceil, cip)
+
+
+@pytest.mark.parametrize("case", CASES_2D, ids=IDS)
+def test_pool2d_forward_backward_match_reference(case, dtype, threads, rng):
+    m = make_pool(case)
+    x = rng.standard_normal(case[-1]).astype(dtype)
+    y = m(x)
+    want, arg = _ref_for(case, x)
+    assert y.shape == want.shape and y.dtype == dtype
+    np.testing.assert_allclose(y, want, **tol(dtype))
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = m.backward(dy)
+    # reference backward: the adjoint of the forward, element by element
+    N, C, H, W = x.shape
+    rdx = np.zeros((N, C, H * W))
+    if case[0] == "max":
+        for n in range(N):
+            for c in range(C):
+                np.add.at(rdx[n, c], arg[n, c].reshape(-1), dy[n, c].reshape(-1).astype(np.float64))
+    else:
+        for idx in np.ndindex(*x.shape):
+            e = np.zeros(x.shape)
+            e[idx] = 1
+            rdx[idx[0], idx[1], idx[2] * W + idx[3]] = np.sum(_ref_for(case, e)[0] * dy)
+    np.testing.assert_allclose(dx, rdx.reshape(x.shape), **tol(dtype))
+
+
+@pytest.mark.parametrize("case", CASES_2D, ids=IDS)
+def test_pool2d_gradcheck(case, rng):
+    m = make_pool(case)
+    fastmod.gradcheck(m, rng.standard_normal(case[-1]))
+
+
+@pytest.mark.parametrize("case", CASES_2D, ids=IDS)
+def test_pool2d_torch_parity(case, dtype, torch, rng):
+    m, tm = make_pool(case), torch_pool(torch, case)
+    x = rng.standard_normal(case[-1]).astype(dtype)
+    y = m(x)
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    yt = tm(xt)
+    np.testing.assert_allclose(y, yt.detach().numpy(), **tol(dtype, parity=True))
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    yt.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(m.backward(dy), xt.grad.numpy(), **tol(dtype, parity=True))
+
+
+CASES_1D = [
+    ("max", 2, None, 0, 1, False, True, (2, 3, 9)),
+    ("max", 3, 4, 1, 2, False, True, (2, 3, 11)),
+    ("max", 3, 2, 1, 1, True, True, (1, 2, 10)),
+    ("avg", 3, 2, 1, 1, False, True, (2, 3, 9)),
+    ("avg", 4, 3, 2, 1, True, False, (2, 3, 11)),
+    ("avg", 5, 1, 2, 1, False, True, (1, 1, 3)),       # L < kernel
+]
+
+
+@pytest.mark.parametrize("case", CASES_1D, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES_1D)])
+def test_pool1d_torch_parity_and_gradcheck(case, dtype, torch, rng):
+    m, tm = make_pool(case, nd=1), torch_pool(torch, case, nd=1)
+    x = rng.standard_normal(case[-1]).astype(dtype)
+    y = m(x)
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    yt = tm(xt)
+    np.testing.assert_allclose(y, yt.detach().numpy(), **tol(dtype, parity=True))
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    yt.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(m.backward(dy), xt.grad.numpy(), **tol(dtype, parity=True))
+    fastmod.gradcheck(make_pool(case, nd=1), rng.standard_normal(case[-1]))
+
+
+def test_maxpool_propagates_nan_and_ignores_padding():
+    x = -np.ones((1, 1, 4, 4), np.float32)
+    x[0, 0, 1, 1] = np.nan
+    y = nn.MaxPool2d(2, padding=1)(x)
+    assert np.isnan(y[0, 0, 1, 1]) and np.isnan(y).sum() == 1   # window (1, 1) holds x[1, 1]
+    assert (y[~np.isnan(y)] == -1).all()            # the zero padding never wins
+
+
+def test_unbatched_input(rng):
+    x = rng.standard_normal((3, 8, 8))
+    np.testing.assert_allclose(nn.MaxPool2d(2)(x), nn.MaxPool2d(2)(x[None])[0])
+    np.testing.assert_allclose(nn.AdaptiveAvgPool2d(1)(x), x.mean(axis=(1, 2)).reshape(3, 1, 1))
+
+
+# ------------------------------------------------------------------ adaptive / global
+@pytest.mark.parametrize("out", [1, (3, 4), (None, 2), (5, 7)])
+def test_adaptive_avgpool(out, dtype, torch, rng):
+    m = nn.AdaptiveAvgPool2d(out)
+    tm = torch.nn.AdaptiveAvgPool2d(out)
+    x = rng.standard_normal((2, 3, 10, 7)).astype(dtype)
+    y = m(x)
+    o = _pair(out) if not isinstance(out, tuple) else out
+    want = adaptive_ref(x, o[0] or 10, o[1] or 7)
+    np.testing.assert_allclose(y, want, **tol(dtype))
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    yt = tm(xt)
+    np.testing.assert_allclose(y, yt.detach().numpy(), **tol(dtype, parity=True))
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    yt.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(m.backward(dy), xt.grad.numpy(), **tol(dtype, parity=True))
+    fastmod.gradcheck(nn.AdaptiveAvgPool2d(out), rng.standard_normal((2, 3, 10, 7)))
+
+
+def test_global_avgpool(dtype, threads, rng):
+    m = nn.GlobalAvgPool()
+    x = rng.standard_normal((3, 64, 9, 7)).astype(dtype)
+    y = m(x)
+    assert y.shape == (3, 64)
+    np.testing.assert_allclose(y, x.astype(np.float64).mean(axis=(2, 3)), **tol(dtype))
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = m.backward(dy)
+    np.testing.assert_allclose(dx, np.broadcast_to(dy[:, :, None, None] / 63, x.shape), **tol(dtype))
+    fastmod.gradcheck(nn.GlobalAvgPool(), rng.standard_normal((2, 3, 4, 5)))
+    assert nn.GlobalAvgPool()(x[:, :, :, 0]).shape == (3, 64)     # (N, C, L) works too
+
+
+def test_pool_threads_agree(dtype, rng):
+    x = rng.standard_normal((8, 32, 16, 16)).astype(dtype)
+    dy = None
+    for m in (nn.MaxPool2d(3, 2, 1), nn.AvgPool2d(2), nn.AdaptiveAvgPool2d(1)):
+        out = []
+        for nt in (1, 2, 2):
+            fastmod.set_num_threads(nt)
+            y = m(x)
+            dy = np.ones_like(y)
+            out.append((y, m.backward(dy)))
+        for a, b in zip(out[1], out[2]):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(out[0], out[1]):
+            np.testing.assert_array_equal(a, b)      # planes are independent: same bits
+
+
+# ------------------------------------------------------------------ bad input
+def test_bad_pool_inputs():
+    m = nn.MaxPool2d(3)
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, C, H, W\) or \(C, H, W\), got \(4, 4\)"):
+        m(np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError, match="does not fit"):
+        m(np.zeros((1, 1, 2, 8), np.float32))
+    with pytest.raises(ValueError, match="does not fit"):
+        nn.AvgPool1d(4)(np.zeros((1, 1, 3), np.float32))
+    with pytest.raises(ValueError, match="non-empty"):
+        m(np.zeros((0, 1, 8, 8), np.float32))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        m(np.zeros((1, 1, 8, 8), np.int64))
+    y = m(np.zeros((1, 1, 9, 9), np.float32))
+    with pytest.raises(ValueError, match="expected a gradient of shape"):
+        m.backward(np.zeros((1, 1, 3, 3), np.float64))
+    assert y.shape == (1, 1, 3, 3)
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, C, \*spatial\)"):
+        nn.GlobalAvgPool()(np.zeros((2, 3), np.float32))
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: nn.MaxPool2d(0), "kernel_size must be >= 1"),
+    (lambda: nn.MaxPool2d(2, stride=-1), "stride must be >= 1"),
+    (lambda: nn.MaxPool2d(2, padding=2), "at most half of the kernel size"),
+    (lambda: nn.AvgPool2d(3, padding=-1), "padding must be >= 0"),
+    (lambda: nn.AvgPool1d((2, 2)), "kernel_size must be an int or a tuple of 1"),
+    (lambda: nn.MaxPool1d(2, dilation=0), "dilation must be >= 1"),
+    (lambda: nn.AdaptiveAvgPool2d(0), "output_size must be >= 1"),
+    (lambda: nn.AvgPool2d(2, divisor_override=0), "divisor_override must be a positive integer"),
+    (lambda: nn.MaxPool2d(2, return_indices=True), "return_indices"),
+])
+def test_bad_pool_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_pool_repr():
+    assert repr(nn.MaxPool2d(2)) == "MaxPool2d(kernel_size=2)"
+    assert repr(nn.AvgPool2d(3, 2, 1, count_include_pad=False)) == \
+        "AvgPool2d(kernel_size=3, stride=2, padding=1, count_include_pad=False)"
+    assert repr(nn.AdaptiveAvgPool2d(1)) == "AdaptiveAvgPool2d(output_size=1)"
