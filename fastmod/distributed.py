@@ -75,7 +75,10 @@ _S = _State()
 def is_available():
     """True when mpi4py can be imported (it is not imported, so MPI is not started)."""
     import importlib.util
-    return importlib.util.find_spec("mpi4py") is not None
+    try:
+        return importlib.util.find_spec("mpi4py") is not None
+    except (ImportError, ValueError):          # e.g. sys.modules["mpi4py"] = None
+        return False
 
 
 def _mpi():
