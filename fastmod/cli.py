@@ -26,8 +26,8 @@ DEFAULT_MODEL = "cnn"
 # Per-architecture defaults: short runs that reach >= 95% test accuracy on the bundled digits
 # (>= 97% for the default CNN) -- see README's model zoo for the measured numbers.
 MODEL_DEFAULTS = {
-    "mlp":         dict(epochs=20, batch_size=64, lr=1e-3, optimizer="adam", weight_decay=0.0),
-    "resnet_s":    dict(epochs=20, batch_size=64, lr=1e-3, optimizer="adam", weight_decay=0.0),
+    "mlp":         dict(epochs=12, batch_size=64, lr=1e-3, optimizer="adam", weight_decay=0.0),
+    "resnet_s":    dict(epochs=6, batch_size=64, lr=1e-3, optimizer="adam", weight_decay=0.0),
     "cnn":         dict(epochs=10, batch_size=64, lr=2e-3, optimizer="adam", weight_decay=0.0),
     "bn_resnet":   dict(epochs=10, batch_size=64, lr=2e-3, optimizer="adam", weight_decay=0.0),
     "densenet":    dict(epochs=10, batch_size=64, lr=2e-3, optimizer="adam", weight_decay=0.0),
@@ -164,6 +164,9 @@ def write_plot(history, path, title):
     ax1.plot(ep, history["train_loss"], "o-", label="train")
     if any(v is not None for v in history["val_loss"]):
         ax1.plot(ep, history["val_loss"], "s-", label="test")
+    from matplotlib.ticker import MaxNLocator
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("cross-entropy loss")
     ax1.set_yscale("log")
@@ -294,6 +297,11 @@ def cmd_train(args):
          + f", {fastmod.get_num_threads()} threads")
     if args.resume:
         _out(f"resuming from {args.resume}")
+        if config.get("threads") not in (None, fastmod.get_num_threads()):
+            _note(f"note: the run used {config['threads']} threads and resumes with "
+                  f"{fastmod.get_num_threads()}: results agree within float tolerance, "
+                  "bit-identical only at the same thread count (--threads)")
+    config["threads"] = fastmod.get_num_threads()
     t0 = time.perf_counter()
     try:
         history = fit(model, crit, opt, train, test, epochs=config["epochs"],
