@@ -226,7 +226,8 @@ def test_residual_jacobian_is_identity_plus_dg(rng):
     np.testing.assert_allclose(np.array(rows), np.eye(3) + jg, rtol=1e-6, atol=1e-8)
 
 
-def test_residual_torch_parity(torch, parity, dtype, rng):
+@pytest.mark.parametrize("direction", ["t2f", "f2t"])
+def test_residual_torch_parity(torch, parity, dtype, direction, rng):
     class TRes(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -237,7 +238,7 @@ def test_residual_torch_parity(torch, parity, dtype, rng):
 
     torch.manual_seed(0)
     parity(nn.Residual(nn.Sequential(nn.Linear(4, 4, dtype=dtype), nn.Sigmoid())), TRes(),
-           rng.standard_normal((2, 3, 4)).astype(dtype))
+           rng.standard_normal((2, 3, 4)).astype(dtype), direction=direction)
 
 
 def test_residual_bad_input(rng):
@@ -323,14 +324,15 @@ def test_parallel_concat(case, rng):
     assert fastmod.gradcheck(par, x)
 
 
+@pytest.mark.parametrize("direction", ["t2f", "f2t"])
 @pytest.mark.parametrize("combine", ["sum", "concat"])
-def test_parallel_torch_parity(torch, parity, dtype, combine, rng):
+def test_parallel_torch_parity(torch, parity, dtype, combine, direction, rng):
     torch.manual_seed(0)
     tb = [torch.nn.Linear(4, 3), torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.GELU())]
     tm = _torch_parallel(torch, tb, combine)
     fm = nn.Parallel(nn.Linear(4, 3, dtype=dtype), nn.Sequential(nn.Linear(4, 3, dtype=dtype), nn.GELU()),
                      combine=combine)
-    parity(fm, tm, rng.standard_normal((5, 4)).astype(dtype))
+    parity(fm, tm, rng.standard_normal((5, 4)).astype(dtype), direction=direction)
 
 
 def test_parallel_need_input_grad_false(rng):

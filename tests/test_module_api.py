@@ -484,3 +484,61 @@ def test_custom_module_with_buffers_gradcheck(rng):
 def test_repr_nested():
     m = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
     assert repr(m) == "Sequential(\n  (0): Linear(2, 3)\n  (1): ReLU()\n)"
+
+
+# ------------------------------------------------------------------ fastmod.nn.init
+@pytest.mark.parametrize("nonlin,param", [("linear", None), ("sigmoid", None), ("tanh", None),
+                                          ("relu", None), ("leaky_relu", None), ("leaky_relu", 0.2),
+                                          ("leaky_relu", 0), ("selu", None), ("conv2d", None)])
+def test_calculate_gain_matches_torch(torch, nonlin, param):
+    assert nn.init.calculate_gain(nonlin, param) == pytest.approx(torch.nn.init.calculate_gain(nonlin, param))
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (4, 3, 5), (6, 2, 3, 3)])
+def test_fans_and_init_bounds_match_torch(torch, shape):
+    a = np.empty(shape)
+    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(a)
+    assert (fan_in, fan_out) == torch.nn.init._calculate_fan_in_and_fan_out(torch.empty(shape))
+    g = np.random.default_rng(0)
+    bound = np.sqrt(6.0 / (fan_in + fan_out))
+    v = nn.init.xavier_uniform_(a, generator=g)
+    assert v is a and np.abs(a).max() <= bound and np.abs(a).max() > 0.5 * bound
+    nn.init.kaiming_uniform_(a, a=np.sqrt(5), generator=g)       # torch's Linear/Conv default
+    assert np.abs(a).max() <= 1 / np.sqrt(fan_in)
+    nn.init.kaiming_uniform_(a, mode="fan_out", nonlinearity="relu", generator=g)
+    assert np.abs(a).max() <= np.sqrt(6.0 / fan_out)
+    with pytest.raises(ValueError, match="mode must be 'fan_in' or 'fan_out'"):
+        nn.init.kaiming_normal_(a, mode="fan")
+
+
+def test_init_statistics_and_constants():
+    g = np.random.default_rng(1)
+    big = nn.Parameter(np.empty((400, 500)))
+    nn.init.kaiming_normal_(big, nonlinearity="relu", generator=g)
+    assert big.data.std() == pytest.approx(np.sqrt(2.0 / 500), rel=0.02)
+    nn.init.xavier_normal_(big, gain=2.0, generator=g)
+    assert big.data.std() == pytest.approx(2.0 * np.sqrt(2.0 / 900), rel=0.02)
+    nn.init.trunc_normal_(big, std=1.0, a=-0.5, b=0.5, generator=g)
+    assert big.data.min() >= -0.5 and big.data.max() <= 0.5
+    nn.init.normal_(big, 3.0, 0.5, generator=g)
+    assert big.data.mean() == pytest.approx(3.0, abs=0.01)
+    nn.init.zeros_(big)
+    assert not big.data.any()
+    nn.init.ones_(big)
+    assert (big.data == 1).all()
+    nn.init.constant_(big, -2.5)
+    assert (big.data == -2.5).all()
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        nn.init.xavier_uniform_(np.empty(3))
+    with pytest.raises(ValueError, match="unsupported nonlinearity"):
+        nn.init.calculate_gain("swish")
+
+
+def test_manual_seed_makes_init_reproducible():
+    fastmod.manual_seed(5)
+    a = nn.Linear(4, 3).state_dict()
+    fastmod.manual_seed(5)
+    b = nn.Linear(4, 3).state_dict()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert not np.array_equal(nn.Linear(4, 3).weight.data, a["weight"])
