@@ -107,8 +107,9 @@ def _optimizer_payload(optimizer, arrays):
         scalars[str(idx)] = {}
         array_names[str(idx)] = []
         for name, v in st.items():
-            if isinstance(v, np.ndarray) or (hasattr(v, "numpy") and hasattr(v, "shape")
-                                              and getattr(v, "ndim", 0) > 0):
+            if hasattr(v, "detach") and hasattr(v, "numpy"):      # a torch tensor
+                v = v.detach().cpu().numpy()
+            if isinstance(v, np.ndarray):
                 arrays[f"optim/{idx}/{name}"] = _plain_array(v, f"optimizer state {idx}['{name}']")
                 array_names[str(idx)].append(name)
             else:
