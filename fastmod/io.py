@@ -15,7 +15,6 @@ checkpoint untouched.
 import json
 import os
 import tempfile
-import zipfile
 from collections import OrderedDict
 
 import numpy as np
