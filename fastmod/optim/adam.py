@@ -82,13 +82,13 @@ class Adam(Optimizer):
                                      "exp_avg_sq": np.zeros_like(data)}
                     if amsgrad:
                         st["max_exp_avg_sq"] = np.zeros_like(data)
-                m = self._state_array(st, "exp_avg", p)
-                v = self._state_array(st, "exp_avg_sq", p)
+                m = self._state_array(st, "exp_avg", data)
+                v = self._state_array(st, "exp_avg_sq", data)
                 vmax = None
                 if amsgrad:
                     if st.get("max_exp_avg_sq") is None:     # amsgrad switched on mid-training
                         st["max_exp_avg_sq"] = np.zeros_like(data)
-                    vmax = self._state_array(st, "max_exp_avg_sq", p)
+                    vmax = self._state_array(st, "max_exp_avg_sq", data)
                 st["step"] = t = st["step"] + 1
                 # the scalars exactly as torch computes them, in Python floats
                 step = float(t)

@@ -125,12 +125,12 @@ class Optimizer:
             g = np.ascontiguousarray(g)
         return d, g
 
-    def _state_array(self, st, key, p):
-        """state[key] checked against the parameter (its dtype may have changed with astype)."""
+    def _state_array(self, st, key, data):
+        """state[key] checked against the parameter's data (its dtype may have changed with astype)."""
         a = st[key]
-        if a.shape != p.data.shape or a.dtype != p.data.dtype:
+        if a.shape != data.shape or a.dtype != data.dtype:
             raise RuntimeError(f"{type(self).__name__}: state '{key}' is {a.dtype} {a.shape} but its "
-                               f"parameter is {p.data.dtype} {p.data.shape} (was the model converted "
+                               f"parameter is {data.dtype} {data.shape} (was the model converted "
                                "with astype after creating the optimizer? create the optimizer after "
                                "converting the model)")
         return a
@@ -255,9 +255,12 @@ class Optimizer:
 def check_real(group, key, who, low=0.0, high=None, high_open=False):
     """group[key] must be a finite real in [low, high] (high open when asked)."""
     v = group[key]
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Real, np.floating, np.integer)):
+    if type(v) is float:                 # the common case, checked every step: skip the ABCs
+        f = v
+    elif isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Real, np.floating, np.integer)):
         raise ValueError(f"{who}: {key} must be a real number, got {v!r}")
-    f = float(v)
+    else:
+        f = float(v)
     if not math.isfinite(f):
         raise ValueError(f"{who}: {key} must be finite, got {v!r}")
     if low is not None and f < low:

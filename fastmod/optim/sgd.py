@@ -77,6 +77,6 @@ class SGD(Optimizer):
                         st["momentum_buffer"] = buf = np.empty_like(data)   # set to d: first
                         first = True
                     else:
-                        buf = self._state_array(st, "momentum_buffer", p)
+                        buf = self._state_array(st, "momentum_buffer", data)
                 _k.sgd_step(data, grad, buf, lr, wd, mom, damp, nesterov, maximize, first)
         return loss
