@@ -8,13 +8,7 @@ from fastmod.nn.attention import MultiheadAttention
 from fastmod.nn.linear import Linear
 from fastmod.nn.misc import Dropout
 from fastmod.nn.module import Module, as_float_dtype
-
-
-def _layer_norm(d_model, eps, bias, dtype):
-    # imported here: LayerNorm lives in fastmod.nn.normalization (its own family)
-    from fastmod.nn.normalization import LayerNorm
-    ln = LayerNorm(d_model, eps=eps) if bias else LayerNorm(d_model, eps=eps, bias=False)
-    return ln.astype(dtype) if ln.dtype != dtype else ln
+from fastmod.nn.normalization import LayerNorm
 
 
 class TransformerEncoderLayer(Module):
@@ -80,8 +74,8 @@ class TransformerEncoderLayer(Module):
         self.linear1 = Linear(d_model, dim_feedforward, bias=bias, dtype=dt)
         self.dropout = Dropout(p, generator=generator)
         self.linear2 = Linear(dim_feedforward, d_model, bias=bias, dtype=dt)
-        self.norm1 = _layer_norm(d_model, self.layer_norm_eps, bias, dt)
-        self.norm2 = _layer_norm(d_model, self.layer_norm_eps, bias, dt)
+        self.norm1 = LayerNorm(d_model, eps=self.layer_norm_eps, bias=bias, dtype=dt)
+        self.norm2 = LayerNorm(d_model, eps=self.layer_norm_eps, bias=bias, dtype=dt)
         self.dropout1 = Dropout(p, generator=generator)
         self.dropout2 = Dropout(p, generator=generator)
         self.activation = make_activation(activation, who)
@@ -150,7 +144,7 @@ class TransformerEncoderLayer(Module):
             dx1 += dy                                   # through the residual
             dsa = self.self_attn.backward(self.dropout1.backward(dx1))
             if not need_input_grad:
-                self.norm1.backward(dsa)                # its parameters' gradients only
+                self.norm1.backward(dsa, need_input_grad=False)   # its parameters' grads only
                 return None
             dx = self.norm1.backward(dsa)
             dx += dx1

@@ -1,0 +1,293 @@
+"""TransformerEncoderLayer (post-LN and pre-LN) and models.transformer_classifier: torch parity
+(outputs, all gradients, masks, state_dict both ways), NumPy reference, gradcheck, properties,
+bad input."""
+import math
+
+import numpy as np
+import pytest
+
+import fastmod
+import fastmod.nn as nn
+from reference import tol
+
+E, H, F, N, T = 16, 4, 24, 3, 6
+
+
+# ------------------------------------------------------------------ NumPy reference
+def ref_ln(x, w, b, eps=1e-5):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * w + b
+
+
+def ref_mha(x, sd, prefix, heads):
+    w, b = sd[prefix + "in_proj_weight"], sd[prefix + "in_proj_bias"]
+    q, k, v = np.split(x @ w.T + b, 3, axis=-1)
+    n, t, e = x.shape
+    d = e // heads
+    split = lambda a: a.reshape(n, t, heads, d).transpose(0, 2, 1, 3)     # noqa: E731
+    s = split(q) @ split(k).transpose(0, 1, 3, 2) / math.sqrt(d)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    ctx = (p @ split(v)).transpose(0, 2, 1, 3).reshape(n, t, e)
+    return ctx @ sd[prefix + "out_proj.weight"].T + sd[prefix + "out_proj.bias"]
+
+
+def ref_layer(x, sd, heads, act, norm_first):
+    """The standard encoder block in float64 (torch's definition)."""
+    sd = {k: v.astype(np.float64) for k, v in sd.items()}
+    x = x.astype(np.float64)
+    f = (lambda z: np.maximum(z, 0)) if act == "relu" else \
+        (lambda z: 0.5 * z * (1 + np.vectorize(math.erf)(z / math.sqrt(2))))
+    ln1 = lambda z: ref_ln(z, sd["norm1.weight"], sd["norm1.bias"])     # noqa: E731
+    ln2 = lambda z: ref_ln(z, sd["norm2.weight"], sd["norm2.bias"])     # noqa: E731
+    ff = lambda z: f(z @ sd["linear1.weight"].T + sd["linear1.bias"]) @ sd["linear2.weight"].T \
+        + sd["linear2.bias"]                                            # noqa: E731
+    sa = lambda z: ref_mha(z, sd, "self_attn.", heads)                  # noqa: E731
+    if norm_first:
+        x = x + sa(ln1(x))
+        return x + ff(ln2(x))
+    x = ln1(x + sa(x))
+    return ln2(x + ff(x))
+
+
+def _randomize(m, rng, scale=0.2):
+    for p in m.parameters():
+        p.data += (scale * rng.standard_normal(p.shape)).astype(p.dtype)
+
+
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post", "pre"])
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+def test_forward_matches_numpy_reference(dtype, rng, norm_first, act):
+    m = nn.TransformerEncoderLayer(E, H, F, dropout=0.0, activation=act, norm_first=norm_first,
+                                   dtype=dtype)
+    _randomize(m, rng)
+    x = rng.standard_normal((N, T, E)).astype(dtype)
+    y = m(x)
+    assert y.shape == (N, T, E) and y.dtype == dtype
+    np.testing.assert_allclose(y, ref_layer(x, m.state_dict(), H, act, norm_first),
+                               **tol(dtype, parity=True))
+
+
+def test_post_ln_is_the_standard_block_not_the_seed_formula(rng):
+    """The seed's LN2(x + FFN(LN1(x + MHA(x)))) differs from the standard block we implement."""
+    m = nn.TransformerEncoderLayer(E, H, F, dropout=0.0, dtype=np.float64)
+    _randomize(m, rng)
+    x = rng.standard_normal((N, T, E))
+    sd = {k: v for k, v in m.state_dict().items()}
+    z = ref_ln(x + ref_mha(x, sd, "self_attn.", H), sd["norm1.weight"], sd["norm1.bias"])
+    ff = np.maximum(z @ sd["linear1.weight"].T + sd["linear1.bias"], 0) @ sd["linear2.weight"].T \
+        + sd["linear2.bias"]
+    standard = ref_ln(z + ff, sd["norm2.weight"], sd["norm2.bias"])
+    seed = ref_ln(x + ff, sd["norm2.weight"], sd["norm2.bias"])
+    y = m(x)
+    np.testing.assert_allclose(y, standard, rtol=1e-10, atol=1e-10)
+    assert not np.allclose(y, seed, atol=1e-3)
+
+
+# ------------------------------------------------------------------ torch parity
+def _pair(dtype, norm_first, act, batch_first=True):
+    torch = pytest.importorskip("torch")
+    tdt = torch.float32 if dtype == np.float32 else torch.float64
+    torch.manual_seed(0)
+    tm = torch.nn.TransformerEncoderLayer(E, H, F, dropout=0.0, activation=act,
+                                          batch_first=batch_first, norm_first=norm_first).to(tdt)
+    with torch.no_grad():
+        for p in tm.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    m = nn.TransformerEncoderLayer(E, H, F, dropout=0.0, activation=act, norm_first=norm_first,
+                                   batch_first=batch_first, dtype=dtype)
+    assert set(m.state_dict()) == set(tm.state_dict())
+    m.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
+    return torch, m, tm
+
+
+def _check_parity(torch, m, tm, x, dtype, mask_kw=None, t_mask_kw=None):
+    mask_kw = mask_kw or {}
+    tm.zero_grad()
+    xt = torch.tensor(x, requires_grad=True)
+    yt = tm(xt, **(t_mask_kw if t_mask_kw is not None else
+                   {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                    for k, v in mask_kw.items()}))
+    y = m(x, **mask_kw)
+    np.testing.assert_allclose(y, yt.detach().numpy(), **tol(dtype, parity=True))
+    g = np.random.default_rng(5).standard_normal(y.shape).astype(dtype)
+    yt.backward(torch.from_numpy(g))
+    m.zero_grad()
+    dx = m.backward(g)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), **tol(dtype, parity=True))
+    tp = dict(tm.named_parameters())
+    for name, p in m.named_parameters():
+        np.testing.assert_allclose(p.grad, tp[name].grad.numpy(), **tol(dtype, parity=True),
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post", "pre"])
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+def test_torch_parity(dtype, rng, norm_first, act, threads):
+    torch, m, tm = _pair(dtype, norm_first, act)
+    _check_parity(torch, m, tm, rng.standard_normal((N, T, E)).astype(dtype), dtype)
+
+
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post", "pre"])
+def test_torch_parity_masks(dtype, rng, norm_first):
+    torch, m, tm = _pair(dtype, norm_first, "gelu")
+    x = rng.standard_normal((N, T, E)).astype(dtype)
+    pad = np.zeros((N, T), bool)
+    pad[1, -2:] = True
+    causal = np.triu(np.ones((T, T), bool), 1)
+    _check_parity(torch, m, tm, x, dtype, {"src_mask": causal, "src_key_padding_mask": pad})
+    tdt = tm.linear1.weight.dtype
+    tcausal = torch.nn.Transformer.generate_square_subsequent_mask(T, dtype=tdt)
+    _check_parity(torch, m, tm, x, dtype, {"is_causal": True},
+                  {"src_mask": tcausal, "is_causal": True})
+
+
+def test_torch_parity_batch_second(rng):
+    torch, m, tm = _pair(np.float64, False, "relu", batch_first=False)
+    _check_parity(torch, m, tm, rng.standard_normal((T, N, E)), np.float64)
+
+
+def test_state_dict_into_torch(rng):
+    torch = pytest.importorskip("torch")
+    m = nn.TransformerEncoderLayer(E, H, F, dropout=0.0, activation="gelu", norm_first=True)
+    _randomize(m, rng)
+    tm = torch.nn.TransformerEncoderLayer(E, H, F, dropout=0.0, activation="gelu",
+                                          batch_first=True, norm_first=True)
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in m.state_dict().items()})
+    x = rng.standard_normal((N, T, E)).astype(np.float32)
+    np.testing.assert_allclose(m(x), tm(torch.from_numpy(x)).detach().numpy(),
+                               **tol(np.float32, parity=True))
+
+
+# ------------------------------------------------------------------ gradcheck, properties
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post", "pre"])
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+def test_gradcheck(rng, norm_first, act):
+    m = nn.TransformerEncoderLayer(8, 2, 12, dropout=0.0, activation=act, norm_first=norm_first,
+                                   dtype=np.float64)
+    _randomize(m, rng)
+    fastmod.gradcheck(m, rng.standard_normal((2, 3, 8)), max_elements=48,
+                      forward_kwargs={"is_causal": True})
+
+
+def test_permutation_equivariance(dtype, rng):
+    m = nn.TransformerEncoderLayer(E, H, F, dropout=0.0, dtype=dtype)
+    _randomize(m, rng)
+    x = rng.standard_normal((N, T, E)).astype(dtype)
+    perm = rng.permutation(T)
+    np.testing.assert_allclose(m(x[:, perm]), m(x)[:, perm], **tol(dtype, parity=True))
+
+
+def test_dropout_train_eval_and_generator(rng):
+    x = rng.standard_normal((2, 5, E)).astype(np.float32)
+    m = nn.TransformerEncoderLayer(E, H, F, dropout=0.3, generator=np.random.default_rng(3))
+    y1 = m(x)
+    m.backward(np.ones_like(y1))
+    assert not np.allclose(y1, m(x))                         # new masks each call
+    for d in (m.dropout, m.dropout1, m.dropout2):
+        d.generator = np.random.default_rng(9)
+    m.self_attn.generator = np.random.default_rng(9)
+    ya = m(x)
+    for d in (m.dropout, m.dropout1, m.dropout2):
+        d.generator = np.random.default_rng(9)
+    m.self_attn.generator = np.random.default_rng(9)
+    np.testing.assert_array_equal(ya, m(x))                 # seeded -> reproducible
+    m.eval()
+    np.testing.assert_array_equal(m(x), m(x))
+
+
+def test_threads_equal_and_repeat_bit_identical(rng):
+    m = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, activation="gelu")
+    x = rng.standard_normal((4, 20, 64)).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    out = {}
+    for nt in (1, 2, 2):
+        fastmod.set_num_threads(nt)
+        m.zero_grad()
+        y = m(x)
+        dx = m.backward(g)
+        cur = (y, dx, m.self_attn.in_proj_weight.grad.copy(), m.linear1.weight.grad.copy())
+        if nt in out:
+            for a, b in zip(out[nt], cur):
+                np.testing.assert_array_equal(a, b)
+        out[nt] = cur
+    for a, b in zip(out[1], out[2]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_need_input_grad_false_gives_same_parameter_grads(rng):
+    for nf in (False, True):
+        m = nn.TransformerEncoderLayer(E, H, F, dropout=0.0, norm_first=nf, dtype=np.float64)
+        x = rng.standard_normal((N, T, E))
+        g = rng.standard_normal(x.shape)
+        m(x)
+        m.backward(g)
+        grads = {k: p.grad.copy() for k, p in m.named_parameters()}
+        m.zero_grad()
+        m(x)
+        assert m.backward(g, need_input_grad=False) is None
+        for k, p in m.named_parameters():
+            np.testing.assert_allclose(p.grad, grads[k], rtol=1e-12, atol=1e-12, err_msg=k)
+
+
+# ------------------------------------------------------------------ bad input
+def test_bad_arguments_and_inputs(rng):
+    with pytest.raises(ValueError, match=r"d_model \(10\) must be divisible by nhead \(3\)"):
+        nn.TransformerEncoderLayer(10, 3)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        nn.TransformerEncoderLayer(8, 2, activation="swish")
+    with pytest.raises(ValueError, match="dropout must be"):
+        nn.TransformerEncoderLayer(8, 2, dropout=-0.1)
+    m = nn.TransformerEncoderLayer(8, 2, 16)
+    with pytest.raises(ValueError, match=r"expected src of shape \(N, T, 8\), got \(2, 3, 9\)"):
+        m(np.zeros((2, 3, 9), np.float32))
+    with pytest.raises(TypeError, match="expected float32 src like its weights, got float64"):
+        m(np.zeros((2, 3, 8)))
+    with pytest.raises(ValueError, match="expected attn_mask of shape"):
+        m(np.zeros((2, 3, 8), np.float32), src_mask=np.zeros((3, 4), bool))
+
+
+# ------------------------------------------------------------------ the classifier
+def test_transformer_classifier_tokens_trains(rng):
+    from fastmod.models import transformer_classifier
+    from fastmod.losses import CrossEntropyLoss
+    from fastmod.optim import Adam
+    fastmod.manual_seed(0)
+    model = transformer_classifier(num_classes=2, vocab_size=12, max_len=8, d_model=16, nhead=2,
+                                   num_layers=2, dim_feedforward=32, dropout=0.0)
+    # class = whether token 1 appears
+    x = rng.integers(2, 12, size=(64, 8))
+    y = rng.integers(0, 2, 64)
+    x[y == 1, rng.integers(0, 8, int((y == 1).sum()))] = 1
+    crit, opt = CrossEntropyLoss(), Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        opt.zero_grad()
+        loss = crit(model(x), y)
+        first = loss if first is None else first
+        model.backward(crit.backward())
+        opt.step()
+    assert loss < 0.5 * first
+    model.eval()
+    with fastmod.no_grad():
+        assert model(x).shape == (64, 2)
+
+
+def test_transformer_classifier_vectors_and_padding(rng):
+    from fastmod.models import transformer_classifier
+    m = transformer_classifier(num_classes=3, in_features=5, max_len=10, d_model=8, nhead=2,
+                               num_layers=1, dim_feedforward=16, dropout=0.0, dtype=np.float64)
+    fastmod.gradcheck(m, rng.standard_normal((2, 4, 5)), max_elements=24)
+    tok = transformer_classifier(num_classes=3, vocab_size=6, padding_idx=0, max_len=10,
+                                 d_model=8, nhead=2, num_layers=1, dim_feedforward=16,
+                                 dropout=0.0, dtype=np.float64)
+    tok.eval()
+    a = np.array([[3, 4, 5, 0, 0]])
+    b = np.array([[3, 4, 5]])
+    # padding tokens are masked out of attention and of the mean
+    np.testing.assert_allclose(tok(a), tok(b), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="longer than max_len"):
+        tok(np.ones((1, 11), np.int64))
+    with pytest.raises(ValueError, match="vocab_size or in_features"):
+        transformer_classifier(num_classes=3)
