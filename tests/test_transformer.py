@@ -289,5 +289,5 @@ def test_transformer_classifier_vectors_and_padding(rng):
     np.testing.assert_allclose(tok(a), tok(b), rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="longer than max_len"):
         tok(np.ones((1, 11), np.int64))
-    with pytest.raises(ValueError, match="vocab_size or in_features"):
+    with pytest.raises(ValueError, match="exactly one of vocab_size"):
         transformer_classifier(num_classes=3)
