@@ -257,3 +257,21 @@ def test_bad_dtype_constructor_arg():
 def test_repr():
     assert repr(nn.Linear(4, 3)) == "Linear(4, 3)"
     assert repr(nn.Linear(4, 3, bias=False)) == "Linear(4, 3, bias=False)"
+
+
+def test_replacing_parameters_is_checked():
+    """weight (out, in) and bias (out,) of one dtype, also when put back after `= None`:
+    the kernels size their loops from them."""
+    m = nn.Linear(4, 3, bias=False)
+    with pytest.raises(ValueError, match=r"Linear\(4, 3, bias=False\): bias must have shape \(3,\), got \(1,\)"):
+        m.bias = fastmod.nn.Parameter(np.zeros(1, np.float32))
+    with pytest.raises(TypeError, match="bias must be float32 like the weight, got float64"):
+        m.bias = fastmod.nn.Parameter(np.zeros(3))
+    m.bias = fastmod.nn.Parameter(np.full(3, 2.0, np.float32))
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(m(x), ref.linear(x, m.weight.data, m.bias.data), rtol=1e-5)
+    m.weight = None
+    with pytest.raises(ValueError, match=r"weight must have shape \(3, 4\), got \(4, 3\)"):
+        m.weight = fastmod.nn.Parameter(np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match=r"Parameter.data: expected a float32 array of shape \(3,\)"):
+        m.bias.data = np.zeros(4, np.float32)

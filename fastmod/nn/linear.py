@@ -39,6 +39,19 @@ class Linear(Module):
         self.bias = Parameter(np.empty(self.out_features, dt)) if bias else None
         self.reset_parameters()
 
+    def __setattr__(self, name, value):
+        # the kernels trust weight (out, in) and bias (out,) of one dtype: a parameter put
+        # back after `m.bias = None` (or `m.weight = None`) is checked here
+        if name in ("weight", "bias") and isinstance(value, Parameter) and "out_features" in self.__dict__:
+            want = (self.out_features, self.in_features) if name == "weight" else (self.out_features,)
+            other = self._parameters.get("bias" if name == "weight" else "weight")
+            if value.shape != want:
+                raise ValueError(f"{self._short_repr()}: {name} must have shape {want}, got {value.shape}")
+            if other is not None and other.dtype != value.dtype:
+                raise TypeError(f"{self._short_repr()}: {name} must be {other.dtype} like the "
+                                f"{'bias' if name == 'weight' else 'weight'}, got {value.dtype}")
+        super().__setattr__(name, value)
+
     def reset_parameters(self):
         init.default_weight_bias_(self.weight, self.bias)
 
