@@ -556,6 +556,8 @@ def test_dropout_bad_p(p):
 
 
 def test_dropout_bad_input():
+    with pytest.raises(ValueError, match="generator must be a numpy Generator"):
+        nn.Dropout(0.5, generator=42)
     m = nn.Dropout(0.5)
     with pytest.raises(TypeError, match="numpy.ndarray"):
         m([1.0])

@@ -49,6 +49,8 @@ class Dropout(Module):
         super().__init__()
         self.p = finite_float(p, "Dropout: p", 0.0, 1.0)
         self.inplace = boolean(inplace, "Dropout: inplace")
+        if generator is not None and not callable(getattr(generator, "random", None)):
+            raise ValueError(f"Dropout: generator must be a numpy Generator (or None), got {generator!r}")
         self.generator = generator
 
     def extra_repr(self):
