@@ -130,7 +130,12 @@ set_num_threads(_default_threads())
 
 # ---------------------------------------------------------------- grad mode
 class no_grad:
-    """Context manager / decorator: forward passes keep nothing for backward (inference)."""
+    """Context manager / decorator (`@no_grad()` or `@no_grad`): forward passes keep nothing
+    for backward (inference)."""
+
+    def __new__(cls, fn=None):
+        self = super().__new__(cls)
+        return self if fn is None else self(fn)     # bare `@no_grad` decorates fn directly
 
     def __enter__(self):
         self._prev = STATE.grad_enabled
@@ -144,15 +149,19 @@ class no_grad:
     def __call__(self, fn):
         import functools
 
+        if not callable(fn):
+            raise TypeError(f"{type(self).__name__}: expected a function to decorate, got {type(fn).__name__}")
+        cls = type(self)                             # enable_grad decorates with enable_grad
+
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            with no_grad():
+            with cls():
                 return fn(*args, **kwargs)
         return wrapper
 
 
 class enable_grad(no_grad):
-    """Context manager: re-enable saving for backward inside a no_grad block."""
+    """Context manager / decorator: re-enable saving for backward inside a no_grad block."""
 
     def __enter__(self):
         self._prev = STATE.grad_enabled

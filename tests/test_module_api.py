@@ -411,6 +411,28 @@ def test_no_grad_saves_nothing(rng):
     m.backward(np.ones_like(y))                            # enable_grad saved the state
 
 
+def test_grad_mode_decorators():
+    @fastmod.enable_grad()
+    def on():
+        return fastmod.is_grad_enabled()
+
+    @fastmod.enable_grad
+    def on_bare():
+        return fastmod.is_grad_enabled()
+
+    @fastmod.no_grad
+    def off_bare():
+        return fastmod.is_grad_enabled()
+
+    with fastmod.no_grad():
+        assert on() and on_bare()          # regression: enable_grad() decorated with no_grad
+        assert not fastmod.is_grad_enabled()
+    assert not off_bare() and fastmod.is_grad_enabled()
+    assert off_bare.__name__ == "off_bare"
+    with pytest.raises(TypeError, match="no_grad: expected a function to decorate, got int"):
+        fastmod.no_grad()(3)
+
+
 def test_no_grad_restored_after_exception():
     with pytest.raises(ValueError):
         with fastmod.no_grad():
