@@ -54,6 +54,7 @@ class CrossEntropyLoss:
 
     def forward(self, logits, target):
         who = "CrossEntropyLoss"
+        self._saved = None                  # a failed call must not leave an older batch behind
         logits = _check_float_array(logits, who, "logits")
         if logits.ndim != 2:
             raise ValueError(f"{who}: expected logits of shape (N, C), got {logits.shape}")
@@ -109,6 +110,7 @@ class MSELoss:
         return self.forward(output, target)
 
     def forward(self, output, target):
+        self._saved = None                  # a failed call must not leave an older batch behind
         output = _check_float_array(output, "MSELoss", "output")
         target = _check_float_array(np.asarray(target), "MSELoss", "target")
         if target.shape != output.shape:

@@ -225,3 +225,16 @@ def test_mse_bad_input():
         losses.MSELoss().backward()
     with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
         losses.MSELoss(reduction="max")
+
+
+@pytest.mark.parametrize("make,good,bad", [
+    (losses.CrossEntropyLoss, (np.zeros((2, 3)), np.array([0, 1])), (np.zeros((2, 3)), np.array([0, 5]))),
+    (losses.MSELoss, (np.zeros(3), np.ones(3)), (np.zeros(3), np.ones(4))),
+])
+def test_failed_call_does_not_leave_an_older_batch_for_backward(make, good, bad):
+    crit = make()
+    crit(*good)
+    with pytest.raises(ValueError):
+        crit(*bad)
+    with pytest.raises(RuntimeError, match="call the loss on a batch first"):
+        crit.backward()
