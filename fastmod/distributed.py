@@ -401,8 +401,12 @@ class DistributedDataParallel(Module):
             unequal shards; False: plain mean over ranks (torch's).
         overlap: for a Sequential, start a non-blocking Allreduce (Iallreduce) for each bucket
             as soon as the children holding its parameters have run their backward, while the
-            earlier children's backward runs. Off by default: on the 2-core machine we measured
-            it on, it did not help (see README, "Scaling out").
+            earlier children's backward runs (MPI progresses it in Testall calls between
+            children). Off by default: it needs small buckets (bucket_cap_mb=1) to have anything
+            to overlap, and on our loaded 2-core machine (mlp_b128, 2 ranks x 1 thread, median
+            of 3 runs) it gained little over one 25 MB bucket: step 72.5 vs 80.0 ms, exposed
+            all-reduce 25 vs 42 ms -- though 2.3x over the same 1 MB buckets reduced one by
+            one after backward (169 ms).
         comm: an mpi4py communicator (default: the one from init(); DDP uses a duplicate).
 
     state_dict() names carry the 'module.' prefix as torch's; save `ddp.module` to get the
@@ -803,3 +807,84 @@ def convert_sync_batchnorm(module, comm=None):
             module._modules[name] = new
             object.__setattr__(module, name, new)
     return module
+
+
+# ------------------------------------------------------------------------------ fastmod.fit
+class FitHelper:
+    """What `fastmod.fit(..., distributed=True)` does differently (see fit's docstring):
+
+    - init() (threads = cores / ranks unless set), and DistributedDataParallel around the model
+      after any resume (rank 0's parameters are broadcast);
+    - each global batch (the same permutation on every rank) is sharded: rank r takes
+      samples r::N, so N ranks see what one process sees at the same batch_size;
+    - the step's loss and accuracy, and the Ctrl-C flag, are reduced over ranks (one
+      Allreduce of 4 numbers), so every rank logs the same curve and stops at the same step;
+    - validation is sharded and reduced; progress and checkpoints are rank 0's;
+    - an exception on one rank (other than a divergence, which every rank sees at the same
+      step) aborts the job with the rank's message instead of leaving the others waiting.
+    """
+
+    def __init__(self):
+        init()
+        self.rank, self.size = rank(), world_size()
+        self.root = self.rank == 0
+        self.ddp = None
+        self.stop = False
+
+    def check_batches(self, n, batch_size, drop_last):
+        if self.size == 1:
+            return
+        tail = 0 if drop_last else n % batch_size
+        if batch_size < self.size or 0 < tail < self.size:
+            small = batch_size if batch_size < self.size else tail
+            raise ValueError(f"fit: distributed over {self.size} ranks, every global batch needs "
+                             f"at least {self.size} samples, but one has {small} "
+                             f"(n={n}, batch_size={batch_size}); use drop_last=True or another "
+                             "batch_size")
+
+    def wrap(self, model):
+        self.ddp = DistributedDataParallel(model)
+        return self.ddp
+
+    def shard(self, idx):
+        return idx[self.rank::self.size] if self.size > 1 else idx
+
+    def reduce_step(self, lval, correct, count, interrupted):
+        """(global mean loss, global correct count, global count), and self.stop = any rank
+        was interrupted. One rank: returned unchanged (bit-identical to a plain fit)."""
+        if self.size == 1:
+            self.stop = bool(interrupted)
+            return lval, correct, count
+        v = np.array([lval * count, correct, count, 1.0 if interrupted else 0.0])
+        allreduce(v)
+        self.stop = v[3] > 0
+        return float(v[0] / v[2]), int(round(v[1])), int(round(v[2]))
+
+    def sync_buffers(self, model):
+        """Rank 0's buffers (local BatchNorm's running statistics) to every rank."""
+        if self.size > 1:
+            for a in model.buffers():
+                with _guard("Bcast(buffers)"):
+                    _S.comm.Bcast(a, root=0)
+
+    def evaluate(self, evaluate, model, loss, data, batch_size):
+        """fastmod.training.evaluate on this rank's shard of `data`, reduced over ranks."""
+        if self.size == 1:
+            return evaluate(model, loss, data, batch_size)
+        self.sync_buffers(model)
+        x, y = data
+        mine = np.arange(len(x))[self.rank::self.size]
+        v = np.zeros(4)
+        if len(mine):
+            lo, acc = evaluate(model, loss, (x[mine], y[mine]), batch_size)
+            v[:] = lo * len(mine), (acc or 0.0) * len(mine), len(mine), 0.0 if acc is not None else 1.0
+        allreduce(v)
+        return float(v[0] / v[2]), (None if v[3] > 0 else float(round(v[1]) / v[2]))
+
+    def on_error(self, exc):
+        """An exception leaving fit's loop: abort the job unless every rank raises it too."""
+        if self.size == 1 or isinstance(exc, (FloatingPointError, KeyboardInterrupt)):
+            return                     # TrainingDiverged / TrainingInterrupted: all ranks agree
+        import traceback
+        traceback.print_exc()
+        abort(f"fit raised {type(exc).__name__}: {exc}")
