@@ -12,6 +12,7 @@ from fastmod.nn.transformer import TransformerEncoderLayer
 from fastmod.nn.conv import Conv1d, Conv2d
 from fastmod.nn.pooling import (MaxPool1d, MaxPool2d, AvgPool1d, AvgPool2d, AdaptiveAvgPool2d,
                                 GlobalAvgPool)
+from fastmod.nn.blocks import BNResBlock, DenseBlock
 from fastmod.nn import init
 
 __all__ = ["Module", "Parameter", "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax",
@@ -21,4 +22,4 @@ __all__ += ["MultiheadAttention", "scaled_dot_product_attention", "Embedding",
             "TransformerEncoderLayer"]
 __all__ += ["LayerNorm", "BatchNorm1d", "BatchNorm2d", "GroupNorm"]
 __all__ += ["Conv1d", "Conv2d", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d",
-            "AdaptiveAvgPool2d", "GlobalAvgPool"]
+            "AdaptiveAvgPool2d", "GlobalAvgPool", "BNResBlock", "DenseBlock"]

@@ -1,0 +1,163 @@
+"""The seed's "Modern CNN Architectures" blocks: ResBlock with batch normalization, DenseNet block."""
+import numpy as np
+
+from fastmod.nn._validate import positive_int
+from fastmod.nn.activation import ReLU, make_activation
+from fastmod.nn.containers import ModuleList
+from fastmod.nn.conv import Conv2d
+from fastmod.nn.module import Module, as_float_dtype
+from fastmod.nn.normalization import BatchNorm2d
+
+
+def _hidden(module, name, value):
+    # activations are stateless: kept as plain attributes so that the children (and the
+    # state_dict) are exactly the seed's conv / bn layers, as in the equivalent torch module
+    object.__setattr__(module, name, value)
+
+
+class BNResBlock(Module):
+    """ResBlock(x) = BN(sigma(Conv(BN(sigma(Conv(x)))))) + x, in the seed's order exactly:
+    bn2(sigma(conv2(bn1(sigma(conv1(x)))))) + x ("Modern CNN Architectures", ResNet with BN).
+
+    Args:
+        channels: C, the input and output channels of both 3x3 convolutions (padding 1, bias).
+        activation: sigma, 'relu' (default) or any name / Module class fastmod.nn accepts.
+        dtype: float32 (default) or float64.
+
+    Children: conv1, bn1, conv2, bn2 (torch names; sigma has no parameters).
+
+    Shape: x (N, C, H, W) -> y same shape.
+
+    Example:
+        >>> import numpy as np, fastmod.nn as nn
+        >>> nn.BNResBlock(16)(np.zeros((2, 16, 8, 8), np.float32)).shape
+        (2, 16, 8, 8)
+    """
+
+    def __init__(self, channels, activation="relu", dtype=np.float32):
+        super().__init__()
+        self.channels = positive_int(channels, "BNResBlock: channels")
+        dt = as_float_dtype(dtype, "BNResBlock: dtype")
+        self.conv1 = Conv2d(channels, channels, 3, padding=1, dtype=dt)
+        self.bn1 = BatchNorm2d(channels, dtype=dt)
+        self.conv2 = Conv2d(channels, channels, 3, padding=1, dtype=dt)
+        self.bn2 = BatchNorm2d(channels, dtype=dt)
+        self.activation = activation
+        _hidden(self, "act1", make_activation(activation, "BNResBlock"))
+        _hidden(self, "act2", make_activation(activation, "BNResBlock"))
+
+    def extra_repr(self):
+        s = f"{self.channels}"
+        return s if self.activation == "relu" else s + f", activation={self.activation!r}"
+
+    def forward(self, x):
+        x = self._check_dtype(x, self.conv1.weight.data.dtype)
+        if x.ndim != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"{self._short_repr()}: expected input of shape "
+                             f"(N, {self.channels}, H, W), got {x.shape}")
+        h = self.bn1(self.act1(self.conv1(x)))
+        y = self.bn2(self.act2(self.conv2(h)))
+        y = y + x                               # the skip connection
+        self._save(y.shape, y.dtype)
+        return y
+
+    def backward(self, dy, need_input_grad=True):
+        shape, dtype = self._saved()
+        dy = self._check_grad(dy, shape, dtype)
+        g = self.act2.backward(self.bn2.backward(dy))
+        g = self.act1.backward(self.bn1.backward(self.conv2.backward(g)))
+        if not need_input_grad:
+            self.conv1.backward(g, need_input_grad=False)
+            return None
+        dx = self.conv1.backward(g)
+        dx += dy                                # d(skip)/dx = I
+        return dx
+
+
+class DenseBlock(Module):
+    """x_l = sigma(Conv_l([x_0, ..., x_{l-1}])) for l = 1..L; output [x_0, x_1, ..., x_L]
+    concatenated on channels ("Modern CNN Architectures", DenseNet).
+
+    No quadratic copying: the output (N, in + L*growth, H, W) is allocated once, x_0 is copied
+    into its first channels, and each layer's convolution reads the channel prefix in place and
+    writes its own channel slice (the conv kernels take a batch stride). Backward runs the
+    layers in reverse, each adding its input gradient into the prefix of one gradient buffer.
+
+    Args:
+        in_channels: channels of x_0.
+        growth_rate: channels each layer adds.
+        num_layers: L.
+        activation: sigma, 'relu' (default) or any name / Module class fastmod.nn accepts.
+        dtype: float32 (default) or float64.
+
+    Children: layers.{i} = Conv2d(in + i*growth, growth, 3, padding=1) with bias.
+
+    Shape: x (N, in, H, W) -> y (N, in + L*growth, H, W). The returned array is also kept for
+    backward: do not modify it in place before calling backward.
+
+    Example:
+        >>> import numpy as np, fastmod.nn as nn
+        >>> nn.DenseBlock(24, 12, 4)(np.zeros((2, 24, 8, 8), np.float32)).shape
+        (2, 72, 8, 8)
+    """
+
+    def __init__(self, in_channels, growth_rate, num_layers, activation="relu", dtype=np.float32):
+        super().__init__()
+        self.in_channels = positive_int(in_channels, "DenseBlock: in_channels")
+        self.growth_rate = positive_int(growth_rate, "DenseBlock: growth_rate")
+        self.num_layers = positive_int(num_layers, "DenseBlock: num_layers")
+        dt = as_float_dtype(dtype, "DenseBlock: dtype")
+        self.out_channels = in_channels + num_layers * growth_rate
+        self.layers = ModuleList(Conv2d(in_channels + i * growth_rate, growth_rate, 3, padding=1,
+                                        dtype=dt) for i in range(num_layers))
+        self.activation = activation
+        acts = [make_activation(activation, "DenseBlock") for _ in range(num_layers)]
+        _hidden(self, "_acts", acts)
+        _hidden(self, "_relu", isinstance(acts[0], ReLU))
+
+    def extra_repr(self):
+        s = f"{self.in_channels}, {self.growth_rate}, {self.num_layers}"
+        return s if self.activation == "relu" else s + f", activation={self.activation!r}"
+
+    def forward(self, x):
+        x = self._check_dtype(x, self.layers[0].weight.data.dtype)
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"{self._short_repr()}: expected input of shape "
+                             f"(N, {self.in_channels}, H, W), got {x.shape}")
+        N, c0, H, W = x.shape
+        g = self.growth_rate
+        buf = np.empty((N, self.out_channels, H, W), x.dtype)
+        buf[:, :c0] = x
+        geoms = []
+        for i, conv in enumerate(self.layers):
+            cin = c0 + i * g
+            geom = conv._geometry((H, W))
+            geoms.append(geom)
+            if self._relu:
+                out = buf[:, cin:cin + g]
+                conv._forward_into(out, buf[:, :cin], geom)
+                np.maximum(out, 0, out=out)         # in place; relu' is read from the output
+            else:
+                z = np.empty((N, g, H, W), x.dtype)
+                conv._forward_into(z, buf[:, :cin], geom)
+                buf[:, cin:cin + g] = self._acts[i](z)
+        self._save(buf, geoms)                      # the concatenation: every layer's input
+        return buf
+
+    def backward(self, dy, need_input_grad=True):
+        buf, geoms = self._saved()
+        dy = self._check_grad(dy, buf.shape, buf.dtype)
+        c0, g = self.in_channels, self.growth_rate
+        # dbuf accumulates d(loss)/d(channel block): layer i's output block is complete once
+        # the layers after it (the only readers) have added their input gradients
+        dbuf = dy.copy()
+        for i in reversed(range(self.num_layers)):
+            cin = c0 + i * g
+            conv = self.layers[i]
+            if self._relu:
+                dz = np.multiply(dbuf[:, cin:cin + g], buf[:, cin:cin + g] > 0)
+            else:
+                dz = self._acts[i].backward(np.ascontiguousarray(dbuf[:, cin:cin + g]))
+            dprefix = dbuf[:, :cin] if (i > 0 or need_input_grad) else None
+            conv._backward_into(dprefix, dz, buf[:, :cin], geoms[i], acc_dx=True)
+        return np.ascontiguousarray(dbuf[:, :c0]) if need_input_grad else None
