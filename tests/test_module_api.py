@@ -238,10 +238,15 @@ def test_parameter_data_keeps_shape_and_dtype(rng):
         m.weight.data = w.T.copy()
     with pytest.raises(TypeError, match=r"expected a float32 array.*got float64 \(3, 6\)"):
         m.weight.data = w.astype(np.float64)
-    with pytest.raises(ValueError, match=r"Linear: cannot replace parameter 'weight' \(float32 \(3, 6\)\) with a float32 \(2, 2\)"):
+    with pytest.raises(ValueError, match=r"Linear\(6, 3\): weight must have shape \(3, 6\), got \(2, 2\)"):
         m.weight = nn.Parameter(np.zeros((2, 2), np.float32))
-    with pytest.raises(TypeError, match="cannot replace parameter 'bias'"):
+    with pytest.raises(TypeError, match="bias must be float32 like the weight, got float64"):
         m.bias = nn.Parameter(np.zeros(3))
+    wb = WithBuffers()                                     # any module: same shape and dtype
+    with pytest.raises(ValueError, match=r"WithBuffers: cannot replace parameter 'scale' \(float32 \(3,\)\) with a float32 \(4,\) one"):
+        wb.scale = nn.Parameter(np.ones(4, np.float32))
+    with pytest.raises(TypeError, match=r"cannot replace parameter 'scale' \(float32 \(3,\)\) with a float64"):
+        wb.scale = nn.Parameter(np.ones(3))
     assert m.weight.data is w
     m.weight.data -= 1.0                                   # in-place updates keep the array
     assert m.weight.data is w
