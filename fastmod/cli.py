@@ -28,10 +28,10 @@ DEFAULT_MODEL = "cnn"
 MODEL_DEFAULTS = {
     "mlp":         dict(epochs=12, batch_size=64, lr=1e-3, optimizer="adam", weight_decay=0.0),
     "resnet_s":    dict(epochs=6, batch_size=64, lr=1e-3, optimizer="adam", weight_decay=0.0),
-    "cnn":         dict(epochs=10, batch_size=64, lr=2e-3, optimizer="adam", weight_decay=0.0),
-    "bn_resnet":   dict(epochs=10, batch_size=64, lr=2e-3, optimizer="adam", weight_decay=0.0),
-    "densenet":    dict(epochs=10, batch_size=64, lr=2e-3, optimizer="adam", weight_decay=0.0),
-    "transformer": dict(epochs=20, batch_size=64, lr=1e-3, optimizer="adamw", weight_decay=1e-2),
+    "cnn":         dict(epochs=15, batch_size=64, lr=3e-3, optimizer="adam", weight_decay=0.0),
+    "bn_resnet":   dict(epochs=5, batch_size=64, lr=3e-3, optimizer="adam", weight_decay=0.0),
+    "densenet":    dict(epochs=10, batch_size=64, lr=1e-2, optimizer="adam", weight_decay=0.0),
+    "transformer": dict(epochs=15, batch_size=64, lr=3e-3, optimizer="adamw", weight_decay=1e-2),
 }
 TEST_FRACTION = 0.2          # the fixed, seeded test split of data sets that come without one
 SPLIT_SEED = 0               # the split does not move with --seed: every run tests on the same set
@@ -121,7 +121,9 @@ def build_model(name, in_shape, num_classes):
         return models.densenet(in_channels=c, num_classes=num_classes)
     if name == "transformer":
         t, d = in_shape
-        return models.transformer_classifier(d, num_classes=num_classes, seq_len=t)
+        return models.transformer_classifier(num_classes, in_features=d, d_model=64, nhead=4,
+                                             num_layers=2, dim_feedforward=128, dropout=0.1,
+                                             max_len=t)
     raise CLIError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
 
 
