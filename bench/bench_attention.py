@@ -184,6 +184,19 @@ def parts(torch, rng, reps):
         lambda: nn.scaled_dot_product_attention(q, q, q),
         lambda: torch.nn.functional.scaled_dot_product_attention(tq, tq, tq))
 
+    h = rng.standard_normal((N, T, FF)).astype(np.float32)
+    th = torch.from_numpy(h).requires_grad_(True)
+    hg = torch.from_numpy(np.ones_like(h))
+    gelu, tgelu = nn.GELU(), tnn.GELU()
+
+    def f_gelu():
+        gelu(h)
+        gelu.backward(h)
+
+    def t_gelu():
+        tgelu(th).backward(hg)
+    pairs["GELU (N, T, 1024)"] = (f_gelu, t_gelu)
+
     lin1, tlin1 = nn.Linear(E, FF), tnn.Linear(E, FF)
     lin2, tlin2 = nn.Linear(FF, E), tnn.Linear(FF, E)
     act, tact = nn.GELU(), tnn.GELU()
