@@ -360,6 +360,7 @@ def fit(model, loss, optimizer, train, val=None, epochs=1, *, batch_size=64, see
         return where
 
     bar = _Progress(progress, epochs, steps_per_epoch)
+    classify = False                       # targets are class labels (accuracy is tracked)
     model.train()
     with _SigintFlag(handle_sigint) as sigint:
         try:
@@ -391,7 +392,8 @@ def fit(model, loss, optimizer, train, val=None, epochs=1, *, batch_size=64, see
                     running[0] += lval * len(idx)
                     running[2] += len(idx)
                     acc = None
-                    if _is_classification(out, yb):
+                    classify = _is_classification(out, yb)
+                    if classify:
                         running[1] += int(np.count_nonzero(out.argmax(1) == yb))
                         acc = running[1] / running[2]
                     bar.update(running[0] / running[2], acc)
@@ -405,20 +407,19 @@ def fit(model, loss, optimizer, train, val=None, epochs=1, *, batch_size=64, see
                     val_loss, val_acc = evaluate(model, loss, val, eval_batch_size)
                 lr = float(optimizer.param_groups[0]["lr"])
                 row = {"epoch": epoch + 1, "train_loss": running[0] / running[2],
-                       "train_acc": (running[1] / running[2]) if _is_classification(out, yb) else None,
+                       "train_acc": (running[1] / running[2]) if classify else None,
                        "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "time": epoch_time}
                 for k, v in row.items():
                     history[k].append(v)
                 if scheduler is not None and scheduler_interval == "epoch":
                     scheduler.step()
+                bar.end(epoch, row)
+                if checkpoint is not None and not _finite_params(model):
+                    raise diverged(f"the parameters hold NaN or infinite values after step "
+                                   f"{history.steps} (end of epoch {epoch + 1})",
+                                   history.steps, float("nan"))
                 epoch, batch, running, epoch_time = epoch + 1, 0, [0.0, 0, 0], 0.0
-                bar.end(epoch - 1, row)
                 if checkpoint is not None:
-                    if not _finite_params(model):
-                        epoch -= 1                 # for the message: the epoch that just ended
-                        raise diverged(f"the parameters hold NaN or infinite values after step "
-                                       f"{history.steps} (end of epoch {epoch + 1})",
-                                       history.steps, float("nan"))
                     last_good = save(f"end of epoch {epoch}")
         except _Interrupt:
             bar.close()

@@ -14,6 +14,13 @@ from fastmod.training import (History, TrainingDiverged, TrainingInterrupted, ev
 EPOCHS, BATCH = 3, 16
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is fastest; bit-identity holds at any fixed count (conftest
+    restores the count afterwards)."""
+    fastmod.set_num_threads(1)
+
+
 def _data(n=100, d=6, classes=3, seed=0):
     x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
     w = np.random.default_rng(100).standard_normal((d, classes))     # one labelling rule
