@@ -326,3 +326,69 @@ def test_a_failing_rank_stops_the_job(mode, needle):
         assert needle in r.stderr
         assert "aborting all ranks" in r.stderr
     assert time.perf_counter() - t0 < 90
+
+
+# ------------------------------------------------------------------------------ fit and the CLI
+def _need_fit_distributed():
+    import inspect
+    from fastmod.training import fit
+    if "distributed" not in inspect.signature(fit).parameters:
+        pytest.skip("fastmod.fit has no distributed= parameter in this build")
+
+
+def test_fit_distributed_matches_fit(tmp_path):
+    """fit(..., distributed=True) on 1, 2, 3 ranks: the curves (per step, train, validation),
+    the accuracies and the weights of plain fit; one rank bit-identical; rank 0 alone writes
+    the checkpoints."""
+    _need_mpi()
+    _need_fit_distributed()
+    _run(0, "fit_run.py", tmp_path, "--plain")
+    ref = _load(tmp_path / "plain.npz")
+    for n in (1, 2, 3):
+        _run(n, "fit_run.py", tmp_path)
+        got = _load(tmp_path / f"fit_ranks{n}.npz")
+        assert got["writes"].tolist() == [ref["writes"][0]] + [0] * (n - 1)
+        for k in ref:
+            if k == "writes":
+                continue
+            if n == 1:
+                np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+            np.testing.assert_allclose(got[k], ref[k], rtol=1e-11, atol=1e-12, err_msg=f"{n}: {k}")
+        for k in ("train_acc", "val_acc"):
+            np.testing.assert_array_equal(got[k], ref[k])
+
+
+def test_cli_train_distributed(tmp_path):
+    """`mpirun -n 2 fastmod train --distributed`: one summary (rank 0), the test accuracy and
+    weights of the one-process run."""
+    _need_mpi()
+    _need_fit_distributed()
+    import json
+    common = ["--model", "mlp", "--epochs", "1", "--no-progress"]
+    env = _env()
+    plain = subprocess.run([sys.executable, "-m", "fastmod", "train", *common, "--out",
+                            str(tmp_path / "one")], capture_output=True, text=True, env=env,
+                           timeout=TIMEOUT, cwd=ROOT)
+    assert plain.returncode == 0, plain.stderr
+    t0 = time.perf_counter()
+    r = subprocess.run([_mpirun(), "--oversubscribe", "-n", "2", sys.executable, "-m", "fastmod",
+                        "train", "--distributed", *common, "--out", str(tmp_path / "two")],
+                       capture_output=True, text=True, env=env, timeout=TIMEOUT, cwd=ROOT)
+    RUN_TIMES["fastmod train --distributed -n 2"] = time.perf_counter() - t0
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert r.stdout.count("test accuracy") == 1 and "2 MPI ranks" in r.stdout
+    h1 = json.load(open(tmp_path / "one" / "history.json"))
+    h2 = json.load(open(tmp_path / "two" / "history.json"))
+    assert h1["test_accuracy"] == h2["test_accuracy"]
+    np.testing.assert_allclose(h2["history"]["step_loss"], h1["history"]["step_loss"], rtol=1e-4)
+    from fastmod.io import load
+    w1 = load(str(tmp_path / "one" / "checkpoint.npz")).state_dict
+    w2 = load(str(tmp_path / "two" / "checkpoint.npz")).state_dict
+    for k in w1:
+        np.testing.assert_allclose(w2[k], w1[k], rtol=1e-3, atol=1e-5, err_msg=k)
+
+
+def test_mpi_run_times_report():
+    """Prints how long each mpirun took (pytest -s shows it; -ra lists nothing for a pass)."""
+    for k, v in RUN_TIMES.items():
+        print(f"{v:6.1f} s  {k}")
