@@ -268,19 +268,19 @@ def test_ddp_overlapped_small_buckets_matches(tmp_path):
     """Iallreduce per bucket during backward (many tiny buckets) gives the same result."""
     _need_mpi()
     _run(0, "ddp_train.py", tmp_path, "--plain")
-    _run(3, "ddp_train.py", tmp_path, "--overlap", "--bucket-mb", "0.002")
-    ref, got = _load(tmp_path / "plain.npz"), _load(tmp_path / "ranks3.npz")
+    _run(2, "ddp_train.py", tmp_path, "--overlap", "--bucket-mb", "0.002")
+    ref, got = _load(tmp_path / "plain.npz"), _load(tmp_path / "ranks2.npz")
     for k in ref:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-11, atol=1e-11, err_msg=k)
 
 
 def test_syncbn_training_matches_one_process(tmp_path):
-    """Conv + SyncBatchNorm on 2 and 3 ranks == BatchNorm on the whole batch in one process
+    """Conv + SyncBatchNorm on 3 ranks == BatchNorm on the whole batch in one process
     (losses, weights and running statistics)."""
     _need_mpi()
     _run(0, "ddp_train.py", tmp_path, "--model", "syncbn", "--plain")
     ref = _load(tmp_path / "plain.npz")
-    for n in (2, 3):
+    for n in (3,):
         _run(n, "ddp_train.py", tmp_path, "--model", "syncbn")
         got = _load(tmp_path / f"ranks{n}.npz")
         for k in ref:
@@ -337,14 +337,14 @@ def _need_fit_distributed():
 
 
 def test_fit_distributed_matches_fit(tmp_path):
-    """fit(..., distributed=True) on 1, 2, 3 ranks: the curves (per step, train, validation),
+    """fit(..., distributed=True) on 1 and 3 ranks: the curves (per step, train, validation),
     the accuracies and the weights of plain fit; one rank bit-identical; rank 0 alone writes
     the checkpoints."""
     _need_mpi()
     _need_fit_distributed()
     _run(0, "fit_run.py", tmp_path, "--plain")
     ref = _load(tmp_path / "plain.npz")
-    for n in (1, 2, 3):
+    for n in (1, 3):
         _run(n, "fit_run.py", tmp_path)
         got = _load(tmp_path / f"fit_ranks{n}.npz")
         assert got["writes"].tolist() == [ref["writes"][0]] + [0] * (n - 1)
