@@ -210,8 +210,18 @@ def _config_from_checkpoint(path):
 
 
 def _prepare(config):
-    """Data (normalized, shaped for the model) and the model, from a run's config."""
+    """Data (normalized, shaped for the model) from a run's config (which it completes)."""
     info, train, test = load_data(config["data"])
+    where = info["name"] if info["name"] != "digits" else "the bundled digits"
+    # a checkpoint's model fixes the sample shape and the number of classes
+    if config.setdefault("sample_shape", info["sample_shape"]) != info["sample_shape"]:
+        raise CLIError(f"{where}: samples have shape {tuple(info['sample_shape'])}, but the "
+                       f"checkpoint's model was trained on {tuple(config['sample_shape'])}")
+    num_classes = config.setdefault("num_classes", info["num_classes"])
+    if info["num_classes"] > num_classes:
+        raise CLIError(f"{where}: label {info['num_classes'] - 1} is out of range for the "
+                       f"checkpoint's model, which has {num_classes} classes")
+    info["num_classes"] = num_classes
     name = config["model"]
     xtr, xte = model_input(name, train[0]), model_input(name, test[0])
     if "norm" not in config:       # scalar mean/std of the training inputs, kept for eval-only

@@ -202,6 +202,23 @@ def test_corrupt_idx_is_refused(tmp_path, capsys):
     assert "train-images-idx3-ubyte: corrupt IDX header" in err
 
 
+def test_eval_only_on_other_data(tmp_path, capsys):
+    d = str(tmp_path / "run")
+    assert run(capsys, "train", "--model", "mlp", "--epochs", "1", "--no-progress", "--out", d)[0] == 0
+    ck = os.path.join(d, "checkpoint.npz")
+    x, y = fastmod.data.load_digits()
+    np.savez(tmp_path / "same.npz", x_train=x[:10], y_train=y[:10], x_test=x[-50:], y_test=y[-50:])
+    code, out, err = run(capsys, "train", "--eval-only", ck, "--data", str(tmp_path / "same.npz"))
+    assert code == 0, err
+    assert "50 test samples" in out
+    np.savez(tmp_path / "big.npz", x=np.zeros((20, 9, 9)), y=np.arange(20) % 3)
+    code, _, err = run(capsys, "train", "--eval-only", ck, "--data", str(tmp_path / "big.npz"))
+    assert code == 1 and "samples have shape (9, 9), but the checkpoint's model was trained on (8, 8)" in err
+    np.savez(tmp_path / "many.npz", x=np.zeros((20, 8, 8)), y=np.arange(20))
+    code, _, err = run(capsys, "train", "--eval-only", ck, "--data", str(tmp_path / "many.npz"))
+    assert code == 1 and "label 19 is out of range for the checkpoint's model, which has 10 classes" in err
+
+
 def test_transformer_needs_images(tmp_path, capsys):
     p = tmp_path / "flat.npz"
     np.savez(p, x=np.zeros((10, 5)), y=np.arange(10) % 2)
