@@ -88,16 +88,24 @@ def _default_threads():
     return _usable_cores()
 
 
+_other_blas = None   # threadpoolctl controllers of the other BLAS libraries, found once
+
+
 def _limit_other_blas(n):
-    """Cap every other BLAS in the process (NumPy's) at n threads; SciPy's stays fastmod's."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return
-    for lib in ThreadpoolController().lib_controllers:
-        if lib.user_api != "blas" or (_SCIPY_BLAS_PATH and os.path.realpath(lib.filepath)
-                                      == os.path.realpath(_SCIPY_BLAS_PATH)):
-            continue
+    """Cap every other BLAS in the process (NumPy's) at n threads; SciPy's stays fastmod's.
+    Scanning the loaded libraries costs ~8 ms, so it is done once; libraries loaded later
+    (rare) are not seen."""
+    global _other_blas
+    if _other_blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _other_blas = []
+            return
+        scipy_blas = os.path.realpath(_SCIPY_BLAS_PATH) if _SCIPY_BLAS_PATH else None
+        _other_blas = [lib for lib in ThreadpoolController().lib_controllers
+                       if lib.user_api == "blas" and os.path.realpath(lib.filepath) != scipy_blas]
+    for lib in _other_blas:
         try:
             lib.set_num_threads(n)
         except Exception:  # a library that refuses is left as it is
