@@ -40,10 +40,11 @@ cdef extern from *:
        instead of one serial chain, ~4x faster) folded in a fixed order, so every call gives the
        same bits. The tail (n % FM_LANES values) is added last. */
     #define FM_LANES 16
-    static inline double fm_fold(const double* a) {
-        double s = 0.0; int j;
-        for (j = 0; j < FM_LANES; j++) s += a[j];
-        return s;
+    static inline double fm_fold(double* a) {     /* pairwise: 4 dependent adds, not 16 */
+        int w, j;
+        for (w = FM_LANES / 2; w >= 1; w /= 2)
+            for (j = 0; j < w; j++) a[j] += a[j + w];
+        return a[0];
     }
     #define FM_NORM_REDUCTIONS(T, S)                                                          \\
     static inline double fm_sum_##S(const T* x, Py_ssize_t n) {                               \\
@@ -317,7 +318,6 @@ def layernorm_backward(object dx, object dw, object db, cnp.ndarray dy, cnp.ndar
     cdef int nt = _nt(R, R * D)
     cdef cnp.ndarray part = None
     cdef double* pp = NULL
-    cdef Py_ssize_t t, j
     if dw is not None or db is not None:
         part = np.zeros(nt * 2 * D)
         pp = <double*>cnp.PyArray_DATA(part)
@@ -327,13 +327,7 @@ def layernorm_backward(object dx, object dw, object db, cnp.ndarray dy, cnp.ndar
     else:
         with nogil:
             _layernorm_backward(<double*>pdx, pp, <double*>pdy, <double*>px, <double*>pw, pm, pr, R, D, nt)
-    if pp != NULL:
-        with nogil:
-            for t in range(1, nt):                       # thread order: same bits every call
-                for j in range(2 * D):
-                    pp[j] += pp[2 * t * D + j]
-        _store_any(dw, pp, D, acc_w)
-        _store_any(db, pp + D, D, acc_b)
+    _store_partials(dw, db, pp, nt, D, acc_w, acc_b)
 
 
 # ================================================================== BatchNorm
@@ -547,51 +541,85 @@ cdef void _groupnorm_forward(floating* y, double* mean, double* rstd, const floa
     cdef double m, rs, sc, sh
     for i in prange(N * G, num_threads=nt, schedule='static'):
         n = i // G
-        g = i % G
+        g = i - n * G
         xb = x + i * M
         m = _sum(xb, M) / M
         rs = 1.0 / sqrt(_ssd(xb, M, m) / M + eps)
         mean[i] = m
         rstd[i] = rs
-        for c in range(g * cg, (g + 1) * cg):
-            sc = rs * (w[c] if w != NULL else 1.0)
-            sh = b[c] if b != NULL else 0.0
-            _affine(y + (n * C + c) * S, x + (n * C + c) * S, S, m, sc, sh)
+        if S == 1:                      # (N, C) input: the group is a LayerNorm row
+            if w == NULL:
+                _affine(y + i * M, xb, M, m, rs, 0.0)
+            else:
+                _layernorm_row(y + i * M, xb, w + g * cg, b + g * cg if b != NULL else NULL,
+                               M, m, rs)
+        else:
+            for c in range(g * cg, (g + 1) * cg):
+                sc = rs * (w[c] if w != NULL else 1.0)
+                sh = b[c] if b != NULL else 0.0
+                _affine(y + (n * C + c) * S, x + (n * C + c) * S, S, m, sc, sh)
 
 
-cdef void _groupnorm_backward(floating* dx, double* sums, const floating* dy, const floating* x,
+cdef void _groupnorm_backward(floating* dx, double* part, const floating* dy, const floating* x,
                               const floating* w, const double* mean, const double* rstd,
                               Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t G,
                               int nt) noexcept nogil:
-    # sums[n, c] = sum_s dy, sums[N*C + n*C + c] = sum_s dy * (x - mean[n, g]) (reduced over n
-    # afterwards, in order, into db and dw: no cross-thread sums at all).
-    # g_c = dy * w[c]: dx = rs * (g - mean(g) - xhat * mean(g * xhat)) over the group.
-    cdef Py_ssize_t i, n, g, c, s, p, cg = C // G, M = cg * S, NC = N * C
-    cdef double m, rs, a, q, s1, s2, k1, k2, k3, wc
-    for i in prange(N * G, num_threads=nt, schedule='static'):
-        n = i // G
-        g = i % G
-        m = mean[i]
-        rs = rstd[i]
-        s1 = 0.0
-        s2 = 0.0
-        for c in range(g * cg, (g + 1) * cg):
-            p = (n * C + c) * S
-            a = 0.0                     # assigned here so that prange makes a, q thread-private
+    # Thread t owns a contiguous range of the (n, g) blocks and adds into its partials
+    # part[t, 0, c] += sum_s dy * xhat (-> dw) and part[t, 1, c] += sum_s dy (-> db) (part NULL:
+    # no parameter gradient wanted). g_c = dy * w[c]:
+    #   dx = rs * (g - mean(g) - xhat * mean(g * xhat)) over the group (dx NULL: not wanted).
+    cdef Py_ssize_t t, i, lo, hi, n, g, c, p, cg = C // G, M = cg * S
+    cdef Py_ssize_t chunk = (N * G + nt - 1) // nt
+    cdef double m, rs, a, q, s1, s2, k2, k3, wc
+    cdef double* pw
+    cdef double* pb
+    for t in prange(nt, num_threads=nt, schedule='static'):
+        lo = t * chunk
+        hi = min(N * G, lo + chunk)
+        pw = NULL
+        pb = NULL
+        if part != NULL:
+            pw = part + 2 * t * C
+            pb = pw + C
+        for i in range(lo, hi):
+            n = i // G
+            g = i - n * G
+            m = mean[i]
+            rs = rstd[i]
+            s1 = 0.0                    # assigned here so that prange makes them thread-private
+            s2 = 0.0
+            a = 0.0
             q = 0.0
-            _dsum(dy + p, x + p, S, m, &a, &q)
-            sums[n * C + c] = a
-            sums[NC + n * C + c] = q
-            wc = w[c] if w != NULL else 1.0
-            s1 = s1 + wc * a
-            s2 = s2 + wc * q
-        if dx != NULL:
-            k2 = rs * s1 / M
-            k3 = rs * rs * rs * s2 / M
-            for c in range(g * cg, (g + 1) * cg):
-                k1 = rs * (w[c] if w != NULL else 1.0)
-                p = (n * C + c) * S
-                _dx_row(dx + p, dy + p, <const floating*>NULL, x + p, S, m, k1, k2, k3)
+            if S == 1:                  # (N, C) input: the group is a row segment of cg values
+                p = n * C + g * cg
+                if pw != NULL:
+                    for c in range(cg):
+                        pw[g * cg + c] += dy[p + c] * ((x[p + c] - m) * rs)
+                        pb[g * cg + c] += dy[p + c]
+                if dx != NULL:
+                    if w != NULL:
+                        _dsum_w(dy + p, w + g * cg, x + p, cg, m, &s1, &s2)
+                    else:
+                        _dsum(dy + p, x + p, cg, m, &s1, &s2)
+                    _dx_row(dx + p, dy + p, w + g * cg if w != NULL else NULL, x + p, cg, m, rs,
+                            rs * s1 / M, rs * rs * rs * s2 / M)
+            else:
+                for c in range(g * cg, (g + 1) * cg):
+                    p = (n * C + c) * S
+                    _dsum(dy + p, x + p, S, m, &a, &q)
+                    if pw != NULL:
+                        pw[c] += q * rs
+                        pb[c] += a
+                    wc = w[c] if w != NULL else 1.0
+                    s1 = s1 + wc * a
+                    s2 = s2 + wc * q
+                if dx != NULL:
+                    k2 = rs * s1 / M
+                    k3 = rs * rs * rs * s2 / M
+                    for c in range(g * cg, (g + 1) * cg):
+                        p = (n * C + c) * S
+                        _dx_row(dx + p, dy + p, <const floating*>NULL, x + p, S, m,
+                                rs * (w[c] if w != NULL else 1.0), k2, k3)
 
 
 def groupnorm_forward(cnp.ndarray y, cnp.ndarray mean, cnp.ndarray rstd, cnp.ndarray x,
@@ -626,34 +654,40 @@ def groupnorm_backward(object dx, object dw, object db, cnp.ndarray dy, cnp.ndar
     cdef double* pm = <double*>cnp.PyArray_DATA(mean)
     cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
     cdef int nt = _nt(N * G, N * C * S)
-    cdef cnp.ndarray sums = np.empty(2 * N * C)
-    cdef double* ps = <double*>cnp.PyArray_DATA(sums)
-    cdef Py_ssize_t n, c, cg = C // G
+    cdef cnp.ndarray part = None
+    cdef double* pp = NULL
+    if dw is not None or db is not None:
+        part = np.zeros(nt * 2 * C)
+        pp = <double*>cnp.PyArray_DATA(part)
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
         with nogil:
-            _groupnorm_backward(<float*>pdx, ps, <float*>pdy, <float*>px, <float*>pw, pm, pr,
+            _groupnorm_backward(<float*>pdx, pp, <float*>pdy, <float*>px, <float*>pw, pm, pr,
                                 N, C, S, G, nt)
     else:
         with nogil:
-            _groupnorm_backward(<double*>pdx, ps, <double*>pdy, <double*>px, <double*>pw, pm, pr,
+            _groupnorm_backward(<double*>pdx, pp, <double*>pdy, <double*>px, <double*>pw, pm, pr,
                                 N, C, S, G, nt)
-    if dw is None and db is None:
-        return
-    with nogil:
-        # row 0 of each half collects the sums over n: db (sum dy), dw (sum dy * xhat)
-        for c in range(C):
-            ps[N * C + c] *= pr[c // cg]
-        for n in range(1, N):
-            for c in range(C):
-                ps[c] += ps[n * C + c]
-                ps[N * C + c] += ps[N * C + n * C + c] * pr[n * (C // cg) + c // cg]
-    _store_any(dw, ps + N * C, C, acc_w)
-    _store_any(db, ps, C, acc_b)
+    _store_partials(dw, db, pp, nt, C, acc_w, acc_b)
 
 
 # ================================================================== helpers
 cdef inline void* _ptr(object a):
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef void _store_partials(object dw, object db, double* part, int nt, Py_ssize_t n, bint acc_w,
+                          bint acc_b):
+    """part (nt, 2, n): sum over threads in thread order (the same bits every call at a fixed
+    thread count), then dw (=/+=) part[:, 0], db (=/+=) part[:, 1]."""
+    cdef Py_ssize_t t, j
+    if part == NULL:
+        return
+    with nogil:
+        for t in range(1, nt):
+            for j in range(2 * n):
+                part[j] += part[2 * t * n + j]
+    _store_any(dw, part, n, acc_w)
+    _store_any(db, part + n, n, acc_b)
 
 
 cdef void _store_any(object g, double* v, Py_ssize_t n, bint acc):
