@@ -85,8 +85,8 @@ def _mpi():
     if _S.MPI is None:
         try:
             from mpi4py import MPI
-        except ImportError as e:
-            raise ImportError(f"{INSTALL_HINT} ({e})") from None
+        except (ImportError, RuntimeError, OSError) as e:   # no mpi4py, or no MPI library
+            raise ImportError(f"{INSTALL_HINT} ({type(e).__name__}: {e})") from None
         _S.MPI = MPI
     return _S.MPI
 
@@ -260,6 +260,27 @@ def allreduce(array, op="sum", comm=None):
     return array
 
 
+def _bcast_arrays(arrays, comm, root=0, what="arrays"):
+    """Broadcast arrays in place with one Bcast per dtype (packed into a flat buffer)."""
+    groups = {}
+    for a in arrays:
+        if not a.flags.c_contiguous or not a.flags.writeable:
+            raise ValueError(f"broadcast of {what}: arrays must be contiguous and writeable")
+        groups.setdefault(a.dtype, []).append(a)
+    for dt, group in groups.items():
+        if len(group) == 1:
+            with _guard(f"Bcast({what})"):
+                comm.Bcast(group[0], root=root)
+            continue
+        flat = np.concatenate([a.ravel() for a in group])
+        with _guard(f"Bcast({what}, {flat.size} x {dt})"):
+            comm.Bcast(flat, root=root)
+        off = 0
+        for a in group:
+            a.ravel()[...] = flat[off:off + a.size]       # ravel of a contiguous array: a view
+            off += a.size
+
+
 def broadcast_parameters(module, root=0, buffers=True, comm=None):
     """Copy rank `root`'s parameters (and buffers) into every rank's module, in place."""
     comm = comm or _comm()
@@ -268,12 +289,7 @@ def broadcast_parameters(module, root=0, buffers=True, comm=None):
     arrays = [p.data for p in module.parameters()]
     if buffers:
         arrays += [b for b in module.buffers()]
-    for a in arrays:
-        if not a.flags.c_contiguous or not a.flags.writeable:
-            raise ValueError("broadcast_parameters: parameters and buffers must be contiguous and "
-                             "writeable")
-        with _guard(f"Bcast(parameters, {a.shape})"):
-            comm.Bcast(a, root=root)
+    _bcast_arrays(arrays, comm, root, "parameters")
     return module
 
 
@@ -498,10 +514,9 @@ class DistributedDataParallel(Module):
     # -- forward / backward ----------------------------------------------------------------
     def forward(self, *args, **kwargs):
         if self.broadcast_buffers and self.size > 1 and self.training:
-            bufs = [b for b in self.module.buffers()]
-            for a in bufs:
-                with _guard("Bcast(buffers)"):
-                    self._pcomm.Bcast(a, root=0)
+            bufs = list(self.module.buffers())
+            if bufs:
+                _bcast_arrays(bufs, self._pcomm, 0, "buffers")
         first = args[0] if args else next(iter(kwargs.values()), None)
         self.local_count = len(first) if hasattr(first, "__len__") else 1
         return self.module(*args, **kwargs)
@@ -863,9 +878,9 @@ class FitHelper:
     def sync_buffers(self, model):
         """Rank 0's buffers (local BatchNorm's running statistics) to every rank."""
         if self.size > 1:
-            for a in model.buffers():
-                with _guard("Bcast(buffers)"):
-                    _S.comm.Bcast(a, root=0)
+            bufs = list(model.buffers())
+            if bufs:
+                _bcast_arrays(bufs, _S.comm, 0, "buffers")
 
     def evaluate(self, evaluate, model, loss, data, batch_size):
         """fastmod.training.evaluate on this rank's shard of `data`, reduced over ranks."""
