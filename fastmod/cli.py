@@ -42,12 +42,19 @@ class CLIError(Exception):
     """A problem to report in one line (exit status 1)."""
 
 
+class _Say:
+    """Output switch: with --distributed, only rank 0 prints (and writes the run's files)."""
+    quiet = False
+
+
 def _out(msg=""):
-    print(msg, flush=True)
+    if not _Say.quiet:
+        print(msg, flush=True)
 
 
 def _note(msg):
-    print(msg, file=sys.stderr, flush=True)
+    if not _Say.quiet:
+        print(msg, file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------ data
@@ -252,6 +259,14 @@ def cmd_train(args):
         fastmod.set_num_threads(args.threads)
     if args.resume and args.eval_only:
         raise CLIError("--resume and --eval-only cannot be used together")
+    ranks = 1
+    if args.distributed:
+        if args.eval_only:
+            raise CLIError("--distributed is for training; --eval-only runs in one process")
+        import fastmod.distributed as dist
+        dist.init(threads=args.threads)        # MPI; threads = cores / ranks unless --threads
+        ranks = dist.world_size()
+        _Say.quiet = dist.rank() != 0
 
     ckpt = None
     if args.resume or args.eval_only:
@@ -306,7 +321,7 @@ def cmd_train(args):
          f"{info['num_classes']} classes; {config['epochs']} epochs, batch {config['batch_size']}, "
          f"{config['optimizer']} lr {config['lr']:g}"
          + (f" wd {config['weight_decay']:g}" if config["weight_decay"] else "")
-         + f", {fastmod.get_num_threads()} threads")
+         + f", {_threads_text(ranks)}")
     if args.resume:
         _out(f"resuming from {args.resume}")
         if config.get("threads") not in (None, fastmod.get_num_threads()):
@@ -320,7 +335,8 @@ def cmd_train(args):
                       batch_size=config["batch_size"], seed=config["seed"], scheduler=sched,
                       scheduler_interval="step", checkpoint=ckpt_path,
                       resume=ckpt if args.resume else None,
-                      meta={"config": config}, progress=not args.no_progress)
+                      meta={"config": config}, progress=not args.no_progress,
+                      distributed=bool(args.distributed))
     except TrainingDiverged as e:
         raise CLIError(str(e).replace("fit: ", "", 1)) from None
     except TrainingInterrupted as e:
@@ -328,17 +344,26 @@ def cmd_train(args):
               f"{e.checkpoint}\nresume with: fastmod train --resume {e.checkpoint}")
         return 130
     wall = time.perf_counter() - t0
+    if _Say.quiet:                             # distributed: rank 0 reports and writes
+        return 0
     test_loss, test_acc = history["val_loss"][-1], history["val_acc"][-1]
     _write_json({"config": config, "data": info, "parameters": nparams, "wall_time": wall,
-                 "threads": fastmod.get_num_threads(), "test_accuracy": test_acc,
+                 "threads": fastmod.get_num_threads(), "ranks": ranks, "test_accuracy": test_acc,
                  "history": dict(history)}, os.path.join(out, "history.json"))
     png = write_plot(history, os.path.join(out, "curves.png"),
                      f"fastmod {config['model']} on {os.path.basename(data_name)}: "
                      f"test accuracy {100 * test_acc:.2f}%")
     _out(f"test accuracy {100 * test_acc:.2f}% (loss {test_loss:.4f}) | {nparams:,} parameters | "
-         f"wall time {wall:.1f} s on {fastmod.get_num_threads()} threads")
+         f"wall time {wall:.1f} s on {_threads_text(ranks)}")
     _out(f"checkpoint: {ckpt_path}" + (f" | curves: {png}" if png else ""))
     return 0
+
+
+def _threads_text(ranks):
+    from fastmod import get_num_threads
+    t = get_num_threads()
+    threads = f"{t} thread{'s' if t != 1 else ''}"
+    return threads if ranks == 1 else f"{ranks} MPI ranks x {threads}"
 
 
 def _check_hyper(config):
@@ -413,6 +438,10 @@ def make_parser():
                          "y_train, x_test, y_test), or a directory of MNIST-format IDX files "
                          "(train-images-idx3-ubyte[.gz], ...); default: the bundled digits")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.add_argument("--distributed", action="store_true",
+                    help="data-parallel over MPI ranks: mpirun -n N fastmod train --distributed "
+                         "(needs mpi4py: pip install \".[mpi]\"); N ranks follow one process's "
+                         "curve at the same --batch-size")
     sub.add_parser("bench", add_help=False,
                    help="time the reference workloads against PyTorch (bench/compare.py; "
                         "needs the source tree; options are passed on)")
@@ -433,9 +462,14 @@ def main(argv=None):
         return 0
     try:
         return cmd_train(args)
+    except ImportError as e:                                   # --distributed without mpi4py
+        print(f"fastmod {args.command}: error: {e}", file=sys.stderr, flush=True)
+        return 1
     except (CLIError, ValueError, FileNotFoundError) as e:    # DataError, CheckpointError too
         print(f"fastmod {args.command}: error: {e}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:              # outside fit's own handling (e.g. while loading)
         print("\ninterrupted", file=sys.stderr, flush=True)
         return 130
+    finally:
+        _Say.quiet = False

@@ -257,7 +257,7 @@ def _restore(resume, model, optimizer, scheduler):
 def fit(model, loss, optimizer, train, val=None, epochs=1, *, batch_size=64, seed=0,
         shuffle=True, drop_last=False, scheduler=None, scheduler_interval="epoch",
         clip_grad_norm=None, checkpoint=None, resume=None, meta=None, eval_batch_size=512,
-        progress=True, callback=None, handle_sigint=True):
+        progress=True, callback=None, handle_sigint=True, distributed=False):
     """Train `model` on `train` for `epochs` epochs (in all, counting those of a resumed run).
 
     Each step: zero_grad, forward, loss, backward, optional gradient clipping, optimizer step,
@@ -281,6 +281,11 @@ def fit(model, loss, optimizer, train, val=None, epochs=1, *, batch_size=64, see
         callback: called after every step as callback(info) with info a dict of step, epoch,
             batch, loss, model, optimizer (for logging or tests).
         handle_sigint: turn Ctrl-C into a checkpoint + TrainingInterrupted (main thread only).
+        distributed: data-parallel over MPI ranks (launch with `mpirun -n N`; needs mpi4py,
+            see fastmod.distributed): every global batch is split over the ranks, gradients,
+            the step's loss and accuracy and the Ctrl-C flag are reduced, validation is
+            sharded; rank 0 shows the progress and writes the checkpoints. N ranks follow the
+            curve of one process at the same batch_size (one rank: bit-identical).
 
     Returns:
         a History (dict of per-epoch lists: epoch, train_loss, train_acc, val_loss, val_acc,
@@ -310,6 +315,11 @@ def fit(model, loss, optimizer, train, val=None, epochs=1, *, batch_size=64, see
         clip_value = float(clip_grad_norm)
         if not (math.isfinite(clip_value) and clip_value > 0):
             raise ValueError(f"fit: clip_grad_norm must be a positive number, got {clip_grad_norm!r}")
+    dist = None
+    if distributed:
+        from fastmod.distributed import FitHelper
+        dist = FitHelper()                 # MPI init; threads = cores / ranks unless set
+    root = dist is None or dist.root
     seed = int(seed)
     n = len(x)
     dt = model.dtype
@@ -319,6 +329,8 @@ def fit(model, loss, optimizer, train, val=None, epochs=1, *, batch_size=64, see
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ValueError(f"fit: batch_size {batch_size} > {n} samples with drop_last=True: no steps")
+    if dist is not None:
+        dist.check_batches(n, batch_size, bool(drop_last))
     params = list(model.parameters())
 
     history = History()
@@ -356,10 +368,12 @@ def fit(model, loss, optimizer, train, val=None, epochs=1, *, batch_size=64, see
                                 checkpoint if last_good else None, history)
 
     def save(where):
-        _write_checkpoint(checkpoint, model, optimizer, fit_state(), meta)
+        if root:                               # distributed: rank 0 writes, the others agree
+            _write_checkpoint(checkpoint, model, optimizer, fit_state(), meta)
         return where
 
-    bar = _Progress(progress, epochs, steps_per_epoch)
+    net = dist.wrap(model) if dist is not None else model     # after resume: rank 0's weights
+    bar = _Progress(progress and root, epochs, steps_per_epoch)
     classify = False                       # targets are class labels (accuracy is tracked)
     model.train()
     with _SigintFlag(handle_sigint) as sigint:
@@ -369,19 +383,26 @@ def fit(model, loss, optimizer, train, val=None, epochs=1, *, batch_size=64, see
                 bar.start(epoch, batch)
                 t0 = time.perf_counter()
                 while batch < steps_per_epoch:
-                    if sigint.hit:
+                    if (dist.stop if dist is not None else sigint.hit):
                         epoch_time += time.perf_counter() - t0
                         raise _Interrupt()
                     idx = order[batch * batch_size:(batch + 1) * batch_size]
+                    if dist is not None:
+                        idx = dist.shard(idx)     # this rank's part of the global batch
                     xb, yb = x[idx], y[idx]
                     step = history.steps + 1
                     optimizer.zero_grad()
-                    out = model(xb)
+                    out = net(xb)
                     lval = float(loss(out, yb))
+                    classify = _is_classification(out, yb)
+                    correct = int(np.count_nonzero(out.argmax(1) == yb)) if classify else 0
+                    count = len(idx)
+                    if dist is not None:          # global mean loss, correct, count; Ctrl-C flag
+                        lval, correct, count = dist.reduce_step(lval, correct, count, sigint.hit)
                     if not math.isfinite(lval):
                         raise diverged(f"the loss is {lval} at step {step} (epoch {epoch + 1}, "
                                        f"batch {batch + 1} of {steps_per_epoch})", step, lval)
-                    model.backward(loss.backward())
+                    net.backward(loss.backward())
                     if clip_grad_norm is not None:
                         clip_grad_norm_(params, clip_value)
                     optimizer.step()
@@ -389,14 +410,10 @@ def fit(model, loss, optimizer, train, val=None, epochs=1, *, batch_size=64, see
                         scheduler.step()
                     batch += 1
                     history["step_loss"].append(lval)
-                    running[0] += lval * len(idx)
-                    running[2] += len(idx)
-                    acc = None
-                    classify = _is_classification(out, yb)
-                    if classify:
-                        running[1] += int(np.count_nonzero(out.argmax(1) == yb))
-                        acc = running[1] / running[2]
-                    bar.update(running[0] / running[2], acc)
+                    running[0] += lval * count
+                    running[1] += correct
+                    running[2] += count
+                    bar.update(running[0] / running[2], running[1] / running[2] if classify else None)
                     if callback is not None:
                         callback({"step": step, "epoch": epoch + 1, "batch": batch, "loss": lval,
                                   "model": model, "optimizer": optimizer})
@@ -404,7 +421,8 @@ def fit(model, loss, optimizer, train, val=None, epochs=1, *, batch_size=64, see
                 # ---- end of epoch: evaluate, schedule, record, checkpoint
                 val_loss = val_acc = None
                 if val is not None:
-                    val_loss, val_acc = evaluate(model, loss, val, eval_batch_size)
+                    val_loss, val_acc = (evaluate(model, loss, val, eval_batch_size) if dist is None
+                                         else dist.evaluate(evaluate, model, loss, val, eval_batch_size))
                 lr = float(optimizer.param_groups[0]["lr"])
                 row = {"epoch": epoch + 1, "train_loss": running[0] / running[2],
                        "train_acc": (running[1] / running[2]) if classify else None,
@@ -432,6 +450,10 @@ def fit(model, loss, optimizer, train, val=None, epochs=1, *, batch_size=64, see
                    + (f"checkpoint written to {where}: resume with fit(..., resume={where!r})"
                       if where else "no checkpoint path was given, nothing was saved"))
             raise TrainingInterrupted(msg, history.steps, epoch + 1, where, history) from None
+        except BaseException as e:
+            if dist is not None:
+                dist.on_error(e)          # one rank failing alone: abort the job, not a hang
+            raise
         finally:
             bar.close()
     return history
