@@ -65,18 +65,25 @@ class Linear(Module):
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"{self._short_repr()}: expected input of shape (*, {self.in_features}), "
                              f"got {x.shape}")
+        b = self.bias
+        b = None if b is None else b.data
+        shape = x.shape
+        if len(shape) == 2:                         # (N, in): no reshapes (~1 us of a batch-1 call)
+            y = np.empty((shape[0], self.out_features), w.dtype)
+            _k.linear_forward(y, x, w, b)
+            self._save(x, shape)
+            return y
         x2 = x.reshape(-1, self.in_features)
         y = np.empty((x2.shape[0], self.out_features), w.dtype)
-        b = self.bias
-        _k.linear_forward(y, x2, w, None if b is None else b.data)
-        self._save(x2, x.shape)                     # x (N, in) for dW, x's shape for dx
-        return y.reshape(x.shape[:-1] + (self.out_features,))
+        _k.linear_forward(y, x2, w, b)
+        self._save(x2, shape)                       # x (N, in) for dW, x's shape for dx
+        return y.reshape(shape[:-1] + (self.out_features,))
 
     def backward(self, dy, need_input_grad=True):
         x2, xshape = self._saved()
         w = self.weight
         dy = self._check_grad(dy, xshape[:-1] + (self.out_features,), w.data.dtype)
-        dy2 = dy.reshape(-1, self.out_features)
+        dy2 = dy if dy.ndim == 2 else dy.reshape(-1, self.out_features)
         dw = acc_w = db = acc_b = None
         if w.requires_grad:
             dw, acc_w = w.grad_buffer()
@@ -85,4 +92,6 @@ class Linear(Module):
             db, acc_b = b.grad_buffer()
         dx = np.empty_like(x2) if need_input_grad else None
         _k.linear_backward(dx, dw, db, dy2, x2, w.data, bool(acc_w), bool(acc_b))
-        return dx.reshape(xshape) if need_input_grad else None
+        if not need_input_grad:
+            return None
+        return dx if len(xshape) == 2 else dx.reshape(xshape)

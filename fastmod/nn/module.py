@@ -273,6 +273,10 @@ class Module:
 
     def _check_array(self, x, name="input"):
         """x must be a non-empty float32/float64 ndarray; returns it C-contiguous."""
+        if type(x) is np.ndarray:               # hot path: one test for the usual input
+            dt = x.dtype
+            if (dt is F32 or dt is F64) and x.flags.c_contiguous and x.size:
+                return x
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{self._short_repr()}: expected a numpy.ndarray {name}, "
                             f"got {type(x).__name__}")
@@ -287,6 +291,8 @@ class Module:
 
     def _check_dtype(self, x, dtype, name="input"):
         """x must be an ndarray of exactly `dtype` (the module's parameters' dtype)."""
+        if type(x) is np.ndarray and x.dtype is dtype and x.flags.c_contiguous and x.size:
+            return x                            # hot path: every layer's forward
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{self._short_repr()}: expected a numpy.ndarray {name}, "
                             f"got {type(x).__name__}")
@@ -304,6 +310,8 @@ class Module:
 
     def _check_grad(self, dy, shape, dtype):
         """The output gradient must match the forward output's shape and dtype."""
+        if type(dy) is np.ndarray and dy.dtype is dtype and dy.shape == shape and dy.flags.c_contiguous:
+            return dy                           # hot path: every layer's backward
         if not isinstance(dy, np.ndarray):
             raise TypeError(f"{self._short_repr()}.backward: expected a numpy.ndarray gradient, "
                             f"got {type(dy).__name__}")
