@@ -28,10 +28,10 @@ DEFAULT_MODEL = "cnn"
 MODEL_DEFAULTS = {
     "mlp":         dict(epochs=12, batch_size=64, lr=1e-3, optimizer="adam", weight_decay=0.0),
     "resnet_s":    dict(epochs=6, batch_size=64, lr=1e-3, optimizer="adam", weight_decay=0.0),
-    "cnn":         dict(epochs=15, batch_size=64, lr=3e-3, optimizer="adam", weight_decay=0.0),
-    "bn_resnet":   dict(epochs=5, batch_size=64, lr=3e-3, optimizer="adam", weight_decay=0.0),
-    "densenet":    dict(epochs=10, batch_size=64, lr=1e-2, optimizer="adam", weight_decay=0.0),
-    "transformer": dict(epochs=15, batch_size=64, lr=3e-3, optimizer="adamw", weight_decay=1e-2),
+    "cnn":         dict(epochs=15, batch_size=128, lr=5e-3, optimizer="adam", weight_decay=0.0),
+    "bn_resnet":   dict(epochs=6, batch_size=128, lr=5e-3, optimizer="adam", weight_decay=0.0),
+    "densenet":    dict(epochs=12, batch_size=128, lr=1.5e-2, optimizer="adam", weight_decay=0.0),
+    "transformer": dict(epochs=20, batch_size=128, lr=4e-3, optimizer="adamw", weight_decay=1e-2),
 }
 TEST_FRACTION = 0.2          # the fixed, seeded test split of data sets that come without one
 SPLIT_SEED = 0               # the split does not move with --seed: every run tests on the same set
@@ -415,7 +415,7 @@ def make_parser():
                     help=f"architecture (default {DEFAULT_MODEL}; the transformer reads each "
                          "image's rows as tokens)")
     tr.add_argument("--epochs", type=int, default=None, help="epochs to train (per-model default)")
-    tr.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 64)")
+    tr.add_argument("--batch-size", type=int, default=None, help="minibatch size (per-model default)")
     tr.add_argument("--lr", type=float, default=None, help="peak learning rate (cosine decay)")
     tr.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=None,
                     help="sgd (Nesterov momentum 0.9), adam or adamw (per-model default)")
