@@ -95,6 +95,14 @@ def test_sampler_bad_arguments():
         DistributedSampler(10, 2, 0).set_epoch(-1)
 
 
+def test_default_threads_split_the_cores_among_the_ranks(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(dist, "_usable_cores", lambda: 8)          # not bound by mpirun
+    assert [dist.default_threads(r) for r in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    monkeypatch.setattr(dist, "_usable_cores", lambda: 2)          # bound to 2 of the 8 cores
+    assert dist.default_threads(4) == 2
+
+
 def _bn_reference(x, w, b, eps=1e-5):
     ax = (0,) + tuple(range(2, x.ndim))
     shp = (1, -1) + (1,) * (x.ndim - 2)
