@@ -53,11 +53,11 @@ cdef inline void _valid_range(int off, int stride, int size, int out, int* lo, i
     hi[0] = b
 
 
-cdef void im2col_2d(floating* col, const floating* x, int C, int H, int W, int OH, int OW,
-                    int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW,
+cdef void im2col_2d(floating* col, const floating* x, int C, int H, int W, int oh0, int OH,
+                    int OW, int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW,
                     Py_ssize_t ldc) noexcept nogil:
-    """col (C*KH*KW, OH*OW), rows ldc apart:
-    col[(c, kh, kw), (oh, ow)] = x[c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW] (0 outside x).
+    """col (C*KH*KW, OH*OW) for the output rows oh0 .. oh0+OH-1, rows of col ldc apart:
+    col[(c, kh, kw), (oh - oh0, ow)] = x[c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW] (0 outside x).
     Loops over the kernel window; each output row is a strided copy."""
     cdef int c, kh, kw, oh, ow, ih, off, lo, hi
     cdef floating* row
@@ -70,7 +70,7 @@ cdef void im2col_2d(floating* col, const floating* x, int C, int H, int W, int O
                 _valid_range(off, SW, W, OW, &lo, &hi)
                 row = col + r * ldc
                 r += 1
-                for oh in range(OH):
+                for oh in range(oh0, oh0 + OH):
                     ih = oh * SH - PH + kh * DH
                     if ih < 0 or ih >= H or lo >= hi:
                         memset(row, 0, OW * sizeof(floating))
@@ -88,22 +88,23 @@ cdef void im2col_2d(floating* col, const floating* x, int C, int H, int W, int O
                     row += OW
 
 
-cdef void col2im_2d(floating* x, const floating* col, int C, int H, int W, int OH, int OW,
-                    int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW) noexcept nogil:
-    """The adjoint of im2col_2d: x[c, ih, iw] += col[(c, kh, kw), (oh, ow)] (x must be initialized)."""
+cdef void col2im_2d(floating* x, const floating* col, int C, int H, int W, int oh0, int OH,
+                    int OW, int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW,
+                    Py_ssize_t ldc) noexcept nogil:
+    """The adjoint of im2col_2d: x[c, ih, iw] += col[(c, kh, kw), (oh - oh0, ow)] (x must be
+    initialized)."""
     cdef int c, kh, kw, oh, ow, ih, off, lo, hi
     cdef const floating* row
     cdef floating* dst
-    cdef Py_ssize_t P = <Py_ssize_t>OH * OW
     cdef Py_ssize_t r = 0
     for c in range(C):
         for kh in range(KH):
             for kw in range(KW):
                 off = kw * DW - PW
                 _valid_range(off, SW, W, OW, &lo, &hi)
-                row = col + r * P
+                row = col + r * ldc
                 r += 1
-                for oh in range(OH):
+                for oh in range(oh0, oh0 + OH):
                     ih = oh * SH - PH + kh * DH
                     if ih >= 0 and ih < H:
                         dst = x + (<Py_ssize_t>c * H + ih) * W + off
@@ -124,13 +125,15 @@ cdef struct Geom:
     bint direct             # 1x1 kernel, stride 1, no padding: cols are x itself
     bint tout               # forward GEMM writes y_n^T (P, OC) into scratch, then transposes
     bint tdw                # dW partials are kept transposed, (G, K, OCg)
+    int rows                # output rows per im2col tile (bounds the per-thread scratch)
 
 
 cdef inline Py_ssize_t _col_size(Geom* g) noexcept nogil:
     # per-thread scratch: the cols, then (tout) the transposed output
-    cdef Py_ssize_t n = 1 if g.direct else <Py_ssize_t>g.C * g.KH * g.KW * g.P
+    cdef Py_ssize_t pt = <Py_ssize_t>g.rows * g.OW
+    cdef Py_ssize_t n = 1 if g.direct else <Py_ssize_t>g.C * g.KH * g.KW * pt
     if g.tout:
-        n += <Py_ssize_t>g.OC * g.P
+        n += <Py_ssize_t>g.OC * pt
     return n
 
 
@@ -148,6 +151,18 @@ cdef enum:
 
 cdef int _fwd_layout = LAYOUT_AUTO
 cdef int _dw_layout = LAYOUT_AUTO
+
+
+cdef Py_ssize_t _tile_elems = 1 << 20
+
+
+def set_tile_elements(Py_ssize_t n):
+    """Target size (elements) of one im2col tile (the per-thread scratch). Measured: tiles sized
+    for L2 (64K elements) were no faster than one tile per image on the workloads' layers, and
+    16K-element tiles were 1.1-1.3x slower (shorter GEMMs), so the default 1M elements (4 MB in
+    float32) only bounds the scratch of large images. A huge value turns tiling off."""
+    global _tile_elems
+    _tile_elems = n
 
 
 def set_layouts(int forward, int dweight):
@@ -178,47 +193,57 @@ cdef inline int _threads_for_batch(Geom* g) noexcept nogil:
 # ---------------------------------------------------------------- forward
 cdef void _forward_image(floating* y, const floating* x, const floating* w, const floating* b,
                          floating* col, Geom* g, int gemm_nt) noexcept nogil:
-    # y (OC, P) = per group W_g @ cols_g + b
+    # y (OC, P) = per group W_g @ cols_g + b, one tile of g.rows output rows at a time (the
+    # tile's cols (K*G, pt) are the per-thread scratch)
     cdef const floating* cols
-    cdef int gr, o, p
+    cdef int gr, o, p, oh0, nr, pt, ldcol
+    cdef Py_ssize_t p0
     cdef floating beta = 0
     cdef floating bo
     cdef floating* yrow
     cdef floating* yt
     cdef const floating* tcol
-    if g.direct:
-        cols = x
-        yt = col
-    else:
-        im2col_2d(col, x, g.C, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.SH, g.SW, g.PH, g.PW, g.DH, g.DW,
-                  g.P)
-        cols = col
-        yt = col + <Py_ssize_t>g.C * g.KH * g.KW * g.P
-    if g.tout:
-        # yt (P, OC) = cols_g^T (P, K) @ W_g^T (K, OCg) per group, then y[o, p] = yt[p, o] + b[o]
-        for gr in range(g.G):
-            pgemm(True, True, g.P, g.OCg, g.K, <floating>1,
-                  cols + <Py_ssize_t>gr * g.K * g.P, g.P,
-                  w + <Py_ssize_t>gr * g.OCg * g.K, g.K,
-                  <floating>0, yt + gr * g.OCg, g.OC, gemm_nt)
-        for o in range(g.OC):
-            yrow = y + <Py_ssize_t>o * g.P
-            tcol = yt + o
-            bo = b[o] if b != NULL else 0
-            for p in range(g.P):
-                yrow[p] = tcol[<Py_ssize_t>p * g.OC] + bo
-        return
-    if b != NULL:
+    if b != NULL and not g.tout:
         beta = 1
         for o in range(g.OC):
             yrow = y + <Py_ssize_t>o * g.P
             for p in range(g.P):
                 yrow[p] = b[o]
-    for gr in range(g.G):
-        pgemm(False, False, g.OCg, g.P, g.K, <floating>1,
-              w + <Py_ssize_t>gr * g.OCg * g.K, g.K,
-              cols + <Py_ssize_t>gr * g.K * g.P, g.P,
-              beta, y + <Py_ssize_t>gr * g.OCg * g.P, g.P, gemm_nt)
+    cdef int tile
+    for tile in range((g.OH + g.rows - 1) // g.rows):
+        oh0 = tile * g.rows
+        nr = min(g.rows, g.OH - oh0)
+        pt = nr * g.OW
+        p0 = <Py_ssize_t>oh0 * g.OW
+        if g.direct:
+            cols = x + p0
+            ldcol = g.P
+            yt = col
+        else:
+            im2col_2d(col, x, g.C, g.H, g.W, oh0, nr, g.OW, g.KH, g.KW, g.SH, g.SW, g.PH, g.PW,
+                      g.DH, g.DW, pt)
+            cols = col
+            ldcol = pt
+            yt = col + <Py_ssize_t>g.C * g.KH * g.KW * pt
+        if g.tout:
+            # yt (pt, OC) = cols_g^T (pt, K) @ W_g^T (K, OCg) per group; y[o, p0 + p] = yt[p, o] + b[o]
+            for gr in range(g.G):
+                pgemm(True, True, pt, g.OCg, g.K, <floating>1,
+                      cols + <Py_ssize_t>gr * g.K * ldcol, ldcol,
+                      w + <Py_ssize_t>gr * g.OCg * g.K, g.K,
+                      <floating>0, yt + gr * g.OCg, g.OC, gemm_nt)
+            for o in range(g.OC):
+                yrow = y + <Py_ssize_t>o * g.P + p0
+                tcol = yt + o
+                bo = b[o] if b != NULL else 0
+                for p in range(pt):
+                    yrow[p] = tcol[<Py_ssize_t>p * g.OC] + bo
+        else:
+            for gr in range(g.G):
+                pgemm(False, False, g.OCg, pt, g.K, <floating>1,
+                      w + <Py_ssize_t>gr * g.OCg * g.K, g.K,
+                      cols + <Py_ssize_t>gr * g.K * ldcol, ldcol,
+                      beta, y + <Py_ssize_t>gr * g.OCg * g.P + p0, g.P, gemm_nt)
 
 
 cdef void _conv_forward(floating* y, const floating* x, const floating* w, const floating* b,
@@ -244,32 +269,15 @@ cdef void _conv_forward(floating* y, const floating* x, const floating* w, const
 cdef void _backward_image(floating* dx, floating* dw, double* db, const floating* dy,
                           const floating* x, const floating* w, floating* col, Geom* g,
                           bint dw_beta, bint acc_dx, int gemm_nt) noexcept nogil:
-    # dw (OC, K) (+)= dy_n @ cols^T per group; db (OC,) += sum_p dy_n; dx_n (+)= col2im(W^T dy_n)
+    # dw (OC, K) (+)= dy_n @ cols^T per group; db (OC,) += sum_p dy_n; dx_n (+)= col2im(W^T dy_n),
+    # tile by tile of g.rows output rows (the same tiles as forward)
     cdef const floating* cols
     cdef const floating* dyrow
-    cdef int gr, o, p
+    cdef const floating* dyt
+    cdef int gr, o, p, oh0, nr, pt, ldcol
+    cdef Py_ssize_t p0
     cdef double s
-    if dw != NULL:
-        if g.direct:
-            cols = x
-        else:
-            im2col_2d(col, x, g.C, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.SH, g.SW, g.PH, g.PW,
-                      g.DH, g.DW, g.P)
-            cols = col
-        for gr in range(g.G):
-            if g.tdw:
-                # dW_g^T (K, OCg) (+)= cols_g (K, P) @ dy_n[g]^T (P, OCg)
-                pgemm(False, True, g.K, g.OCg, g.P, <floating>1,
-                      cols + <Py_ssize_t>gr * g.K * g.P, g.P,
-                      dy + <Py_ssize_t>gr * g.OCg * g.P, g.P,
-                      <floating>(1 if dw_beta else 0), dw + <Py_ssize_t>gr * g.OCg * g.K, g.OCg,
-                      gemm_nt)
-            else:
-                pgemm(False, True, g.OCg, g.K, g.P, <floating>1,
-                      dy + <Py_ssize_t>gr * g.OCg * g.P, g.P,
-                      cols + <Py_ssize_t>gr * g.K * g.P, g.P,
-                      <floating>(1 if dw_beta else 0), dw + <Py_ssize_t>gr * g.OCg * g.K, g.K,
-                      gemm_nt)
+    cdef floating beta
     if db != NULL:
         for o in range(g.OC):
             dyrow = dy + <Py_ssize_t>o * g.P
@@ -277,25 +285,57 @@ cdef void _backward_image(floating* dx, floating* dw, double* db, const floating
             for p in range(g.P):
                 s += dyrow[p]
             db[o] += s
-    if dx != NULL:
+    if dx != NULL and not acc_dx and not g.direct:
+        memset(dx, 0, <Py_ssize_t>g.C * g.H * g.W * sizeof(floating))
+    cdef int tile
+    for tile in range((g.OH + g.rows - 1) // g.rows):
+        oh0 = tile * g.rows
+        nr = min(g.rows, g.OH - oh0)
+        pt = nr * g.OW
+        p0 = <Py_ssize_t>oh0 * g.OW
+        dyt = dy + p0
         if g.direct:
-            # dx_n (C, H*W) (+)= W_g^T @ dy_n[g]: the GEMM writes straight into dx
-            for gr in range(g.G):
-                pgemm(True, False, g.K, g.P, g.OCg, <floating>1,
-                      w + <Py_ssize_t>gr * g.OCg * g.K, g.K,
-                      dy + <Py_ssize_t>gr * g.OCg * g.P, g.P,
-                      <floating>(1 if acc_dx else 0), dx + <Py_ssize_t>gr * g.K * g.P, g.P,
-                      gemm_nt)
+            cols = x + p0
+            ldcol = g.P
         else:
+            cols = col
+            ldcol = pt
+        if dw != NULL:
+            if not g.direct:
+                im2col_2d(col, x, g.C, g.H, g.W, oh0, nr, g.OW, g.KH, g.KW, g.SH, g.SW, g.PH,
+                          g.PW, g.DH, g.DW, pt)
+            beta = 1 if (dw_beta or oh0 > 0) else 0
             for gr in range(g.G):
-                pgemm(True, False, g.K, g.P, g.OCg, <floating>1,
-                      w + <Py_ssize_t>gr * g.OCg * g.K, g.K,
-                      dy + <Py_ssize_t>gr * g.OCg * g.P, g.P,
-                      <floating>0, col + <Py_ssize_t>gr * g.K * g.P, g.P, gemm_nt)
-            if not acc_dx:
-                memset(dx, 0, <Py_ssize_t>g.C * g.H * g.W * sizeof(floating))
-            col2im_2d(dx, col, g.C, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.SH, g.SW, g.PH, g.PW,
-                      g.DH, g.DW)
+                if g.tdw:
+                    # dW_g^T (K, OCg) (+)= cols_g (K, pt) @ dy_n[g, tile]^T (pt, OCg)
+                    pgemm(False, True, g.K, g.OCg, pt, <floating>1,
+                          cols + <Py_ssize_t>gr * g.K * ldcol, ldcol,
+                          dyt + <Py_ssize_t>gr * g.OCg * g.P, g.P,
+                          beta, dw + <Py_ssize_t>gr * g.OCg * g.K, g.OCg, gemm_nt)
+                else:
+                    pgemm(False, True, g.OCg, g.K, pt, <floating>1,
+                          dyt + <Py_ssize_t>gr * g.OCg * g.P, g.P,
+                          cols + <Py_ssize_t>gr * g.K * ldcol, ldcol,
+                          beta, dw + <Py_ssize_t>gr * g.OCg * g.K, g.K, gemm_nt)
+        if dx != NULL:
+            if g.direct:
+                # dx_n (C, H*W) (+)= W_g^T @ dy_n[g]: the GEMM writes straight into dx
+                for gr in range(g.G):
+                    pgemm(True, False, g.K, pt, g.OCg, <floating>1,
+                          w + <Py_ssize_t>gr * g.OCg * g.K, g.K,
+                          dyt + <Py_ssize_t>gr * g.OCg * g.P, g.P,
+                          <floating>(1 if acc_dx else 0), dx + <Py_ssize_t>gr * g.K * g.P + p0,
+                          g.P, gemm_nt)
+            else:
+                # dcols (K*G, pt) = W_g^T @ dy_n[g, tile] (overwrites this tile's cols), then
+                # scatter-add them into dx
+                for gr in range(g.G):
+                    pgemm(True, False, g.K, pt, g.OCg, <floating>1,
+                          w + <Py_ssize_t>gr * g.OCg * g.K, g.K,
+                          dyt + <Py_ssize_t>gr * g.OCg * g.P, g.P,
+                          <floating>0, col + <Py_ssize_t>gr * g.K * pt, pt, gemm_nt)
+                col2im_2d(dx, col, g.C, g.H, g.W, oh0, nr, g.OW, g.KH, g.KW, g.SH, g.SW, g.PH,
+                          g.PW, g.DH, g.DW, pt)
 
 
 cdef void _conv_backward(floating* dx, floating* dw, floating* db, const floating* dy,
@@ -369,7 +409,7 @@ cdef void _conv_forward_batched(floating* y, const floating* x, const floating* 
     cdef floating* cols = <floating*>malloc(KR * NP * sizeof(floating))
     cdef floating* tmp = <floating*>malloc(<Py_ssize_t>g.OC * NP * sizeof(floating))
     for n in prange(g.N, num_threads=nt, schedule='static'):
-        im2col_2d(cols + <Py_ssize_t>n * g.P, x + n * g.xs, g.C, g.H, g.W, g.OH, g.OW, g.KH, g.KW,
+        im2col_2d(cols + <Py_ssize_t>n * g.P, x + n * g.xs, g.C, g.H, g.W, 0, g.OH, g.OW, g.KH, g.KW,
                   g.SH, g.SW, g.PH, g.PW, g.DH, g.DW, NP)
     pgemm(False, False, g.OC, <int>NP, <int>KR, <floating>1, w, <int>KR, cols, <int>NP,
           <floating>0, tmp, <int>NP, nt)
@@ -412,6 +452,9 @@ cdef void _geom(Geom* g, cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int SH, in
     # dW 0.85-0.93 whenever K >= 216 > OC, ~1.0 for K 27
     g.tout = _pick(_fwd_layout, g.OCg < 32 and g.K >= 64 and g.OCg < g.P)
     g.tdw = _pick(_dw_layout, g.OCg < g.K)
+    g.rows = g.OH
+    if not g.direct:
+        g.rows = <int>max(1, min(<Py_ssize_t>g.OH, _tile_elems // (<Py_ssize_t>g.C * g.KH * g.KW * g.OW)))
 
 
 def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
