@@ -167,6 +167,22 @@ def test_syncbatchnorm_matches_fastmod_and_torch_batchnorm():
     np.testing.assert_allclose(sbn.weight.grad, bn2.weight.grad, rtol=1e-9, atol=1e-12)
     for k, v in bn2.state_dict().items():
         np.testing.assert_allclose(sbn.state_dict()[k], v, rtol=1e-10)
+    try:
+        import torch
+    except ImportError:
+        return
+    tbn = torch.nn.BatchNorm2d(3).double()
+    tbn.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in bn2.state_dict().items()})
+    sbn.running_mean[...], sbn.running_var[...] = bn2.running_mean, bn2.running_var
+    sbn.num_batches_tracked[...] = bn2.num_batches_tracked
+    sbn.zero_grad()
+    tx = torch.from_numpy(x).requires_grad_()
+    ty = tbn(tx)
+    ty.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(sbn(x), ty.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(sbn.backward(dy), tx.grad.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(sbn.weight.grad, tbn.weight.grad.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(sbn.running_var, tbn.running_var.numpy(), rtol=1e-10)
 
 
 def test_convert_sync_batchnorm_keeps_parameters_and_names():
@@ -251,7 +267,9 @@ def _run(ranks, script, *args, expect_ok=True, env=None, timeout=TIMEOUT):
 
 def _load(path):
     with np.load(path) as d:
-        return {k: d[k] for k in d.files}
+        out = {k: d[k] for k in d.files}
+    assert out.pop("spread", 0.0) == 0.0, f"{path}: the replicas' parameters differ"
+    return out
 
 
 @pytest.mark.parametrize("model,dtype", [("mlp", "float64"), ("cnn", "float32")])
@@ -293,6 +311,23 @@ def test_syncbn_training_matches_one_process(tmp_path):
         got = _load(tmp_path / f"ranks{n}.npz")
         for k in ref:
             np.testing.assert_allclose(got[k], ref[k], rtol=1e-11, atol=1e-11, err_msg=f"{n}: {k}")
+
+
+def test_convert_sync_batchnorm_training_matches_batchnorm(tmp_path):
+    """fastmod.nn.BatchNorm2d in one process == the same model after convert_sync_batchnorm
+    on 2 ranks; with local BatchNorm (the default) the replicas still stay identical."""
+    _need_mpi()
+    if not hasattr(fastmod.nn, "BatchNorm2d"):
+        pytest.skip("fastmod.nn.BatchNorm2d is not in this build yet")
+    _run(0, "ddp_train.py", tmp_path, "--model", "localbn", "--plain")
+    _run(2, "ddp_train.py", tmp_path, "--model", "localbn", "--sync-bn", "--tag", "sync")
+    ref, got = _load(tmp_path / "plain.npz"), _load(tmp_path / "sync.npz")
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-10, atol=1e-11, err_msg=k)
+    _run(2, "ddp_train.py", tmp_path, "--model", "localbn", "--tag", "local")   # spread == 0
+    local = _load(tmp_path / "local.npz")
+    assert np.all(np.isfinite(local["losses"]))
+    assert not np.allclose(local["p:2.running_mean"], ref["p:2.running_mean"])  # local stats
 
 
 def test_syncbn_forward_backward_on_uneven_shards(tmp_path):

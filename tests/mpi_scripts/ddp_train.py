@@ -25,6 +25,7 @@ ap.add_argument("--plain", action="store_true")
 ap.add_argument("--overlap", action="store_true")
 ap.add_argument("--bucket-mb", type=float, default=25)
 ap.add_argument("--tag", default=None)
+ap.add_argument("--sync-bn", action="store_true", help="convert_sync_batchnorm (not with --plain)")
 args = ap.parse_args()
 dt = np.dtype(args.dtype)
 
@@ -64,6 +65,8 @@ else:
     if r != 0:                                  # a different init: the broadcast must fix it
         for p in model.parameters():
             p.data[...] = rng.standard_normal(p.shape)
+    if args.sync_bn:
+        dist.convert_sync_batchnorm(model)
     net = dist.DistributedDataParallel(model, bucket_cap_mb=args.bucket_mb, overlap=args.overlap)
 
 step_losses = []
@@ -89,10 +92,17 @@ while step < args.steps:
         step += 1
     epoch += 1
 
+spread = 0.0                               # replicas must hold the same parameters
+if not args.plain and size > 1:
+    mine = np.concatenate([p.data.ravel() for p in model.parameters()])
+    first = mine.copy()
+    dist._S.comm.Bcast(first, root=0)
+    spread = float(dist.allreduce(np.array([np.max(np.abs(mine - first))]), op="max")[0])
 if r == 0:
     tag = args.tag or ("plain" if args.plain else f"ranks{size}")
     sd = model.state_dict()
     np.savez(os.path.join(args.out, tag + ".npz"), losses=np.array(step_losses),
+             spread=np.array(spread),
              **{"p:" + k: v for k, v in sd.items()})
     print(f"rank 0 of {size}: {step} steps, last loss {step_losses[-1]:.6f}, "
           f"threads {fastmod.get_num_threads()}", flush=True)
