@@ -401,6 +401,17 @@ def test_fit_distributed_matches_fit(tmp_path):
             np.testing.assert_array_equal(got[k], ref[k])
 
 
+def test_fit_distributed_resumes_on_another_rank_count(tmp_path):
+    """One epoch on 2 ranks, resumed to 2 epochs on 3 ranks == 2 epochs in one process."""
+    _need_mpi()
+    _need_fit_distributed()
+    _run(0, "fit_resume.py", tmp_path, "plain")
+    _run(2, "fit_resume.py", tmp_path, "first")
+    _run(3, "fit_resume.py", tmp_path, "second")
+    np.testing.assert_allclose(np.load(tmp_path / "second.npy"), np.load(tmp_path / "plain.npy"),
+                               rtol=1e-12, atol=1e-13)
+
+
 def test_cli_train_distributed(tmp_path):
     """`mpirun -n 2 fastmod train --distributed`: one summary (rank 0), the test accuracy and
     weights of the one-process run."""
