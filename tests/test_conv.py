@@ -149,10 +149,11 @@ def test_backward_matches_reference(case, dtype, threads):
 def test_both_gemm_orientations_match_reference(case, layout, tiles, dtype, threads):
     # the kernel picks, per layer, y = W @ cols or y^T = cols^T @ W^T (and dW or dW^T), and
     # im2cols a tile of output rows at a time; force each orientation, one tile per image or
-    # one output row per tile
+    # one output row per tile (depthwise convolutions too, instead of their direct loops)
     from fastmod._kernels import conv as _k
     m, x, geo = make_case(case, dtype)
     _k.set_layouts(layout, layout)
+    _k.set_depthwise_direct(False)
     _k.set_tile_elements(1 << 40 if tiles == "one-tile" else 1)
     try:
         y = m(x)
@@ -161,6 +162,7 @@ def test_both_gemm_orientations_match_reference(case, layout, tiles, dtype, thre
     finally:
         _k.set_layouts(0, 0)
         _k.set_tile_elements(1 << 20)
+        _k.set_depthwise_direct(True)
     kw = tol(dtype, parity=True)
     np.testing.assert_allclose(y, conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data,
                                            *_ref_args(m, geo)), **kw)

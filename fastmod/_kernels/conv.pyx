@@ -126,11 +126,14 @@ cdef struct Geom:
     bint tout               # forward GEMM writes y_n^T (P, OC) into scratch, then transposes
     bint tdw                # dW partials are kept transposed, (G, K, OCg)
     int rows                # output rows per im2col tile (bounds the per-thread scratch)
+    bint dwise              # depthwise (one input channel per group): direct loops, no GEMM
 
 
 cdef inline Py_ssize_t _col_size(Geom* g) noexcept nogil:
     # per-thread scratch: the cols, then (tout) the transposed output
     cdef Py_ssize_t pt = <Py_ssize_t>g.rows * g.OW
+    if g.dwise:
+        return 1
     cdef Py_ssize_t n = 1 if g.direct else <Py_ssize_t>g.C * g.KH * g.KW * pt
     if g.tout:
         n += <Py_ssize_t>g.OC * pt
@@ -154,6 +157,13 @@ cdef int _dw_layout = LAYOUT_AUTO
 
 
 cdef Py_ssize_t _tile_elems = 1 << 20
+cdef bint _depthwise_direct = True
+
+
+def set_depthwise_direct(bint on):
+    """Use the direct depthwise loops (True, default) or im2col + GEMM (for tests / benchmarks)."""
+    global _depthwise_direct
+    _depthwise_direct = on
 
 
 def set_tile_elements(Py_ssize_t n):
@@ -190,6 +200,88 @@ cdef inline int _threads_for_batch(Geom* g) noexcept nogil:
     return nt if nt > 1 else 1
 
 
+# ---------------------------------------------------------------- depthwise: direct loops
+# With one input channel per group the GEMMs are (OCg, KH*KW) @ (KH*KW, P): tiny, one BLAS call
+# per channel, and im2col copies each input KH*KW times for 2*OCg flops per copied element.
+# Direct loops instead: for every tap, one multiply-add sweep along an output row (contiguous,
+# vectorized, for stride 1). Measured, one core, (32, 64, 16, 16) 3x3 depthwise forward: 5.9 ms
+# through im2col + GEMM vs torch 0.8 ms.
+cdef void _dw_forward_image(floating* y, const floating* x, const floating* w, const floating* b,
+                            Geom* g) noexcept nogil:
+    # y[o, oh, ow] = b[o] + sum_{kh, kw} w[o, kh, kw] x[o // OCg, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW]
+    cdef int o, oh, ow, kh, kw, ih, off, lo, hi
+    cdef floating wv
+    cdef floating* row
+    cdef const floating* xr
+    cdef const floating* xc
+    cdef const floating* wo
+    for o in range(g.OC):
+        xc = x + <Py_ssize_t>(o // g.OCg) * g.H * g.W
+        wo = w + <Py_ssize_t>o * g.KH * g.KW
+        for oh in range(g.OH):
+            row = y + (<Py_ssize_t>o * g.OH + oh) * g.OW
+            wv = b[o] if b != NULL else 0
+            for ow in range(g.OW):
+                row[ow] = wv
+            for kh in range(g.KH):
+                ih = oh * g.SH - g.PH + kh * g.DH
+                if ih < 0 or ih >= g.H:
+                    continue
+                xr = xc + <Py_ssize_t>ih * g.W
+                for kw in range(g.KW):
+                    off = kw * g.DW - g.PW
+                    _valid_range(off, g.SW, g.W, g.OW, &lo, &hi)
+                    wv = wo[kh * g.KW + kw]
+                    if g.SW == 1:
+                        for ow in range(lo, hi):
+                            row[ow] += wv * xr[ow + off]
+                    else:
+                        for ow in range(lo, hi):
+                            row[ow] += wv * xr[ow * g.SW + off]
+
+
+cdef void _dw_backward_image(floating* dx, floating* dw, const floating* dy, const floating* x,
+                             const floating* w, Geom* g, bint dw_beta, bint acc_dx) noexcept nogil:
+    # dw[o, kh, kw] (+)= sum_{oh, ow} dy[o, oh, ow] x[c, ih, iw]; dx[c, ih, iw] (+)= w[o, kh, kw] dy[o, oh, ow]
+    cdef int o, oh, ow, kh, kw, ih, off, lo, hi
+    cdef floating wv
+    cdef double acc
+    cdef const floating* row
+    cdef const floating* xr
+    cdef floating* dxr
+    cdef Py_ssize_t plane = <Py_ssize_t>g.H * g.W
+    cdef int KK = g.KH * g.KW
+    if dw != NULL and not dw_beta:
+        memset(dw, 0, <Py_ssize_t>g.OC * KK * sizeof(floating))
+    if dx != NULL and not acc_dx:
+        memset(dx, 0, <Py_ssize_t>g.C * plane * sizeof(floating))
+    for o in range(g.OC):
+        for oh in range(g.OH):
+            row = dy + (<Py_ssize_t>o * g.OH + oh) * g.OW
+            for kh in range(g.KH):
+                ih = oh * g.SH - g.PH + kh * g.DH
+                if ih < 0 or ih >= g.H:
+                    continue
+                xr = x + (o // g.OCg) * plane + <Py_ssize_t>ih * g.W
+                dxr = dx + (o // g.OCg) * plane + <Py_ssize_t>ih * g.W if dx != NULL else NULL
+                for kw in range(g.KW):
+                    off = kw * g.DW - g.PW
+                    _valid_range(off, g.SW, g.W, g.OW, &lo, &hi)
+                    if dw != NULL:
+                        acc = 0
+                        for ow in range(lo, hi):
+                            acc += row[ow] * xr[ow * g.SW + off]
+                        dw[<Py_ssize_t>o * KK + kh * g.KW + kw] += <floating>acc
+                    if dxr != NULL:
+                        wv = w[<Py_ssize_t>o * KK + kh * g.KW + kw]
+                        if g.SW == 1:
+                            for ow in range(lo, hi):
+                                dxr[ow + off] += wv * row[ow]
+                        else:
+                            for ow in range(lo, hi):
+                                dxr[ow * g.SW + off] += wv * row[ow]
+
+
 # ---------------------------------------------------------------- forward
 cdef void _forward_image(floating* y, const floating* x, const floating* w, const floating* b,
                          floating* col, Geom* g, int gemm_nt) noexcept nogil:
@@ -203,6 +295,9 @@ cdef void _forward_image(floating* y, const floating* x, const floating* w, cons
     cdef floating* yrow
     cdef floating* yt
     cdef const floating* tcol
+    if g.dwise:
+        _dw_forward_image(y, x, w, b, g)
+        return
     if b != NULL and not g.tout:
         beta = 1
         for o in range(g.OC):
@@ -285,6 +380,9 @@ cdef void _backward_image(floating* dx, floating* dw, double* db, const floating
             for p in range(g.P):
                 s += dyrow[p]
             db[o] += s
+    if g.dwise:
+        _dw_backward_image(dx, dw, dy, x, w, g, dw_beta, acc_dx)
+        return
     if dx != NULL and not acc_dx and not g.direct:
         memset(dx, 0, <Py_ssize_t>g.C * g.H * g.W * sizeof(floating))
     cdef int tile
@@ -452,8 +550,12 @@ cdef void _geom(Geom* g, cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int SH, in
     # dW 0.85-0.93 whenever K >= 216 > OC, ~1.0 for K 27
     g.tout = _pick(_fwd_layout, g.OCg < 32 and g.K >= 64 and g.OCg < g.P)
     g.tdw = _pick(_dw_layout, g.OCg < g.K)
+    g.dwise = _depthwise_direct and g.Cg == 1 and G > 1 and not g.direct
+    if g.dwise:
+        g.tout = False
+        g.tdw = False
     g.rows = g.OH
-    if not g.direct:
+    if not g.direct and not g.dwise:
         g.rows = <int>max(1, min(<Py_ssize_t>g.OH, _tile_elems // (<Py_ssize_t>g.C * g.KH * g.KW * g.OW)))
 
 
