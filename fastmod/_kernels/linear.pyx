@@ -13,8 +13,10 @@ from cython cimport floating
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 
+from cython.parallel cimport prange
+
 from fastmod._kernels._blas cimport pgemm, pgemv
-from fastmod._kernels._threads cimport num_threads
+from fastmod._kernels._threads cimport num_threads, threads_for
 
 cnp.import_array()
 
@@ -33,6 +35,19 @@ cdef void _linear_forward(floating* y, const floating* x, const floating* w, con
         pgemv(False, OUT, IN, <floating>1, w, IN, x, beta, y, nt)
     else:
         pgemm(False, True, N, OUT, IN, <floating>1, x, IN, w, IN, beta, y, OUT, nt)
+
+
+cdef void _relu_inplace(floating* y, Py_ssize_t n) noexcept nogil:
+    # y = max(y, 0) on the fresh GEMM output, as ReLU's kernel computes it (NaN -> 0, -0 -> 0)
+    cdef int nt = threads_for(n, 32768)
+    cdef Py_ssize_t c, i, chunk = (n + nt - 1) // nt, lo, hi
+    cdef floating v
+    for c in prange(nt, num_threads=nt, schedule='static'):
+        lo = c * chunk
+        hi = min(n, lo + chunk)
+        for i in range(lo, hi):
+            v = y[i]
+            y[i] = v if v > 0 else 0
 
 
 cdef void _bias_grad(floating* db, const floating* dy, Py_ssize_t N, int C, bint accumulate) noexcept nogil:
@@ -79,8 +94,8 @@ cdef inline void* _ptr(object a):
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-def linear_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b):
-    """y (N, OUT) = x (N, IN) @ w.T + b (b may be None)."""
+def linear_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b, bint relu=False):
+    """y (N, OUT) = x (N, IN) @ w.T + b (b may be None); then y = max(y, 0) when relu."""
     cdef int N = <int>cnp.PyArray_DIM(x, 0), IN = <int>cnp.PyArray_DIM(x, 1)
     cdef int OUT = <int>cnp.PyArray_DIM(w, 0)
     cdef void* py = cnp.PyArray_DATA(y)
@@ -90,9 +105,13 @@ def linear_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b):
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
         with nogil:
             _linear_forward(<float*>py, <float*>px, <float*>pw, <float*>pb, N, IN, OUT)
+            if relu:
+                _relu_inplace(<float*>py, <Py_ssize_t>N * OUT)
     else:
         with nogil:
             _linear_forward(<double*>py, <double*>px, <double*>pw, <double*>pb, N, IN, OUT)
+            if relu:
+                _relu_inplace(<double*>py, <Py_ssize_t>N * OUT)
 
 
 def linear_backward(object dx, object dw, object db, cnp.ndarray dy, cnp.ndarray x,

@@ -60,6 +60,11 @@ class Linear(Module):
         return s if self.bias is not None else s + ", bias=False"
 
     def forward(self, x):
+        return self._forward(x, False)
+
+    def _forward(self, x, relu):
+        # relu=True: ReLU applied to the output in the same kernel call (Sequential's inference
+        # path for Linear followed by ReLU; nothing is saved then, see Sequential.forward)
         w = self.weight.data
         x = self._check_dtype(x, w.dtype)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
@@ -70,12 +75,12 @@ class Linear(Module):
         shape = x.shape
         if len(shape) == 2:                         # (N, in): no reshapes (~1 us of a batch-1 call)
             y = np.empty((shape[0], self.out_features), w.dtype)
-            _k.linear_forward(y, x, w, b)
+            _k.linear_forward(y, x, w, b, relu)
             self._save(x, shape)
             return y
         x2 = x.reshape(-1, self.in_features)
         y = np.empty((x2.shape[0], self.out_features), w.dtype)
-        _k.linear_forward(y, x2, w, b)
+        _k.linear_forward(y, x2, w, b, relu)
         self._save(x2, shape)                       # x (N, in) for dW, x's shape for dx
         return y.reshape(shape[:-1] + (self.out_features,))
 
