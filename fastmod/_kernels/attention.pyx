@@ -21,18 +21,19 @@ decision is a hash of (seed, n, h, t, s) (splitmix64), so backward regenerates t
 instead of storing a second (N, H, T, S) array, and it does not depend on the thread count.
 
 The prange runs over the N*H (batch, head) pairs; each thread calls the single-threaded gemm
-and owns its scratch, so every output block is written by exactly one thread and results are
+and owns its (T, S) scratch blocks (allocated by the def wrapper, indexed by thread id), so every output block is written by exactly one thread and results are
 bit-identical at any thread count.
 """
 cimport numpy as cnp
 from cython cimport floating
-from cython.parallel cimport prange, parallel
+from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport exp, INFINITY
 from libc.stdint cimport uint64_t
-from libc.stdlib cimport malloc, free
 
 from fastmod._kernels._blas cimport gemm
-from fastmod._kernels._threads cimport threads_for
+from fastmod._kernels._threads cimport num_threads, threads_for
+
+import numpy as np
 
 cnp.import_array()
 
@@ -212,7 +213,8 @@ cdef void _attention_forward(floating* out, floating* P,
                              const floating* amask, Py_ssize_t amask_stride, const floating* kpm,
                              int N, int H, int T, int S, int D,
                              int ldq, int ldk, int ldv, int ldo, floating scale, bint causal,
-                             double drop_p, uint64_t seed) noexcept nogil:
+                             double drop_p, uint64_t seed, floating* work,
+                             Py_ssize_t work_stride, int max_threads) noexcept nogil:
     cdef Py_ssize_t NH = <Py_ssize_t>N * H, TS = <Py_ssize_t>T * S
     cdef Py_ssize_t bh, n, h, t
     cdef int nt = threads_for(NH * TS * D, GRAIN)
@@ -224,9 +226,11 @@ cdef void _attention_forward(floating* out, floating* P,
     cdef floating* pd
     if nt > NH:
         nt = <int>NH
+    if nt > max_threads:
+        nt = max_threads
     with parallel(num_threads=nt):
-        # per thread: the scores when P is not kept, and the dropped-out probabilities
-        scratch = <floating*>malloc(2 * TS * sizeof(floating))
+        # this thread's (T, S) blocks: the scores when P is not kept, the dropped-out probabilities
+        scratch = work + threadid() * work_stride
         for bh in prange(NH, schedule='static'):
             n = bh // H
             h = bh % H
@@ -241,21 +245,21 @@ cdef void _attention_forward(floating* out, floating* P,
                              S, min(t + 1, S) if causal else S)
             pd = pp
             if drop:
-                pd = scratch + TS
+                pd = scratch + (TS if P == NULL else 0)
                 for t in range(T):
                     _dropout_row(pd + t * S, pp + t * S, S, seed, <uint64_t>(bh * TS + t * S),
                                  thr, inv_keep)
             # O_h (T, D) = P (T, S) @ V_h (S, D), written into the heads' concatenation
             gemm(False, False, T, D, S, <floating>1, pd, S, v + n * S * ldv + h * D, ldv,
                  <floating>0, out + n * T * ldo + h * D, ldo)
-        free(scratch)
 
 
 cdef void _attention_backward(floating* dq, floating* dk, floating* dv, const floating* dout,
                               const floating* P, const floating* q, const floating* k,
                               const floating* v, int N, int H, int T, int S, int D,
                               int ldq, int ldk, int ldv, int ldo, floating scale,
-                              double drop_p, uint64_t seed) noexcept nogil:
+                              double drop_p, uint64_t seed, floating* work,
+                              Py_ssize_t work_stride, int max_threads) noexcept nogil:
     cdef Py_ssize_t NH = <Py_ssize_t>N * H, TS = <Py_ssize_t>T * S
     cdef Py_ssize_t bh, n, h, t, s
     cdef int nt = threads_for(NH * TS * D, GRAIN)
@@ -272,8 +276,10 @@ cdef void _attention_backward(floating* dq, floating* dk, floating* dv, const fl
     cdef double dot
     if nt > NH:
         nt = <int>NH
+    if nt > max_threads:
+        nt = max_threads
     with parallel(num_threads=nt):
-        scratch = <floating*>malloc(2 * TS * sizeof(floating))
+        scratch = work + threadid() * work_stride      # this thread's dP (and dropout) blocks
         for bh in prange(NH, schedule='static'):
             n = bh // H
             h = bh % H
@@ -317,11 +323,19 @@ cdef void _attention_backward(floating* dq, floating* dk, floating* dv, const fl
             # dK_h (S, D) = scale * dS^T (S, T) @ Q_h (T, D)
             gemm(True, False, S, D, T, scale, dp, S, q + n * T * ldq + h * D, ldq,
                  <floating>0, dk + n * S * ldk + h * D, ldk)
-        free(scratch)
 
 
 cdef inline void* _ptr(object a):
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef object _scratch(int blocks, Py_ssize_t TS, int nthreads, cnp.ndarray like):
+    """(nthreads * blocks * TS,) scratch of like's dtype, or None when no block is needed.
+    Allocated here (not malloc'd inside the kernel) so that running out of memory is a
+    MemoryError, never a NULL pointer in a thread."""
+    if blocks == 0:
+        return None
+    return np.empty(<Py_ssize_t>nthreads * blocks * TS, dtype=like.dtype)
 
 
 def attention_forward(cnp.ndarray out, object P, cnp.ndarray q, cnp.ndarray k, cnp.ndarray v,
@@ -331,6 +345,13 @@ def attention_forward(cnp.ndarray out, object P, cnp.ndarray q, cnp.ndarray k, c
     """out = softmax(scale * Q K^T + masks) V per (batch, head); P (N, H, T, S) keeps the
     probabilities (None: not kept). q, k, v, out may be views into larger arrays: pass the
     arrays whose data pointer is the first element, with their row strides ld*."""
+    cdef Py_ssize_t TS = <Py_ssize_t>T * S
+    cdef int nthreads = num_threads()
+    # per thread: a (T, S) block for the scores when P is not kept, one for dropout
+    cdef int blocks = (1 if P is None else 0) + (1 if drop_p > 0 else 0)
+    work = _scratch(blocks, TS, nthreads, q)
+    cdef void* pw = _ptr(work)
+    cdef Py_ssize_t ws = blocks * TS
     cdef void* po = cnp.PyArray_DATA(out)
     cdef void* pP = _ptr(P)
     cdef void* pq = cnp.PyArray_DATA(q)
@@ -342,12 +363,14 @@ def attention_forward(cnp.ndarray out, object P, cnp.ndarray q, cnp.ndarray k, c
         with nogil:
             _attention_forward(<float*>po, <float*>pP, <float*>pq, <float*>pk, <float*>pv,
                                <float*>pam, amask_stride, <float*>pkm, N, H, T, S, D,
-                               ldq, ldk, ldv, ldo, <float>scale, causal, drop_p, seed)
+                               ldq, ldk, ldv, ldo, <float>scale, causal, drop_p, seed,
+                               <float*>pw, ws, nthreads)
     else:
         with nogil:
             _attention_forward(<double*>po, <double*>pP, <double*>pq, <double*>pk, <double*>pv,
                                <double*>pam, amask_stride, <double*>pkm, N, H, T, S, D,
-                               ldq, ldk, ldv, ldo, scale, causal, drop_p, seed)
+                               ldq, ldk, ldv, ldo, scale, causal, drop_p, seed,
+                               <double*>pw, ws, nthreads)
 
 
 def attention_backward(cnp.ndarray dq, cnp.ndarray dk, cnp.ndarray dv, cnp.ndarray dout,
@@ -355,6 +378,13 @@ def attention_backward(cnp.ndarray dq, cnp.ndarray dk, cnp.ndarray dv, cnp.ndarr
                        int N, int H, int T, int S, int D, int ldq, int ldk, int ldv, int ldo,
                        double scale, double drop_p, uint64_t seed):
     """dq, dk, dv (layouts of q, k, v; overwritten) from dout (layout of out) and the saved P."""
+    cdef Py_ssize_t TS = <Py_ssize_t>T * S
+    cdef int nthreads = num_threads()
+    # per thread: a (T, S) block for dP, one for the dropped-out probabilities
+    cdef int blocks = 1 + (1 if drop_p > 0 else 0)
+    work = _scratch(blocks, TS, nthreads, q)
+    cdef void* pw = _ptr(work)
+    cdef Py_ssize_t ws = blocks * TS
     cdef void* pdq = cnp.PyArray_DATA(dq)
     cdef void* pdk = cnp.PyArray_DATA(dk)
     cdef void* pdv = cnp.PyArray_DATA(dv)
@@ -367,9 +397,11 @@ def attention_backward(cnp.ndarray dq, cnp.ndarray dk, cnp.ndarray dv, cnp.ndarr
         with nogil:
             _attention_backward(<float*>pdq, <float*>pdk, <float*>pdv, <float*>pdo, <float*>pP,
                                 <float*>pq, <float*>pk, <float*>pv, N, H, T, S, D,
-                                ldq, ldk, ldv, ldo, <float>scale, drop_p, seed)
+                                ldq, ldk, ldv, ldo, <float>scale, drop_p, seed,
+                                <float*>pw, ws, nthreads)
     else:
         with nogil:
             _attention_backward(<double*>pdq, <double*>pdk, <double*>pdv, <double*>pdo,
                                 <double*>pP, <double*>pq, <double*>pk, <double*>pv, N, H, T, S, D,
-                                ldq, ldk, ldv, ldo, scale, drop_p, seed)
+                                ldq, ldk, ldv, ldo, scale, drop_p, seed,
+                                <double*>pw, ws, nthreads)
