@@ -268,10 +268,19 @@ def main(argv=None):
         ap.error(f"unknown workloads {unknown}; choose from {list(W.WORKLOADS)}")
     modes = [m.strip() for m in args.modes.split(",")]
 
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = None
+    if load is not None and load > 0.5 * (os.cpu_count() or 1):
+        print(f"WARNING: load average {load:.1f} on {os.cpu_count()} cores. Other processes take the "
+              f"cores; multi-threaded timings then measure the scheduler (an OpenMP barrier waits "
+              f"for a descheduled thread). Ratios stay comparable; absolute times do not. "
+              f"See bench/README.md.")
     print(f"fastmod {fastmod.__version__} | torch {torch.__version__ if torch else '-'} | "
           f"numpy {np.__version__} | {platform.processor() or platform.machine()} | threads {threads} | "
           f"repeats {repeats} x ~{min_time * 1e3:.0f} ms, interleaved, median")
-    result = {"threads": threads, "repeats": repeats, "min_time": min_time,
+    result = {"threads": threads, "repeats": repeats, "min_time": min_time, "loadavg": load,
               "versions": {"fastmod": fastmod.__version__, "numpy": np.__version__,
                            "torch": torch.__version__ if torch else None,
                            "python": platform.python_version()},
