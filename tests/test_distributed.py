@@ -103,6 +103,18 @@ def test_default_threads_split_the_cores_among_the_ranks(monkeypatch):
     assert dist.default_threads(4) == 2
 
 
+def test_fit_helper_rejects_a_global_batch_smaller_than_the_ranks():
+    h = dist.FitHelper.__new__(dist.FitHelper)        # no MPI: only the arithmetic
+    h.size, h.rank = 3, 1
+    h.check_batches(100, 24, False)                   # last batch 4 >= 3 ranks
+    h.check_batches(98, 24, True)                     # the tail of 2 is dropped
+    with pytest.raises(ValueError, match="at least 3 samples, but one has 2.*drop_last=True"):
+        h.check_batches(98, 24, False)
+    with pytest.raises(ValueError, match="at least 3 samples, but one has 2"):
+        h.check_batches(98, 2, True)
+    np.testing.assert_array_equal(h.shard(np.arange(10)), [1, 4, 7])
+
+
 def _bn_reference(x, w, b, eps=1e-5):
     ax = (0,) + tuple(range(2, x.ndim))
     shp = (1, -1) + (1,) * (x.ndim - 2)
