@@ -721,7 +721,6 @@ class SyncBatchNorm(Module):
         comm = self._comm()
         if comm is None or comm.Get_size() == 1:
             return mean, m2 / m, m, m
-        MPI = _mpi()
         mine = np.concatenate(([float(m)], mean, m2))
         allp = np.empty((comm.Get_size(), mine.size), np.float64)
         with _guard("Allgather(SyncBatchNorm statistics)"):
@@ -736,7 +735,6 @@ class SyncBatchNorm(Module):
             mean_a = mean_a + delta * (n_b / n_ab)
             m2_a = m2_a + m2_b + delta * delta * (n_a * n_b / n_ab)
             n_a = n_ab
-        del MPI
         return mean_a, m2_a / n_a, m, int(n_a)
 
     def _update_running(self, mean, var, M):

@@ -57,14 +57,13 @@ def test_sampler_shards_like_torch(n, R, drop_last):
 
 
 def test_sampler_matches_torch_distributed_sampler_layout():
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from torch.utils.data import DistributedSampler as TDS
     for n, R, drop in [(10, 3, False), (10, 3, True), (5, 8, False)]:
         for r in range(R):
             t = list(TDS(range(n), num_replicas=R, rank=r, shuffle=False, drop_last=drop))
             f = list(DistributedSampler(n, R, r, shuffle=False, drop_last=drop))
             assert t == f
-    del torch
 
 
 def test_sampler_epochs_and_local_batches_reassemble_the_global_batch():

@@ -7,7 +7,6 @@ the final weights to OUT/<tag>.npz (rank 0). tests/test_distributed.py compares 
 """
 import argparse
 import os
-import sys
 
 import numpy as np
 
@@ -51,8 +50,6 @@ else:
     layers += [conv(8, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(128, 5)]
     model = nn.Sequential(*layers)
 model.astype(dt)
-if not args.plain and fastmod.get_num_threads() != 1:
-    pass
 crit = losses.CrossEntropyLoss()
 opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
