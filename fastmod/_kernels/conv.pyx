@@ -31,6 +31,7 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
 from fastmod._kernels._blas cimport gemm, pgemm
+from fastmod._kernels._planes cimport sum_contig
 from fastmod._kernels._threads cimport num_threads
 
 cnp.import_array()
@@ -375,11 +376,7 @@ cdef void _backward_image(floating* dx, floating* dw, double* db, const floating
     cdef floating beta
     if db != NULL:
         for o in range(g.OC):
-            dyrow = dy + <Py_ssize_t>o * g.P
-            s = 0
-            for p in range(g.P):
-                s += dyrow[p]
-            db[o] += s
+            db[o] += sum_contig(dy + <Py_ssize_t>o * g.P, g.P)
     if g.dwise:
         _dw_backward_image(dx, dw, dy, x, w, g, dw_beta, acc_dx)
         return

@@ -14,6 +14,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.string cimport memset
 
+from fastmod._kernels._planes cimport sum_contig
 from fastmod._kernels._threads cimport threads_for
 
 cnp.import_array()
@@ -247,8 +248,7 @@ cdef void _adaptive_plane(floating* y, floating* dx, const floating* x, const fl
             else:
                 s = 0
                 for h in range(h0, h1):
-                    for w in range(w0, w1):
-                        s += x[h * W + w]
+                    s += sum_contig(x + h * W + w0, w1 - w0)
                 y[i * OW + j] = <floating>(s * scale)
 
 
