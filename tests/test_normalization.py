@@ -657,6 +657,12 @@ def test_batchnorm_training_needs_more_than_one_value_per_channel(torch):
             tm(torch.from_numpy(x))
         if m.track_running_stats:
             assert int(m.num_batches_tracked) == 0          # nothing was updated
+    # eval without running statistics uses batch statistics: torch raises there too
+    m = nn.BatchNorm1d(3, track_running_stats=False).eval()
+    with pytest.raises(ValueError, match="(?i)expected more than 1 value per channel"):
+        m(np.ones((1, 3), np.float32))
+    with pytest.raises(ValueError, match="(?i)expected more than 1 value per channel"):
+        torch.nn.BatchNorm1d(3, track_running_stats=False).eval()(torch.ones(1, 3))
     assert nn.BatchNorm1d(3)(np.ones((1, 3, 2), np.float32)).shape == (1, 3, 2)   # N*L = 2
     assert nn.GroupNorm(1, 1)(np.ones((1, 1), np.float32)).shape == (1, 1)         # GN is fine
 

@@ -217,9 +217,9 @@ class _BatchNorm(Module):
         # torch: batch statistics when training, or when there are no running ones
         batch_stats = self.training or self.running_mean is None
         update = self.training and self.track_running_stats
-        if batch_stats and n * s == 1 and self.training:
+        if batch_stats and n * s == 1:      # torch raises here too (eval without running stats)
             raise ValueError(f"{self._short_repr()}: expected more than 1 value per channel "
-                             f"when training, got input of shape {x.shape}")
+                             f"when using batch statistics, got input of shape {x.shape}")
         factor = 0.0
         if update:
             self.num_batches_tracked += 1
