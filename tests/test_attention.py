@@ -70,6 +70,18 @@ def test_cross_attention_matches_reference(dtype, rng):
     np.testing.assert_allclose(m(x, kx, vx), ref, **tol(dtype, parity=True))
 
 
+def test_attention_weights_match_reference(dtype, rng):
+    """The fused softmax (a polynomial exp for float32) against float64 NumPy, per head."""
+    m = nn.MultiheadAttention(E, H, dtype=dtype)
+    x = (2 * rng.standard_normal((N, 37, E))).astype(dtype)     # 37: vector body + tail
+    mask = np.where(rng.random((37, 37)) < 0.3, -np.inf, rng.standard_normal((37, 37)))
+    mask[:, 0] = 0
+    _, w = m(x, attn_mask=mask.astype(dtype), need_weights=True, average_attn_weights=False)
+    _, p = ref_mha(x, x, x, *_params(m), H, mask=mask)
+    np.testing.assert_allclose(w, p, **tol(dtype, parity=True))
+    assert not w[..., mask == -np.inf].any()
+
+
 def test_init_like_torch():
     m = nn.MultiheadAttention(64, 8)
     bound = math.sqrt(6.0 / (64 + 3 * 64))
