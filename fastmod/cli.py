@@ -380,7 +380,13 @@ def _check_hyper(config):
 
 # ------------------------------------------------------------------------------ bench
 def _compare_script():
+    """bench/compare.py of the source tree fastmod runs from (an editable install), else of the
+    current directory (a checkout next to a regular install)."""
     here = os.path.dirname(os.path.abspath(__file__))
+    for root in (os.path.dirname(here), os.getcwd()):
+        path = os.path.join(root, "bench", "compare.py")
+        if os.path.isfile(path):
+            return path
     return os.path.join(os.path.dirname(here), "bench", "compare.py")
 
 
