@@ -24,6 +24,83 @@ cdef enum:
 
 KIND = {"relu": RELU, "sigmoid": SIGMOID, "tanh": TANH, "gelu": GELU, "gelu_tanh": GELU_TANH}
 
+
+# float32 GELU in C with AVX2 + FMA (scalar fallback): glibc's scalar erff/expf made GELU
+# forward + backward ~7x slower than torch's vectorized one on (16, 64, 1024).
+# erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), exp(-u) (u >= 0) by a Cephes polynomial.
+cdef extern from *:
+    """
+    #include <math.h>
+    #if defined(__AVX2__) && defined(__FMA__)
+    #include <immintrin.h>
+    static inline __m256 fma_exp8_nonpos(__m256 x) {
+        __m256 t = _mm256_max_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _mm256_set1_ps(-126.0f));
+        __m256i n = _mm256_sub_epi32(_mm256_cvttps_epi32(_mm256_add_ps(t, _mm256_set1_ps(126.5f))), _mm256_set1_epi32(126));
+        __m256 fn = _mm256_cvtepi32_ps(n);
+        __m256 r = _mm256_fnmadd_ps(fn, _mm256_set1_ps(0.693359375f), x);
+        r = _mm256_fnmadd_ps(fn, _mm256_set1_ps(-2.12194440e-4f), r);
+        __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+        y = _mm256_fmadd_ps(_mm256_mul_ps(y, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+        __m256 p2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23));
+        return _mm256_and_ps(_mm256_mul_ps(y, p2), _mm256_cmp_ps(x, _mm256_set1_ps(-87.33f), _CMP_GE_OQ));
+    }
+    /* erf(z) and exp(-z^2) together */
+    static inline __m256 fma_erf8(__m256 z, __m256* e_out) {
+        __m256 sign = _mm256_and_ps(z, _mm256_set1_ps(-0.0f));
+        __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), z);
+        __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), a, _mm256_set1_ps(1.0f)));
+        __m256 p = _mm256_set1_ps(1.061405429f);
+        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.453152027f));
+        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.421413741f));
+        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.284496736f));
+        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.254829592f));
+        p = _mm256_mul_ps(p, t);
+        __m256 e = fma_exp8_nonpos(_mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), a), a));
+        *e_out = e;
+        return _mm256_or_ps(sign, _mm256_fnmadd_ps(p, e, _mm256_set1_ps(1.0f)));
+    }
+    #define FMA_HAVE_AVX2 1
+    #else
+    #define FMA_HAVE_AVX2 0
+    #endif
+    /* returns how many leading elements were done (a multiple of 8); the caller does the rest */
+    static Py_ssize_t fma_gelu_fwd_f32(float* y, const float* x, Py_ssize_t lo, Py_ssize_t hi) {
+        Py_ssize_t i = lo;
+    #if FMA_HAVE_AVX2
+        __m256 e;
+        for (; i + 8 <= hi; i += 8) {
+            __m256 v = _mm256_loadu_ps(x + i);
+            __m256 er = fma_erf8(_mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752f)), &e);
+            _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v),
+                                                  _mm256_add_ps(_mm256_set1_ps(1.0f), er)));
+        }
+    #endif
+        return i;
+    }
+    static Py_ssize_t fma_gelu_bwd_f32(float* dx, const float* dy, const float* x, Py_ssize_t lo, Py_ssize_t hi) {
+        Py_ssize_t i = lo;
+    #if FMA_HAVE_AVX2
+        __m256 e;
+        for (; i + 8 <= hi; i += 8) {
+            __m256 v = _mm256_loadu_ps(x + i);
+            __m256 er = fma_erf8(_mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752f)), &e);
+            /* Phi(x) + x phi(x), phi(x) = exp(-x^2/2) / sqrt(2 pi) = e / sqrt(2 pi) */
+            __m256 d = _mm256_fmadd_ps(_mm256_mul_ps(v, _mm256_set1_ps(0.39894228040143268f)), e,
+                                       _mm256_mul_ps(_mm256_set1_ps(0.5f), _mm256_add_ps(_mm256_set1_ps(1.0f), er)));
+            _mm256_storeu_ps(dx + i, _mm256_mul_ps(_mm256_loadu_ps(dy + i), d));
+        }
+    #endif
+        return i;
+    }
+    """
+    Py_ssize_t fma_gelu_fwd_f32(float* y, const float* x, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil
+    Py_ssize_t fma_gelu_bwd_f32(float* dx, const float* dy, const float* x, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil
+
 cdef double SQRT1_2 = 0.70710678118654752440       # 1/sqrt(2)
 cdef double INV_SQRT_2PI = 0.39894228040143267794  # 1/sqrt(2 pi)
 cdef double SQRT_2_PI = 0.79788456080286535588     # sqrt(2/pi)
@@ -82,6 +159,8 @@ cdef void _forward_range(int kind, floating* y, const floating* x,
         for i in range(lo, hi):
             y[i] = _tanh(x[i])
     elif kind == GELU:
+        if floating is float:
+            lo = fma_gelu_fwd_f32(y, x, lo, hi)
         for i in range(lo, hi):
             v = x[i]
             y[i] = <floating>0.5 * v * (1 + _erf(v * <floating>SQRT1_2))
@@ -110,6 +189,8 @@ cdef void _backward_range(int kind, floating* dx, const floating* dy, const floa
             dx[i] = dy[i] * (1 - t * t)
     elif kind == GELU:
         # d/dx x Phi(x) = Phi(x) + x phi(x)
+        if floating is float:
+            lo = fma_gelu_bwd_f32(dx, dy, x, lo, hi)
         for i in range(lo, hi):
             v = x[i]
             dx[i] = dy[i] * (<floating>0.5 * (1 + _erf(v * <floating>SQRT1_2))
