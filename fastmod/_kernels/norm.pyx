@@ -43,6 +43,9 @@ cdef extern from *:
        (n % 8 values): every call gives the same bits. Other compilers: plain loops. */
     #include <string.h>
     #if defined(__GNUC__) || defined(__clang__)
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC diagnostic ignored "-Wpsabi"   /* static inline only: no ABI crosses a call */
+    #endif
     typedef double fm_d4 __attribute__((vector_size(32)));
     typedef float fm_f4 __attribute__((vector_size(16)));
     #if defined(__AVX__)
