@@ -146,9 +146,15 @@ def build_optimizer(name, params, lr, weight_decay):
 
 
 def build_scheduler(optimizer, total_steps):
-    """Cosine decay of the learning rate over the whole run, stepped every minibatch."""
-    from fastmod.optim.lr_scheduler import CosineAnnealingLR
-    return CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    """Cosine decay of the learning rate from lr to 0 over the whole run, stepped every
+    minibatch: lr * (1 + cos(pi * step / total_steps)) / 2 (CosineAnnealingLR's formula).
+
+    A LambdaLR keeps the horizon out of the checkpoint, so a run resumed with a larger
+    --epochs follows the cosine of its new length (down to 0 at its new end) instead of the
+    old cosine continuing upwards past its end."""
+    from fastmod.optim.lr_scheduler import LambdaLR
+    total = max(1, total_steps)
+    return LambdaLR(optimizer, lambda step: (1 + math.cos(math.pi * min(step, total) / total)) / 2)
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -323,7 +329,12 @@ def cmd_train(args):
          + (f" wd {config['weight_decay']:g}" if config["weight_decay"] else "")
          + f", {_threads_text(ranks)}")
     if args.resume:
-        _out(f"resuming from {args.resume}")
+        from fastmod.training import read_fit_state
+        done = (read_fit_state(ckpt) or {}).get("epoch", 0)
+        _out(f"resuming from {args.resume} (after {done} of {config['epochs']} epochs)")
+        if done >= config["epochs"]:
+            _note(f"note: the run already has its {config['epochs']} epochs; pass a larger "
+                  "--epochs to train further")
         if config.get("threads") not in (None, fastmod.get_num_threads()):
             _note(f"note: the run used {config['threads']} threads and resumes with "
                   f"{fastmod.get_num_threads()}: results agree within float tolerance, "
@@ -436,7 +447,7 @@ def make_parser():
                          "with --resume, the checkpoint's directory)")
     tr.add_argument("--resume", metavar="CKPT", default=None,
                     help="continue a run from its checkpoint (exactly as if uninterrupted; "
-                         "--epochs may extend it)")
+                         "a larger --epochs extends it, stretching the cosine schedule)")
     tr.add_argument("--eval-only", metavar="CKPT", default=None,
                     help="only evaluate a checkpoint on the test set")
     tr.add_argument("--data", metavar="PATH", default=None,

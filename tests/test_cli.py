@@ -143,8 +143,10 @@ def test_resume_can_extend_and_ignores_other_settings(tmp_path, capsys):
     code, out, err = run(capsys, "train", "--resume", ck, "--epochs", "2", "--lr", "0.5",
                          "--no-progress")
     assert code == 0, err
-    assert "ignoring --lr" in err
-    assert json.load(open(os.path.join(d, "history.json")))["history"]["epoch"] == [1, 2]
+    assert "ignoring --lr" in err and "after 1 of 2 epochs" in out
+    h = json.load(open(os.path.join(d, "history.json")))["history"]
+    assert h["epoch"] == [1, 2]
+    assert h["lr"][0] > 0 and abs(h["lr"][-1]) < 1e-12     # the cosine, stretched, ends at 0
 
 
 # ------------------------------------------------------------------------------ user data
