@@ -155,6 +155,7 @@ def test_both_gemm_orientations_match_reference(case, layout, tiles, dtype, thre
     _k.set_layouts(layout, layout)
     _k.set_depthwise_direct(False)
     _k.set_dx_as_conv(layout == 2, force=True)     # stride-1 dx: col2im (plain) or a conv of dy
+    _k.set_forward_shifted(2 if layout == 2 else 1)  # stride-1 forward: per-tap GEMMs or im2col
     _k.set_tile_elements(1 << 40 if tiles == "one-tile" else 1)
     try:
         y = m(x)
@@ -165,6 +166,7 @@ def test_both_gemm_orientations_match_reference(case, layout, tiles, dtype, thre
         _k.set_tile_elements(1 << 20)
         _k.set_depthwise_direct(True)
         _k.set_dx_as_conv(True)
+        _k.set_forward_shifted(0)
     kw = tol(dtype, parity=True)
     np.testing.assert_allclose(y, conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data,
                                            *_ref_args(m, geo)), **kw)
