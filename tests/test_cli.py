@@ -140,13 +140,16 @@ def test_resume_can_extend_and_ignores_other_settings(tmp_path, capsys):
     d = str(tmp_path / "r")
     assert run(capsys, "train", "--model", "mlp", "--epochs", "1", "--no-progress", "--out", d)[0] == 0
     ck = os.path.join(d, "checkpoint.npz")
+    before = _state(ck)[0]
     code, out, err = run(capsys, "train", "--resume", ck, "--epochs", "2", "--lr", "0.5",
                          "--no-progress")
     assert code == 0, err
     assert "ignoring --lr" in err and "after 1 of 2 epochs" in out
     h = json.load(open(os.path.join(d, "history.json")))["history"]
     assert h["epoch"] == [1, 2]
-    assert h["lr"][0] > 0 and abs(h["lr"][-1]) < 1e-12     # the cosine, stretched, ends at 0
+    assert abs(h["lr"][-1]) < 1e-12                  # the cosine, stretched, ends at 0 ...
+    after = _state(ck)[0]                            # ... and epoch 2 did train
+    assert any(not np.array_equal(before[k], after[k]) for k in before)
 
 
 # ------------------------------------------------------------------------------ user data
