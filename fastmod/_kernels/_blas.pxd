@@ -58,6 +58,42 @@ cdef inline int _pgemm_threads(int m, int n, int k, int nt) noexcept nogil:
     return nt
 
 
+cdef inline int pgemm_plan(int m, int n, int k, int nt, int* chunk) noexcept nogil:
+    """How many blocks pgemm splits C (m, n) into at `nt` threads (1 = one plain GEMM) and, in
+    chunk, the rows (m >= n) or columns (m < n) per block: the one partition both pgemm and
+    callers that run several GEMMs in one parallel region (pgemm_block) use."""
+    cdef int parts = m if m >= n else n, c
+    nt = _pgemm_threads(m, n, k, nt)
+    chunk[0] = parts
+    if nt <= 1:
+        return 1
+    c = (parts + nt - 1) // nt
+    c = ((c + PGEMM_ALIGN - 1) // PGEMM_ALIGN) * PGEMM_ALIGN
+    chunk[0] = c
+    return (parts + c - 1) // c
+
+
+cdef inline void pgemm_block(int t, int chunk, bint trans_a, bint trans_b, int m, int n, int k,
+                             floating alpha, const floating* a, int lda,
+                             const floating* b, int ldb,
+                             floating beta, floating* c, int ldc) noexcept nogil:
+    """Block t of the partition pgemm_plan gave (chunk rows when m >= n, else chunk columns),
+    as one single-threaded GEMM."""
+    cdef bint by_rows = m >= n
+    cdef int parts = m if by_rows else n
+    cdef int lo = t * chunk, hi = min(parts, lo + chunk)
+    if lo >= hi:
+        return
+    if by_rows:
+        gemm(trans_a, trans_b, hi - lo, n, k, alpha,
+             a + (lo if trans_a else <Py_ssize_t>lo * lda), lda, b, ldb,
+             beta, c + <Py_ssize_t>lo * ldc, ldc)
+    else:
+        gemm(trans_a, trans_b, m, hi - lo, k, alpha, a, lda,
+             b + (<Py_ssize_t>lo * ldb if trans_b else lo), ldb,
+             beta, c + lo, ldc)
+
+
 cdef inline void pgemm(bint trans_a, bint trans_b, int m, int n, int k,
                        floating alpha, const floating* a, int lda,
                        const floating* b, int ldb,
@@ -65,29 +101,13 @@ cdef inline void pgemm(bint trans_a, bint trans_b, int m, int n, int k,
     """gemm() with C split into `nt` blocks (by rows when m >= n, else by columns), one per
     OpenMP thread, each a single-threaded BLAS call. Same blocks for the same nt: results are
     reproducible at a fixed thread count."""
-    cdef int t, lo, hi, chunk, parts
-    cdef bint by_rows = m >= n
-    nt = _pgemm_threads(m, n, k, nt)
-    parts = m if by_rows else n
-    if nt > 1:
-        chunk = (parts + nt - 1) // nt
-        chunk = ((chunk + PGEMM_ALIGN - 1) // PGEMM_ALIGN) * PGEMM_ALIGN
-        nt = (parts + chunk - 1) // chunk
-    if nt <= 1:
+    cdef int t, chunk
+    cdef int nb = pgemm_plan(m, n, k, nt, &chunk)
+    if nb <= 1:
         gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         return
-    for t in prange(nt, num_threads=nt, schedule='static'):
-        lo = t * chunk
-        hi = min(parts, lo + chunk)
-        if lo < hi:
-            if by_rows:
-                gemm(trans_a, trans_b, hi - lo, n, k, alpha,
-                     a + (lo if trans_a else <Py_ssize_t>lo * lda), lda, b, ldb,
-                     beta, c + <Py_ssize_t>lo * ldc, ldc)
-            else:
-                gemm(trans_a, trans_b, m, hi - lo, k, alpha, a, lda,
-                     b + (<Py_ssize_t>lo * ldb if trans_b else lo), ldb,
-                     beta, c + lo, ldc)
+    for t in prange(nb, num_threads=nb, schedule='static'):
+        pgemm_block(t, chunk, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
 
 cdef inline void pgemv(bint trans_a, int m, int n, floating alpha, const floating* a, int lda,

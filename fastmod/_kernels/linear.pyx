@@ -15,7 +15,7 @@ from libc.string cimport memcpy
 
 from cython.parallel cimport prange
 
-from fastmod._kernels._blas cimport pgemm, pgemv
+from fastmod._kernels._blas cimport gemm, pgemm, pgemv, pgemm_plan, pgemm_block
 from fastmod._kernels._threads cimport num_threads, threads_for
 
 cnp.import_array()
@@ -50,24 +50,30 @@ cdef void _relu_inplace(floating* y, Py_ssize_t n) noexcept nogil:
             y[i] = v if v > 0 else 0
 
 
-cdef void _bias_grad(floating* db, const floating* dy, Py_ssize_t N, int C, bint accumulate) noexcept nogil:
-    # db (C,) (+)= sum over rows of dy (N, C); summed in double so long batches keep precision
-    cdef double* acc = <double*>malloc(C * sizeof(double))
+cdef void _bias_grad(floating* db, const floating* dy, Py_ssize_t N, int C, bint accumulate,
+                     int lo=0, int hi=-1) noexcept nogil:
+    # db[lo:hi] (+)= dy[:, lo:hi] (dy (N, C)) summed over rows, in double so long batches keep
+    # precision; each column's sum runs in the same order whatever the column range
+    if hi < 0:
+        hi = C
+    if lo >= hi:
+        return
+    cdef double* acc = <double*>malloc((hi - lo) * sizeof(double))
     cdef Py_ssize_t n
-    cdef int c
+    cdef int c, w = hi - lo
     cdef const floating* row
-    for c in range(C):
+    for c in range(w):
         acc[c] = 0
     for n in range(N):
-        row = dy + n * C
-        for c in range(C):
+        row = dy + n * C + lo
+        for c in range(w):
             acc[c] += row[c]
     if accumulate:
-        for c in range(C):
-            db[c] = <floating>(db[c] + acc[c])
+        for c in range(w):
+            db[lo + c] = <floating>(db[lo + c] + acc[c])
     else:
-        for c in range(C):
-            db[c] = <floating>acc[c]
+        for c in range(w):
+            db[lo + c] = <floating>acc[c]
     free(acc)
 
 
@@ -75,19 +81,47 @@ cdef void _linear_backward(floating* dx, floating* dw, floating* db,
                            const floating* dy, const floating* x, const floating* w,
                            int N, int IN, int OUT, bint acc_w, bint acc_b) noexcept nogil:
     cdef int nt = num_threads()
-    # dW (OUT, IN) (+)= dy.T (OUT, N) @ x (N, IN)
-    if dw != NULL:
-        pgemm(True, False, OUT, IN, N, <floating>1, dy, OUT, x, IN,
-              <floating>(1 if acc_w else 0), dw, IN, nt)
-    # db (OUT,) (+)= dy summed over rows
-    if db != NULL:
-        _bias_grad(db, dy, N, OUT, acc_b)
-    # dx (N, IN) = dy (N, OUT) @ W (OUT, IN)
-    if dx != NULL:
-        if N == 1:
+    cdef int t, cw = 0, cx = 0, cb, nbw = 0, nbx = 0, nbb = 0, nreg
+    cdef floating beta_w = <floating>(1 if acc_w else 0)
+    if N == 1:
+        # batch 1: dW and db are outer products / copies, dx a GEMV
+        if dw != NULL:
+            pgemm(True, False, OUT, IN, N, <floating>1, dy, OUT, x, IN, beta_w, dw, IN, nt)
+        if db != NULL:
+            _bias_grad(db, dy, N, OUT, acc_b)
+        if dx != NULL:
             pgemv(True, OUT, IN, <floating>1, w, IN, dy, <floating>0, dx, nt)
-        else:
-            pgemm(False, False, N, IN, OUT, <floating>1, dy, OUT, w, IN, <floating>0, dx, IN, nt)
+        return
+    # dW (OUT, IN) (+)= dy.T (OUT, N) @ x (N, IN); dx (N, IN) = dy (N, OUT) @ W (OUT, IN);
+    # db (OUT,) (+)= dy summed over rows. All three run in ONE parallel region: thread t
+    # computes block t of dW and of dx (the blocks pgemm would use: same results) and a
+    # column range of db -- one fork/join instead of two per Linear backward.
+    if dw != NULL:
+        nbw = pgemm_plan(OUT, IN, N, nt, &cw)
+    if dx != NULL:
+        nbx = pgemm_plan(N, IN, OUT, nt, &cx)
+    nreg = max(nbw, nbx)
+    if db != NULL:
+        nbb = min(nreg, threads_for(<Py_ssize_t>N * OUT, 32768))
+    if nreg <= 1:
+        if dw != NULL:
+            gemm(True, False, OUT, IN, N, <floating>1, dy, OUT, x, IN, beta_w, dw, IN)
+        if db != NULL:
+            _bias_grad(db, dy, N, OUT, acc_b)
+        if dx != NULL:
+            gemm(False, False, N, IN, OUT, <floating>1, dy, OUT, w, IN, <floating>0, dx, IN)
+        return
+    if nbb < 1 and db != NULL:
+        nbb = 1
+    cb = (OUT + nbb - 1) // nbb if nbb > 0 else 0
+    for t in prange(nreg, num_threads=nreg, schedule='static'):
+        if t < nbw:
+            pgemm_block(t, cw, True, False, OUT, IN, N, <floating>1, dy, OUT, x, IN, beta_w, dw, IN)
+        if t < nbb:
+            _bias_grad(db, dy, N, OUT, acc_b, t * cb, min(OUT, (t + 1) * cb))
+        if t < nbx:
+            pgemm_block(t, cx, False, False, N, IN, OUT, <floating>1, dy, OUT, w, IN,
+                        <floating>0, dx, IN)
 
 
 cdef inline void* _ptr(object a):
