@@ -6,15 +6,16 @@
 
 What it guarantees (SPEC §3, §5):
 - Data order is a function of (seed, epoch) alone: epoch e visits the samples in
-  `fastmod.data.DataLoader((x, y), batch_size, shuffle, seed).order(e)` order. A checkpoint holds the model, the optimizer's
-  and scheduler's state, fastmod's generator state (dropout) and the position (epoch, batch), so
-  `fit(..., resume=ckpt)` continues exactly as the uninterrupted run would: bit-identical at a
-  fixed thread count.
+  `fastmod.data.DataLoader((x, y), batch_size, shuffle, seed).order(e)` order. A checkpoint
+  holds the model, the optimizer's and scheduler's state, fastmod's generator state (dropout)
+  and the position (epoch, batch), so `fit(..., resume=ckpt)` continues exactly as the
+  uninterrupted run would: bit-identical at a fixed thread count.
 - A NaN or infinite loss stops training (`TrainingDiverged`, naming the step) before anything is
   updated or saved: the last checkpoint, written atomically at the end of the last good epoch,
   stays as it was.
 - Ctrl-C (SIGINT) is honoured at the next step boundary: a resumable checkpoint is written and
   `TrainingInterrupted` (a KeyboardInterrupt) is raised; a second Ctrl-C stops at once.
+- `distributed=True` runs the same loop data-parallel over MPI ranks (fastmod.distributed).
 """
 import math
 import os
@@ -29,7 +30,8 @@ from fastmod import _runtime
 from fastmod.data.loader import DataLoader
 from fastmod.nn.module import Module
 
-__all__ = ["fit", "evaluate", "History", "TrainingDiverged", "TrainingInterrupted"]
+__all__ = ["fit", "evaluate", "History", "TrainingDiverged", "TrainingInterrupted",
+           "read_fit_state"]
 
 _FIT_STATE_KEY = "fit_state"      # the (JSON) entry fit adds to a checkpoint's meta
 _FORMAT = 1
