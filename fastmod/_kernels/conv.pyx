@@ -15,14 +15,21 @@ Per image n and group g (cols = im2col(x_n), (C*KH*KW, P); group g owns rows g*K
     y_n[g]  (OCg, P) = W_g (OCg, K) @ cols_g (K, P) + b_g
     dW_g   (OCg, K) += dy_n[g] (OCg, P) @ cols_g^T (P, K)
     dcols_g (K, P)   = W_g^T (K, OCg) @ dy_n[g] (OCg, P);   dx_n = col2im(dcols)
-A 1x1 kernel with stride 1 and no padding needs no im2col at all: cols = x_n.
+Paths chosen per layer, each measured against the plain one (ratios where they are decided):
+  * 1x1 kernel, stride 1, no padding: no im2col at all, cols = x_n (a plain GEMM).
+  * GEMM orientation: y^T and dW^T (column-major M = OC) when OC is the small side (_pick).
+  * stride-1 2-D forward with C >= 16: per-tap GEMMs on one zero-padded copy of x_n (Geom.shifted).
+  * stride-1 dx with OC < C: a convolution of dy with the flipped weights (Geom.dxconv).
+  * one input channel per group (depthwise): direct loops, no GEMM (Geom.dwise).
+  * im2col in tiles of output rows, bounding the per-thread scratch (Geom.rows).
 
-Threads (measured on the 2-core dev box, see bench/bench_conv.py): the batch is split into one
-contiguous chunk of images per thread; each thread im2cols one image at a time into its own
-buffer and calls a single-threaded GEMM. That beat one big batched GEMM (im2col of the whole
-batch, then a GEMM split over threads) for forward, dW and dX. dW and db go through per-thread
-partials summed in thread order, so a fixed thread count gives bit-identical results. With fewer
-images than threads (batch 1), images run in turn and each GEMM is split over the threads.
+Threads (measured on the 2-core dev box, bench/bench_conv.py --only recipe): the batch is split
+into one contiguous chunk of images per thread; each thread im2cols one image at a time into its
+own buffer and calls a single-threaded GEMM. That beat one big batched GEMM (im2col of the whole
+batch, then one GEMM split over threads, then a transposing copy) by 1.1-3.5x in forward;
+backward uses the same per-image structure. dW and db go through per-thread partials summed in
+thread order, so a fixed thread count gives bit-identical results. With fewer images than
+threads (batch 1), images run in turn and each GEMM is split over the threads.
 """
 cimport numpy as cnp
 from cython cimport floating
