@@ -16,10 +16,10 @@ memory for the statistics and once to normalize. Element-wise loops run in the d
 with the mean split into hi + lo parts (see _affine), so x - mean keeps its digits there too.
 The reductions have a fixed vectorized order (see the C block): bit-identical on repeat.
 
-Threads: each prange runs over what it writes (rows, channel blocks, (n, g) pairs). Parameter
-gradients that cross rows go through per-thread partials (LayerNorm, `part` (nt, 2, D)) summed in
-thread order, or through per-(n, c) sums reduced over n serially (GroupNorm), so a fixed thread
-count gives bit-identical results.
+Threads: each prange runs over what it writes (rows, channel blocks, (n, g) pairs), with
+num_threads from threads_for. Parameter gradients that cross rows / samples go through per-thread
+partials (`part` (nt, 2, D or C), each thread owning a contiguous range) summed in thread order,
+so a fixed thread count gives bit-identical results (BatchNorm's channel sums never cross threads).
 Gradients of w and b are added into dw / db when acc is set (Parameter.grad_buffer), else written.
 """
 import numpy as np
