@@ -85,6 +85,9 @@ CASES_2D = [
     (2, 3, 4, dict(padding="same", dilation=2), (2, 2, 6, 7)),       # even kernel: asymmetric
     (2, 3, 3, dict(padding="valid", bias=False), (1, 2, 3, 3)),      # output 1x1
     (6, 4, 3, dict(stride=2, padding=1, groups=2, bias=False), (3, 6, 8, 8)),
+    (4, 4, 4, dict(padding="same", dilation=2, groups=4), (2, 4, 7, 6)),   # depthwise, dilated
+    (4, 8, 3, dict(stride=2, padding=1, groups=4), (2, 4, 7, 6)),          # depthwise, strided
+    (3, 3, (1, 5), dict(padding=(0, 3), groups=3, bias=False), (2, 3, 4, 3)),
 ]
 CASES_1D = [
     (1, 1, 3, dict(padding=1, bias=False), (2, 1, 9)),               # Conv1D-S

@@ -145,8 +145,8 @@ cdef inline Py_ssize_t _col_size(Geom* g) noexcept nogil:
     # per-thread scratch: the cols, then (tout) the transposed output
     cdef Py_ssize_t pt = <Py_ssize_t>g.rows * g.OW
     if g.dwise:
-        if g.SH == 1 and g.SW == 1:
-            return (<Py_ssize_t>g.Hp * g.Wp + (g.KW - 1) * g.DW) + <Py_ssize_t>g.OH * g.Wp
+        if g.SH == 1 and g.SW == 1:     # padded x plane, dy rows at padded width, dx plane
+            return 2 * (<Py_ssize_t>g.Hp * g.Wp + (g.KW - 1) * g.DW) + <Py_ssize_t>g.OH * g.Wp
         return 1
     cdef Py_ssize_t sh = 0
     if g.shifted:
@@ -312,6 +312,79 @@ cdef void _dw_forward_image(floating* y, const floating* x, const floating* w, c
                     else:
                         for ow in range(lo, hi):
                             row[ow] += wv * xr[ow * g.SW + off]
+
+
+cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
+    # sum(a * b) in double, 4 partial sums combined in a fixed order
+    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0
+    cdef Py_ssize_t i = 0
+    while i + 4 <= n:
+        s0 += <double>a[i] * b[i]
+        s1 += <double>a[i + 1] * b[i + 1]
+        s2 += <double>a[i + 2] * b[i + 2]
+        s3 += <double>a[i + 3] * b[i + 3]
+        i += 4
+    while i < n:
+        s0 += <double>a[i] * b[i]
+        i += 1
+    return (s0 + s1) + (s2 + s3)
+
+
+cdef void _dw_backward_image_s1(floating* dx, floating* dw, const floating* dy,
+                                const floating* x, const floating* w, floating* buf, Geom* g,
+                                bint dw_beta, bint acc_dx) noexcept nogil:
+    # stride 1 on padded planes, as _dw_forward_image_s1: dy_o is laid out at the padded width
+    # (zeros in the wrapped columns), so each tap is one long dot product (dW) and one long
+    # multiply-add sweep into the padded dx plane
+    cdef Py_ssize_t plane = <Py_ssize_t>g.Hp * g.Wp
+    cdef Py_ssize_t npad = plane + (g.KW - 1) * g.DW
+    cdef Py_ssize_t PPr = <Py_ssize_t>g.OH * g.Wp, i, sh
+    cdef floating* xp = buf
+    cdef floating* dxp = buf + npad
+    cdef floating* yp = buf + 2 * npad
+    cdef floating* dst
+    cdef const floating* src
+    cdef int c, o, oh, kh, kw, r, iw
+    cdef int ih0 = max(0, g.PH), ih1 = min(g.Hp, g.H + g.PH)
+    cdef int iw0 = max(0, g.PW), iw1 = min(g.Wp, g.W + g.PW)
+    cdef int KK = g.KH * g.KW
+    cdef floating wv
+    cdef double acc
+    memset(xp, 0, npad * sizeof(floating))
+    memset(yp, 0, PPr * sizeof(floating))
+    for c in range(g.C):
+        if dw != NULL and iw1 > iw0:
+            for r in range(ih0, ih1):
+                memcpy(xp + <Py_ssize_t>r * g.Wp + iw0,
+                       x + (<Py_ssize_t>c * g.H + r - g.PH) * g.W + iw0 - g.PW,
+                       (iw1 - iw0) * sizeof(floating))
+        if dx != NULL:
+            memset(dxp, 0, npad * sizeof(floating))
+        for o in range(c * g.OCg, (c + 1) * g.OCg):
+            for oh in range(g.OH):
+                memcpy(yp + <Py_ssize_t>oh * g.Wp, dy + (<Py_ssize_t>o * g.OH + oh) * g.OW,
+                       g.OW * sizeof(floating))
+            for kh in range(g.KH):
+                for kw in range(g.KW):
+                    sh = <Py_ssize_t>kh * g.DH * g.Wp + kw * g.DW
+                    if dw != NULL:
+                        acc = _dot(yp, xp + sh, PPr)
+                        i = <Py_ssize_t>o * KK + kh * g.KW + kw
+                        dw[i] = <floating>(acc + dw[i]) if dw_beta else <floating>acc
+                    if dx != NULL:
+                        wv = w[<Py_ssize_t>o * KK + kh * g.KW + kw]
+                        dst = dxp + sh
+                        for i in range(PPr):
+                            dst[i] += wv * yp[i]
+        if dx != NULL:
+            # the interior of the padded plane is dx_c (rows no output reads stay zero)
+            dst = dx + <Py_ssize_t>c * g.H * g.W
+            if not acc_dx:
+                memset(dst, 0, <Py_ssize_t>g.H * g.W * sizeof(floating))
+            for r in range(ih0, ih1):
+                src = dxp + <Py_ssize_t>r * g.Wp
+                for iw in range(iw0, iw1):
+                    dst[<Py_ssize_t>(r - g.PH) * g.W + iw - g.PW] += src[iw]
 
 
 cdef void _dw_backward_image(floating* dx, floating* dw, const floating* dy, const floating* x,
@@ -510,7 +583,10 @@ cdef void _backward_image(floating* dx, floating* dw, double* db, const floating
         for o in range(g.OC):
             db[o] += sum_contig(dy + <Py_ssize_t>o * g.P, g.P)
     if g.dwise:
-        _dw_backward_image(dx, dw, dy, x, w, g, dw_beta, acc_dx)
+        if g.SH == 1 and g.SW == 1:
+            _dw_backward_image_s1(dx, dw, dy, x, w, col, g, dw_beta, acc_dx)
+        else:
+            _dw_backward_image(dx, dw, dy, x, w, g, dw_beta, acc_dx)
         return
     if dx != NULL and not acc_dx and not g.direct and not g.dxconv:
         memset(dx, 0, <Py_ssize_t>g.C * g.H * g.W * sizeof(floating))
