@@ -646,25 +646,33 @@ def test_dtype_mismatch_raises_type_error(make):
         m(np.ones((3, 4), np.int64))
 
 
-def test_batchnorm_training_needs_more_than_one_value_per_channel(torch):
-    for m, x in [(nn.BatchNorm1d(3), np.ones((1, 3), np.float32)),
-                 (nn.BatchNorm2d(3), np.ones((1, 3, 1, 1), np.float32)),
-                 (nn.BatchNorm1d(3, track_running_stats=False), np.ones((1, 3, 1), np.float32))]:
-        with pytest.raises(ValueError, match="(?i)expected more than 1 value per channel"):
-            m(x)
-        tm = getattr(torch.nn, type(m).__name__)(3, track_running_stats=m.track_running_stats)
-        with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
-            tm(torch.from_numpy(x))
-        if m.track_running_stats:
-            assert int(m.num_batches_tracked) == 0          # nothing was updated
-    # eval without running statistics uses batch statistics: torch raises there too
-    m = nn.BatchNorm1d(3, track_running_stats=False).eval()
+ONE_VALUE_CASES = [(nn.BatchNorm1d, (1, 3), True), (nn.BatchNorm2d, (1, 3, 1, 1), True),
+                   (nn.BatchNorm1d, (1, 3, 1), False)]
+
+
+@pytest.mark.parametrize("cls,shape,track", ONE_VALUE_CASES)
+def test_batchnorm_training_needs_more_than_one_value_per_channel(cls, shape, track):
+    m = cls(3, track_running_stats=track)
     with pytest.raises(ValueError, match="(?i)expected more than 1 value per channel"):
-        m(np.ones((1, 3), np.float32))
+        m(np.ones(shape, np.float32))
+    if track:
+        assert int(m.num_batches_tracked) == 0          # nothing was updated
+    # eval without running statistics uses batch statistics: it raises there too
     with pytest.raises(ValueError, match="(?i)expected more than 1 value per channel"):
-        torch.nn.BatchNorm1d(3, track_running_stats=False).eval()(torch.ones(1, 3))
-    assert nn.BatchNorm1d(3)(np.ones((1, 3, 2), np.float32)).shape == (1, 3, 2)   # N*L = 2
-    assert nn.GroupNorm(1, 1)(np.ones((1, 1), np.float32)).shape == (1, 1)         # GN is fine
+        cls(3, track_running_stats=False).eval()(np.ones(shape, np.float32))
+    assert cls(3).eval()(np.ones(shape, np.float32)).shape == shape     # running stats: fine
+    big = (1, 3, 2) if len(shape) == 3 else (1, 3, 1, 2) if len(shape) == 4 else (2, 3)
+    assert cls(3)(np.ones(big, np.float32)).shape == big                 # N * spatial = 2
+    assert nn.GroupNorm(1, 1)(np.ones((1, 1), np.float32)).shape == (1, 1)   # GN is fine
+
+
+@pytest.mark.parametrize("cls,shape,track", ONE_VALUE_CASES)
+def test_one_value_per_channel_torch_agrees(cls, shape, track, torch):
+    tm = getattr(torch.nn, cls.__name__)(3, track_running_stats=track)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        tm(torch.ones(shape))
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        getattr(torch.nn, cls.__name__)(3, track_running_stats=False).eval()(torch.ones(shape))
 
 
 @pytest.mark.parametrize("eps", [0, 0.0, -1e-5, float("nan"), float("inf"), "1e-5", None])
