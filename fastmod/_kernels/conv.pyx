@@ -150,7 +150,7 @@ cdef inline Py_ssize_t _col_size(Geom* g) noexcept nogil:
         return 1
     cdef Py_ssize_t sh = 0
     if g.shifted:
-        sh = (<Py_ssize_t>g.C * g.Hp * g.Wp + (g.KW - 1) * g.DW
+        sh = (<Py_ssize_t>g.Hp * g.Wp + (g.KW - 1) * g.DW + <Py_ssize_t>g.C * g.KW * g.Hp * g.Wp
               + <Py_ssize_t>g.OH * g.Wp * g.OC)
     cdef Py_ssize_t n = 1 if g.direct else <Py_ssize_t>g.C * g.KH * g.KW * pt
     if g.tout:
@@ -433,36 +433,37 @@ cdef void _dw_backward_image(floating* dx, floating* dw, const floating* dy, con
 cdef void _shifted_forward_image(floating* y, const floating* x, const floating* wr,
                                  const floating* b, floating* buf, Geom* g,
                                  int gemm_nt) noexcept nogil:
-    # Stride 1, groups 1: copy x_n once into a zero-padded (C, Hp, Wp) plane; then the tap
-    # (kh, kw) reads the same plane shifted by kh*DH*Wp + kw*DW, so
-    #   yt (OH*Wp, OC) += xpad_shift^T (OH*Wp, C) @ wr[kh, kw] (C, OC)
-    # over the KH*KW taps (the Wp - OW columns that wrap around are computed and dropped), and
-    # y[o, oh, ow] = yt[oh*Wp + ow, o] + b[o]. No im2col: one copy of x instead of KH*KW.
+    # Stride 1, groups 1: copy x_n once into a zero-padded (C, Hp, Wp) plane, then into KW
+    # copies shifted by kw*DW: x3 (C*KW, Hp*Wp). Kernel row kh then reads x3 shifted by kh*DH*Wp:
+    #   yt (OH*Wp, OC) += x3_shift^T (OH*Wp, C*KW) @ wr[kh] (C*KW, OC)
+    # (the Wp - OW columns that wrap around are computed and dropped), and
+    # y[o, oh, ow] = yt[oh*Wp + ow, o] + b[o]. KW copies of x instead of im2col's KH*KW, and
+    # KH GEMMs of depth C*KW (one GEMM per tap, depth C, was measured slower for small C).
     cdef Py_ssize_t plane = <Py_ssize_t>g.Hp * g.Wp
-    cdef Py_ssize_t npad = <Py_ssize_t>g.C * plane + (g.KW - 1) * g.DW
+    cdef Py_ssize_t npad = plane + (g.KW - 1) * g.DW
     cdef floating* xp = buf
-    cdef floating* yt = buf + npad
-    cdef int c, i, kh, kw, o, oh, ow, tap, PPr = g.OH * g.Wp
+    cdef floating* x3 = buf + npad
+    cdef floating* yt = x3 + <Py_ssize_t>g.C * g.KW * plane
+    cdef int c, i, kh, kw, o, oh, ow, PPr = g.OH * g.Wp
     cdef int ih0 = max(0, g.PH), ih1 = min(g.Hp, g.H + g.PH)
     cdef int iw0 = max(0, g.PW), iw1 = min(g.Wp, g.W + g.PW)
     cdef floating bo
     cdef floating* yrow
     cdef const floating* tcol
     memset(xp, 0, npad * sizeof(floating))
-    if iw1 > iw0:
-        for c in range(g.C):
+    for c in range(g.C):
+        if iw1 > iw0:
             for i in range(ih0, ih1):
-                memcpy(xp + c * plane + <Py_ssize_t>i * g.Wp + iw0,
+                memcpy(xp + <Py_ssize_t>i * g.Wp + iw0,
                        x + (<Py_ssize_t>c * g.H + i - g.PH) * g.W + iw0 - g.PW,
                        (iw1 - iw0) * sizeof(floating))
-    tap = 0
-    for kh in range(g.KH):
         for kw in range(g.KW):
-            pgemm(True, False, PPr, g.OC, g.C, <floating>1,
-                  xp + <Py_ssize_t>kh * g.DH * g.Wp + kw * g.DW, <int>plane,
-                  wr + <Py_ssize_t>tap * g.C * g.OC, g.OC,
-                  <floating>(1 if tap > 0 else 0), yt, g.OC, gemm_nt)
-            tap += 1
+            memcpy(x3 + (<Py_ssize_t>c * g.KW + kw) * plane, xp + kw * g.DW, plane * sizeof(floating))
+    for kh in range(g.KH):
+        pgemm(True, False, PPr, g.OC, g.C * g.KW, <floating>1,
+              x3 + <Py_ssize_t>kh * g.DH * g.Wp, <int>plane,
+              wr + <Py_ssize_t>kh * g.C * g.KW * g.OC, g.OC,
+              <floating>(1 if kh > 0 else 0), yt, g.OC, gemm_nt)
     for o in range(g.OC):
         bo = b[o] if b != NULL else 0
         tcol = yt + o
@@ -545,12 +546,13 @@ cdef void _conv_forward(floating* y, const floating* x, const floating* w, const
     cdef floating* wr = NULL
     cdef int c, o, tap, KK = g.KH * g.KW
     if g.shifted:
-        # wr[tap, c, o] = w[o, c, tap]: one (C, OC) matrix per kernel tap
+        # wr[kh, c*KW + kw, o] = w[o, c, kh, kw]: one (C*KW, OC) matrix per kernel row
         wr = <floating*>malloc(<Py_ssize_t>KK * g.C * g.OC * sizeof(floating))
         for tap in range(KK):
             for c in range(g.C):
                 for o in range(g.OC):
-                    wr[(<Py_ssize_t>tap * g.C + c) * g.OC + o] = w[(<Py_ssize_t>o * g.C + c) * KK + tap]
+                    wr[((<Py_ssize_t>(tap // g.KW) * g.C + c) * g.KW + tap % g.KW) * g.OC + o] = \
+                        w[(<Py_ssize_t>o * g.C + c) * KK + tap]
     if nt <= 1:
         for n in range(g.N):
             _forward_image(y + n * g.ys, x + n * g.xs, w, wr, b, colbuf, g, num_threads())
@@ -806,7 +808,7 @@ cdef void _geom(Geom* g, cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int SH, in
     # 1.27 / 0.99 for the 1-D k5 layers (one kernel row): so 2-D kernels with C >= 16
     g.shifted = (_fwd_shifted == 2 or (_fwd_shifted == 0 and g.C >= 16 and g.KH > 1)) and (
         G == 1 and SH == 1 and SW == 1 and not g.direct and g.rows == g.OH
-        and <Py_ssize_t>g.C * g.Hp * g.Wp <= _tile_elems)
+        and <Py_ssize_t>g.C * g.KW * g.Hp * g.Wp <= _tile_elems)
 
 
 def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
