@@ -32,9 +32,10 @@ class LayerNorm(Module):
 
     The seed states two properties wrongly; the mathematics says:
       * LN-S(alpha z) = sign(alpha) LN-S(z): invariant for alpha > 0 only (a negative alpha flips
-        the sign), and only up to eps: LN-S(alpha z) uses var + eps / alpha^2, so the invariance
-        is exact when eps = 0 and approximate for eps > 0 (it fails when alpha^2 var ~ eps).
-        Hence LN(MM_{aW,ab}(z)) = LN(MM_{W,b}(z)) for a > 0 (not for every a != 0).
+        the sign), and only up to eps: LN-S(alpha z) = sign(alpha) (z - mu) / sqrt(var + eps /
+        alpha^2), exact when eps = 0, approximate for eps > 0 (it fails when alpha^2 var ~ eps).
+        Hence LN(MM_{aW,ab}(z)) = LN(MM_{W,b}(z)) for a > 0, while for a < 0 it is
+        beta - gamma * LN-S(MM_{W,b}(z)) (the seed claims invariance for every a != 0).
       * LN-S(z + c 1) = LN-S(z): adding the same constant to every entry changes nothing -- an
         invariance, not LN(z + c) = LN(z) + c.
 
