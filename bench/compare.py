@@ -48,6 +48,9 @@ SETTLE = {"numpy": 0.15}
 SETTLE_DEFAULT = 0.005
 
 
+TIMER = time.perf_counter       # --cpu-time: time.thread_time (valid at one thread only)
+
+
 def interleaved(fns, repeats, min_time):
     """{name: median seconds per call}, the callables' repeats interleaved in alternating order.
 
@@ -60,11 +63,11 @@ def interleaved(fns, repeats, min_time):
     for name, fn in fns.items():
         fn()
         fn()
-        n, t0 = 0, time.perf_counter()
+        n, t0 = 0, TIMER()
         while True:
             fn()
             n += 1
-            dt = time.perf_counter() - t0
+            dt = TIMER() - t0
             if dt > min_time / 2 or n >= 1000:
                 break
         inner[name] = max(1, int(round(min_time / (dt / n))))
@@ -78,10 +81,10 @@ def interleaved(fns, repeats, min_time):
         for r in range(repeats):
             for name in (order if r % 2 == 0 else order[::-1]):
                 fn, n = fns[name], inner[name]
-                t0 = time.perf_counter()
+                t0 = TIMER()
                 for _ in range(n):
                     fn()
-                samples[name].append((time.perf_counter() - t0) / n)
+                samples[name].append((TIMER() - t0) / n)
                 if len(fns) > 1:
                     time.sleep(SETTLE.get(name, SETTLE_DEFAULT))
             gc.collect()
@@ -234,6 +237,9 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer, shorter repeats (a smoke run)")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved samples per cell")
     ap.add_argument("--min-time", type=float, default=None, help="seconds per sample")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time with the calling thread's CPU time (needs --threads 1): robust "
+                         "single-thread ratios on a machine other processes keep busy")
     ap.add_argument("--no-peak", action="store_true", help="skip the SGEMM peak measurement")
     ap.add_argument("--no-overhead", action="store_true", help="skip the per-call overhead table")
     ap.add_argument("--json", default=None, help="also write the results to this file")
@@ -242,6 +248,11 @@ def main(argv=None):
     fastmod = W.import_fastmod()
     if args.threads is not None and args.threads < 1:
         ap.error("--threads must be >= 1")
+    if args.cpu_time and args.threads != 1:
+        ap.error("--cpu-time measures one thread's CPU time: use it with --threads 1")
+    if args.cpu_time:
+        global TIMER
+        TIMER = time.thread_time
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                else os.cpu_count() or 1)
     fastmod.set_num_threads(threads)          # also caps NumPy's BLAS at `threads`
@@ -279,8 +290,10 @@ def main(argv=None):
               f"See bench/README.md.")
     print(f"fastmod {fastmod.__version__} | torch {torch.__version__ if torch else '-'} | "
           f"numpy {np.__version__} | {platform.processor() or platform.machine()} | threads {threads} | "
-          f"repeats {repeats} x ~{min_time * 1e3:.0f} ms, interleaved, median")
+          f"repeats {repeats} x ~{min_time * 1e3:.0f} ms, interleaved, median"
+          + (", thread CPU time" if args.cpu_time else ", wall time"))
     result = {"threads": threads, "repeats": repeats, "min_time": min_time, "loadavg": load,
+              "timer": "thread_time" if args.cpu_time else "perf_counter",
               "versions": {"fastmod": fastmod.__version__, "numpy": np.__version__,
                            "torch": torch.__version__ if torch else None,
                            "python": platform.python_version()},
