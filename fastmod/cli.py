@@ -324,7 +324,8 @@ def cmd_train(args):
     sched = build_scheduler(opt, config["epochs"] * steps_per_epoch)
     _out(f"fastmod train: {config['model']} ({nparams:,} parameters) on {data_name}: "
          f"{len(train[1])} train / {len(test[1])} test samples ({info['split']}), "
-         f"{info['num_classes']} classes; {config['epochs']} epochs, batch {config['batch_size']}, "
+         f"{info['num_classes']} classes; {config['epochs']} epoch{'s' if config['epochs'] != 1 else ''}, "
+         f"batch {config['batch_size']}, "
          f"{config['optimizer']} lr {config['lr']:g}"
          + (f" wd {config['weight_decay']:g}" if config["weight_decay"] else "")
          + f", {_threads_text(ranks)}")
