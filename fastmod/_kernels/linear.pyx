@@ -21,33 +21,56 @@ from fastmod._kernels._threads cimport num_threads, threads_for
 cnp.import_array()
 
 
-cdef void _linear_forward(floating* y, const floating* x, const floating* w, const floating* b,
-                          int N, int IN, int OUT) noexcept nogil:
-    # y (N, OUT) = x (N, IN) @ w.T (IN, OUT) + b: broadcast b into y, then GEMM with beta = 1
-    cdef int n
-    cdef floating beta = 0
+cdef void _forward_block(floating* y, const floating* x, const floating* w, const floating* b,
+                         int N, int IN, int OUT, int t, int chunk, bint relu) noexcept nogil:
+    # Block t of y (rows when N >= OUT, else columns: pgemm_plan's partition): broadcast b into
+    # it, GEMM with beta = 1 (0 without bias), then max(., 0) while the block is in cache.
+    cdef bint by_rows = N >= OUT
+    cdef int parts = N if by_rows else OUT
+    cdef int lo = t * chunk, hi = min(parts, lo + chunk)
+    cdef int r0 = lo if by_rows else 0, r1 = hi if by_rows else N
+    cdef int c0 = 0 if by_rows else lo, c1 = OUT if by_rows else hi
+    cdef int n, c
+    cdef floating beta = 0, v
+    cdef floating* row
+    if lo >= hi:
+        return
     if b != NULL:
-        for n in range(N):
-            memcpy(y + <Py_ssize_t>n * OUT, b, OUT * sizeof(floating))
+        for n in range(r0, r1):
+            memcpy(y + <Py_ssize_t>n * OUT + c0, b + c0, (c1 - c0) * sizeof(floating))
         beta = 1
+    pgemm_block(t, chunk, False, True, N, OUT, IN, <floating>1, x, IN, w, IN, beta, y, OUT)
+    if relu:
+        for n in range(r0, r1):
+            row = y + <Py_ssize_t>n * OUT
+            for c in range(c0, c1):
+                v = row[c]
+                row[c] = v if v > 0 else 0     # as ReLU's kernel: NaN -> 0, -0 -> 0
+
+
+cdef void _linear_forward(floating* y, const floating* x, const floating* w, const floating* b,
+                          int N, int IN, int OUT, bint relu) noexcept nogil:
+    # y (N, OUT) = x (N, IN) @ w.T (IN, OUT) + b, then y = max(y, 0) when relu. A block's bias,
+    # GEMM and ReLU run in the same thread: one parallel region per call.
+    cdef int n, t, chunk, nb
+    cdef floating beta = 0, v
     cdef int nt = num_threads()
     if N == 1:
+        if b != NULL:
+            memcpy(y, b, OUT * sizeof(floating))
+            beta = 1
         pgemv(False, OUT, IN, <floating>1, w, IN, x, beta, y, nt)
-    else:
-        pgemm(False, True, N, OUT, IN, <floating>1, x, IN, w, IN, beta, y, OUT, nt)
-
-
-cdef void _relu_inplace(floating* y, Py_ssize_t n) noexcept nogil:
-    # y = max(y, 0) on the fresh GEMM output, as ReLU's kernel computes it (NaN -> 0, -0 -> 0)
-    cdef int nt = threads_for(n, 32768)
-    cdef Py_ssize_t c, i, chunk = (n + nt - 1) // nt, lo, hi
-    cdef floating v
-    for c in prange(nt, num_threads=nt, schedule='static'):
-        lo = c * chunk
-        hi = min(n, lo + chunk)
-        for i in range(lo, hi):
-            v = y[i]
-            y[i] = v if v > 0 else 0
+        if relu:
+            for n in range(OUT):
+                v = y[n]
+                y[n] = v if v > 0 else 0
+        return
+    nb = pgemm_plan(N, OUT, IN, nt, &chunk)
+    if nb <= 1:
+        _forward_block(y, x, w, b, N, IN, OUT, 0, chunk, relu)
+        return
+    for t in prange(nb, num_threads=nb, schedule='static'):
+        _forward_block(y, x, w, b, N, IN, OUT, t, chunk, relu)
 
 
 cdef void _bias_grad(floating* db, const floating* dy, Py_ssize_t N, int C, bint accumulate,
@@ -138,14 +161,10 @@ def linear_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b, bint r
     cdef void* pb = _ptr(b)
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
         with nogil:
-            _linear_forward(<float*>py, <float*>px, <float*>pw, <float*>pb, N, IN, OUT)
-            if relu:
-                _relu_inplace(<float*>py, <Py_ssize_t>N * OUT)
+            _linear_forward(<float*>py, <float*>px, <float*>pw, <float*>pb, N, IN, OUT, relu)
     else:
         with nogil:
-            _linear_forward(<double*>py, <double*>px, <double*>pw, <double*>pb, N, IN, OUT)
-            if relu:
-                _relu_inplace(<double*>py, <Py_ssize_t>N * OUT)
+            _linear_forward(<double*>py, <double*>px, <double*>pw, <double*>pb, N, IN, OUT, relu)
 
 
 def linear_backward(object dx, object dw, object db, cnp.ndarray dy, cnp.ndarray x,
