@@ -234,3 +234,16 @@ def test_softmax_bad_inputs():
     m(np.zeros((1, 2, 3)))
     with pytest.raises(ValueError, match=r"gradient of shape \(1, 2, 3\)"):
         m.backward(np.zeros((1, 2, 4)))
+
+
+def test_relu_keeps_nan_as_torch():
+    """max(0, NaN) is NaN (a NaN weight must not hide behind a ReLU), in the plain kernel and in
+    the Linear + ReLU kernel that Sequential fuses under no_grad."""
+    x = np.array([[np.nan, -1.0, 2.0, 0.5]], np.float32)
+    y = nn.ReLU()(x)
+    assert np.isnan(y[0, 0]) and y[0, 1] == 0 and y[0, 2] == 2
+    lin = nn.Linear(4, 3)
+    m = nn.Sequential(lin, nn.ReLU())
+    with fastmod.no_grad():
+        assert np.isnan(m(x)).all()
+        assert np.isnan(m(np.repeat(x, 8, axis=0))).all()

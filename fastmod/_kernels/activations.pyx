@@ -151,7 +151,7 @@ cdef void _forward_range(int kind, floating* y, const floating* x,
     if kind == RELU:
         for i in range(lo, hi):
             v = x[i]
-            y[i] = v if v > 0 else 0
+            y[i] = 0 if v < 0 else v     # max(0, v) with NaN kept, as torch
     elif kind == SIGMOID:
         for i in range(lo, hi):
             y[i] = _sigmoid(x[i])

@@ -45,7 +45,7 @@ cdef void _forward_block(floating* y, const floating* x, const floating* w, cons
             row = y + <Py_ssize_t>n * OUT
             for c in range(c0, c1):
                 v = row[c]
-                row[c] = v if v > 0 else 0     # as ReLU's kernel: NaN -> 0, -0 -> 0
+                row[c] = 0 if v < 0 else v     # as ReLU's kernel: NaN stays NaN (as torch)
 
 
 cdef void _linear_forward(floating* y, const floating* x, const floating* w, const floating* b,
@@ -63,7 +63,7 @@ cdef void _linear_forward(floating* y, const floating* x, const floating* w, con
         if relu:
             for n in range(OUT):
                 v = y[n]
-                y[n] = v if v > 0 else 0
+                y[n] = 0 if v < 0 else v
         return
     nb = pgemm_plan(N, OUT, IN, nt, &chunk)
     if nb <= 1:
