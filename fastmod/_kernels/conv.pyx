@@ -150,7 +150,7 @@ cdef inline Py_ssize_t _col_size(Geom* g) noexcept nogil:
         return 1
     cdef Py_ssize_t sh = 0
     if g.shifted:
-        sh = (<Py_ssize_t>g.Hp * g.Wp + (g.KW - 1) * g.DW + <Py_ssize_t>g.C * g.KW * g.Hp * g.Wp
+        sh = ((<Py_ssize_t>g.Hp * g.Wp + (g.KW - 1) * g.DW) * g.C + <Py_ssize_t>g.C * g.KW * g.Hp * g.Wp
               + <Py_ssize_t>g.OH * g.Wp * g.OC)
     cdef Py_ssize_t n = 1 if g.direct else <Py_ssize_t>g.C * g.KH * g.KW * pt
     if g.tout:
@@ -441,28 +441,40 @@ cdef void _shifted_forward_image(floating* y, const floating* x, const floating*
     # KH GEMMs of depth C*KW (one GEMM per tap, depth C, was measured slower for small C).
     cdef Py_ssize_t plane = <Py_ssize_t>g.Hp * g.Wp
     cdef Py_ssize_t npad = plane + (g.KW - 1) * g.DW
+    cdef int CK = g.C * g.KW
     cdef floating* xp = buf
-    cdef floating* x3 = buf + npad
-    cdef floating* yt = x3 + <Py_ssize_t>g.C * g.KW * plane
-    cdef int c, i, kh, kw, o, oh, ow, PPr = g.OH * g.Wp
+    cdef floating* x3 = buf + npad * g.C
+    cdef floating* yt = x3 + <Py_ssize_t>CK * plane
+    cdef int c, i, kh, kw, o, oh, ow, iw, PPr = g.OH * g.Wp
     cdef int ih0 = max(0, g.PH), ih1 = min(g.Hp, g.H + g.PH)
     cdef int iw0 = max(0, g.PW), iw1 = min(g.Wp, g.W + g.PW)
+    cdef Py_ssize_t p
     cdef floating bo
     cdef floating* yrow
+    cdef floating* dst
+    cdef const floating* src
     cdef const floating* tcol
-    memset(xp, 0, npad * sizeof(floating))
-    for c in range(g.C):
-        if iw1 > iw0:
+    # position-major ("NHWC") layout, so that both GEMM operands are untransposed for BLAS
+    # (measured, one core: (OC, P, K) = (12, 1088, 144) 38 vs 21 GF/s, (64, 288, 192) 70 vs 60):
+    # xp (npad, C) the padded plane, x3 (plane, KW*C) with x3[p, kw*C + c] = xp[p + kw*DW, c]
+    memset(xp, 0, npad * g.C * sizeof(floating))
+    if iw1 > iw0:
+        for c in range(g.C):
             for i in range(ih0, ih1):
-                memcpy(xp + <Py_ssize_t>i * g.Wp + iw0,
-                       x + (<Py_ssize_t>c * g.H + i - g.PH) * g.W + iw0 - g.PW,
-                       (iw1 - iw0) * sizeof(floating))
-        for kw in range(g.KW):
-            memcpy(x3 + (<Py_ssize_t>c * g.KW + kw) * plane, xp + kw * g.DW, plane * sizeof(floating))
+                src = x + (<Py_ssize_t>c * g.H + i - g.PH) * g.W - g.PW
+                dst = xp + <Py_ssize_t>i * g.Wp * g.C + c
+                for iw in range(iw0, iw1):
+                    dst[<Py_ssize_t>iw * g.C] = src[iw]
+    for p in range(plane):
+        if g.DW == 1:
+            memcpy(x3 + p * CK, xp + p * g.C, CK * sizeof(floating))
+        else:
+            for kw in range(g.KW):
+                memcpy(x3 + p * CK + kw * g.C, xp + (p + kw * g.DW) * g.C, g.C * sizeof(floating))
     for kh in range(g.KH):
-        pgemm(True, False, PPr, g.OC, g.C * g.KW, <floating>1,
-              x3 + <Py_ssize_t>kh * g.DH * g.Wp, <int>plane,
-              wr + <Py_ssize_t>kh * g.C * g.KW * g.OC, g.OC,
+        pgemm(False, False, PPr, g.OC, CK, <floating>1,
+              x3 + <Py_ssize_t>kh * g.DH * g.Wp * CK, CK,
+              wr + <Py_ssize_t>kh * CK * g.OC, g.OC,
               <floating>(1 if kh > 0 else 0), yt, g.OC, gemm_nt)
     for o in range(g.OC):
         bo = b[o] if b != NULL else 0
@@ -546,12 +558,12 @@ cdef void _conv_forward(floating* y, const floating* x, const floating* w, const
     cdef floating* wr = NULL
     cdef int c, o, tap, KK = g.KH * g.KW
     if g.shifted:
-        # wr[kh, c*KW + kw, o] = w[o, c, kh, kw]: one (C*KW, OC) matrix per kernel row
+        # wr[kh, kw*C + c, o] = w[o, c, kh, kw]: one (KW*C, OC) matrix per kernel row
         wr = <floating*>malloc(<Py_ssize_t>KK * g.C * g.OC * sizeof(floating))
         for tap in range(KK):
             for c in range(g.C):
                 for o in range(g.OC):
-                    wr[((<Py_ssize_t>(tap // g.KW) * g.C + c) * g.KW + tap % g.KW) * g.OC + o] = \
+                    wr[((<Py_ssize_t>(tap // g.KW) * g.KW + tap % g.KW) * g.C + c) * g.OC + o] = \
                         w[(<Py_ssize_t>o * g.C + c) * KK + tap]
     if nt <= 1:
         for n in range(g.N):
