@@ -178,6 +178,25 @@ def test_both_gemm_orientations_match_reference(case, layout, tiles, dtype, thre
     np.testing.assert_allclose(m.weight.grad, rdw, **kw)
 
 
+@pytest.mark.parametrize("mode", [1, 2], ids=["im2col", "im2row"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_forward_im2row_matches_reference(case, mode, dtype, threads):
+    # the forward through position-major patch rows (any stride, groups 1) where possible, or
+    # never; the stride-1 shifted path off so that im2row takes its layers too
+    from fastmod._kernels import conv as _k
+    m, x, geo = make_case(case, dtype)
+    _k.set_forward_im2row(mode)
+    _k.set_forward_shifted(1)
+    try:
+        y = m(x)
+    finally:
+        _k.set_forward_im2row(0)
+        _k.set_forward_shifted(0)
+    want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
+    assert y.shape == want.shape and y.dtype == dtype
+    np.testing.assert_allclose(y, want, **tol(dtype, parity=True))
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_gradcheck(case):
     m, x, _ = make_case(case, np.float64)
