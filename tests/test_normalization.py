@@ -145,6 +145,12 @@ BN_CASES = [  # (class, input shape)
     (nn.BatchNorm1d, (200, 3)),          # more than one row block of the (N, C) path
     (nn.BatchNorm1d, (4, 5, 7)),
     (nn.BatchNorm2d, (3, 4, 5, 6)),
+    # the column path ((N, C, S) with S <= 16 as an (N, C * S) matrix, rows split over threads):
+    # odd sizes, several row blocks per thread, 2 threads really used (> 2 * 32768 elements)
+    (nn.BatchNorm1d, (517, 131)),
+    (nn.BatchNorm1d, (263, 61, 5)),
+    (nn.BatchNorm1d, (5, 4099, 9)),     # rows wider than a statistics block: one row per block
+    (nn.BatchNorm1d, (33, 7, 17)),      # S = 17: the per-(n, c) run path
 ]
 
 
@@ -485,6 +491,28 @@ def test_huge_mean_tiny_variance_no_cancellation(name, rng):
         np.testing.assert_allclose(m32.running_var, m64.running_var, rtol=1e-3)
 
 
+@pytest.mark.parametrize("shape", [(301, 67), (97, 33, 3), (2001, 5)])
+def test_batchnorm1d_columns_huge_mean_tiny_variance(shape, threads, rng):
+    """BatchNorm1d's column path (statistics down strided columns, row blocks merged with Chan's
+    formula, threads merged in order): float32 on 1e4 + 1e-3 randn matches float64."""
+    x = (1e4 + 1e-3 * rng.standard_normal(shape)).astype(np.float32)
+    m32 = nn.BatchNorm1d(shape[1], eps=1e-12)
+    m64 = nn.BatchNorm1d(shape[1], eps=1e-12, dtype=np.float64)
+    y32, y64 = m32(x), m64(x.astype(np.float64))
+    np.testing.assert_allclose(y32, y64, rtol=1e-4, atol=1e-4)
+    assert np.abs(y32).max() > 1
+    axes = batchnorm_axes(x)
+    yr, xh, rstd = normalize_ref(x, axes, 1e-12)
+    np.testing.assert_allclose(y64, yr, rtol=1e-8, atol=1e-8)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    dx64 = m64.backward(dy.astype(np.float64))
+    np.testing.assert_allclose(dx64, normalize_backward_ref(dy, xh, rstd, axes),
+                               rtol=1e-7, atol=1e-9 * np.abs(dx64).max())
+    np.testing.assert_allclose(m32.backward(dy), dx64, rtol=1e-3, atol=1e-4 * np.abs(dx64).max())
+    np.testing.assert_allclose(m32.running_mean, m64.running_mean, rtol=1e-6)
+    np.testing.assert_allclose(m32.running_var, m64.running_var, rtol=1e-3)
+
+
 @pytest.mark.parametrize("name", ["layernorm", "ln-s", "batchnorm", "groupnorm"])
 def test_constant_input_gives_bias_and_no_nan(name, dtype, rng):
     x = np.full((4, 6, 3, 3), 7.5, dtype)
@@ -510,6 +538,8 @@ def _all_modules(dtype):
             (nn.LayerNorm((16, 64), dtype=dtype), (64, 16, 64)),
             (nn.BatchNorm1d(64, dtype=dtype), (1024, 64)),
             (nn.BatchNorm1d(16, dtype=dtype), (64, 16, 64)),
+            (nn.BatchNorm1d(131, dtype=dtype), (517, 131)),
+            (nn.BatchNorm1d(61, dtype=dtype), (263, 61, 5)),
             (nn.BatchNorm2d(16, dtype=dtype), (16, 16, 16, 16)),
             (nn.GroupNorm(4, 16, dtype=dtype), (16, 16, 16, 16)),
             (nn.GroupNorm(8, 256, dtype=dtype), (256, 256))]

@@ -27,6 +27,7 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
+from libc.stdlib cimport malloc, free
 
 from fastmod._kernels._threads cimport threads_for
 
@@ -410,6 +411,222 @@ cdef enum:
     BN_ROWS = 64          # (N, C) input: rows per block whose statistics are merged (L2-sized)
 
 
+
+# (N, C, S) input with small S (S == 1: the (N, C) layout) is a row-major (N, W = C * S) matrix
+# whose column j belongs to channel j // S: each channel's values are strided down columns, so
+# the kernels below walk whole rows (the inner loop over W contiguous values vectorizes) and
+# split the rows over threads. Statistics: per thread, blocks of rows small enough for L2 are
+# reduced two-pass per column (mean, then squared deviations) and merged into the thread's
+# (mean, M2) with Chan's formula, then the threads merge in thread order and the S columns of a
+# channel merge in order of s (same bits at a fixed thread count). Element-wise passes use
+# per-column coefficients in the data's precision, the mean split into hi + lo as _affine.
+cdef enum:
+    BN_COLS_MAX_S = 16        # S up to this uses the column path
+    BN_BLOCK_BYTES = 1 << 17  # rows per statistics block: ~this many bytes of x
+
+
+cdef inline void _cols_stats(double* tm, double* tq, double* bm, double* bq,
+                             const floating* x, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t W,
+                             Py_ssize_t B) noexcept nogil:
+    """tm, tq (W,) = mean and M2 of each column of x over rows [lo, hi); bm, bq (W,) scratch."""
+    cdef Py_ssize_t n, j, r0 = lo, r1
+    cdef const floating* xr
+    cdef double d, k, kq, inv
+    for j in range(W):
+        tm[j] = 0.0
+        tq[j] = 0.0
+    while r0 < hi:
+        r1 = min(hi, r0 + B)
+        for j in range(W):
+            bm[j] = 0.0
+            bq[j] = 0.0
+        for n in range(r0, r1):
+            xr = x + n * W
+            for j in range(W):
+                bm[j] += xr[j]
+        inv = 1.0 / (r1 - r0)
+        for j in range(W):
+            bm[j] *= inv
+        for n in range(r0, r1):
+            xr = x + n * W
+            for j in range(W):
+                d = xr[j] - bm[j]
+                bq[j] += d * d
+        k = <double>(r1 - r0) / (r1 - lo)       # weight of the new block in the merge
+        kq = (r0 - lo) * k
+        for j in range(W):
+            d = bm[j] - tm[j]
+            tm[j] += d * k
+            tq[j] += bq[j] + d * d * kq
+        r0 = r1
+
+
+cdef inline void _cols_affine(floating* y, const floating* x, const floating* mh,
+                              const floating* ml, const floating* sc, const floating* sh,
+                              Py_ssize_t W) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(W):
+        y[j] = (x[j] - mh[j] - ml[j]) * sc[j] + sh[j]
+
+
+cdef inline void _cols_dsum(double* pa, double* pq, const floating* dy, const floating* x,
+                            const double* cm, Py_ssize_t W) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef double g
+    for j in range(W):
+        g = dy[j]
+        pa[j] += g
+        pq[j] += g * (x[j] - cm[j])
+
+
+cdef inline void _cols_dx(floating* dx, const floating* dy, const floating* x, const floating* mh,
+                          const floating* ml, const floating* k1, const floating* k2,
+                          const floating* k3, Py_ssize_t W) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(W):
+        dx[j] = dy[j] * k1[j] - k2[j] - (x[j] - mh[j] - ml[j]) * k3[j]
+
+
+cdef int _bn_cols_forward(floating* y, double* mean, double* rstd, floating* run_mean,
+                          floating* run_var, const floating* x, const floating* w,
+                          const floating* b, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                          double eps, double factor, bint batch_stats, int nt) noexcept nogil:
+    """The column path of _batchnorm_forward (same contract); -1 when out of memory."""
+    cdef Py_ssize_t W = C * S, M = N * S, t, j, c, s, n, lo, hi, chunk = (N + nt - 1) // nt
+    cdef Py_ssize_t B = BN_BLOCK_BYTES // (W * <Py_ssize_t>sizeof(floating))
+    cdef double* st = NULL
+    cdef double* tm
+    cdef double* tq
+    cdef double d, f, na, nb, m, q, var, scl
+    cdef floating* co = <floating*>malloc(4 * W * sizeof(floating))
+    if co == NULL:
+        return -1
+    if B < 1:
+        B = 1
+    if batch_stats:
+        st = <double*>malloc(4 * nt * W * sizeof(double))
+        if st == NULL:
+            free(co)
+            return -1
+        for t in prange(nt, num_threads=nt, schedule='static'):
+            lo = min(N, t * chunk)
+            hi = min(N, lo + chunk)
+            _cols_stats(st + 4 * t * W, st + (4 * t + 1) * W, st + (4 * t + 2) * W,
+                        st + (4 * t + 3) * W, x, lo, hi, W, B)
+        # merge the threads in order into thread 0's (mean, M2)
+        tm = st
+        tq = st + W
+        for t in range(1, nt):
+            na = <double>min(N, t * chunk)
+            nb = <double>(min(N, (t + 1) * chunk) - min(N, t * chunk))
+            if nb <= 0:
+                continue
+            f = nb / (na + nb)
+            for j in range(W):
+                d = st[4 * t * W + j] - tm[j]
+                tm[j] += d * f
+                tq[j] += st[(4 * t + 1) * W + j] + d * d * na * f
+        for c in range(C):
+            m = tm[c * S]
+            q = tq[c * S]
+            for s in range(1, S):
+                f = 1.0 / (s + 1)
+                d = tm[c * S + s] - m
+                m += d * f
+                q += tq[c * S + s] + d * d * (s * N) * f
+            var = q / M
+            mean[c] = m
+            rstd[c] = 1.0 / sqrt(var + eps)
+            if run_mean != NULL:
+                run_mean[c] = <floating>((1.0 - factor) * run_mean[c] + factor * m)
+                run_var[c] = <floating>((1.0 - factor) * run_var[c] + factor * var * M / (M - 1))
+        free(st)
+    else:
+        for c in range(C):
+            mean[c] = run_mean[c]
+            rstd[c] = 1.0 / sqrt(<double>run_var[c] + eps)
+    for c in range(C):
+        scl = rstd[c] * (w[c] if w != NULL else 1.0)
+        for s in range(S):
+            j = c * S + s
+            co[j] = <floating>mean[c]
+            co[W + j] = <floating>(mean[c] - co[j])
+            co[2 * W + j] = <floating>scl
+            co[3 * W + j] = <floating>(b[c] if b != NULL else 0.0)
+    for t in prange(nt, num_threads=nt, schedule='static'):
+        lo = min(N, t * chunk)
+        hi = min(N, lo + chunk)
+        for n in range(lo, hi):
+            _cols_affine(y + n * W, x + n * W, co, co + W, co + 2 * W, co + 3 * W, W)
+    free(co)
+    return 0
+
+
+cdef int _bn_cols_backward(floating* dx, double* work, const floating* dy, const floating* x,
+                           const floating* w, const double* mean, const double* rstd,
+                           Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, bint batch_stats,
+                           int nt) noexcept nogil:
+    """The column path of _batchnorm_backward (same contract); -1 when out of memory."""
+    cdef Py_ssize_t W = C * S, t, j, c, s, n, lo, hi, chunk = (N + nt - 1) // nt
+    cdef double M = <double>(N * S)
+    cdef double a1, a2, a3
+    cdef double* part = <double*>malloc((2 * nt + 1) * W * sizeof(double))
+    cdef double* cm
+    cdef floating* co
+    if part == NULL:
+        return -1
+    co = <floating*>malloc(5 * W * sizeof(floating))
+    if co == NULL:
+        free(part)
+        return -1
+    cm = part + 2 * nt * W
+    for c in range(C):
+        for s in range(S):
+            cm[c * S + s] = mean[c]
+    for t in prange(nt, num_threads=nt, schedule='static'):
+        lo = min(N, t * chunk)
+        hi = min(N, lo + chunk)
+        for j in range(2 * W):
+            part[2 * t * W + j] = 0.0
+        for n in range(lo, hi):
+            _cols_dsum(part + 2 * t * W, part + (2 * t + 1) * W, dy + n * W, x + n * W, cm, W)
+    for t in range(1, nt):
+        for j in range(2 * W):
+            part[j] += part[2 * t * W + j]
+    for c in range(C):
+        a1 = 0.0
+        a2 = 0.0
+        for s in range(S):
+            a1 += part[c * S + s]
+            a2 += part[W + c * S + s]
+        work[c] = a1
+        work[C + c] = a2
+    if dx != NULL:
+        for c in range(C):
+            a1 = rstd[c] * (w[c] if w != NULL else 1.0)
+            a2 = 0.0
+            a3 = 0.0
+            if batch_stats:
+                a2 = a1 * work[c] / M
+                a3 = a1 * rstd[c] * rstd[c] * work[C + c] / M
+            for s in range(S):
+                j = c * S + s
+                co[j] = <floating>mean[c]
+                co[W + j] = <floating>(mean[c] - co[j])
+                co[2 * W + j] = <floating>a1
+                co[3 * W + j] = <floating>a2
+                co[4 * W + j] = <floating>a3
+        for t in prange(nt, num_threads=nt, schedule='static'):
+            lo = min(N, t * chunk)
+            hi = min(N, lo + chunk)
+            for n in range(lo, hi):
+                _cols_dx(dx + n * W, dy + n * W, x + n * W, co, co + W, co + 2 * W, co + 3 * W,
+                         co + 4 * W, W)
+    free(co)
+    free(part)
+    return 0
+
+
 cdef void _batchnorm_forward(floating* y, double* mean, double* rstd, double* work,
                              floating* run_mean, floating* run_var, const floating* x,
                              const floating* w, const floating* b, Py_ssize_t N, Py_ssize_t C,
@@ -565,7 +782,21 @@ def batchnorm_forward(cnp.ndarray y, cnp.ndarray mean, cnp.ndarray rstd, object 
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* pw = _ptr(w)
     cdef void* pb = _ptr(b)
-    cdef int nt = _nt(C, N * C * S)
+    cdef int nt, rc = 0
+    if S <= BN_COLS_MAX_S:
+        nt = _nt(N, N * C * S)
+        with nogil:
+            if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+                rc = _bn_cols_forward(<float*>py, pm, pr, <float*>prm, <float*>prv, <float*>px,
+                                      <float*>pw, <float*>pb, N, C, S, eps, factor, batch_stats, nt)
+            else:
+                rc = _bn_cols_forward(<double*>py, pm, pr, <double*>prm, <double*>prv,
+                                      <double*>px, <double*>pw, <double*>pb, N, C, S, eps,
+                                      factor, batch_stats, nt)
+        if rc != 0:
+            raise MemoryError("batchnorm_forward: out of memory")
+        return
+    nt = _nt(C, N * C * S)
     cdef cnp.ndarray work = np.empty(4 * C)
     cdef double* pk = <double*>cnp.PyArray_DATA(work)
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
@@ -588,18 +819,31 @@ def batchnorm_backward(object dx, object dw, object db, cnp.ndarray dy, cnp.ndar
     cdef void* pw = _ptr(w)
     cdef double* pm = <double*>cnp.PyArray_DATA(mean)
     cdef double* pr = <double*>cnp.PyArray_DATA(rstd)
-    cdef int nt = _nt(C, N * C * S)
+    cdef int nt, rc = 0
     cdef cnp.ndarray sums = np.empty(5 * C)
     cdef double* ps = <double*>cnp.PyArray_DATA(sums)
     cdef Py_ssize_t c
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+    if S <= BN_COLS_MAX_S:
+        nt = _nt(N, N * C * S)
         with nogil:
-            _batchnorm_backward(<float*>pdx, ps, <float*>pdy, <float*>px, <float*>pw, pm, pr,
-                                N, C, S, batch_stats, nt)
+            if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+                rc = _bn_cols_backward(<float*>pdx, ps, <float*>pdy, <float*>px, <float*>pw,
+                                       pm, pr, N, C, S, batch_stats, nt)
+            else:
+                rc = _bn_cols_backward(<double*>pdx, ps, <double*>pdy, <double*>px, <double*>pw,
+                                       pm, pr, N, C, S, batch_stats, nt)
+        if rc != 0:
+            raise MemoryError("batchnorm_backward: out of memory")
     else:
-        with nogil:
-            _batchnorm_backward(<double*>pdx, ps, <double*>pdy, <double*>px, <double*>pw, pm, pr,
-                                N, C, S, batch_stats, nt)
+        nt = _nt(C, N * C * S)
+        if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+            with nogil:
+                _batchnorm_backward(<float*>pdx, ps, <float*>pdy, <float*>px, <float*>pw, pm,
+                                    pr, N, C, S, batch_stats, nt)
+        else:
+            with nogil:
+                _batchnorm_backward(<double*>pdx, ps, <double*>pdy, <double*>px, <double*>pw,
+                                    pm, pr, N, C, S, batch_stats, nt)
     for c in range(C):
         ps[C + c] *= pr[c]                   # sum(dy * xhat)
     _store_any(dw, ps + C, C, acc_w)
