@@ -178,20 +178,24 @@ def test_both_gemm_orientations_match_reference(case, layout, tiles, dtype, thre
     np.testing.assert_allclose(m.weight.grad, rdw, **kw)
 
 
+@pytest.mark.parametrize("positions", [1, 1 << 20], ids=["image-per-gemm", "batch-per-gemm"])
 @pytest.mark.parametrize("mode", [1, 2], ids=["im2col", "im2row"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_forward_im2row_matches_reference(case, mode, dtype, threads):
+def test_forward_im2row_matches_reference(case, mode, positions, dtype, threads):
     # the forward through position-major patch rows (any stride, groups 1) where possible, or
-    # never; the stride-1 shifted path off so that im2row takes its layers too
+    # never; the stride-1 shifted path off so that im2row takes its layers too; several images
+    # per GEMM (batch split over threads: partial blocks) or one
     from fastmod._kernels import conv as _k
     m, x, geo = make_case(case, dtype)
     _k.set_forward_im2row(mode)
     _k.set_forward_shifted(1)
+    _k.set_im2row_positions(positions)          # one image per GEMM, or the whole batch
     try:
         y = m(x)
     finally:
         _k.set_forward_im2row(0)
         _k.set_forward_shifted(0)
+        _k.set_im2row_positions(512)
     want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
     assert y.shape == want.shape and y.dtype == dtype
     np.testing.assert_allclose(y, want, **tol(dtype, parity=True))
