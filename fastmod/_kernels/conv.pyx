@@ -920,14 +920,18 @@ cdef void _geom(Geom* g, cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int SH, in
     g.Wq = (g.OW - 1) * SW + g.DW * (g.KW - 1) + 1
     g.im2row = False
     g.imb = <int>max(1, min(<Py_ssize_t>g.N, _im2row_positions // max(1, g.P)))
-    g.shifted = (_fwd_shifted == 2 or (_fwd_shifted == 0 and g.C >= 16 and g.KH > 1)) and (
+    # ... and since the im2row path (below): with OC >= 32 im2row is faster (0.87-0.97 of the
+    # shifted time for 16->32, 32->64, 64->64 at 16x16 and 32x32), with OC 12-16 slower (1.05)
+    g.shifted = (_fwd_shifted == 2 or (_fwd_shifted == 0 and g.C >= 16 and g.KH > 1
+                                       and (g.OC < 32 or _fwd_im2row == 1))) and (
         G == 1 and SH == 1 and SW == 1 and not g.direct and g.rows == g.OH
         and <Py_ssize_t>g.C * g.KW * g.Hp * g.Wp <= _tile_elems)
     # measured (one core, CPU time, forward, im2row / im2col): 0.81 for 32 -> 64 stride 2 at
     # 32x32, 0.88 for 64 -> 64 stride 2 at 16x16, 0.84 for the 1-D 64 -> 64 k5, 1.02 for the
-    # 1-D 32 -> 64 k5, 1.3-1.4 for 3 input channels: so C >= 64, or C >= 16 with a stride
+    # 1-D 32 -> 64 k5, 1.3-1.4 for 3 input channels: so C >= 64, or C >= 16 with a stride or a
+    # 2-D kernel (where the shifted path, faster for OC < 32, does not take the layer)
     g.im2row = (_fwd_im2row == 2 or (_fwd_im2row == 0 and (
-        g.C >= 64 or (g.C >= 16 and (SH > 1 or SW > 1))))) and (
+        g.C >= 64 or (g.C >= 16 and (SH > 1 or SW > 1 or g.KH > 1))))) and (
         G == 1 and not g.direct and not g.dwise and not g.shifted and g.rows == g.OH)
 
 
