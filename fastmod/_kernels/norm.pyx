@@ -11,7 +11,8 @@ forward writes them and backward reads them (with x: nothing of the input's size
 Numerics: statistics are accumulated in double for float32 data, in two passes over an L1/L2-sized
 block (mean, then the sum of squared deviations) -- never E[x^2] - E[x]^2, which cancels
 catastrophically for inputs like 1e4 + 1e-3 * randn. BatchNorm's channel (N blocks of S values)
-merges the per-block (mean, M2) pairs with Chan's formula in order of n, so x is read once from
+merges the per-block (mean, M2) pairs with Chan's formula in order of n (for S <= 16, the
+column path: blocks of rows, then threads in order, then the S columns), so x is read once from
 memory for the statistics and once to normalize. Element-wise loops run in the data's precision
 with the mean split into hi + lo parts (see _affine), so x - mean keeps its digits there too.
 The reductions have a fixed vectorized order (see the C block): bit-identical on repeat.
@@ -19,7 +20,8 @@ The reductions have a fixed vectorized order (see the C block): bit-identical on
 Threads: each prange runs over what it writes (rows, channel blocks, (n, g) pairs), with
 num_threads from threads_for. Parameter gradients that cross rows / samples go through per-thread
 partials (`part` (nt, 2, D or C), each thread owning a contiguous range) summed in thread order,
-so a fixed thread count gives bit-identical results (BatchNorm's channel sums never cross threads).
+so a fixed thread count gives bit-identical results (BatchNorm's column path splits rows the same
+way and merges its per-thread column statistics / sums in thread order).
 Gradients of w and b are added into dw / db when acc is set (Parameter.grad_buffer), else written.
 """
 import numpy as np
