@@ -59,6 +59,23 @@ def test_bnresblock_is_the_seeds_composition(dtype, rng):
     np.testing.assert_allclose(y, seq(x) + x, **tol(dtype))
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_bnresblock_inference_equals_grad_mode_forward(activation, dtype, threads, rng):
+    # under no_grad each ReLU is fused into its convolution's kernel call: the same values as
+    # the grad-mode forward (eval mode: BN uses the running stats in both)
+    m = nn.BNResBlock(16, activation=activation, dtype=dtype)
+    for b in (m.bn1, m.bn2):
+        b.running_mean[...] = rng.standard_normal(16)
+        b.running_var[...] = rng.uniform(0.5, 2, 16)
+    m.eval()
+    x = rng.standard_normal((3, 16, 6, 5)).astype(dtype)
+    want = m(x)
+    m.backward(np.ones_like(want))                  # consume what the grad-mode forward kept
+    with fastmod.no_grad():
+        got = m(x)
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("shape", [(3, 4, 5, 6), (2, 4, 1, 1), (1, 4, 2, 3)])
 def test_bnresblock_gradcheck(shape, rng):
     m = nn.BNResBlock(4, dtype=np.float64)

@@ -438,3 +438,46 @@ def test_bad_constructor_arguments(kwargs, match):
 def test_bad_dtype_argument():
     with pytest.raises(TypeError, match="float32 or float64"):
         nn.Conv1d(2, 2, 3, dtype=np.int32)
+
+
+# ------------------------------------------------------------------ fused ReLU (inference)
+_PATHS = {"auto": (0, 0, 0), "shifted": (2, 1, 0), "im2row": (1, 2, 0), "plain": (1, 1, 1),
+          "transposed": (1, 1, 2)}
+
+
+@pytest.mark.parametrize("path", list(_PATHS))
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_fused_relu_equals_conv_then_relu(case, path, dtype, threads):
+    # Sequential(Conv, ReLU) under no_grad: one kernel call applying the ReLU to each image;
+    # the same values as the convolution followed by the ReLU module, on every forward path
+    from fastmod._kernels import conv as _k
+    m, x, _ = make_case(case, dtype)
+    seq = nn.Sequential(m, nn.ReLU())
+    shifted, im2row, layout = _PATHS[path]
+    _k.set_forward_shifted(shifted)
+    _k.set_forward_im2row(im2row)
+    _k.set_layouts(layout, 0)
+    try:
+        want = nn.ReLU()(m(x))
+        m._saved()                                  # drop what the grad-mode forward kept
+        with fastmod.no_grad():
+            got = seq(x)
+            plain = m(x)
+    finally:
+        _k.set_forward_shifted(0)
+        _k.set_forward_im2row(0)
+        _k.set_layouts(0, 0)
+    assert got.dtype == dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    assert (plain < 0).any() and not (got < 0).any()   # the plain call left its ReLU off
+
+
+def test_fused_relu_keeps_nan(dtype):
+    m = nn.Conv2d(2, 3, 3, padding=1, dtype=dtype)
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5)).astype(dtype)
+    x[1, 0, 2, 2] = np.nan
+    with fastmod.no_grad():
+        got = nn.Sequential(m, nn.ReLU())(x)
+    want = nn.ReLU()(m(x))
+    np.testing.assert_array_equal(got, want)        # NaN where NaN (assert_array_equal: NaN == NaN)
+    assert np.isnan(got[1]).any() and not np.isnan(got[0]).any()

@@ -142,6 +142,7 @@ cdef struct Geom:
     bint im2row             # forward: patches as rows (P, KH*KW*C) from a position-major copy
     int Hq, Wq              # its padded plane, (OH-1)*SH + DH*(KH-1) + 1 by (OW-1)*SW + DW*(KW-1) + 1
     int imb                 # images per im2row GEMM (small images: one GEMM over several)
+    bint relu               # forward: y = max(y, 0) on each image while it is in cache
 
 
 cdef inline Py_ssize_t _col_size(Geom* g) noexcept nogil:
@@ -450,6 +451,15 @@ cdef void _dw_backward_image(floating* dx, floating* dw, const floating* dy, con
 
 
 # ---------------------------------------------------------------- forward
+cdef inline void _relu_inplace(floating* y, Py_ssize_t n) noexcept nogil:
+    # as ReLU's kernel: NaN stays NaN (as torch)
+    cdef Py_ssize_t i
+    cdef floating v
+    for i in range(n):
+        v = y[i]
+        y[i] = 0 if v < 0 else v
+
+
 cdef void _shifted_forward_image(floating* y, const floating* x, const floating* wr,
                                  const floating* b, floating* buf, Geom* g,
                                  int gemm_nt) noexcept nogil:
@@ -560,10 +570,19 @@ cdef void _im2row_forward_images(floating* y, const floating* x, const floating*
             yrow = y + im * g.ys + <Py_ssize_t>o * g.P
             for p in range(g.P):
                 yrow[p] = tcol[<Py_ssize_t>p * g.OC] + bo
+        if g.relu:
+            _relu_inplace(y + im * g.ys, <Py_ssize_t>g.OC * g.P)
 
 
 cdef void _forward_image(floating* y, const floating* x, const floating* w, const floating* wr,
                          const floating* b, floating* col, Geom* g, int gemm_nt) noexcept nogil:
+    _forward_image_body(y, x, w, wr, b, col, g, gemm_nt)
+    if g.relu and not g.im2row:
+        _relu_inplace(y, <Py_ssize_t>g.OC * g.P)
+
+
+cdef void _forward_image_body(floating* y, const floating* x, const floating* w, const floating* wr,
+                              const floating* b, floating* col, Geom* g, int gemm_nt) noexcept nogil:
     # y (OC, P) = per group W_g @ cols_g + b, one tile of g.rows output rows at a time (the
     # tile's cols (K*G, pt) are the per-thread scratch)
     cdef const floating* cols
@@ -919,6 +938,7 @@ cdef void _geom(Geom* g, cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int SH, in
     g.Hq = (g.OH - 1) * SH + g.DH * (g.KH - 1) + 1
     g.Wq = (g.OW - 1) * SW + g.DW * (g.KW - 1) + 1
     g.im2row = False
+    g.relu = False
     g.imb = <int>max(1, min(<Py_ssize_t>g.N, _im2row_positions // max(1, g.P)))
     # ... and since the im2row path (below): with OC >= 32 im2row is faster (0.87-0.97 of the
     # shifted time for 16->32, 32->64, 64->64 at 16x16 and 32x32), with OC 12-16 slower (1.05)
@@ -936,8 +956,10 @@ cdef void _geom(Geom* g, cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int SH, in
 
 
 def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
-                   int SH, int SW, int PH, int PW, int DH, int DW, int G, bint batched=False):
-    """y (N, OC, OH, OW) = conv(x (N, C, H, W), w (OC, C/G, KH, KW)) + b (b may be None).
+                   int SH, int SW, int PH, int PW, int DH, int DW, int G, bint batched=False,
+                   bint relu=False):
+    """y (N, OC, OH, OW) = conv(x (N, C, H, W), w (OC, C/G, KH, KW)) + b (b may be None);
+    then y = max(y, 0) when relu (image by image, while it is in cache; NaN stays NaN).
 
     PH / PW are the top / left paddings; OH, OW (y's shape) imply the bottom / right ones.
     Images of x and y are C-contiguous; their batch strides may be larger (channel views).
@@ -945,6 +967,9 @@ def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
     """
     cdef Geom g
     _geom(&g, x, y, w, SH, SW, PH, PW, DH, DW, G)
+    g.relu = relu
+    if batched and relu:
+        raise ValueError("conv2d_forward: batched=True does not fuse the ReLU")
     cdef void* py = cnp.PyArray_DATA(y)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* pw = cnp.PyArray_DATA(w)

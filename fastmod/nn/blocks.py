@@ -1,6 +1,7 @@
 """The seed's "Modern CNN Architectures" blocks: ResBlock with batch normalization, DenseNet block."""
 import numpy as np
 
+from fastmod._runtime import STATE
 from fastmod.nn._validate import positive_int
 from fastmod.nn.activation import ReLU, make_activation
 from fastmod.nn.containers import ModuleList
@@ -55,8 +56,13 @@ class BNResBlock(Module):
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(f"{self._short_repr()}: expected input of shape "
                              f"(N, {self.channels}, H, W), got {x.shape}")
-        h = self.bn1(self.act1(self.conv1(x)))
-        y = self.bn2(self.act2(self.conv2(h)))
+        if not STATE.grad_enabled and type(self.act1) is ReLU:
+            # inference: each ReLU fused into its convolution's kernel call (same values)
+            h = self.bn1(self.conv1._forward(x, True))
+            y = self.bn2(self.conv2._forward(h, True))
+        else:
+            h = self.bn1(self.act1(self.conv1(x)))
+            y = self.bn2(self.act2(self.conv2(h)))
         y = y + x                               # the skip connection
         self._save(y.shape, y.dtype)
         return y
@@ -134,9 +140,8 @@ class DenseBlock(Module):
             geom = conv._geometry((H, W))
             geoms.append(geom)
             if self._relu:
-                out = buf[:, cin:cin + g]
-                conv._forward_into(out, buf[:, :cin], geom)
-                np.maximum(out, 0, out=out)         # in place; relu' is read from the output
+                # the ReLU fused into the kernel call, in place; relu' is read from the output
+                conv._forward_into(buf[:, cin:cin + g], buf[:, :cin], geom, relu=True)
             else:
                 z = np.empty((N, g, H, W), x.dtype)
                 conv._forward_into(z, buf[:, :cin], geom)

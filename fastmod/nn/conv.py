@@ -135,12 +135,14 @@ class _ConvNd(Module):
         return (shape[0], self.out_channels) + out
 
     # -- the raw calls (DenseBlock uses them on channel views of one buffer) -------------------
-    def _forward_into(self, y4, x4, geom):
-        """y4 (N, OC, OH, OW) <- conv(x4 (N, C, H, W)); both may have a batch stride > C*H*W."""
+    def _forward_into(self, y4, x4, geom, relu=False):
+        """y4 (N, OC, OH, OW) <- conv(x4 (N, C, H, W)), then max(., 0) in place when relu (in
+        the same kernel call); both may have a batch stride > C*H*W."""
         H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = geom
         b = self.bias
         _k.conv2d_forward(y4, x4, self.weight.data.reshape(self.out_channels, -1, KH, KW),
-                          None if b is None else b.data, SH, SW, PH, PW, DH, DW, self.groups)
+                          None if b is None else b.data, SH, SW, PH, PW, DH, DW, self.groups,
+                          False, relu)
 
     def _backward_into(self, dx4, dy4, x4, geom, acc_dx=False):
         """Parameter gradients (+)= and dx4 (N, C, H, W) (+)= (acc_dx) the input gradient
@@ -161,6 +163,11 @@ class _ConvNd(Module):
 
     # -- forward / backward ----------------------------------------------------------------------
     def forward(self, x):
+        return self._forward(x, False)
+
+    def _forward(self, x, relu):
+        # relu=True: ReLU applied to the output in the same kernel call (inference paths of
+        # Sequential, BNResBlock: a ReLU module after the convolution; nothing is saved then)
         x = self._check_input(x)
         out_shape = self.output_shape(x.shape)
         geom = self._geometry(x.shape[2:])
@@ -168,7 +175,7 @@ class _ConvNd(Module):
         N = x.shape[0]
         x4 = x.reshape(N, self.in_channels, H, W)
         y = np.empty(out_shape, x.dtype)
-        self._forward_into(y.reshape(N, self.out_channels, OH, OW), x4, geom)
+        self._forward_into(y.reshape(N, self.out_channels, OH, OW), x4, geom, relu)
         self._save(x4, x.shape, out_shape, geom)      # x (N, C, H, W) for dW and the shapes
         return y
 
