@@ -18,7 +18,11 @@ Per image n and group g (cols = im2col(x_n), (C*KH*KW, P); group g owns rows g*K
 Paths chosen per layer, each measured against the plain one (ratios where they are decided):
   * 1x1 kernel, stride 1, no padding: no im2col at all, cols = x_n (a plain GEMM).
   * GEMM orientation: y^T and dW^T (column-major M = OC) when OC is the small side (_pick).
-  * stride-1 2-D forward with C >= 16: per-tap GEMMs on one zero-padded copy of x_n (Geom.shifted).
+  * stride-1 2-D forward with C >= 16 and OC < 32: per-kernel-row GEMMs on a zero-padded,
+    position-major copy of x_n (Geom.shifted).
+  * other groups-1 forwards with C >= 64, or C >= 16 and a stride or a 2-D kernel: patch rows
+    (P, KH*KW*C) from a position-major copy, several small images per GEMM (Geom.im2row).
+  * forward with relu: max(y, 0) on each image in the same call (Sequential Conv+ReLU, blocks).
   * stride-1 dx with OC < C: a convolution of dy with the flipped weights (Geom.dxconv).
   * one input channel per group (depthwise): direct loops, no GEMM (Geom.dwise).
   * im2col in tiles of output rows, bounding the per-thread scratch (Geom.rows).
