@@ -11,7 +11,7 @@ from fastmod._runtime import STATE
 from fastmod.nn import init
 from fastmod.nn._validate import boolean, finite_float, positive_int
 from fastmod.nn.linear import Linear
-from fastmod.nn.module import Module, Parameter, as_float_dtype
+from fastmod.nn.module import Module, Parameter, as_float_dtype, grad_buffer_of
 
 
 def _additive_mask(mask, dtype, shapes, who, name, bool_true_masks=True):
@@ -224,12 +224,8 @@ class MultiheadAttention(Module):
         _ka.attention_backward(dq, dk, dv, dctx, P, q, k, v, N, H, T, S, D, ld, ld, ld, E,
                                1.0 / math.sqrt(D), drop, seed)
         wp, bp = self.in_proj_weight, self.in_proj_bias
-        dw = db = None
-        acc_w = acc_b = False
-        if wp.requires_grad:
-            dw, acc_w = wp.grad_buffer()
-        if bp is not None and bp.requires_grad:
-            db, acc_b = bp.grad_buffer()
+        dw, acc_w = grad_buffer_of(wp)
+        db, acc_b = grad_buffer_of(bp)
         if len(inputs) == 1:
             x2 = inputs[0].reshape(N * T, E)
             dx = np.empty_like(x2) if need_input_grad else None

@@ -15,7 +15,7 @@ import numpy as np
 from fastmod._kernels import conv as _k
 from fastmod.nn import init
 from fastmod.nn._validate import boolean, int_tuple, positive_int
-from fastmod.nn.module import Module, Parameter, as_float_dtype
+from fastmod.nn.module import Module, Parameter, as_float_dtype, grad_buffer_of
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -149,12 +149,10 @@ class _ConvNd(Module):
         (dx4 None: skip it)."""
         H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = geom
         w, b = self.weight, self.bias
-        dw = acc_w = db = acc_b = None
-        if w.requires_grad:
-            dw, acc_w = w.grad_buffer()
+        dw, acc_w = grad_buffer_of(w)
+        if dw is not None:
             dw = dw.reshape(self.out_channels, -1, KH, KW)
-        if b is not None and b.requires_grad:
-            db, acc_b = b.grad_buffer()
+        db, acc_b = grad_buffer_of(b)
         if dw is None and db is None and dx4 is None:
             return
         _k.conv2d_backward(dx4, dw, db, dy4, x4, w.data.reshape(self.out_channels, -1, KH, KW),

@@ -4,7 +4,7 @@ import numpy as np
 from fastmod._kernels import linear as _k
 from fastmod.nn import init
 from fastmod.nn._validate import boolean, positive_int
-from fastmod.nn.module import Module, Parameter, as_float_dtype
+from fastmod.nn.module import Module, Parameter, as_float_dtype, grad_buffer_of
 
 
 class Linear(Module):
@@ -89,12 +89,8 @@ class Linear(Module):
         w = self.weight
         dy = self._check_grad(dy, xshape[:-1] + (self.out_features,), w.data.dtype)
         dy2 = dy if dy.ndim == 2 else dy.reshape(-1, self.out_features)
-        dw = acc_w = db = acc_b = None
-        if w.requires_grad:
-            dw, acc_w = w.grad_buffer()
-        b = self.bias
-        if b is not None and b.requires_grad:
-            db, acc_b = b.grad_buffer()
+        dw, acc_w = grad_buffer_of(w)
+        db, acc_b = grad_buffer_of(self.bias)
         dx = np.empty_like(x2) if need_input_grad else None
         _k.linear_backward(dx, dw, db, dy2, x2, w.data, bool(acc_w), bool(acc_b))
         if not need_input_grad:

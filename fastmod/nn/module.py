@@ -144,6 +144,14 @@ class Parameter:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
 
 
+def grad_buffer_of(p):
+    """(gradient array, accumulate) for a kernel to write p's gradient into (see
+    Parameter.grad_buffer), or (None, False) when p is None or frozen (requires_grad False)."""
+    if p is None or not p.requires_grad:
+        return None, False
+    return p.grad_buffer()
+
+
 class Module:
     """Base class of every layer and container (torch.nn.Module's API on NumPy arrays)."""
 

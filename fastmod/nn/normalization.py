@@ -12,7 +12,7 @@ import numpy as np
 
 from fastmod._kernels import norm as _k
 from fastmod.nn._validate import boolean, finite_float, positive_int
-from fastmod.nn.module import Module, Parameter, as_float_dtype
+from fastmod.nn.module import Module, Parameter, as_float_dtype, grad_buffer_of
 
 
 def _eps(value, who):
@@ -125,12 +125,8 @@ class LayerNorm(Module):
         d = self._d
         rows = x.size // d
         w, b = self.weight, self.bias
-        dw = db = None
-        acc_w = acc_b = False
-        if w is not None and w.requires_grad:
-            dw, acc_w = w.grad_buffer()
-        if b is not None and b.requires_grad:
-            db, acc_b = b.grad_buffer()
+        dw, acc_w = grad_buffer_of(w)
+        db, acc_b = grad_buffer_of(b)
         if w is None:
             # LN-S: the kernel's g = dy * w with w = 1
             if self._ones is None or self._ones.dtype != x.dtype:
@@ -245,12 +241,8 @@ class _BatchNorm(Module):
         n, c = x.shape[0], self.num_features
         s = x.size // (n * c)
         w, b = self.weight, self.bias
-        dw = db = None
-        acc_w = acc_b = False
-        if w is not None and w.requires_grad:
-            dw, acc_w = w.grad_buffer()
-        if b is not None and b.requires_grad:
-            db, acc_b = b.grad_buffer()
+        dw, acc_w = grad_buffer_of(w)
+        db, acc_b = grad_buffer_of(b)
         dx = np.empty_like(x) if need_input_grad else None
         if dx is None and dw is None and db is None:
             return None
@@ -391,12 +383,8 @@ class GroupNorm(Module):
         n, c, g = x.shape[0], self.num_channels, self.num_groups
         s = x.size // (n * c)
         w, b = self.weight, self.bias
-        dw = db = None
-        acc_w = acc_b = False
-        if w is not None and w.requires_grad:
-            dw, acc_w = w.grad_buffer()
-        if b is not None and b.requires_grad:
-            db, acc_b = b.grad_buffer()
+        dw, acc_w = grad_buffer_of(w)
+        db, acc_b = grad_buffer_of(b)
         dx = np.empty_like(x) if need_input_grad else None
         if dx is None and dw is None and db is None:
             return None
