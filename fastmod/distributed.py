@@ -48,7 +48,8 @@ import time
 import numpy as np
 
 from fastmod import _runtime
-from fastmod.nn.module import Module, Parameter
+from fastmod.nn.module import Module
+from fastmod.nn.normalization import init_batchnorm_state
 
 __all__ = ["is_available", "init", "is_initialized", "rank", "world_size", "local_size",
            "is_root", "barrier", "abort", "allreduce", "broadcast_parameters",
@@ -639,20 +640,7 @@ class SyncBatchNorm(Module):
         self.num_features, self.eps, self.momentum = C, float(eps), momentum
         self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
         self.__dict__["_comm_arg"] = comm
-        if self.affine:
-            self.weight = Parameter(np.ones(C, dt))
-            self.bias = Parameter(np.zeros(C, dt))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if self.track_running_stats:
-            self.register_buffer("running_mean", np.zeros(C, dt))
-            self.register_buffer("running_var", np.ones(C, dt))
-            self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
+        init_batchnorm_state(self, C, dt)
 
     def extra_repr(self):
         s = f"{self.num_features}"

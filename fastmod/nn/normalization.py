@@ -141,6 +141,24 @@ class LayerNorm(Module):
         return dx
 
 
+def init_batchnorm_state(m, c, dt):
+    """BatchNorm's parameters and buffers, as torch names them: weight/bias (ones/zeros) when
+    m.affine, running_mean/running_var/num_batches_tracked when m.track_running_stats."""
+    if m.affine:
+        m.weight = Parameter(np.ones(c, dt))
+        m.bias = Parameter(np.zeros(c, dt))
+    else:
+        m.register_parameter("weight", None)
+        m.register_parameter("bias", None)
+    if m.track_running_stats:
+        m.register_buffer("running_mean", np.zeros(c, dt))
+        m.register_buffer("running_var", np.ones(c, dt))
+        m.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+    else:
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            m.register_buffer(name, None)
+
+
 class _BatchNorm(Module):
     """Shared by BatchNorm1d and BatchNorm2d: y = (x - mean) / sqrt(var + eps) * weight + bias per
     channel, with batch statistics over (N, *spatial) in training and the running ones in eval."""
@@ -160,20 +178,7 @@ class _BatchNorm(Module):
         self.track_running_stats = boolean(track_running_stats, f"{who}: track_running_stats")
         dt = as_float_dtype(dtype, f"{who}: dtype")
         c = self.num_features
-        if self.affine:
-            self.weight = Parameter(np.ones(c, dt))
-            self.bias = Parameter(np.zeros(c, dt))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if self.track_running_stats:
-            self.register_buffer("running_mean", np.zeros(c, dt))
-            self.register_buffer("running_var", np.ones(c, dt))
-            self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
+        init_batchnorm_state(self, c, dt)
         self._dt = dt
 
     def reset_running_stats(self):
