@@ -61,40 +61,46 @@ cdef void _max_forward_plane(floating* y, int* idx, const floating* x, int H, in
             idx[i * OW + j] = best
 
 
+cdef void _max_forward(floating* y, int* idx, const floating* x, int R, int H, int W, int OH,
+                       int OW, int KH, int KW, int SH, int SW, int PH, int PW, int DH,
+                       int DW) noexcept nogil:
+    cdef Py_ssize_t xs = <Py_ssize_t>H * W, ys = <Py_ssize_t>OH * OW
+    cdef int r, nt = threads_for(<Py_ssize_t>R * ys * KH * KW, GRAIN)
+    for r in prange(R, num_threads=nt, schedule='static'):
+        _max_forward_plane(y + r * ys, idx + r * ys, x + r * xs, H, W, OH, OW, KH, KW, SH, SW,
+                           PH, PW, DH, DW)
+
+
 def maxpool2d_forward(cnp.ndarray y, cnp.ndarray idx, cnp.ndarray x, int KH, int KW, int SH,
                       int SW, int PH, int PW, int DH, int DW):
     """y, idx (R, OH, OW) = max over each window of x (R, H, W) (every window holds a tap)."""
     cdef int R = <int>cnp.PyArray_DIM(x, 0), H = <int>cnp.PyArray_DIM(x, 1)
     cdef int W = <int>cnp.PyArray_DIM(x, 2)
     cdef int OH = <int>cnp.PyArray_DIM(y, 1), OW = <int>cnp.PyArray_DIM(y, 2)
-    cdef Py_ssize_t xs = <Py_ssize_t>H * W, ys = <Py_ssize_t>OH * OW
-    cdef int r, nt = threads_for(<Py_ssize_t>R * ys * KH * KW, GRAIN)
     cdef int* pi = <int*>cnp.PyArray_DATA(idx)
-    cdef float* xf
-    cdef float* yf
-    cdef double* xd
-    cdef double* yd
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
-        xf = <float*>cnp.PyArray_DATA(x)
-        yf = <float*>cnp.PyArray_DATA(y)
-        for r in prange(R, nogil=True, num_threads=nt, schedule='static'):
-            _max_forward_plane(yf + r * ys, pi + r * ys, xf + r * xs, H, W, OH, OW, KH, KW, SH,
-                               SW, PH, PW, DH, DW)
+        _max_forward(<float*>cnp.PyArray_DATA(y), pi, <float*>cnp.PyArray_DATA(x), R, H, W, OH,
+                     OW, KH, KW, SH, SW, PH, PW, DH, DW)
     else:
-        xd = <double*>cnp.PyArray_DATA(x)
-        yd = <double*>cnp.PyArray_DATA(y)
-        for r in prange(R, nogil=True, num_threads=nt, schedule='static'):
-            _max_forward_plane(yd + r * ys, pi + r * ys, xd + r * xs, H, W, OH, OW, KH, KW, SH,
-                               SW, PH, PW, DH, DW)
+        _max_forward(<double*>cnp.PyArray_DATA(y), pi, <double*>cnp.PyArray_DATA(x), R, H, W,
+                     OH, OW, KH, KW, SH, SW, PH, PW, DH, DW)
 
 
-cdef void _max_backward_plane(floating* dx, const floating* dy, const int* idx, Py_ssize_t xs,
-                              Py_ssize_t ys) noexcept nogil:
-    # dx (H*W) = 0, then dx[idx[k]] += dy[k] (overlapping windows add)
+cdef void _max_backward(floating* dx, const floating* dy, const int* idx, int R, Py_ssize_t xs,
+                        Py_ssize_t ys) noexcept nogil:
+    # per plane: dx (H*W) = 0, then dx[idx[k]] += dy[k] (overlapping windows add)
+    cdef int r, nt = threads_for(<Py_ssize_t>R * (xs + ys), GRAIN)
     cdef Py_ssize_t k
-    memset(dx, 0, xs * sizeof(floating))
-    for k in range(ys):
-        dx[idx[k]] += dy[k]
+    cdef floating* d
+    cdef const floating* g
+    cdef const int* ix
+    for r in prange(R, num_threads=nt, schedule='static'):
+        d = dx + r * xs
+        g = dy + r * ys
+        ix = idx + r * ys
+        memset(d, 0, xs * sizeof(floating))
+        for k in range(ys):
+            d[ix[k]] += g[k]
 
 
 def maxpool2d_backward(cnp.ndarray dx, cnp.ndarray dy, cnp.ndarray idx):
@@ -102,22 +108,12 @@ def maxpool2d_backward(cnp.ndarray dx, cnp.ndarray dy, cnp.ndarray idx):
     cdef int R = <int>cnp.PyArray_DIM(dx, 0)
     cdef Py_ssize_t xs = cnp.PyArray_DIM(dx, 1) * cnp.PyArray_DIM(dx, 2)
     cdef Py_ssize_t ys = cnp.PyArray_DIM(dy, 1) * cnp.PyArray_DIM(dy, 2)
-    cdef int r, nt = threads_for(<Py_ssize_t>R * (xs + ys), GRAIN)
     cdef int* pi = <int*>cnp.PyArray_DATA(idx)
-    cdef float* f
-    cdef float* gf
-    cdef double* d
-    cdef double* gd
     if cnp.PyArray_TYPE(dx) == cnp.NPY_FLOAT32:
-        f = <float*>cnp.PyArray_DATA(dx)
-        gf = <float*>cnp.PyArray_DATA(dy)
-        for r in prange(R, nogil=True, num_threads=nt, schedule='static'):
-            _max_backward_plane(f + r * xs, gf + r * ys, pi + r * ys, xs, ys)
+        _max_backward(<float*>cnp.PyArray_DATA(dx), <float*>cnp.PyArray_DATA(dy), pi, R, xs, ys)
     else:
-        d = <double*>cnp.PyArray_DATA(dx)
-        gd = <double*>cnp.PyArray_DATA(dy)
-        for r in prange(R, nogil=True, num_threads=nt, schedule='static'):
-            _max_backward_plane(d + r * xs, gd + r * ys, pi + r * ys, xs, ys)
+        _max_backward(<double*>cnp.PyArray_DATA(dx), <double*>cnp.PyArray_DATA(dy), pi, R, xs,
+                      ys)
 
 
 # ---------------------------------------------------------------- average pooling
@@ -141,87 +137,67 @@ cdef inline double _avg_window(int i, int j, int H, int W, int KH, int KW, int S
     return 1.0 / area if area > 0 else 0.0
 
 
-cdef void _avg_forward_plane(floating* y, const floating* x, int H, int W, int OH, int OW,
-                             int KH, int KW, int SH, int SW, int PH, int PW, bint count_pad,
-                             int divisor) noexcept nogil:
+cdef void _avg_plane(floating* y, floating* dx, const floating* x, const floating* dy, int H,
+                     int W, int OH, int OW, int KH, int KW, int SH, int SW, int PH, int PW,
+                     bint count_pad, int divisor, bint backward) noexcept nogil:
+    # forward: y[i, j] = scale * (window sum of x); backward: dx = 0, then each window += scale*dy
     cdef int i, j, h, w, h0, h1, w0, w1
     cdef double s, scale
+    cdef floating g
+    if backward:
+        memset(dx, 0, <Py_ssize_t>H * W * sizeof(floating))
     for i in range(OH):
         for j in range(OW):
             scale = _avg_window(i, j, H, W, KH, KW, SH, SW, PH, PW, count_pad, divisor,
                                 &h0, &h1, &w0, &w1)
-            s = 0
-            for h in range(h0, h1):
-                for w in range(w0, w1):
-                    s += x[h * W + w]
-            y[i * OW + j] = <floating>(s * scale)
+            if backward:
+                g = <floating>(dy[i * OW + j] * scale)
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        dx[h * W + w] += g
+            else:
+                s = 0
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        s += x[h * W + w]
+                y[i * OW + j] = <floating>(s * scale)
 
 
-cdef void _avg_backward_plane(floating* dx, const floating* dy, int H, int W, int OH, int OW,
-                              int KH, int KW, int SH, int SW, int PH, int PW, bint count_pad,
-                              int divisor) noexcept nogil:
-    cdef int i, j, h, w, h0, h1, w0, w1
-    cdef floating g
-    memset(dx, 0, <Py_ssize_t>H * W * sizeof(floating))
-    for i in range(OH):
-        for j in range(OW):
-            g = <floating>(dy[i * OW + j] * _avg_window(i, j, H, W, KH, KW, SH, SW, PH, PW,
-                                                        count_pad, divisor, &h0, &h1, &w0, &w1))
-            for h in range(h0, h1):
-                for w in range(w0, w1):
-                    dx[h * W + w] += g
+cdef void _avg(floating* xbuf, floating* ybuf, int R, int H, int W, int OH, int OW, int KH,
+               int KW, int SH, int SW, int PH, int PW, bint count_pad, int divisor,
+               bint backward) noexcept nogil:
+    # forward reads xbuf (R, H, W) and writes ybuf (R, OH, OW); backward reads ybuf (= dy)
+    # and writes xbuf (= dx)
+    cdef Py_ssize_t xs = <Py_ssize_t>H * W, ys = <Py_ssize_t>OH * OW
+    cdef int r, nt = threads_for(<Py_ssize_t>R * ys * KH * KW, GRAIN)
+    for r in prange(R, num_threads=nt, schedule='static'):
+        _avg_plane(ybuf + r * ys, xbuf + r * xs, xbuf + r * xs, ybuf + r * ys, H, W, OH, OW,
+                   KH, KW, SH, SW, PH, PW, count_pad, divisor, backward)
+
+
+cdef _avg_dispatch(cnp.ndarray xbuf, cnp.ndarray ybuf, int KH, int KW, int SH, int SW, int PH,
+                   int PW, bint count_pad, int divisor, bint backward):
+    cdef int R = <int>cnp.PyArray_DIM(xbuf, 0), H = <int>cnp.PyArray_DIM(xbuf, 1)
+    cdef int W = <int>cnp.PyArray_DIM(xbuf, 2)
+    cdef int OH = <int>cnp.PyArray_DIM(ybuf, 1), OW = <int>cnp.PyArray_DIM(ybuf, 2)
+    if cnp.PyArray_TYPE(xbuf) == cnp.NPY_FLOAT32:
+        _avg(<float*>cnp.PyArray_DATA(xbuf), <float*>cnp.PyArray_DATA(ybuf), R, H, W, OH, OW,
+             KH, KW, SH, SW, PH, PW, count_pad, divisor, backward)
+    else:
+        _avg(<double*>cnp.PyArray_DATA(xbuf), <double*>cnp.PyArray_DATA(ybuf), R, H, W, OH, OW,
+             KH, KW, SH, SW, PH, PW, count_pad, divisor, backward)
 
 
 def avgpool2d_forward(cnp.ndarray y, cnp.ndarray x, int KH, int KW, int SH, int SW, int PH,
                       int PW, bint count_include_pad, int divisor_override):
     """y (R, OH, OW) = window means of x (R, H, W) (divisor_override > 0 replaces the count)."""
-    cdef int R = <int>cnp.PyArray_DIM(x, 0), H = <int>cnp.PyArray_DIM(x, 1)
-    cdef int W = <int>cnp.PyArray_DIM(x, 2)
-    cdef int OH = <int>cnp.PyArray_DIM(y, 1), OW = <int>cnp.PyArray_DIM(y, 2)
-    cdef Py_ssize_t xs = <Py_ssize_t>H * W, ys = <Py_ssize_t>OH * OW
-    cdef int r, nt = threads_for(<Py_ssize_t>R * ys * KH * KW, GRAIN)
-    cdef float* xf
-    cdef float* yf
-    cdef double* xd
-    cdef double* yd
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
-        xf = <float*>cnp.PyArray_DATA(x)
-        yf = <float*>cnp.PyArray_DATA(y)
-        for r in prange(R, nogil=True, num_threads=nt, schedule='static'):
-            _avg_forward_plane(yf + r * ys, xf + r * xs, H, W, OH, OW, KH, KW, SH, SW, PH, PW,
-                               count_include_pad, divisor_override)
-    else:
-        xd = <double*>cnp.PyArray_DATA(x)
-        yd = <double*>cnp.PyArray_DATA(y)
-        for r in prange(R, nogil=True, num_threads=nt, schedule='static'):
-            _avg_forward_plane(yd + r * ys, xd + r * xs, H, W, OH, OW, KH, KW, SH, SW, PH, PW,
-                               count_include_pad, divisor_override)
+    _avg_dispatch(x, y, KH, KW, SH, SW, PH, PW, count_include_pad, divisor_override, False)
 
 
 def avgpool2d_backward(cnp.ndarray dx, cnp.ndarray dy, int KH, int KW, int SH, int SW, int PH,
                        int PW, bint count_include_pad, int divisor_override):
     """dx (R, H, W) = each dy (R, OH, OW) spread evenly (1/divisor) over its window."""
-    cdef int R = <int>cnp.PyArray_DIM(dx, 0), H = <int>cnp.PyArray_DIM(dx, 1)
-    cdef int W = <int>cnp.PyArray_DIM(dx, 2)
-    cdef int OH = <int>cnp.PyArray_DIM(dy, 1), OW = <int>cnp.PyArray_DIM(dy, 2)
-    cdef Py_ssize_t xs = <Py_ssize_t>H * W, ys = <Py_ssize_t>OH * OW
-    cdef int r, nt = threads_for(<Py_ssize_t>R * ys * KH * KW, GRAIN)
-    cdef float* xf
-    cdef float* yf
-    cdef double* xd
-    cdef double* yd
-    if cnp.PyArray_TYPE(dx) == cnp.NPY_FLOAT32:
-        xf = <float*>cnp.PyArray_DATA(dx)
-        yf = <float*>cnp.PyArray_DATA(dy)
-        for r in prange(R, nogil=True, num_threads=nt, schedule='static'):
-            _avg_backward_plane(xf + r * xs, yf + r * ys, H, W, OH, OW, KH, KW, SH, SW, PH, PW,
-                                count_include_pad, divisor_override)
-    else:
-        xd = <double*>cnp.PyArray_DATA(dx)
-        yd = <double*>cnp.PyArray_DATA(dy)
-        for r in prange(R, nogil=True, num_threads=nt, schedule='static'):
-            _avg_backward_plane(xd + r * xs, yd + r * ys, H, W, OH, OW, KH, KW, SH, SW, PH, PW,
-                                count_include_pad, divisor_override)
+    _avg_dispatch(dx, dy, KH, KW, SH, SW, PH, PW, count_include_pad, divisor_override, True)
 
 
 # ---------------------------------------------------------------- adaptive average pooling
@@ -252,47 +228,33 @@ cdef void _adaptive_plane(floating* y, floating* dx, const floating* x, const fl
                 y[i * OW + j] = <floating>(s * scale)
 
 
-def adaptive_avgpool2d_forward(cnp.ndarray y, cnp.ndarray x):
-    """y (R, OH, OW) = means of x (R, H, W) over torch's adaptive bins (OH = OW = 1: global mean)."""
-    cdef int R = <int>cnp.PyArray_DIM(x, 0), H = <int>cnp.PyArray_DIM(x, 1)
-    cdef int W = <int>cnp.PyArray_DIM(x, 2)
-    cdef int OH = <int>cnp.PyArray_DIM(y, 1), OW = <int>cnp.PyArray_DIM(y, 2)
+cdef void _adaptive(floating* xbuf, floating* ybuf, int R, int H, int W, int OH, int OW,
+                    bint backward) noexcept nogil:
+    # as _avg: forward xbuf -> ybuf, backward ybuf (dy) -> xbuf (dx)
     cdef Py_ssize_t xs = <Py_ssize_t>H * W, ys = <Py_ssize_t>OH * OW
     cdef int r, nt = threads_for(<Py_ssize_t>R * xs, GRAIN)
-    cdef float* xf
-    cdef float* yf
-    cdef double* xd
-    cdef double* yd
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
-        xf = <float*>cnp.PyArray_DATA(x)
-        yf = <float*>cnp.PyArray_DATA(y)
-        for r in prange(R, nogil=True, num_threads=nt, schedule='static'):
-            _adaptive_plane(yf + r * ys, NULL, xf + r * xs, NULL, H, W, OH, OW, False)
+    for r in prange(R, num_threads=nt, schedule='static'):
+        _adaptive_plane(ybuf + r * ys, xbuf + r * xs, xbuf + r * xs, ybuf + r * ys, H, W, OH,
+                        OW, backward)
+
+
+cdef _adaptive_dispatch(cnp.ndarray xbuf, cnp.ndarray ybuf, bint backward):
+    cdef int R = <int>cnp.PyArray_DIM(xbuf, 0), H = <int>cnp.PyArray_DIM(xbuf, 1)
+    cdef int W = <int>cnp.PyArray_DIM(xbuf, 2)
+    cdef int OH = <int>cnp.PyArray_DIM(ybuf, 1), OW = <int>cnp.PyArray_DIM(ybuf, 2)
+    if cnp.PyArray_TYPE(xbuf) == cnp.NPY_FLOAT32:
+        _adaptive(<float*>cnp.PyArray_DATA(xbuf), <float*>cnp.PyArray_DATA(ybuf), R, H, W, OH,
+                  OW, backward)
     else:
-        xd = <double*>cnp.PyArray_DATA(x)
-        yd = <double*>cnp.PyArray_DATA(y)
-        for r in prange(R, nogil=True, num_threads=nt, schedule='static'):
-            _adaptive_plane(yd + r * ys, NULL, xd + r * xs, NULL, H, W, OH, OW, False)
+        _adaptive(<double*>cnp.PyArray_DATA(xbuf), <double*>cnp.PyArray_DATA(ybuf), R, H, W,
+                  OH, OW, backward)
+
+
+def adaptive_avgpool2d_forward(cnp.ndarray y, cnp.ndarray x):
+    """y (R, OH, OW) = means of x (R, H, W) over torch's adaptive bins (OH = OW = 1: global mean)."""
+    _adaptive_dispatch(x, y, False)
 
 
 def adaptive_avgpool2d_backward(cnp.ndarray dx, cnp.ndarray dy):
     """dx (R, H, W) = each dy (R, OH, OW) spread evenly over its adaptive bin."""
-    cdef int R = <int>cnp.PyArray_DIM(dx, 0), H = <int>cnp.PyArray_DIM(dx, 1)
-    cdef int W = <int>cnp.PyArray_DIM(dx, 2)
-    cdef int OH = <int>cnp.PyArray_DIM(dy, 1), OW = <int>cnp.PyArray_DIM(dy, 2)
-    cdef Py_ssize_t xs = <Py_ssize_t>H * W, ys = <Py_ssize_t>OH * OW
-    cdef int r, nt = threads_for(<Py_ssize_t>R * xs, GRAIN)
-    cdef float* xf
-    cdef float* yf
-    cdef double* xd
-    cdef double* yd
-    if cnp.PyArray_TYPE(dx) == cnp.NPY_FLOAT32:
-        xf = <float*>cnp.PyArray_DATA(dx)
-        yf = <float*>cnp.PyArray_DATA(dy)
-        for r in prange(R, nogil=True, num_threads=nt, schedule='static'):
-            _adaptive_plane(NULL, xf + r * xs, NULL, yf + r * ys, H, W, OH, OW, True)
-    else:
-        xd = <double*>cnp.PyArray_DATA(dx)
-        yd = <double*>cnp.PyArray_DATA(dy)
-        for r in prange(R, nogil=True, num_threads=nt, schedule='static'):
-            _adaptive_plane(NULL, xd + r * xs, NULL, yd + r * ys, H, W, OH, OW, True)
+    _adaptive_dispatch(dx, dy, True)
