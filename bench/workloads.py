@@ -301,7 +301,8 @@ class FastmodRunner:
         m = self.model
         self.opt.zero_grad()
         loss = self.crit(m(self.x), self.y)
-        m.backward(self.crit.backward())
+        m.backward(self.crit.backward(), need_input_grad=False)   # as torch and NumPy: the
+        # input needs no gradient, so the first layer's dx is not computed
         self.opt.step()
         return loss
 

@@ -733,7 +733,7 @@ class SyncBatchNorm(Module):
         rm[...] = ((1 - f) * rm.astype(np.float64) + f * mean).astype(rm.dtype)
         rv[...] = ((1 - f) * rv.astype(np.float64) + f * unbiased).astype(rv.dtype)
 
-    def backward(self, dy):
+    def backward(self, dy, need_input_grad=True):
         xr, mean, rstd, m_local, M, shape = self._saved()
         dy = self._check_grad(dy, shape, xr.dtype).reshape(xr.shape)
         dy64 = dy.astype(np.float64)
@@ -753,6 +753,8 @@ class SyncBatchNorm(Module):
                 gb[...] = s1
         w = self.weight.data.astype(np.float64) if self.affine else np.ones_like(rstd)
         if M is None:                                       # eval-mode statistics: constants
+            if not need_input_grad:
+                return None
             dx = dy64 * (w * rstd)[None, :, None]
             return dx.astype(xr.dtype).reshape(shape)
         comm = self._comm()
@@ -766,6 +768,8 @@ class SyncBatchNorm(Module):
             g1, g2 = sums[:C] / (m_local * M), sums[C:] / (m_local * M)
         else:
             g1, g2 = s1 / M, s2 / M
+        if not need_input_grad:                   # after the Allreduce: every rank takes part
+            return None
         dx = (dy64 - g1[None, :, None] - xhat * g2[None, :, None]) * (w * rstd)[None, :, None]
         return dx.astype(xr.dtype).reshape(shape)
 

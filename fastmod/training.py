@@ -17,6 +17,7 @@ What it guarantees (SPEC §3, §5):
   `TrainingInterrupted` (a KeyboardInterrupt) is raised; a second Ctrl-C stops at once.
 - `distributed=True` runs the same loop data-parallel over MPI ranks (fastmod.distributed).
 """
+import inspect
 import math
 import os
 import signal
@@ -256,6 +257,17 @@ def _restore(resume, model, optimizer, scheduler):
 
 
 # ------------------------------------------------------------------------------ fit
+
+def _takes_need_input_grad(net):
+    """Whether net.backward accepts need_input_grad (fastmod's modules do; a user's module may
+    define backward(dy) alone)."""
+    try:
+        params = inspect.signature(net.backward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "need_input_grad" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD
+                                              for p in params.values())
+
 def fit(model, loss, optimizer, train, val=None, epochs=1, *, batch_size=64, seed=0,
         shuffle=True, drop_last=False, scheduler=None, scheduler_interval="epoch",
         clip_grad_norm=None, checkpoint=None, resume=None, meta=None, eval_batch_size=512,
@@ -375,6 +387,7 @@ def fit(model, loss, optimizer, train, val=None, epochs=1, *, batch_size=64, see
         return where
 
     net = dist.wrap(model) if dist is not None else model     # after resume: rank 0's weights
+    skip_dx = _takes_need_input_grad(net)     # the data needs no gradient: skip layer 1's dx
     bar = _Progress(progress and root, epochs, steps_per_epoch)
     classify = False                       # targets are class labels (accuracy is tracked)
     model.train()
@@ -404,7 +417,10 @@ def fit(model, loss, optimizer, train, val=None, epochs=1, *, batch_size=64, see
                     if not math.isfinite(lval):
                         raise diverged(f"the loss is {lval} at step {step} (epoch {epoch + 1}, "
                                        f"batch {batch + 1} of {steps_per_epoch})", step, lval)
-                    net.backward(loss.backward())
+                    if skip_dx:
+                        net.backward(loss.backward(), need_input_grad=False)
+                    else:
+                        net.backward(loss.backward())
                     if clip_grad_norm is not None:
                         clip_grad_norm_(params, clip_value)
                     optimizer.step()

@@ -159,6 +159,22 @@ def test_syncbatchnorm_gradcheck(train):
     fastmod.gradcheck(m, rng.standard_normal((4, 3, 5)))
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_syncbatchnorm_skips_input_grad(train):
+    """need_input_grad=False (a first layer): None back, parameter gradients as usual."""
+    rng = np.random.default_rng(2)
+    x, dy = rng.standard_normal((4, 3, 5)), rng.standard_normal((4, 3, 5))
+    grads = []
+    for need in (True, False):
+        m = SyncBatchNorm(3, dtype=np.float64).train(train)
+        m(x)
+        dx = m.backward(dy, need_input_grad=need)
+        assert (dx is None) == (not need)
+        grads.append((m.weight.grad.copy(), m.bias.grad.copy()))
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_syncbatchnorm_matches_fastmod_and_torch_batchnorm():
     nn = fastmod.nn
     if not hasattr(nn, "BatchNorm2d"):
