@@ -201,6 +201,46 @@ def test_forward_im2row_matches_reference(case, mode, positions, dtype, threads)
     np.testing.assert_allclose(y, want, **tol(dtype, parity=True))
 
 
+@pytest.mark.parametrize("accumulate", [False, True], ids=["overwrite", "accumulate"])
+@pytest.mark.parametrize("fwd", ["auto", "im2row-image", "shifted"])
+@pytest.mark.parametrize("mode", [1, 2], ids=["other", "dxfwd"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_dx_as_forward_matches_reference(case, mode, fwd, accumulate, dtype, threads):
+    # stride-1, groups-1 dx as a forward convolution of dy with the flipped weights (Geom.dxfwd)
+    # where possible, or never; that forward on each of its paths (im2row with one image per
+    # GEMM, the shifted path); dx overwritten or accumulated into (DenseBlock's prefix)
+    from fastmod._kernels import conv as _k
+    m, x, geo = make_case(case, dtype)
+    y = m(x)
+    m._saved()
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = m._geometry(x.shape[2:])
+    x4 = x.reshape(x.shape[0], -1, H, W)
+    dy4 = dy.reshape(dy.shape[0], -1, OH, OW)
+    w4 = m.weight.data.reshape(m.out_channels, -1, KH, KW)
+    dx0 = np.random.default_rng(2).standard_normal(x4.shape).astype(dtype)
+    dx = dx0.copy() if accumulate else np.full_like(x4, np.nan)
+    dw = np.full_like(w4, np.nan)
+    _k.set_dx_forward(mode)
+    if fwd == "im2row-image":
+        _k.set_forward_shifted(1)
+        _k.set_im2row_positions(1)
+    elif fwd == "shifted":
+        _k.set_forward_shifted(2)
+    try:
+        _k.conv2d_backward(dx, dw, None, dy4, x4, w4, SH, SW, PH, PW, DH, DW, m.groups,
+                           False, False, accumulate)
+    finally:
+        _k.set_dx_forward(0)
+        _k.set_forward_shifted(0)
+        _k.set_im2row_positions(512)
+    rdx, rdw, _ = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
+    kw = tol(dtype, parity=True)
+    np.testing.assert_allclose(dx.reshape(x.shape), rdx + (dx0.reshape(x.shape) if accumulate else 0),
+                               **kw)
+    np.testing.assert_allclose(dw.reshape(m.weight.shape), rdw, **kw)
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_gradcheck(case):
     m, x, _ = make_case(case, np.float64)
