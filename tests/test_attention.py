@@ -426,3 +426,165 @@ def test_non_contiguous_input_is_copied(rng):
     x = rng.standard_normal((4, 2, 8)).astype(np.float32)
     xt = x.transpose(1, 0, 2)
     np.testing.assert_array_equal(m(xt), m(np.ascontiguousarray(xt)))
+
+
+# ------------------------------------------------------------------ kdim/vdim, add_bias_kv, add_zero_attn
+def _pair_opts(dtype, seed=0, **kw):
+    """torch and fastmod MHA with the same options, torch's (perturbed) weights loaded."""
+    t = _torch()
+    tdt = t.float32 if dtype == np.float32 else t.float64
+    t.manual_seed(seed)
+    tm = t.nn.MultiheadAttention(E, H, batch_first=True, **kw).to(tdt)
+    with t.no_grad():
+        for p in tm.parameters():
+            p.add_(0.1 * t.randn_like(p))
+    m = nn.MultiheadAttention(E, H, dtype=dtype, **kw)
+    sd = {k: v.detach().numpy() for k, v in tm.state_dict().items()}
+    assert set(m.state_dict()) == set(sd)
+    m.load_state_dict(sd)
+    return m, tm
+
+
+def ref_mha_ext(m, x, kx, vx, mask=None, kpm=None):
+    """Independent float64 reference of torch's semantics: project Q, K, V (separate or stacked
+    weights), append bias_k/bias_v as one more key position, then a zero position, pad the
+    masks with attended (0) columns; additive masks (T, S) and key padding (N, S) bool."""
+    sd = {k: np.asarray(v, np.float64) for k, v in m.state_dict().items()}
+    Ed = m.embed_dim
+    if "in_proj_weight" in sd:
+        wq, wk, wv = np.split(sd["in_proj_weight"], 3)
+    else:
+        wq, wk, wv = sd["q_proj_weight"], sd["k_proj_weight"], sd["v_proj_weight"]
+    bq, bk, bv = np.split(sd.get("in_proj_bias", np.zeros(3 * Ed)), 3)
+    x, kx, vx = (np.asarray(a, np.float64) for a in (x, kx, vx))
+    q, k, v = x @ wq.T + bq, kx @ wk.T + bk, vx @ wv.T + bv
+    n, t, S0 = x.shape[0], x.shape[1], kx.shape[1]
+    add = np.zeros((t, S0)) if mask is None else np.asarray(mask, np.float64).copy()
+    add = np.broadcast_to(add, (n, 1, t, S0)).copy()
+    if kpm is not None:
+        add[np.broadcast_to(kpm[:, None, None, :], add.shape)] = -np.inf
+    cols = []
+    if "bias_k" in sd:
+        k = np.concatenate([k, np.broadcast_to(sd["bias_k"], (n, 1, Ed))], axis=1)
+        v = np.concatenate([v, np.broadcast_to(sd["bias_v"], (n, 1, Ed))], axis=1)
+        cols.append(0)
+    if m.add_zero_attn:
+        k = np.concatenate([k, np.zeros((n, 1, Ed))], axis=1)
+        v = np.concatenate([v, np.zeros((n, 1, Ed))], axis=1)
+        cols.append(0)
+    add = np.concatenate([add, np.zeros((n, 1, t, len(cols)))], axis=-1)
+    S, d = k.shape[1], Ed // m.num_heads
+    qh = q.reshape(n, t, -1, d).transpose(0, 2, 1, 3)
+    kh = k.reshape(n, S, -1, d).transpose(0, 2, 1, 3)
+    vh = v.reshape(n, S, -1, d).transpose(0, 2, 1, 3)
+    p = ref_softmax(qh @ kh.transpose(0, 1, 3, 2) / math.sqrt(d) + add)
+    ctx = (p @ vh).transpose(0, 2, 1, 3).reshape(n, t, Ed)
+    return ctx @ sd["out_proj.weight"].T + sd.get("out_proj.bias", 0), p
+
+
+OPTS = [dict(add_bias_kv=True), dict(add_zero_attn=True),
+        dict(add_bias_kv=True, add_zero_attn=True), dict(kdim=5, vdim=7),
+        dict(kdim=5, vdim=E, add_bias_kv=True, add_zero_attn=True, bias=False)]
+OPT_IDS = ["bias_kv", "zero_attn", "both", "kdim_vdim", "all"]
+
+
+def _kv_inputs(m, dtype, rng, S=9):
+    x = rng.standard_normal((N, T, E)).astype(dtype)
+    kx = rng.standard_normal((N, S, m.kdim)).astype(dtype)
+    vx = rng.standard_normal((N, S, m.vdim)).astype(dtype)
+    return x, kx, vx
+
+
+@pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
+@pytest.mark.parametrize("kw", OPTS, ids=OPT_IDS)
+def test_options_match_reference_and_torch_cross(dtype, rng, kw):
+    m, tm = _pair_opts(dtype, **kw)
+    x, kx, vx = _kv_inputs(m, dtype, rng)
+    kpm = np.zeros((N, 9), bool)
+    kpm[1, 5:] = True
+    mask = rng.standard_normal((T, 9)).astype(dtype)
+    ref, p = ref_mha_ext(m, x, kx, vx, mask, kpm)
+    y, w = m(x, kx, vx, attn_mask=mask, key_padding_mask=kpm, need_weights=True,
+             average_attn_weights=False)
+    np.testing.assert_allclose(y, ref, **tol(dtype))
+    np.testing.assert_allclose(w, p, **tol(dtype))
+    assert w.shape[-1] == 9 + kw.get("add_bias_kv", False) + kw.get("add_zero_attn", False)
+    _run_both(m, tm, dtype, rng, [x, kx, vx],
+              mask_kw={"attn_mask": mask, "key_padding_mask": kpm})
+
+
+@pytest.mark.parametrize("kw", OPTS[:3], ids=OPT_IDS[:3])
+def test_options_torch_parity_self_attention(dtype, rng, kw, threads):
+    m, tm = _pair_opts(dtype, **kw)
+    x = rng.standard_normal((N, T, E)).astype(dtype)
+    kpm = np.zeros((N, T), bool)
+    kpm[0, -2:] = True
+    ref, _ = ref_mha_ext(m, x, x, x, kpm=kpm)
+    np.testing.assert_allclose(m(x, key_padding_mask=kpm), ref, **tol(dtype))
+    _run_both(m, tm, dtype, rng, [x], mask_kw={"key_padding_mask": kpm})
+
+
+@pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
+@pytest.mark.parametrize("kw", OPTS[:3], ids=OPT_IDS[:3])
+def test_options_causal_matches_torch_with_explicit_mask(dtype, rng, kw):
+    """is_causal (fastmod) = torch given the causal attn_mask; the appended positions stay
+    visible to every query, as torch pads the mask with zeros. (Torch's fused path -- no key
+    padding mask, no weights -- instead hides them behind its T x (T+1) causal mask; a
+    key_padding_mask of all False selects torch's padded-mask path here.)"""
+    m, tm = _pair_opts(dtype, **kw)
+    x = rng.standard_normal((N, T, E)).astype(dtype)
+    tmask = torch.nn.Transformer.generate_square_subsequent_mask(
+        T, dtype=torch.float32 if dtype == np.float32 else torch.float64)
+    kpm = np.zeros((N, T), bool)
+    _run_both(m, tm, dtype, rng, [x], mask_kw={"is_causal": True},
+              t_mask_kw={"attn_mask": tmask, "is_causal": True,
+                         "key_padding_mask": torch.from_numpy(kpm)})
+
+
+@pytest.mark.parametrize("kw", OPTS, ids=OPT_IDS)
+def test_options_gradcheck(rng, kw):
+    m = nn.MultiheadAttention(8, 2, dtype=np.float64, **kw)
+    if m.in_proj_bias is not None:
+        m.in_proj_bias.data[:] = rng.standard_normal(24) * 0.1
+    S = 5
+    inputs = (rng.standard_normal((2, 3, 8)), rng.standard_normal((2, S, m.kdim)),
+              rng.standard_normal((2, S, m.vdim)))
+    fastmod.gradcheck(m, *inputs, forward_kwargs={
+        "key_padding_mask": np.array([[0, 0, 0, 1, 1], [0, 0, 0, 0, 0]], bool)})
+    if m._qkv_same_embed_dim:
+        fastmod.gradcheck(m, inputs[0], forward_kwargs={"is_causal": True})
+
+
+def test_options_state_dict_names_and_init_like_torch():
+    t = _torch()
+    m = nn.MultiheadAttention(E, H, kdim=5, vdim=7, add_bias_kv=True)
+    tm = t.nn.MultiheadAttention(E, H, kdim=5, vdim=7, add_bias_kv=True)
+    sd, tsd = m.state_dict(), tm.state_dict()
+    assert list(sd) == list(tsd)
+    for k in sd:
+        assert sd[k].shape == tuple(tsd[k].shape), k
+    assert "in_proj_weight" not in sd
+    assert repr(m).splitlines()[0] == "MultiheadAttention(16, 4, add_bias_kv=True, kdim=5, vdim=7"
+    # xavier_normal_ on (1, 1, E): std sqrt(2 / (E + E)); xavier_uniform_ on (E, kdim)
+    big = nn.MultiheadAttention(256, 4, add_bias_kv=True, kdim=64)
+    assert abs(big.bias_k.data.std() - math.sqrt(1 / 256)) < 0.3 * math.sqrt(1 / 256)
+    bound = math.sqrt(6 / (256 + 64))
+    assert np.abs(big.k_proj_weight.data).max() <= bound
+
+
+def test_options_bad_input(rng):
+    m = nn.MultiheadAttention(8, 2, kdim=4, vdim=6)
+    x = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="kdim=4 and vdim=6 are not embed_dim=8: pass key and value"):
+        m(x)
+    with pytest.raises(ValueError, match=r"expected key of shape \(N, L, 4\), got \(2, 5, 8\)"):
+        m(x, np.zeros((2, 5, 8), np.float32), np.zeros((2, 5, 6), np.float32))
+    with pytest.raises(ValueError, match=r"expected value of shape \(N, L, 6\)"):
+        m(x, np.zeros((2, 5, 4), np.float32), np.zeros((2, 5, 4), np.float32))
+    with pytest.raises(ValueError, match="kdim must be a positive integer"):
+        nn.MultiheadAttention(8, 2, kdim=0)
+    with pytest.raises(ValueError, match="add_bias_kv must be a bool"):
+        nn.MultiheadAttention(8, 2, add_bias_kv="yes")
+    m2 = nn.MultiheadAttention(8, 2, add_bias_kv=True)
+    with pytest.raises(ValueError, match=r"expected key_padding_mask of shape \(2, 3\)"):
+        m2(x, key_padding_mask=np.zeros((2, 4), bool))          # masks cover the given keys

@@ -173,6 +173,59 @@ def test_pool1d_torch_parity_and_gradcheck(case, dtype, torch, rng):
     fastmod.gradcheck(make_pool(case, nd=1), rng.standard_normal(case[-1]))
 
 
+@pytest.mark.parametrize("nd,kw,shape", [
+    (2, dict(kernel_size=3, stride=2, padding=1), (2, 3, 9, 8)),
+    (2, dict(kernel_size=(2, 3), stride=(1, 2), dilation=(2, 1), ceil_mode=True), (1, 2, 7, 10)),
+    (1, dict(kernel_size=3, stride=2, padding=1), (2, 3, 11)),
+    (2, dict(kernel_size=2), (3, 6, 6)),                             # unbatched
+])
+def test_maxpool_return_indices(nd, kw, shape, dtype, torch, rng):
+    """(values, int64 argmax) as torch -- the flat index into the input plane (the reference's
+    argmax) -- and backward takes dy or (dy, None), the indices taking no gradient."""
+    cls = nn.MaxPool2d if nd == 2 else nn.MaxPool1d
+    m = cls(return_indices=True, **kw)
+    assert "return_indices=True" in repr(m)
+    x = rng.standard_normal(shape).astype(dtype)
+    y, idx = m(x)
+    assert idx.dtype == np.int64 and idx.shape == y.shape
+    y_plain = cls(**kw)(x)
+    np.testing.assert_array_equal(y, y_plain)
+    if nd == 2 and len(shape) == 4:
+        k, s = m.kernel_size, m.stride
+        _, arg = pool_ref(x, "max", k, s, m.padding, m.dilation, m.ceil_mode)
+        np.testing.assert_array_equal(idx, arg)
+    tcls = torch.nn.MaxPool2d if nd == 2 else torch.nn.MaxPool1d
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    yt, it = tcls(return_indices=True, **kw)(xt)
+    np.testing.assert_array_equal(idx, it.numpy())
+    np.testing.assert_allclose(y, yt.detach().numpy(), **tol(dtype, parity=True))
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    yt.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(m.backward((dy, None)), xt.grad.numpy(), **tol(dtype, parity=True))
+    m(x)
+    np.testing.assert_allclose(m.backward(dy), xt.grad.numpy(), **tol(dtype, parity=True))
+    m(x)
+    with pytest.raises(ValueError, match=r"expected \(dy, None\)"):
+        m.backward((dy, None, None))
+
+
+def test_maxpool_return_indices_gradcheck(rng):
+    m = nn.MaxPool2d(3, stride=2, padding=1, return_indices=True)
+
+    class Values(nn.Module):                 # gradcheck differentiates the values output
+        def __init__(self):
+            super().__init__()
+            self.pool = m
+
+        def forward(self, x):
+            return self.pool(x)[0]
+
+        def backward(self, dy, need_input_grad=True):
+            return self.pool.backward((dy, None), need_input_grad)
+
+    fastmod.gradcheck(Values(), rng.standard_normal((2, 2, 7, 6)))
+
+
 def test_maxpool_propagates_nan_and_ignores_padding():
     x = -np.ones((1, 1, 4, 4), np.float32)
     x[0, 0, 1, 1] = np.nan
@@ -265,7 +318,7 @@ def test_bad_pool_inputs():
     (lambda: nn.MaxPool1d(2, dilation=0), "dilation must be >= 1"),
     (lambda: nn.AdaptiveAvgPool2d(0), "output_size must be >= 1"),
     (lambda: nn.AvgPool2d(2, divisor_override=0), "divisor_override must be a positive integer"),
-    (lambda: nn.MaxPool2d(2, return_indices=True), "return_indices"),
+    (lambda: nn.MaxPool2d(2, return_indices="yes"), "return_indices"),
 ])
 def test_bad_pool_arguments(make, match):
     with pytest.raises(ValueError, match=match):

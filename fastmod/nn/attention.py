@@ -61,14 +61,21 @@ class MultiheadAttention(Module):
         (N, T, S) (or per head (N, H, T, S) with average_attn_weights=False), taken before
         dropout; backward then takes the output's gradient only (weights get no gradient).
       * `is_causal=True` alone applies the causal mask (torch requires attn_mask with it).
+        With add_bias_kv / add_zero_attn the appended key positions stay visible to every
+        query (torch's result when it merges masks; its fused path hides them).
       * A query whose keys are all masked attends to nothing (zero output row); torch gives NaN.
-      * kdim/vdim, add_bias_kv and add_zero_attn are not supported.
 
     Args:
         embed_dim: E, the model width (divisible by num_heads).
         num_heads: H.
         dropout: dropout probability on the attention weights (training only).
         bias: learn in_proj_bias and out_proj.bias (default True).
+        add_bias_kv: learn bias_k, bias_v (1, 1, E), appended to the projected keys/values as
+            one more position (S + 1), as torch.
+        add_zero_attn: append a zero key/value position (after bias_kv's), as torch.
+        kdim, vdim: feature sizes of key and value (default E). When either differs from E the
+            projections are separate parameters q_proj_weight (E, E), k_proj_weight (E, kdim),
+            v_proj_weight (E, vdim), as torch (no in_proj_weight), and key/value must be given.
         batch_first: inputs (N, T, E) (default True); False takes (T, N, E) (transposed copies).
         dtype: float32 (default) or float64.
         generator: numpy Generator for dropout (default: fastmod's, see fastmod.manual_seed).
@@ -79,7 +86,7 @@ class MultiheadAttention(Module):
         (dquery, dkey, dvalue)). Masks: attn_mask (T, S) or (N*H, T, S), key_padding_mask
         (N, S); bool (True = may not attend, as torch) or additive float of the query's dtype.
 
-    Shape: query (N, T, E), key/value (N, S, E) -> (N, T, E).
+    Shape: query (N, T, E), key (N, S, kdim), value (N, S, vdim) -> (N, T, E).
 
     Example:
         >>> import numpy as np, fastmod.nn as nn
@@ -87,33 +94,56 @@ class MultiheadAttention(Module):
         (2, 10, 64)
     """
 
-    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, batch_first=True,
-                 dtype=np.float32, generator=None):
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
+                 add_zero_attn=False, kdim=None, vdim=None, batch_first=True, dtype=np.float32,
+                 generator=None):
         super().__init__()
-        E = self.embed_dim = positive_int(embed_dim, "MultiheadAttention: embed_dim")
-        H = self.num_heads = positive_int(num_heads, "MultiheadAttention: num_heads")
+        who = "MultiheadAttention"
+        E = self.embed_dim = positive_int(embed_dim, f"{who}: embed_dim")
+        H = self.num_heads = positive_int(num_heads, f"{who}: num_heads")
         if E % H:
-            raise ValueError(f"MultiheadAttention: embed_dim ({E}) must be divisible by "
-                             f"num_heads ({H})")
+            raise ValueError(f"{who}: embed_dim ({E}) must be divisible by num_heads ({H})")
         self.head_dim = E // H
-        self.dropout = finite_float(dropout, "MultiheadAttention: dropout", 0.0, 1.0, high_open=True)
-        self.batch_first = boolean(batch_first, "MultiheadAttention: batch_first")
-        boolean(bias, "MultiheadAttention: bias")
-        dt = as_float_dtype(dtype, "MultiheadAttention: dtype")
+        self.dropout = finite_float(dropout, f"{who}: dropout", 0.0, 1.0, high_open=True)
+        self.batch_first = boolean(batch_first, f"{who}: batch_first")
+        boolean(bias, f"{who}: bias")
+        self.kdim = E if kdim is None else positive_int(kdim, f"{who}: kdim")
+        self.vdim = E if vdim is None else positive_int(vdim, f"{who}: vdim")
+        self._qkv_same_embed_dim = self.kdim == E and self.vdim == E
+        self.add_zero_attn = boolean(add_zero_attn, f"{who}: add_zero_attn")
+        dt = self._dtype = as_float_dtype(dtype, f"{who}: dtype")
         self.generator = generator
-        self.in_proj_weight = Parameter(np.empty((3 * E, E), dt))
+        if self._qkv_same_embed_dim:
+            self.in_proj_weight = Parameter(np.empty((3 * E, E), dt))
+        else:                                   # torch's names and shapes for kdim/vdim != E
+            self.in_proj_weight = None
+            self.q_proj_weight = Parameter(np.empty((E, E), dt))
+            self.k_proj_weight = Parameter(np.empty((E, self.kdim), dt))
+            self.v_proj_weight = Parameter(np.empty((E, self.vdim), dt))
         self.in_proj_bias = Parameter(np.empty(3 * E, dt)) if bias else None
+        if boolean(add_bias_kv, f"{who}: add_bias_kv"):
+            self.bias_k = Parameter(np.empty((1, 1, E), dt))
+            self.bias_v = Parameter(np.empty((1, 1, E), dt))
+        else:
+            self.bias_k = self.bias_v = None
         self.out_proj = Linear(E, E, bias=bias, dtype=dt)
         self.reset_parameters()
 
     def reset_parameters(self):
-        """torch's: xavier_uniform_ on in_proj_weight, zero biases; out_proj.weight keeps
-        Linear's default (kaiming_uniform, a=sqrt(5))."""
-        init.xavier_uniform_(self.in_proj_weight)
+        """torch's: xavier_uniform_ on the input projections, zero biases, xavier_normal_ on
+        bias_k/bias_v; out_proj.weight keeps Linear's default (kaiming_uniform, a=sqrt(5))."""
+        if self._qkv_same_embed_dim:
+            init.xavier_uniform_(self.in_proj_weight)
+        else:
+            for p in (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight):
+                init.xavier_uniform_(p)
         self.out_proj.reset_parameters()
         if self.in_proj_bias is not None:
             init.zeros_(self.in_proj_bias)
             init.zeros_(self.out_proj.bias)
+        if self.bias_k is not None:
+            init.xavier_normal_(self.bias_k)
+            init.xavier_normal_(self.bias_v)
 
     def extra_repr(self):
         s = f"{self.embed_dim}, {self.num_heads}"
@@ -121,17 +151,34 @@ class MultiheadAttention(Module):
             s += f", dropout={self.dropout}"
         if self.in_proj_bias is None:
             s += ", bias=False"
+        if self.bias_k is not None:
+            s += ", add_bias_kv=True"
+        if self.add_zero_attn:
+            s += ", add_zero_attn=True"
+        if self.kdim != self.embed_dim:
+            s += f", kdim={self.kdim}"
+        if self.vdim != self.embed_dim:
+            s += f", vdim={self.vdim}"
         if not self.batch_first:
             s += ", batch_first=False"
         return s
 
+    def _projections(self):
+        """[(weight Parameter, row slice or None)] for Q, K, V: slices of in_proj_weight, or
+        the separate q/k/v_proj_weight (kdim/vdim != E)."""
+        E = self.embed_dim
+        if self._qkv_same_embed_dim:
+            return [(self.in_proj_weight, slice(i * E, (i + 1) * E)) for i in range(3)]
+        return [(self.q_proj_weight, None), (self.k_proj_weight, None),
+                (self.v_proj_weight, None)]
+
     # -- input checks ---------------------------------------------------------------------------
-    def _check_seq(self, x, name, n=None):
+    def _check_seq(self, x, name, n=None, E=None):
         if isinstance(x, np.ndarray) and x.dtype == np.bool_:
             raise TypeError(f"{self._short_repr()}: got a bool array as {name}; masks are "
                             f"keyword arguments (attn_mask=..., key_padding_mask=...)")
-        x = self._check_dtype(x, self.in_proj_weight.data.dtype, name)
-        E = self.embed_dim
+        x = self._check_dtype(x, self._dtype, name)
+        E = self.embed_dim if E is None else E
         lead = "N, L" if self.batch_first else "L, N"
         if x.ndim != 3 or x.shape[2] != E:
             raise ValueError(f"{self._short_repr()}: expected {name} of shape ({lead}, {E}), "
@@ -154,9 +201,8 @@ class MultiheadAttention(Module):
     def forward(self, query, key=None, value=None, *, attn_mask=None, is_causal=False,
                 key_padding_mask=None, need_weights=False, average_attn_weights=True):
         E, H, D = self.embed_dim, self.num_heads, self.head_dim
-        w = self.in_proj_weight.data
+        dt = self._dtype
         b = None if self.in_proj_bias is None else self.in_proj_bias.data
-        dt = w.dtype
         boolean(is_causal, f"{self._short_repr()}: is_causal")
         for name, a in (("key", key), ("value", value)):
             if isinstance(a, np.ndarray) and a.dtype == np.bool_:
@@ -166,38 +212,63 @@ class MultiheadAttention(Module):
             raise ValueError(f"{self._short_repr()}: pass both key and value (cross-attention) "
                              "or neither (self-attention)")
         self_attn = key is None
+        if self_attn and not self._qkv_same_embed_dim:
+            raise ValueError(f"{self._short_repr()}: kdim={self.kdim} and vdim={self.vdim} are "
+                             f"not embed_dim={E}: pass key and value")
         x = self._check_seq(query, "query")
         N, T = x.shape[0], x.shape[1]
-        if self_attn:
-            S = T
+        extra = (self.bias_k is not None) + self.add_zero_attn      # appended key positions
+        if self_attn and extra == 0:
+            S0 = S = T
             qkv = np.empty((N * T, 3 * E), dt)                  # [Q | K | V] from one GEMM
-            _kl.linear_forward(qkv, x.reshape(N * T, E), w, b)
+            _kl.linear_forward(qkv, x.reshape(N * T, E), self.in_proj_weight.data, b)
             q, k, v, ld = qkv, qkv[:, E:], qkv[:, 2 * E:], 3 * E
             inputs = (x,)
         else:
-            kx = self._check_seq(key, "key", N)
-            vx = self._check_seq(value, "value", N)
-            S = kx.shape[1]
-            if vx.shape[1] != S:
-                raise ValueError(f"{self._short_repr()}: key and value must have the same "
-                                 f"length, got {kx.shape[1]} and {vx.shape[1]}")
-            q, k, v = np.empty((N * T, E), dt), np.empty((N * S, E), dt), np.empty((N * S, E), dt)
-            for i, (dst, src) in enumerate(((q, x), (k, kx), (v, vx))):
-                _kl.linear_forward(dst, src.reshape(-1, E), w[i * E:(i + 1) * E],
-                                   None if b is None else b[i * E:(i + 1) * E])
-            ld = E
-            inputs = (x, kx, vx)
-        am, am_stride, kpm = self._masks(attn_mask, key_padding_mask, N, T, S, dt)
+            if self_attn:
+                kx = vx = x
+                inputs = (x,)
+            else:
+                kx = self._check_seq(key, "key", N, self.kdim)
+                vx = self._check_seq(value, "value", N, self.vdim)
+                if vx.shape[1] != kx.shape[1]:
+                    raise ValueError(f"{self._short_repr()}: key and value must have the same "
+                                     f"length, got {kx.shape[1]} and {vx.shape[1]}")
+                inputs = (x, kx, vx)
+            S0 = kx.shape[1]
+            S = S0 + extra
+            q = np.empty((N * T, E), dt)
+            k, v = np.empty((N, S, E), dt), np.empty((N, S, E), dt)
+            for i, ((p, rows), src, dst) in enumerate(zip(self._projections(), (x, kx, vx),
+                                                        (q, k, v))):
+                w = p.data if rows is None else p.data[rows]
+                bi = None if b is None else b[i * E:(i + 1) * E]
+                if i == 0 or extra == 0:
+                    _kl.linear_forward(dst.reshape(-1, E), src.reshape(-1, src.shape[2]), w, bi)
+                else:                                           # project, then append
+                    part = np.empty((N * S0, E), dt)
+                    _kl.linear_forward(part, src.reshape(-1, src.shape[2]), w, bi)
+                    dst[:, :S0] = part.reshape(N, S0, E)
+                    if self.bias_k is not None:
+                        dst[:, S0] = (self.bias_k if i == 1 else self.bias_v).data[0, 0]
+                    if self.add_zero_attn:
+                        dst[:, S - 1] = 0
+            k, v, ld = k.reshape(N * S, E), v.reshape(N * S, E), E
+        am, am_stride, kpm = self._masks(attn_mask, key_padding_mask, N, T, S0, dt)
+        causal = is_causal
+        if extra:
+            am, am_stride, kpm = self._extend_masks(am, kpm, is_causal, T, S0, extra, dt)
+            causal = False                                      # now part of am
         drop = self.dropout if self.training else 0.0
         seed = _drop_seed(self.generator) if drop > 0 else 0
         keep = STATE.grad_enabled
         P = np.empty((N, H, T, S), dt) if keep or need_weights else None
         ctx = np.empty((N, T, E), dt)                           # heads' outputs, concatenated
         _ka.attention_forward(ctx, P, q, k, v, am, am_stride, kpm, N, H, T, S, D, ld, ld, ld, E,
-                              1.0 / math.sqrt(D), is_causal, drop, seed)
+                              1.0 / math.sqrt(D), causal, drop, seed)
         out = self.out_proj(ctx)
         # for backward: the projection inputs, Q/K/V (packed or separate), P, dropout's seed
-        self._save(inputs, q, k, v, ld, P, drop, seed)
+        self._save(inputs, q, k, v, ld, P, drop, seed, S0)
         if not self.batch_first:
             out = np.ascontiguousarray(out.transpose(1, 0, 2))
         if need_weights:
@@ -205,8 +276,24 @@ class MultiheadAttention(Module):
             return out, weights
         return out
 
+    @staticmethod
+    def _extend_masks(am, kpm, is_causal, T, S0, extra, dt):
+        """Masks for S0 keys -> masks for S0 + extra (bias_kv / zero positions: attended, as
+        torch pads them with zeros). A causal mask becomes explicit (over the S0 keys)."""
+        if is_causal:
+            causal = np.where(np.arange(S0)[None, :] > np.arange(T)[:, None], -np.inf, 0)
+            am = causal.astype(dt) if am is None else am + causal.astype(dt)
+        if am is not None:
+            am = np.ascontiguousarray(np.concatenate(
+                (am, np.zeros(am.shape[:-1] + (extra,), dt)), axis=-1))
+        if kpm is not None:
+            kpm = np.ascontiguousarray(np.concatenate(
+                (kpm, np.zeros((kpm.shape[0], extra), dt)), axis=1))
+        stride = 0 if am is None or am.ndim == 2 else am.shape[1] * am.shape[2]
+        return am, stride, kpm
+
     def backward(self, dy, need_input_grad=True):
-        inputs, q, k, v, ld, P, drop, seed = self._saved()
+        inputs, q, k, v, ld, P, drop, seed, S0 = self._saved()
         if isinstance(dy, tuple):                               # (d out, d weights) from need_weights
             dy = dy[0]
         E, H, D = self.embed_dim, self.num_heads, self.head_dim
@@ -216,33 +303,57 @@ class MultiheadAttention(Module):
             dy = self._check_grad(dy, (T, N, E), dt)
             dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
         dctx = self.out_proj.backward(dy)
-        if len(inputs) == 1:                                    # packed: views of one (N*T, 3E)
+        packed = ld == 3 * E
+        if packed:                                              # views of one (N*T, 3E)
             dqkv = np.empty((N * T, 3 * E), dt)
             dq, dk, dv = dqkv, dqkv[:, E:], dqkv[:, 2 * E:]
         else:
             dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
         _ka.attention_backward(dq, dk, dv, dctx, P, q, k, v, N, H, T, S, D, ld, ld, ld, E,
                                1.0 / math.sqrt(D), drop, seed)
-        wp, bp = self.in_proj_weight, self.in_proj_bias
-        dw, acc_w = grad_buffer_of(wp)
-        db, acc_b = grad_buffer_of(bp)
-        if len(inputs) == 1:
+        db, acc_b = grad_buffer_of(self.in_proj_bias)
+        if packed:
+            wp = self.in_proj_weight
+            dw, acc_w = grad_buffer_of(wp)
             x2 = inputs[0].reshape(N * T, E)
             dx = np.empty_like(x2) if need_input_grad else None
             _kl.linear_backward(dx, dw, db, dqkv, x2, wp.data, acc_w, acc_b)
             return self._out_grad(dx, N, T) if need_input_grad else None
+        if S != S0:                                             # appended positions
+            dk, dv = dk.reshape(N, S, E), dv.reshape(N, S, E)
+            if self.bias_k is not None:
+                for p, d in ((self.bias_k, dk), (self.bias_v, dv)):
+                    g, acc = grad_buffer_of(p)
+                    if g is not None:
+                        total = d[:, S0].sum(axis=0, dtype=np.float64).astype(dt)
+                        if acc:
+                            g[0, 0] += total
+                        else:
+                            g[0, 0] = total
+            dk = np.ascontiguousarray(dk[:, :S0]).reshape(N * S0, E)
+            dv = np.ascontiguousarray(dv[:, :S0]).reshape(N * S0, E)
+        srcs = inputs if len(inputs) == 3 else inputs * 3
+        if self._qkv_same_embed_dim:                            # one buffer, asked for once
+            dw_all, acc_all = grad_buffer_of(self.in_proj_weight)
         grads = []
-        for i, (dpart, src) in enumerate(zip((dq, dk, dv), inputs)):
-            s = slice(i * E, (i + 1) * E)
-            x2 = src.reshape(-1, E)
+        for i, ((p, rows), dpart, src) in enumerate(zip(self._projections(), (dq, dk, dv), srcs)):
+            if rows is None:
+                dw, acc_w = grad_buffer_of(p)
+            else:
+                dw, acc_w = (None if dw_all is None else dw_all[rows]), acc_all
+            x2 = src.reshape(-1, src.shape[2])
             dx = np.empty_like(x2) if need_input_grad else None
-            _kl.linear_backward(dx, None if dw is None else dw[s], None if db is None else db[s],
-                                dpart, x2, wp.data[s], acc_w, acc_b)
+            _kl.linear_backward(dx, dw, None if db is None else db[i * E:(i + 1) * E], dpart,
+                                x2, p.data if rows is None else p.data[rows], acc_w, acc_b)
             grads.append(self._out_grad(dx, N, src.shape[1]) if need_input_grad else None)
-        return tuple(grads) if need_input_grad else None
+        if not need_input_grad:
+            return None
+        if len(inputs) == 1:                                    # self-attention: x fed Q, K, V
+            return grads[0] + grads[1] + grads[2]
+        return tuple(grads)
 
     def _out_grad(self, dx, N, L):
-        dx = dx.reshape(N, L, self.embed_dim)
+        dx = dx.reshape(N, L, dx.shape[1])
         return dx if self.batch_first else np.ascontiguousarray(dx.transpose(1, 0, 2))
 
 

@@ -26,6 +26,7 @@ class _PoolNd(Module):
     (planes, H, W) arrays."""
     _nd = 2
     _has_dilation = False
+    return_indices = False              # max pooling: also return the argmax indices
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
         super().__init__()
@@ -88,10 +89,17 @@ class _PoolNd(Module):
         y3 = np.empty((x3.shape[0],) + geom[2:4], x3.dtype)
         saved = self._forward(y3, x3, geom)
         self._save(x3.shape, x.shape, out_shape, x3.dtype, geom, saved)
+        if self.return_indices:
+            return y3.reshape(out_shape), saved.reshape(out_shape).astype(np.int64)
         return y3.reshape(out_shape)
 
     def backward(self, dy, need_input_grad=True):
         shape3, xshape, out_shape, dtype, geom, saved = self._saved()
+        if self.return_indices and isinstance(dy, tuple):
+            if len(dy) != 2:
+                raise ValueError(f"{self._short_repr()}: expected (dy, None) for the two "
+                                 f"outputs (values, indices), got a tuple of {len(dy)}")
+            dy = dy[0]                  # the indices are integers: they take no gradient
         dy = self._check_grad(dy, out_shape, dtype)
         if not need_input_grad:
             return None
@@ -104,9 +112,11 @@ class _MaxPoolNd(_PoolNd):
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
                  ceil_mode=False):
         super().__init__(kernel_size, stride, padding, dilation, ceil_mode)
-        if return_indices:
-            raise ValueError(f"{type(self).__name__}: return_indices=True is not supported")
-        self.return_indices = False
+        self.return_indices = boolean(return_indices, f"{type(self).__name__}: return_indices")
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s + ", return_indices=True" if self.return_indices else s
 
     def _forward(self, y3, x3, geom):
         idx = np.empty(y3.shape, np.int32)
@@ -122,7 +132,8 @@ class MaxPool1d(_MaxPoolNd):
     (padding never wins; NaN propagates), as torch.nn.MaxPool1d.
 
     Args: kernel_size; stride (default kernel_size); padding (<= kernel_size/2); dilation;
-        ceil_mode (default False).
+        return_indices (also return each window's argmax as int64 indices into L, as torch;
+        backward then takes dy or (dy, None)); ceil_mode (default False).
 
     Shape: (N, C, L) -> (N, C, L_out), L_out = floor((L + 2*padding - dilation*(kernel_size-1) - 1)
     / stride) + 1 (ceil with ceil_mode).
@@ -140,7 +151,8 @@ class MaxPool2d(_MaxPoolNd):
     padding), as torch.nn.MaxPool2d; the gradient goes to each window's (first) maximum.
 
     Args: kernel_size, stride (default kernel_size), padding (<= kernel_size/2), dilation: ints or
-        pairs; ceil_mode (default False).
+        pairs; return_indices (also return each window's argmax as int64 flat indices h*W + w
+        into its input plane, as torch; backward then takes dy or (dy, None)); ceil_mode.
 
     Shape: (N, C, H, W) -> (N, C, H_out, W_out),
     H_out = floor((H + 2*padding[0] - dilation[0]*(kernel_size[0]-1) - 1) / stride[0]) + 1.
