@@ -118,3 +118,98 @@ def test_bad_input():
     y = m(np.array([1, 2]))
     with pytest.raises(ValueError, match="expected a gradient of shape"):
         m.backward(np.zeros((2, 5), np.float32))
+
+
+# ------------------------------------------------------------------ max_norm, scale_grad_by_freq, from_pretrained
+def ref_renorm(w, ids, max_norm, p):
+    """Rows looked up with a p-norm above max_norm scaled by max_norm / (norm + 1e-7)."""
+    w = np.asarray(w, np.float64).copy()
+    for r in np.unique(ids):
+        n = np.abs(w[r]).max() if p == np.inf else (np.abs(w[r]) ** p).sum() ** (1 / p)
+        if n > max_norm:
+            w[r] *= max_norm / (n + 1e-7)
+    return w
+
+
+@pytest.mark.parametrize("p", [2.0, 1.0, np.inf])
+def test_max_norm_renormalizes_looked_up_rows(dtype, rng, p):
+    m = nn.Embedding(12, 5, max_norm=1.5, norm_type=p, dtype=dtype)
+    w0 = m.weight.data.copy()
+    x = rng.integers(0, 6, size=(3, 4))               # rows 6.. are never looked up
+    ref = ref_renorm(w0, x, 1.5, p)
+    y = m(x)
+    np.testing.assert_allclose(m.weight.data, ref, rtol=1e-6 if dtype == np.float32 else 1e-12)
+    np.testing.assert_array_equal(m.weight.data[6:], w0[6:])
+    np.testing.assert_array_equal(y, m.weight.data[x])
+    norms = np.abs(y).max(-1) if p == np.inf else (np.abs(y.astype(np.float64)) ** p).sum(-1) ** (1 / p)
+    assert norms.max() <= 1.5 * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("p", [2.0, 1.0])
+def test_max_norm_and_freq_scaling_match_torch(dtype, rng, p):
+    torch = pytest.importorskip("torch")
+    tdt = torch.float32 if dtype == np.float32 else torch.float64
+    kw = dict(padding_idx=2, max_norm=1.2, norm_type=p, scale_grad_by_freq=True)
+    tm = torch.nn.Embedding(9, 6, **kw).to(tdt)
+    m = nn.Embedding(9, 6, dtype=dtype, **kw)
+    m.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
+    x = np.array([[1, 1, 2, 5], [1, 3, 5, 8]])
+    ty = tm(torch.from_numpy(x))
+    y = m(x)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(m.weight.data, tm.weight.detach().numpy(), rtol=1e-6, atol=1e-7)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    ty.backward(torch.from_numpy(dy))
+    m.backward(dy)
+    np.testing.assert_allclose(m.weight.grad, tm.weight.grad.numpy(), rtol=1e-5, atol=1e-6)
+    assert "max_norm=1.2" in repr(m) and "scale_grad_by_freq=True" in repr(m)
+
+
+def test_scale_grad_by_freq_reference(rng):
+    """Not the true gradient by design (torch's heuristic: each row's sum divided by its id's
+    count in the batch), so no gradcheck; the true one is the default (test_gradcheck_weight)."""
+    m = nn.Embedding(6, 3, scale_grad_by_freq=True, dtype=np.float64)
+    x = np.array([0, 4, 4, 4, 1, 0])
+    m(x)
+    dy = rng.standard_normal((6, 3))
+    m.backward(dy)
+    counts = np.bincount(x, minlength=6)
+    np.testing.assert_allclose(m.weight.grad, ref_backward(x, dy / counts[x][:, None], 6))
+
+
+def test_max_norm_gradcheck(rng):
+    """The renormalization is not differentiated (as torch): with rows already within max_norm
+    the module is a plain lookup and gradcheck holds."""
+    m = nn.Embedding(5, 3, max_norm=100.0, dtype=np.float64)
+    fastmod.gradcheck(m, rng.integers(0, 5, size=(3, 4)))
+
+
+def test_from_pretrained_like_torch(dtype):
+    torch = pytest.importorskip("torch")
+    w = np.arange(12, dtype=dtype).reshape(4, 3)
+    m = nn.Embedding.from_pretrained(w, padding_idx=1)
+    tm = torch.nn.Embedding.from_pretrained(torch.from_numpy(w.copy()), padding_idx=1)
+    assert m.weight.data.dtype == dtype and not m.weight.requires_grad
+    np.testing.assert_array_equal(m.weight.data, tm.weight.detach().numpy())   # row 1 kept
+    x = np.array([[0, 1, 3]])
+    np.testing.assert_array_equal(m(x), tm(torch.from_numpy(x)).numpy())
+    w[0, 0] = 100                                       # a copy, not a view
+    assert m.weight.data[0, 0] == 0
+    m2 = nn.Embedding.from_pretrained(w, freeze=False)
+    assert m2.weight.requires_grad
+    m2(x)
+    m2.backward(np.ones((1, 3, 3), dtype))
+    np.testing.assert_array_equal(m2.weight.grad[[0, 1, 3]], np.ones((3, 3)))
+
+
+def test_options_bad_arguments():
+    with pytest.raises(ValueError, match="max_norm must be > 0"):
+        nn.Embedding(10, 4, max_norm=0)
+    with pytest.raises(ValueError, match="norm_type must be a positive number"):
+        nn.Embedding(10, 4, max_norm=1, norm_type=0)
+    with pytest.raises(ValueError, match="scale_grad_by_freq must be a bool"):
+        nn.Embedding(10, 4, scale_grad_by_freq=1)
+    with pytest.raises(ValueError, match="expected a non-empty 2-D numpy.ndarray"):
+        nn.Embedding.from_pretrained(np.zeros(5, np.float32))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        nn.Embedding.from_pretrained(np.zeros((5, 2), np.int64))
