@@ -291,3 +291,91 @@ def test_transformer_classifier_vectors_and_padding(rng):
         tok(np.ones((1, 11), np.int64))
     with pytest.raises(ValueError, match="exactly one of vocab_size"):
         transformer_classifier(num_classes=3)
+
+
+# ------------------------------------------------------------------ TransformerEncoder
+def _enc_pair(dtype, norm_first, with_norm, batch_first=True, layers=3):
+    torch = pytest.importorskip("torch")
+    tdt = torch.float32 if dtype == np.float32 else torch.float64
+    torch.manual_seed(1)
+    tl = torch.nn.TransformerEncoderLayer(E, H, F, dropout=0.0, activation="gelu",
+                                          batch_first=batch_first, norm_first=norm_first)
+    tm = torch.nn.TransformerEncoder(tl, layers, norm=torch.nn.LayerNorm(E) if with_norm else None,
+                                     enable_nested_tensor=False).to(tdt)
+    with torch.no_grad():
+        for p in tm.parameters():
+            p.add_(0.1 * torch.randn_like(p))           # the copies differ from here on
+    layer = nn.TransformerEncoderLayer(E, H, F, dropout=0.0, activation="gelu",
+                                       norm_first=norm_first, batch_first=batch_first, dtype=dtype)
+    m = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(E, dtype=dtype) if with_norm else None)
+    assert list(m.state_dict()) == list(tm.state_dict())
+    m.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
+    return torch, m, tm
+
+
+@pytest.mark.parametrize("norm_first,with_norm", [(False, False), (True, True), (False, True)],
+                         ids=["post", "pre+norm", "post+norm"])
+def test_encoder_torch_parity(dtype, rng, norm_first, with_norm):
+    torch, m, tm = _enc_pair(dtype, norm_first, with_norm)
+    x = rng.standard_normal((N, T, E)).astype(dtype)
+    _check_parity(torch, m, tm, x, dtype)
+    kpm = np.zeros((N, T), bool)
+    kpm[1, -2:] = True
+    mask = np.triu(np.ones((T, T), bool), 1)
+    _check_parity(torch, m, tm, x, dtype, {"mask": mask, "src_key_padding_mask": kpm})
+
+
+def test_encoder_batch_second_and_reference(rng):
+    torch, m, tm = _enc_pair(np.float64, False, True, batch_first=False, layers=2)
+    x = rng.standard_normal((T, N, E))
+    _check_parity(torch, m, tm, x, np.float64)
+    sd = m.state_dict()
+    h = x.transpose(1, 0, 2)
+    for i in range(2):
+        h = ref_layer(h, {k[len(f"layers.{i}."):]: v for k, v in sd.items()
+                          if k.startswith(f"layers.{i}.")}, H, "gelu", False)
+    ref = ref_ln(h, sd["norm.weight"], sd["norm.bias"]).transpose(1, 0, 2)
+    np.testing.assert_allclose(m(x), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_encoder_copies_are_deep_and_share_the_generator(rng):
+    gen = np.random.default_rng(0)
+    layer = nn.TransformerEncoderLayer(E, H, F, dropout=0.5, generator=gen)
+    m = nn.TransformerEncoder(layer, 2)
+    a, b = m.layers[0], m.layers[1]
+    np.testing.assert_array_equal(a.linear1.weight.data, b.linear1.weight.data)   # as torch
+    assert a.linear1.weight.data is not b.linear1.weight.data
+    a.linear1.weight.data[0, 0] += 1
+    assert a.linear1.weight.data[0, 0] != b.linear1.weight.data[0, 0]
+    assert a.dropout.generator is gen and b.self_attn.generator is gen             # shared
+    assert m.layers[0] is not layer and repr(m).startswith("TransformerEncoder(num_layers=2")
+
+
+def test_encoder_gradcheck_and_need_input_grad(rng):
+    layer = nn.TransformerEncoderLayer(8, 2, 12, dropout=0.0, dtype=np.float64)
+    m = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(8, dtype=np.float64))
+    for p in m.parameters():
+        p.data += 0.2 * rng.standard_normal(p.shape)
+    x = rng.standard_normal((2, 3, 8))
+    fastmod.gradcheck(m, x, forward_kwargs={"is_causal": True})
+    grads = []
+    for need in (True, False):
+        m.zero_grad()
+        y = m(x)
+        dx = m.backward(np.ones_like(y), need_input_grad=need)
+        assert (dx is None) == (not need)
+        grads.append([p.grad.copy() for p in m.parameters()])
+    for g1, g2 in zip(*grads):
+        np.testing.assert_allclose(g1, g2, rtol=1e-12, atol=1e-14)
+
+
+def test_encoder_bad_arguments():
+    layer = nn.TransformerEncoderLayer(8, 2, 12)
+    with pytest.raises(TypeError, match="expected encoder_layer to be a Module"):
+        nn.TransformerEncoder("layer", 2)
+    with pytest.raises(ValueError, match="num_layers must be a positive integer"):
+        nn.TransformerEncoder(layer, 0)
+    with pytest.raises(TypeError, match="expected norm to be a Module or None"):
+        nn.TransformerEncoder(layer, 2, norm=3)
+    with pytest.raises(ValueError, match="expected src of shape"):
+        nn.TransformerEncoder(layer, 2)(np.zeros((2, 3, 7), np.float32))

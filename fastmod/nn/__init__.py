@@ -8,7 +8,7 @@ from fastmod.nn.misc import Flatten, Dropout
 from fastmod.nn.normalization import LayerNorm, BatchNorm1d, BatchNorm2d, GroupNorm
 from fastmod.nn.attention import MultiheadAttention, scaled_dot_product_attention
 from fastmod.nn.embedding import Embedding
-from fastmod.nn.transformer import TransformerEncoderLayer
+from fastmod.nn.transformer import TransformerEncoderLayer, TransformerEncoder
 from fastmod.nn.conv import Conv1d, Conv2d
 from fastmod.nn.pooling import (MaxPool1d, MaxPool2d, AvgPool1d, AvgPool2d, AdaptiveAvgPool2d,
                                 GlobalAvgPool)
@@ -19,7 +19,7 @@ __all__ = ["Module", "Parameter", "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "
            "LogSoftmax", "Identity", "Sequential", "ModuleList", "Residual", "Parallel",
            "ResidualBlock", "Flatten", "Dropout", "init"]
 __all__ += ["MultiheadAttention", "scaled_dot_product_attention", "Embedding",
-            "TransformerEncoderLayer"]
+            "TransformerEncoderLayer", "TransformerEncoder"]
 __all__ += ["LayerNorm", "BatchNorm1d", "BatchNorm2d", "GroupNorm"]
 __all__ += ["Conv1d", "Conv2d", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d",
             "AdaptiveAvgPool2d", "GlobalAvgPool", "BNResBlock", "DenseBlock"]

@@ -1,5 +1,6 @@
-"""TransformerEncoderLayer: the seed's "Transformer Block" (self-attention + feed-forward,
-residual connections, layer normalization), torch.nn.TransformerEncoderLayer's names."""
+"""TransformerEncoderLayer, the seed's "Transformer Block" (self-attention + feed-forward,
+residual connections, layer normalization), and TransformerEncoder, a stack of them; torch's
+names."""
 import numpy as np
 
 from fastmod.nn._validate import boolean, finite_float, positive_int
@@ -159,3 +160,74 @@ class TransformerEncoderLayer(Module):
             dx = dsa
             dx += dh
         return dx if self.batch_first else np.ascontiguousarray(dx.transpose(1, 0, 2))
+
+
+class TransformerEncoder(Module):
+    """num_layers copies of an encoder layer applied in turn, then an optional final norm, as
+    torch.nn.TransformerEncoder (children `layers.{i}` and `norm`, so state_dicts move both
+    ways). Like torch, the copies are deep copies of `encoder_layer`: every layer starts with
+    the same weights. A numpy Generator held by the layer is shared by the copies, not cloned
+    (cloned generators would draw the same dropout masks in every layer).
+
+    Args:
+        encoder_layer: a TransformerEncoderLayer (or any module taking (src, src_mask=...,
+            src_key_padding_mask=..., is_causal=...)).
+        num_layers: how many copies.
+        norm: a module applied to the last layer's output (e.g. LayerNorm(d_model)), or None.
+        enable_nested_tensor, mask_check: accepted for torch's signature; no effect here.
+
+    Call: encoder(src, mask=None, src_key_padding_mask=None, is_causal=False), each mask passed
+    to every layer. Backward runs the layers in reverse.
+
+    Shape: as the layer's, e.g. (N, T, E) -> (N, T, E).
+
+    Example:
+        >>> import numpy as np, fastmod.nn as nn
+        >>> layer = nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, dropout=0.0)
+        >>> nn.TransformerEncoder(layer, 2)(np.zeros((2, 5, 32), np.float32)).shape
+        (2, 5, 32)
+    """
+
+    def __init__(self, encoder_layer, num_layers, norm=None, enable_nested_tensor=True,
+                 mask_check=True):
+        super().__init__()
+        import copy
+
+        from fastmod.nn.containers import ModuleList
+
+        who = "TransformerEncoder"
+        if not isinstance(encoder_layer, Module):
+            raise TypeError(f"{who}: expected encoder_layer to be a Module, got "
+                            f"{type(encoder_layer).__name__}")
+        if norm is not None and not isinstance(norm, Module):
+            raise TypeError(f"{who}: expected norm to be a Module or None, got {type(norm).__name__}")
+        self.num_layers = positive_int(num_layers, f"{who}: num_layers")
+        boolean(enable_nested_tensor, f"{who}: enable_nested_tensor")
+        boolean(mask_check, f"{who}: mask_check")
+        shared = {}
+        for m in encoder_layer.modules():
+            for v in vars(m).values():
+                if isinstance(v, np.random.Generator):
+                    shared[id(v)] = v
+        self.layers = ModuleList(copy.deepcopy(encoder_layer, dict(shared))
+                                 for _ in range(self.num_layers))
+        self.norm = norm
+
+    def extra_repr(self):
+        return f"num_layers={self.num_layers}"
+
+    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=False):
+        x = src
+        for layer in self.layers:
+            x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask,
+                      is_causal=is_causal)
+        return x if self.norm is None else self.norm(x)
+
+    def backward(self, dy, need_input_grad=True):
+        if self.norm is not None:
+            dy = self.norm.backward(dy)
+        layers = list(self.layers)
+        for layer in reversed(layers[1:]):
+            dy = layer.backward(dy)
+        return layers[0].backward(dy) if need_input_grad else \
+            layers[0].backward(dy, need_input_grad=False)
