@@ -569,3 +569,24 @@ def test_manual_seed_makes_init_reproducible():
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
     assert not np.array_equal(nn.Linear(4, 3).weight.data, a["weight"])
+
+
+def test_stale_state_released_before_the_next_forward_allocates(rng):
+    """A new grad-enabled forward drops what the previous pass saved as each module is called
+    (before it allocates its output), and a no_grad forward in between keeps it for backward."""
+    import weakref
+    lin, relu = nn.Linear(6, 5), nn.ReLU()
+    m = nn.Sequential(lin, relu)
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    y1 = m(x)
+    ref1 = weakref.ref(y1)                  # the ReLU's saved output
+    dy = rng.standard_normal(y1.shape).astype(np.float32)
+    want = m.backward(dy)
+    y1 = m(x)
+    with fastmod.no_grad():
+        m(x + 1)
+    np.testing.assert_array_equal(m.backward(dy), want)     # the no_grad pass kept the state
+    del y1
+    m(x)
+    assert ref1() is None                   # released, not kept alongside the new pass
+    assert len(relu._stack) == 1 and len(lin._stack) == 1
