@@ -330,3 +330,99 @@ def test_pool_repr():
     assert repr(nn.AvgPool2d(3, 2, 1, count_include_pad=False)) == \
         "AvgPool2d(kernel_size=3, stride=2, padding=1, count_include_pad=False)"
     assert repr(nn.AdaptiveAvgPool2d(1)) == "AdaptiveAvgPool2d(output_size=1)"
+
+
+# ------------------------------------------------------------------ adaptive 1-D, adaptive max
+def adaptive_nd_ref(x, out, kind):
+    """torch's bins on the last len(out) dims, float64; max also returns the flat argmax."""
+    x = np.asarray(x, np.float64)
+    nd = len(out)
+    lead = x.shape[:-nd]
+    spatial = x.shape[-nd:]
+    xs = x.reshape((-1,) + ((1,) if nd == 1 else ()) + spatial)
+    H, W = xs.shape[1:]
+    OH, OW = (1, out[0]) if nd == 1 else out
+    y = np.zeros((xs.shape[0], OH, OW))
+    arg = np.zeros(y.shape, np.int64)
+    for i in range(OH):
+        h0, h1 = (i * H) // OH, -(-(i + 1) * H // OH)
+        for j in range(OW):
+            w0, w1 = (j * W) // OW, -(-(j + 1) * W // OW)
+            win = xs[:, h0:h1, w0:w1].reshape(xs.shape[0], -1)
+            if kind == "avg":
+                y[:, i, j] = win.mean(1)
+            else:
+                a = win.argmax(1)
+                y[:, i, j] = win[np.arange(len(a)), a]
+                arg[:, i, j] = (h0 + a // (w1 - w0)) * W + w0 + a % (w1 - w0)
+    shape = lead + tuple(out)
+    return y.reshape(shape), arg.reshape(shape)
+
+
+ADAPTIVE = [("avg", 1, (5,), (2, 3, 11)), ("avg", 1, (4,), (3, 7)), ("avg", 1, (1,), (2, 3, 4)),
+            ("max", 1, (3,), (2, 3, 10)), ("max", 1, (7,), (2, 2, 7)),
+            ("max", 2, (2, 3), (2, 3, 7, 9)), ("max", 2, (5, 5), (1, 2, 5, 5)),
+            ("max", 2, (1, 1), (3, 6, 6)), ("max", 2, (4, 3), (2, 2, 3, 2))]   # bins overlap
+
+
+def _adaptive(kind, nd, out, **kw):
+    cls = {("avg", 1): nn.AdaptiveAvgPool1d, ("max", 1): nn.AdaptiveMaxPool1d,
+           ("max", 2): nn.AdaptiveMaxPool2d}[kind, nd]
+    return cls(out if nd == 2 else out[0], **kw)
+
+
+@pytest.mark.parametrize("kind,nd,out,shape", ADAPTIVE)
+def test_adaptive_pools_reference_torch_gradcheck(kind, nd, out, shape, dtype, torch, rng):
+    x = rng.standard_normal(shape).astype(dtype)
+    m = _adaptive(kind, nd, out)
+    y = m(x)
+    ref, arg = adaptive_nd_ref(x, out, kind)
+    np.testing.assert_allclose(y, ref, **tol(dtype))
+    tname = f"Adaptive{kind.capitalize()}Pool{nd}d"
+    tm = getattr(torch.nn, tname)(out if nd == 2 else out[0])
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    yt = tm(xt)
+    np.testing.assert_allclose(y, yt.detach().numpy(), **tol(dtype, parity=True))
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    yt.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(m.backward(dy), xt.grad.numpy(), **tol(dtype, parity=True))
+    if kind == "max":
+        m2 = _adaptive(kind, nd, out, return_indices=True)
+        y2, idx = m2(x)
+        _, it = getattr(torch.nn, tname)(out if nd == 2 else out[0], return_indices=True)(
+            torch.from_numpy(x))
+        np.testing.assert_array_equal(idx, it.numpy())
+        np.testing.assert_array_equal(idx, arg)
+        np.testing.assert_allclose(m2.backward((dy, None)), xt.grad.numpy(),
+                                   **tol(dtype, parity=True))
+    fastmod.gradcheck(_adaptive(kind, nd, out), rng.standard_normal(shape))
+
+
+def test_adaptive_max_nan_and_threads(rng, torch):
+    x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+    x[0, 0, 1, 1] = x[0, 0, 2, 2] = np.nan
+    y, idx = nn.AdaptiveMaxPool2d(2, return_indices=True)(x)
+    yt, it = torch.nn.AdaptiveMaxPool2d(2, return_indices=True)(torch.from_numpy(x))
+    assert np.isnan(y[0, 0, 0, 0])
+    np.testing.assert_array_equal(idx, it.numpy())                  # the last NaN, as torch
+    np.testing.assert_array_equal(y, yt.numpy())
+    xs = rng.standard_normal((64, 32, 16, 16)).astype(np.float32)
+    outs = []
+    for nt in (1, 2):
+        fastmod.set_num_threads(nt)
+        outs.append(nn.AdaptiveMaxPool2d((3, 5))(xs))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_adaptive_pools_bad_input():
+    with pytest.raises(ValueError, match=r"AdaptiveMaxPool1d.*expected input of shape \(N, C, L\)"):
+        nn.AdaptiveMaxPool1d(2)(np.zeros((2, 3, 4, 5), np.float32))
+    with pytest.raises(ValueError, match="output_size must be >= 1"):
+        nn.AdaptiveAvgPool1d(0)
+    with pytest.raises(ValueError, match="return_indices must be a bool"):
+        nn.AdaptiveMaxPool2d(2, return_indices=1)
+    with pytest.raises(TypeError):
+        nn.AdaptiveAvgPool2d(2, return_indices=True)
+    assert repr(nn.AdaptiveMaxPool2d((2, 3), return_indices=True)) == \
+        "AdaptiveMaxPool2d(output_size=(2, 3), return_indices=True)"
+    assert repr(nn.AdaptiveAvgPool1d(4)) == "AdaptiveAvgPool1d(output_size=4)"

@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""Pooling (the CNN parts of the seed): max, average and adaptive average, forward and backward.
+"""Pooling (the CNN parts of the seed): max, average, adaptive average and adaptive max,
+forward and backward.
 
 Legend: R = number of planes (N*C), H, W = input size, OH, OW = output size, KH, KW = window,
 SH, SW = stride, PH, PW = padding, DH, DW = dilation (max pooling only).
@@ -258,3 +259,51 @@ def adaptive_avgpool2d_forward(cnp.ndarray y, cnp.ndarray x):
 def adaptive_avgpool2d_backward(cnp.ndarray dx, cnp.ndarray dy):
     """dx (R, H, W) = each dy (R, OH, OW) spread evenly over its adaptive bin."""
     _adaptive_dispatch(dx, dy, True)
+
+
+# ---------------------------------------------------------------- adaptive max pooling
+cdef void _adaptive_max_plane(floating* y, int* idx, const floating* x, int H, int W, int OH,
+                              int OW) noexcept nogil:
+    # torch's adaptive bins (as _adaptive_plane); y = max over the bin, idx its flat position
+    # h*W + w: the first maximum in row-major order, or the last NaN (NaN wins), as torch
+    cdef int i, j, h, w, h0, h1, w0, w1, best
+    cdef floating m, v
+    for i in range(OH):
+        h0 = (i * H) // OH
+        h1 = ((i + 1) * H + OH - 1) // OH
+        for j in range(OW):
+            w0 = (j * W) // OW
+            w1 = ((j + 1) * W + OW - 1) // OW
+            best = h0 * W + w0
+            m = x[best]
+            for h in range(h0, h1):
+                for w in range(w0, w1):
+                    v = x[h * W + w]
+                    if v > m or v != v:             # torch: the last NaN wins
+                        m = v
+                        best = h * W + w
+            y[i * OW + j] = m
+            idx[i * OW + j] = best
+
+
+cdef void _adaptive_max(floating* y, int* idx, const floating* x, int R, int H, int W, int OH,
+                        int OW) noexcept nogil:
+    cdef Py_ssize_t xs = <Py_ssize_t>H * W, ys = <Py_ssize_t>OH * OW
+    cdef int r, nt = threads_for(<Py_ssize_t>R * xs, GRAIN)
+    for r in prange(R, num_threads=nt, schedule='static'):
+        _adaptive_max_plane(y + r * ys, idx + r * ys, x + r * xs, H, W, OH, OW)
+
+
+def adaptive_maxpool2d_forward(cnp.ndarray y, cnp.ndarray idx, cnp.ndarray x):
+    """y, idx (R, OH, OW) = max / argmax of x (R, H, W) over torch's adaptive bins; backward is
+    maxpool2d_backward with this idx."""
+    cdef int R = <int>cnp.PyArray_DIM(x, 0), H = <int>cnp.PyArray_DIM(x, 1)
+    cdef int W = <int>cnp.PyArray_DIM(x, 2)
+    cdef int OH = <int>cnp.PyArray_DIM(y, 1), OW = <int>cnp.PyArray_DIM(y, 2)
+    cdef int* pi = <int*>cnp.PyArray_DATA(idx)
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+        _adaptive_max(<float*>cnp.PyArray_DATA(y), pi, <float*>cnp.PyArray_DATA(x), R, H, W,
+                      OH, OW)
+    else:
+        _adaptive_max(<double*>cnp.PyArray_DATA(y), pi, <double*>cnp.PyArray_DATA(x), R, H, W,
+                      OH, OW)

@@ -10,7 +10,8 @@ from fastmod.nn.attention import MultiheadAttention, scaled_dot_product_attentio
 from fastmod.nn.embedding import Embedding
 from fastmod.nn.transformer import TransformerEncoderLayer, TransformerEncoder
 from fastmod.nn.conv import Conv1d, Conv2d
-from fastmod.nn.pooling import (MaxPool1d, MaxPool2d, AvgPool1d, AvgPool2d, AdaptiveAvgPool2d,
+from fastmod.nn.pooling import (MaxPool1d, MaxPool2d, AvgPool1d, AvgPool2d, AdaptiveAvgPool1d,
+                                AdaptiveAvgPool2d, AdaptiveMaxPool1d, AdaptiveMaxPool2d,
                                 GlobalAvgPool)
 from fastmod.nn.blocks import BNResBlock, DenseBlock
 from fastmod.nn import init
@@ -22,4 +23,5 @@ __all__ += ["MultiheadAttention", "scaled_dot_product_attention", "Embedding",
             "TransformerEncoderLayer", "TransformerEncoder"]
 __all__ += ["LayerNorm", "BatchNorm1d", "BatchNorm2d", "GroupNorm"]
 __all__ += ["Conv1d", "Conv2d", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d",
-            "AdaptiveAvgPool2d", "GlobalAvgPool", "BNResBlock", "DenseBlock"]
+            "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d",
+            "GlobalAvgPool", "BNResBlock", "DenseBlock"]

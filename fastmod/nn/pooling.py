@@ -1,4 +1,5 @@
-"""Pooling, the CNN parts beside the seed's convolutions: max, average, adaptive/global average.
+"""Pooling, the CNN parts beside the seed's convolutions: max, average, adaptive average and
+max, global average.
 
 Each output element summarizes one window of one channel plane, so every kernel
 (fastmod/_kernels/pool.pyx) runs over planes (N*C of them), in parallel. Windows, strides,
@@ -233,7 +234,72 @@ class AvgPool2d(_AvgPoolNd):
     _nd = 2
 
 
-class AdaptiveAvgPool2d(Module):
+class _AdaptivePoolNd(Module):
+    """Shared by the adaptive poolings: torch's bins (bin i of OH covers rows floor(i*H/OH) ..
+    ceil((i+1)*H/OH)), on (planes, H, W) arrays (1-D: H = 1)."""
+    _nd = 2
+    _max = False
+
+    def __init__(self, output_size, return_indices=False):
+        super().__init__()
+        name, nd = type(self).__name__, self._nd
+        if isinstance(output_size, (tuple, list)) and len(output_size) == nd:
+            self.output_size = tuple(None if v is None else
+                                     positive_int(v, f"{name}: output_size")
+                                     for v in output_size)
+        else:
+            self.output_size = int_tuple(output_size, nd, f"{name}: output_size")
+        self.return_indices = boolean(return_indices, f"{name}: return_indices")
+
+    def extra_repr(self):
+        o = self.output_size
+        s = f"output_size={o[0] if len(set(o)) == 1 else o}"
+        return s + ", return_indices=True" if self.return_indices else s
+
+    def forward(self, x):
+        x = self._check_array(x)
+        nd = self._nd
+        if x.ndim not in (nd + 1, nd + 2):
+            lay = "(N, C, L) or (C, L)" if nd == 1 else "(N, C, H, W) or (C, H, W)"
+            raise ValueError(f"{self._short_repr()}: expected input of shape {lay}, got {x.shape}")
+        spatial = x.shape[-nd:]
+        out = tuple(s if o is None else o for s, o in zip(spatial, self.output_size))
+        H, W = (1, spatial[0]) if nd == 1 else spatial
+        OH, OW = (1, out[0]) if nd == 1 else out
+        x3 = x.reshape(-1, H, W)
+        y3 = np.empty((x3.shape[0], OH, OW), x.dtype)
+        out_shape = x.shape[:-nd] + out
+        if self._max:
+            idx = np.empty(y3.shape, np.int32)
+            _k.adaptive_maxpool2d_forward(y3, idx, x3)
+        else:
+            idx = None
+            _k.adaptive_avgpool2d_forward(y3, x3)
+        self._save(x3.shape, x.shape, out_shape, x.dtype, idx)
+        if self.return_indices:
+            return y3.reshape(out_shape), idx.reshape(out_shape).astype(np.int64)
+        return y3.reshape(out_shape)
+
+    def backward(self, dy, need_input_grad=True):
+        shape3, xshape, out_shape, dtype, idx = self._saved()
+        if self.return_indices and isinstance(dy, tuple):
+            if len(dy) != 2:
+                raise ValueError(f"{self._short_repr()}: expected (dy, None) for the two "
+                                 f"outputs (values, indices), got a tuple of {len(dy)}")
+            dy = dy[0]
+        dy = self._check_grad(dy, out_shape, dtype)
+        if not need_input_grad:
+            return None
+        dx3 = np.empty(shape3, dtype)
+        dy3 = dy.reshape((shape3[0],) + ((1,) + out_shape[-1:] if self._nd == 1 else out_shape[-2:]))
+        if self._max:
+            _k.maxpool2d_backward(dx3, dy3, idx)
+        else:
+            _k.adaptive_avgpool2d_backward(dx3, dy3)
+        return dx3.reshape(xshape)
+
+
+class AdaptiveAvgPool2d(_AdaptivePoolNd):
     """Average over an (OH, OW) grid of bins, bin i covering rows floor(i*H/OH) ..
     ceil((i+1)*H/OH) (and columns likewise), as torch.nn.AdaptiveAvgPool2d. output_size=1 is
     global average pooling.
@@ -249,41 +315,60 @@ class AdaptiveAvgPool2d(Module):
     """
 
     def __init__(self, output_size):
-        super().__init__()
-        if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
-            self.output_size = tuple(None if v is None else
-                                     positive_int(v, "AdaptiveAvgPool2d: output_size")
-                                     for v in output_size)
-        else:
-            self.output_size = int_tuple(output_size, 2, "AdaptiveAvgPool2d: output_size")
+        super().__init__(output_size)
 
-    def extra_repr(self):
-        o = self.output_size
-        return f"output_size={o[0] if o[0] == o[1] else o}"
 
-    def forward(self, x):
-        x = self._check_array(x)
-        if x.ndim not in (3, 4):
-            raise ValueError(f"{self._short_repr()}: expected input of shape (N, C, H, W) or "
-                             f"(C, H, W), got {x.shape}")
-        H, W = x.shape[-2:]
-        OH = H if self.output_size[0] is None else self.output_size[0]
-        OW = W if self.output_size[1] is None else self.output_size[1]
-        x3 = x.reshape(-1, H, W)
-        y3 = np.empty((x3.shape[0], OH, OW), x.dtype)
-        _k.adaptive_avgpool2d_forward(y3, x3)
-        out_shape = x.shape[:-2] + (OH, OW)
-        self._save(x3.shape, x.shape, out_shape, x.dtype)
-        return y3.reshape(out_shape)
+class AdaptiveAvgPool1d(_AdaptivePoolNd):
+    """Average over OL bins, bin i covering floor(i*L/OL) .. ceil((i+1)*L/OL), as
+    torch.nn.AdaptiveAvgPool1d (output_size=1: the mean over L).
 
-    def backward(self, dy, need_input_grad=True):
-        shape3, xshape, out_shape, dtype = self._saved()
-        dy = self._check_grad(dy, out_shape, dtype)
-        if not need_input_grad:
-            return None
-        dx3 = np.empty(shape3, dtype)
-        _k.adaptive_avgpool2d_backward(dx3, dy.reshape((shape3[0],) + out_shape[-2:]))
-        return dx3.reshape(xshape)
+    Args: output_size: OL.
+
+    Shape: (N, C, L) -> (N, C, OL); also unbatched (C, L).
+
+    Example:
+        >>> import numpy as np, fastmod.nn as nn
+        >>> nn.AdaptiveAvgPool1d(4)(np.zeros((2, 8, 10), np.float32)).shape
+        (2, 8, 4)
+    """
+    _nd = 1
+
+    def __init__(self, output_size):
+        super().__init__(output_size)
+
+
+class AdaptiveMaxPool2d(_AdaptivePoolNd):
+    """Maximum over an (OH, OW) grid of torch's adaptive bins (as AdaptiveAvgPool2d), as
+    torch.nn.AdaptiveMaxPool2d: NaN propagates; the gradient goes to each bin's argmax.
+
+    Args: output_size: an int or an (OH, OW) pair (None keeps that input size);
+        return_indices: also return the argmax as int64 flat indices h*W + w into the input
+        plane (backward then takes dy or (dy, None)).
+
+    Shape: (N, C, H, W) -> (N, C, OH, OW); also unbatched (C, H, W).
+
+    Example:
+        >>> import numpy as np, fastmod.nn as nn
+        >>> nn.AdaptiveMaxPool2d((2, 3))(np.zeros((4, 8, 7, 9), np.float32)).shape
+        (4, 8, 2, 3)
+    """
+    _max = True
+
+
+class AdaptiveMaxPool1d(_AdaptivePoolNd):
+    """Maximum over OL adaptive bins, as torch.nn.AdaptiveMaxPool1d (see AdaptiveMaxPool2d).
+
+    Args: output_size: OL; return_indices (indices into L).
+
+    Shape: (N, C, L) -> (N, C, OL); also unbatched (C, L).
+
+    Example:
+        >>> import numpy as np, fastmod.nn as nn
+        >>> nn.AdaptiveMaxPool1d(1)(np.zeros((2, 8, 10), np.float32)).shape
+        (2, 8, 1)
+    """
+    _nd = 1
+    _max = True
 
 
 class GlobalAvgPool(Module):
