@@ -275,3 +275,31 @@ def test_replacing_parameters_is_checked():
         m.weight = fastmod.nn.Parameter(np.zeros((4, 3), np.float32))
     with pytest.raises(ValueError, match=r"Parameter.data: expected a float32 array of shape \(3,\)"):
         m.bias.data = np.zeros(4, np.float32)
+
+
+# ------------------------------------------------------------------ fusions used by the containers
+@pytest.mark.parametrize("n,i,o", SPLIT_CASES + [(300, 70, 40), (7, 5, 3)])
+@pytest.mark.parametrize("mode", ["relu_out", "acc_dx", "both"])
+def test_backward_fusions_match_reference(n, i, o, mode, dtype, threads, rng):
+    """Linear._backward(relu_out=y): dx zeroed where y <= 0 (ReLU's backward, NaN -> 0), block
+    by block in every split; dx=buf: the input gradient added into buf (beta = 1)."""
+    m = make(i, o, dtype=dtype)
+    x = rng.standard_normal((n, i)).astype(dtype)
+    m(x)
+    dy = rng.standard_normal((n, o)).astype(dtype)
+    rdx, rdw, rdb = ref.linear_backward(dy, x, m.weight.data)
+    mask = rng.standard_normal((n, i)).astype(dtype)
+    mask[0, 0] = np.nan
+    buf = rng.standard_normal((n, i)).astype(dtype)
+    want = rdx.copy()
+    if mode != "relu_out":
+        want = want + buf
+    if mode != "acc_dx":
+        want = np.where(mask > 0, want, 0)
+    kw = dict(relu_out=mask if mode != "acc_dx" else None, dx=buf if mode != "relu_out" else None)
+    dx = m._backward(dy, True, **kw)
+    if kw["dx"] is not None:
+        assert dx is buf
+    np.testing.assert_allclose(dx, want, **tol(dtype, parity=True))
+    np.testing.assert_allclose(m.weight.grad, rdw, **tol(dtype, parity=True))
+    np.testing.assert_allclose(m.bias.grad, rdb, **tol(dtype, parity=True))

@@ -100,12 +100,36 @@ cdef void _bias_grad(floating* db, const floating* dy, Py_ssize_t N, int C, bint
     free(acc)
 
 
+cdef void _mask_block(floating* dx, const floating* mask, int N, int IN, int t,
+                      int chunk) noexcept nogil:
+    # dx = 0 where mask <= 0 (a ReLU's saved output: relu' read from it, NaN -> 0 as ReLU's
+    # backward), over block t of pgemm_plan(N, IN, .)'s partition (t = -1: all of dx)
+    cdef bint by_rows = N >= IN
+    cdef int parts = N if by_rows else IN
+    cdef int lo = 0 if t < 0 else t * chunk
+    cdef int hi = parts if t < 0 else min(parts, lo + chunk)
+    cdef int r0 = lo if by_rows else 0, r1 = hi if by_rows else N
+    cdef int c0 = 0 if by_rows else lo, c1 = IN if by_rows else hi
+    cdef int n, c
+    cdef floating* row
+    cdef const floating* mrow
+    for n in range(r0, r1):
+        row = dx + <Py_ssize_t>n * IN
+        mrow = mask + <Py_ssize_t>n * IN
+        for c in range(c0, c1):
+            row[c] = row[c] if mrow[c] > 0 else 0
+
+
 cdef void _linear_backward(floating* dx, floating* dw, floating* db,
                            const floating* dy, const floating* x, const floating* w,
-                           int N, int IN, int OUT, bint acc_w, bint acc_b) noexcept nogil:
+                           int N, int IN, int OUT, bint acc_w, bint acc_b,
+                           const floating* mask, bint acc_dx) noexcept nogil:
+    # mask (N, IN) or NULL: dx zeroed where mask <= 0, block by block while it is in cache (a
+    # ReLU before this Linear: its backward fused here). acc_dx: dx += dy @ W (beta = 1).
     cdef int nt = num_threads()
     cdef int t, cw = 0, cx = 0, cb, nbw = 0, nbx = 0, nbb = 0, nreg
     cdef floating beta_w = <floating>(1 if acc_w else 0)
+    cdef floating beta_x = <floating>(1 if acc_dx else 0)
     if N == 1:
         # batch 1: dW and db are outer products / copies, dx a GEMV
         if dw != NULL:
@@ -113,7 +137,9 @@ cdef void _linear_backward(floating* dx, floating* dw, floating* db,
         if db != NULL:
             _bias_grad(db, dy, N, OUT, acc_b)
         if dx != NULL:
-            pgemv(True, OUT, IN, <floating>1, w, IN, dy, <floating>0, dx, nt)
+            pgemv(True, OUT, IN, <floating>1, w, IN, dy, beta_x, dx, nt)
+            if mask != NULL:
+                _mask_block(dx, mask, N, IN, -1, 0)
         return
     # dW (OUT, IN) (+)= dy.T (OUT, N) @ x (N, IN); dx (N, IN) = dy (N, OUT) @ W (OUT, IN);
     # db (OUT,) (+)= dy summed over rows. All three run in ONE parallel region: thread t
@@ -132,7 +158,9 @@ cdef void _linear_backward(floating* dx, floating* dw, floating* db,
         if db != NULL:
             _bias_grad(db, dy, N, OUT, acc_b)
         if dx != NULL:
-            gemm(False, False, N, IN, OUT, <floating>1, dy, OUT, w, IN, <floating>0, dx, IN)
+            gemm(False, False, N, IN, OUT, <floating>1, dy, OUT, w, IN, beta_x, dx, IN)
+            if mask != NULL:
+                _mask_block(dx, mask, N, IN, -1, 0)
         return
     if nbb < 1 and db != NULL:
         nbb = 1
@@ -144,7 +172,9 @@ cdef void _linear_backward(floating* dx, floating* dw, floating* db,
             _bias_grad(db, dy, N, OUT, acc_b, t * cb, min(OUT, (t + 1) * cb))
         if t < nbx:
             pgemm_block(t, cx, False, False, N, IN, OUT, <floating>1, dy, OUT, w, IN,
-                        <floating>0, dx, IN)
+                        beta_x, dx, IN)
+            if mask != NULL:
+                _mask_block(dx, mask, N, IN, t, cx)
 
 
 cdef inline void* _ptr(object a):
@@ -168,10 +198,12 @@ def linear_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b, bint r
 
 
 def linear_backward(object dx, object dw, object db, cnp.ndarray dy, cnp.ndarray x,
-                    cnp.ndarray w, bint acc_w, bint acc_b):
-    """dx = dy @ w; dw (+)= dy.T @ x; db (+)= dy.sum(0). Any of dx, dw, db may be None to skip it.
+                    cnp.ndarray w, bint acc_w, bint acc_b, object mask=None, bint acc_dx=False):
+    """dx (+)= dy @ w; dw (+)= dy.T @ x; db (+)= dy.sum(0). Any of dx, dw, db may be None to skip it.
 
-    acc_w / acc_b: add into dw / db (True) or overwrite them (False, when they are known zero).
+    acc_w / acc_b / acc_dx: add into dw / db / dx (True) or overwrite them (False).
+    mask: None, or an (N, IN) array: dx is then zeroed where mask <= 0 (ReLU's backward, from
+    the ReLU's saved output, applied after the accumulation).
     """
     cdef int N = <int>cnp.PyArray_DIM(x, 0), IN = <int>cnp.PyArray_DIM(x, 1)
     cdef int OUT = <int>cnp.PyArray_DIM(w, 0)
@@ -181,14 +213,15 @@ def linear_backward(object dx, object dw, object db, cnp.ndarray dy, cnp.ndarray
     cdef void* pdy = cnp.PyArray_DATA(dy)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* pw = cnp.PyArray_DATA(w)
+    cdef void* pm = _ptr(mask)
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
         with nogil:
             _linear_backward(<float*>pdx, <float*>pdw, <float*>pdb, <float*>pdy, <float*>px,
-                             <float*>pw, N, IN, OUT, acc_w, acc_b)
+                             <float*>pw, N, IN, OUT, acc_w, acc_b, <float*>pm, acc_dx)
     else:
         with nogil:
             _linear_backward(<double*>pdx, <double*>pdw, <double*>pdb, <double*>pdy, <double*>px,
-                             <double*>pw, N, IN, OUT, acc_w, acc_b)
+                             <double*>pw, N, IN, OUT, acc_w, acc_b, <double*>pm, acc_dx)
 
 
 def bias_grad(cnp.ndarray db, cnp.ndarray dy, bint accumulate):

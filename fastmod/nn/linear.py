@@ -85,14 +85,25 @@ class Linear(Module):
         return y.reshape(shape[:-1] + (self.out_features,))
 
     def backward(self, dy, need_input_grad=True):
+        return self._backward(dy, need_input_grad)
+
+    def _backward(self, dy, need_input_grad=True, relu_out=None, dx=None):
+        """backward, plus two fusions for the containers (same values as the separate steps):
+        relu_out -- the saved output of a ReLU applied just before this layer, of the input's
+        shape and dtype (the caller checks): the returned dx is ReLU's input gradient, masked
+        block by block inside the kernel; dx -- an array of the input's shape (C-contiguous,
+        the weights' dtype) to *add* the input gradient into (a skip connection's gradient),
+        returned."""
         x2, xshape = self._saved()
         w = self.weight
         dy = self._check_grad(dy, xshape[:-1] + (self.out_features,), w.data.dtype)
         dy2 = dy if dy.ndim == 2 else dy.reshape(-1, self.out_features)
         dw, acc_w = grad_buffer_of(w)
         db, acc_b = grad_buffer_of(self.bias)
-        dx = np.empty_like(x2) if need_input_grad else None
-        _k.linear_backward(dx, dw, db, dy2, x2, w.data, bool(acc_w), bool(acc_b))
         if not need_input_grad:
+            _k.linear_backward(None, dw, db, dy2, x2, w.data, bool(acc_w), bool(acc_b))
             return None
-        return dx if len(xshape) == 2 else dx.reshape(xshape)
+        acc_x = dx is not None
+        out = dx if acc_x else np.empty(xshape, x2.dtype)
+        _k.linear_backward(out, dw, db, dy2, x2, w.data, bool(acc_w), bool(acc_b), relu_out, acc_x)
+        return out
