@@ -117,7 +117,7 @@ def maxpool2d_backward(cnp.ndarray dx, cnp.ndarray dy, cnp.ndarray idx):
                       ys)
 
 
-# ---------------------------------------------------------------- average pooling
+# ---------------------------------------------------------------- average pooling (windows, adaptive bins)
 cdef inline double _avg_window(int i, int j, int H, int W, int KH, int KW, int SH, int SW,
                                int PH, int PW, bint count_pad, int divisor,
                                int* h0, int* h1, int* w0, int* w1) noexcept nogil:
@@ -140,8 +140,10 @@ cdef inline double _avg_window(int i, int j, int H, int W, int KH, int KW, int S
 
 cdef void _avg_plane(floating* y, floating* dx, const floating* x, const floating* dy, int H,
                      int W, int OH, int OW, int KH, int KW, int SH, int SW, int PH, int PW,
-                     bint count_pad, int divisor, bint backward) noexcept nogil:
-    # forward: y[i, j] = scale * (window sum of x); backward: dx = 0, then each window += scale*dy
+                     bint count_pad, int divisor, bint adaptive, bint backward) noexcept nogil:
+    # windows: AvgPool's (_avg_window) or, adaptive, torch's bins -- rows floor(i*H/OH) ..
+    # ceil((i+1)*H/OH), columns likewise. forward: y[i, j] = scale * (window sum of x);
+    # backward: dx = 0, then each window += scale * dy[i, j]
     cdef int i, j, h, w, h0, h1, w0, w1
     cdef double s, scale
     cdef floating g
@@ -149,74 +151,13 @@ cdef void _avg_plane(floating* y, floating* dx, const floating* x, const floatin
         memset(dx, 0, <Py_ssize_t>H * W * sizeof(floating))
     for i in range(OH):
         for j in range(OW):
-            scale = _avg_window(i, j, H, W, KH, KW, SH, SW, PH, PW, count_pad, divisor,
-                                &h0, &h1, &w0, &w1)
-            if backward:
-                g = <floating>(dy[i * OW + j] * scale)
-                for h in range(h0, h1):
-                    for w in range(w0, w1):
-                        dx[h * W + w] += g
+            if adaptive:
+                h0, h1 = (i * H) // OH, ((i + 1) * H + OH - 1) // OH
+                w0, w1 = (j * W) // OW, ((j + 1) * W + OW - 1) // OW
+                scale = 1.0 / ((h1 - h0) * (w1 - w0))
             else:
-                s = 0
-                for h in range(h0, h1):
-                    for w in range(w0, w1):
-                        s += x[h * W + w]
-                y[i * OW + j] = <floating>(s * scale)
-
-
-cdef void _avg(floating* xbuf, floating* ybuf, int R, int H, int W, int OH, int OW, int KH,
-               int KW, int SH, int SW, int PH, int PW, bint count_pad, int divisor,
-               bint backward) noexcept nogil:
-    # forward reads xbuf (R, H, W) and writes ybuf (R, OH, OW); backward reads ybuf (= dy)
-    # and writes xbuf (= dx)
-    cdef Py_ssize_t xs = <Py_ssize_t>H * W, ys = <Py_ssize_t>OH * OW
-    cdef int r, nt = threads_for(<Py_ssize_t>R * ys * KH * KW, GRAIN)
-    for r in prange(R, num_threads=nt, schedule='static'):
-        _avg_plane(ybuf + r * ys, xbuf + r * xs, xbuf + r * xs, ybuf + r * ys, H, W, OH, OW,
-                   KH, KW, SH, SW, PH, PW, count_pad, divisor, backward)
-
-
-cdef _avg_dispatch(cnp.ndarray xbuf, cnp.ndarray ybuf, int KH, int KW, int SH, int SW, int PH,
-                   int PW, bint count_pad, int divisor, bint backward):
-    cdef int R = <int>cnp.PyArray_DIM(xbuf, 0), H = <int>cnp.PyArray_DIM(xbuf, 1)
-    cdef int W = <int>cnp.PyArray_DIM(xbuf, 2)
-    cdef int OH = <int>cnp.PyArray_DIM(ybuf, 1), OW = <int>cnp.PyArray_DIM(ybuf, 2)
-    if cnp.PyArray_TYPE(xbuf) == cnp.NPY_FLOAT32:
-        _avg(<float*>cnp.PyArray_DATA(xbuf), <float*>cnp.PyArray_DATA(ybuf), R, H, W, OH, OW,
-             KH, KW, SH, SW, PH, PW, count_pad, divisor, backward)
-    else:
-        _avg(<double*>cnp.PyArray_DATA(xbuf), <double*>cnp.PyArray_DATA(ybuf), R, H, W, OH, OW,
-             KH, KW, SH, SW, PH, PW, count_pad, divisor, backward)
-
-
-def avgpool2d_forward(cnp.ndarray y, cnp.ndarray x, int KH, int KW, int SH, int SW, int PH,
-                      int PW, bint count_include_pad, int divisor_override):
-    """y (R, OH, OW) = window means of x (R, H, W) (divisor_override > 0 replaces the count)."""
-    _avg_dispatch(x, y, KH, KW, SH, SW, PH, PW, count_include_pad, divisor_override, False)
-
-
-def avgpool2d_backward(cnp.ndarray dx, cnp.ndarray dy, int KH, int KW, int SH, int SW, int PH,
-                       int PW, bint count_include_pad, int divisor_override):
-    """dx (R, H, W) = each dy (R, OH, OW) spread evenly (1/divisor) over its window."""
-    _avg_dispatch(dx, dy, KH, KW, SH, SW, PH, PW, count_include_pad, divisor_override, True)
-
-
-# ---------------------------------------------------------------- adaptive average pooling
-cdef void _adaptive_plane(floating* y, floating* dx, const floating* x, const floating* dy,
-                          int H, int W, int OH, int OW, bint backward) noexcept nogil:
-    # torch's bins: rows floor(i*H/OH) .. ceil((i+1)*H/OH), columns likewise
-    cdef int i, j, h, w, h0, h1, w0, w1
-    cdef double s, scale
-    cdef floating g
-    if backward:
-        memset(dx, 0, <Py_ssize_t>H * W * sizeof(floating))
-    for i in range(OH):
-        h0 = (i * H) // OH
-        h1 = ((i + 1) * H + OH - 1) // OH
-        for j in range(OW):
-            w0 = (j * W) // OW
-            w1 = ((j + 1) * W + OW - 1) // OW
-            scale = 1.0 / ((h1 - h0) * (w1 - w0))
+                scale = _avg_window(i, j, H, W, KH, KW, SH, SW, PH, PW, count_pad, divisor,
+                                    &h0, &h1, &w0, &w1)
             if backward:
                 g = <floating>(dy[i * OW + j] * scale)
                 for h in range(h0, h1):
@@ -229,36 +170,53 @@ cdef void _adaptive_plane(floating* y, floating* dx, const floating* x, const fl
                 y[i * OW + j] = <floating>(s * scale)
 
 
-cdef void _adaptive(floating* xbuf, floating* ybuf, int R, int H, int W, int OH, int OW,
-                    bint backward) noexcept nogil:
-    # as _avg: forward xbuf -> ybuf, backward ybuf (dy) -> xbuf (dx)
+cdef void _avg(floating* xbuf, floating* ybuf, int R, int H, int W, int OH, int OW, int KH,
+               int KW, int SH, int SW, int PH, int PW, bint count_pad, int divisor,
+               bint adaptive, bint backward) noexcept nogil:
+    # forward reads xbuf (R, H, W) and writes ybuf (R, OH, OW); backward reads ybuf (= dy)
+    # and writes xbuf (= dx)
     cdef Py_ssize_t xs = <Py_ssize_t>H * W, ys = <Py_ssize_t>OH * OW
-    cdef int r, nt = threads_for(<Py_ssize_t>R * xs, GRAIN)
+    cdef int r, nt = threads_for(<Py_ssize_t>R * (xs if adaptive else ys * KH * KW), GRAIN)
     for r in prange(R, num_threads=nt, schedule='static'):
-        _adaptive_plane(ybuf + r * ys, xbuf + r * xs, xbuf + r * xs, ybuf + r * ys, H, W, OH,
-                        OW, backward)
+        _avg_plane(ybuf + r * ys, xbuf + r * xs, xbuf + r * xs, ybuf + r * ys, H, W, OH, OW,
+                   KH, KW, SH, SW, PH, PW, count_pad, divisor, adaptive, backward)
 
 
-cdef _adaptive_dispatch(cnp.ndarray xbuf, cnp.ndarray ybuf, bint backward):
+cdef _avg_dispatch(cnp.ndarray xbuf, cnp.ndarray ybuf, int KH, int KW, int SH, int SW, int PH,
+                   int PW, bint count_pad, int divisor, bint adaptive, bint backward):
     cdef int R = <int>cnp.PyArray_DIM(xbuf, 0), H = <int>cnp.PyArray_DIM(xbuf, 1)
     cdef int W = <int>cnp.PyArray_DIM(xbuf, 2)
     cdef int OH = <int>cnp.PyArray_DIM(ybuf, 1), OW = <int>cnp.PyArray_DIM(ybuf, 2)
     if cnp.PyArray_TYPE(xbuf) == cnp.NPY_FLOAT32:
-        _adaptive(<float*>cnp.PyArray_DATA(xbuf), <float*>cnp.PyArray_DATA(ybuf), R, H, W, OH,
-                  OW, backward)
+        _avg(<float*>cnp.PyArray_DATA(xbuf), <float*>cnp.PyArray_DATA(ybuf), R, H, W, OH, OW,
+             KH, KW, SH, SW, PH, PW, count_pad, divisor, adaptive, backward)
     else:
-        _adaptive(<double*>cnp.PyArray_DATA(xbuf), <double*>cnp.PyArray_DATA(ybuf), R, H, W,
-                  OH, OW, backward)
+        _avg(<double*>cnp.PyArray_DATA(xbuf), <double*>cnp.PyArray_DATA(ybuf), R, H, W, OH, OW,
+             KH, KW, SH, SW, PH, PW, count_pad, divisor, adaptive, backward)
+
+
+def avgpool2d_forward(cnp.ndarray y, cnp.ndarray x, int KH, int KW, int SH, int SW, int PH,
+                      int PW, bint count_include_pad, int divisor_override):
+    """y (R, OH, OW) = window means of x (R, H, W) (divisor_override > 0 replaces the count)."""
+    _avg_dispatch(x, y, KH, KW, SH, SW, PH, PW, count_include_pad, divisor_override, False,
+                  False)
+
+
+def avgpool2d_backward(cnp.ndarray dx, cnp.ndarray dy, int KH, int KW, int SH, int SW, int PH,
+                       int PW, bint count_include_pad, int divisor_override):
+    """dx (R, H, W) = each dy (R, OH, OW) spread evenly (1/divisor) over its window."""
+    _avg_dispatch(dx, dy, KH, KW, SH, SW, PH, PW, count_include_pad, divisor_override, False,
+                  True)
 
 
 def adaptive_avgpool2d_forward(cnp.ndarray y, cnp.ndarray x):
     """y (R, OH, OW) = means of x (R, H, W) over torch's adaptive bins (OH = OW = 1: global mean)."""
-    _adaptive_dispatch(x, y, False)
+    _avg_dispatch(x, y, 0, 0, 0, 0, 0, 0, False, 0, True, False)
 
 
 def adaptive_avgpool2d_backward(cnp.ndarray dx, cnp.ndarray dy):
     """dx (R, H, W) = each dy (R, OH, OW) spread evenly over its adaptive bin."""
-    _adaptive_dispatch(dx, dy, True)
+    _avg_dispatch(dx, dy, 0, 0, 0, 0, 0, 0, False, 0, True, True)
 
 
 # ---------------------------------------------------------------- adaptive max pooling
