@@ -241,6 +241,77 @@ def test_dx_as_forward_matches_reference(case, mode, fwd, accumulate, dtype, thr
     np.testing.assert_allclose(dw.reshape(m.weight.shape), rdw, **kw)
 
 
+# 3x3, stride 1, groups 1: the Winograd F(2x2, 3x3) path's own shapes (odd and even output
+# sizes, paddings 0 / 1 / 2 / asymmetric, batch 1, inputs smaller than a tile)
+WINO_CASES = CASES + [
+    ("2d", 8, 16, 3, dict(padding=1), (3, 8, 7, 9)),
+    ("2d", 5, 6, 3, dict(padding=2), (2, 5, 4, 5)),
+    ("2d", 5, 6, 3, {}, (2, 5, 6, 8)),
+    ("2d", 20, 12, 3, dict(padding=(0, 2)), (1, 20, 5, 3)),
+    ("2d", 4, 3, 3, dict(padding=1, bias=False), (2, 4, 1, 1)),
+    ("2d", 33, 7, 3, dict(padding="same"), (2, 33, 6, 5)),
+]
+WINO_IDS = [f"{c[0]}-{i}" for i, c in enumerate(WINO_CASES)]
+
+
+@pytest.mark.parametrize("tiles", [1, 3, 1 << 20], ids=["tile-blocks", "3-tiles", "batch"])
+@pytest.mark.parametrize("case", WINO_CASES, ids=WINO_IDS)
+def test_winograd_matches_reference(case, tiles, dtype, threads):
+    # forward, fused ReLU, and the stride-1 dx computed as a forward convolution, all through
+    # Winograd wherever the layer allows it; blocks of tiles smaller than an image (partial
+    # images per block), or the whole batch in one block
+    from fastmod._kernels import conv as _k
+    m, x, geo = make_case(case, dtype)
+    dy = np.random.default_rng(1).standard_normal(m.output_shape(x.shape)).astype(dtype)
+    _k.set_forward_winograd(2, tiles)
+    try:
+        y = m(x)
+        dx = m.backward(dy)
+        with fastmod.no_grad():
+            yr = nn.Sequential(m, nn.ReLU())(x)
+    finally:
+        _k.set_forward_winograd(0)
+    kw = tol(dtype, parity=True)
+    want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
+    np.testing.assert_allclose(y, want, **kw)
+    np.testing.assert_allclose(yr, np.maximum(want, 0), **kw)
+    rdx, rdw, rdb = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
+    np.testing.assert_allclose(dx, rdx, **kw)
+    np.testing.assert_allclose(m.weight.grad, rdw, **kw)
+
+
+@pytest.mark.parametrize("case", WINO_CASES[-6:], ids=WINO_IDS[-6:])
+def test_winograd_gradcheck(case):
+    from fastmod._kernels import conv as _k
+    m, x, _ = make_case(case, np.float64)
+    _k.set_forward_winograd(2)
+    try:
+        fastmod.gradcheck(m, x, max_elements=64)
+    finally:
+        _k.set_forward_winograd(0)
+
+
+def test_winograd_accumulates_into_dx(dtype, threads):
+    # DenseBlock adds each layer's input gradient into a channel prefix: dx through Winograd
+    # with accumulate=True adds to what is there
+    from fastmod._kernels import conv as _k
+    m = nn.Conv2d(40, 12, 3, padding=1, dtype=dtype)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 40, 9, 10)).astype(dtype)
+    dy = rng.standard_normal((3, 12, 9, 10)).astype(dtype)
+    # dy has 12 channels, so force the dx convolution onto Winograd
+    dx0 = rng.standard_normal(x.shape).astype(dtype)
+    dx = dx0.copy()
+    _k.set_forward_winograd(2)
+    try:
+        _k.conv2d_backward(dx, None, None, dy, x, m.weight.data, 1, 1, 1, 1, 1, 1, 1,
+                           False, False, True)
+    finally:
+        _k.set_forward_winograd(0)
+    rdx, _, _ = conv_ref_backward(dy, x, m.weight.data, (1, 1), (1, 1), (1, 1), 1)
+    np.testing.assert_allclose(dx, dx0 + rdx, **tol(dtype, parity=True))
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_gradcheck(case):
     m, x, _ = make_case(case, np.float64)
