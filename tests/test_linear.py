@@ -303,3 +303,63 @@ def test_backward_fusions_match_reference(n, i, o, mode, dtype, threads, rng):
     np.testing.assert_allclose(dx, want, **tol(dtype, parity=True))
     np.testing.assert_allclose(m.weight.grad, rdw, **tol(dtype, parity=True))
     np.testing.assert_allclose(m.bias.grad, rdb, **tol(dtype, parity=True))
+
+
+# ------------------------------------------------------------------ skinny layers (out <= 16)
+# float32 layers with out_features <= 16 run direct AVX2 loops instead of BLAS: forward tiles of
+# 2 rows x 5 outputs, dW tiles of 3 outputs x 32 columns, dx tiles of 3 rows x 32 columns, with
+# narrower / scalar loops for the tails. Sizes below hit every tail, and the split over 2
+# threads (>= 2^19 multiply-adds).
+SKINNY_CASES = [(128, 512, 10), (7, 5, 3), (1, 77, 16), (33, 100, 1), (300, 203, 11),
+                (65, 64, 5), (2, 8, 6), (129, 257, 17), (3, 1, 2)]
+
+
+@pytest.mark.parametrize("n,i,o", SKINNY_CASES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_skinny_paths_match_reference(n, i, o, bias, dtype, threads, rng):
+    m = make(i, o, bias=bias, dtype=dtype)
+    x = rng.standard_normal((n, i)).astype(dtype)
+    kw = tol(dtype, parity=True)
+    b = m.bias.data if bias else None
+    np.testing.assert_allclose(m(x), ref.linear(x, m.weight.data, b), **kw)
+    with fastmod.no_grad():                            # the fused ReLU of Sequential's inference
+        np.testing.assert_allclose(m._forward(x, True), np.maximum(ref.linear(x, m.weight.data, b), 0), **kw)
+    m(x)
+    dy = rng.standard_normal((n, o)).astype(dtype)
+    rdx, rdw, rdb = ref.linear_backward(dy, x, m.weight.data)
+    np.testing.assert_allclose(m.backward(dy), rdx, **kw)
+    np.testing.assert_allclose(m.weight.grad, rdw, **kw)
+    if bias:
+        np.testing.assert_allclose(m.bias.grad, rdb, **kw)
+    m(x)                                               # accumulate into the gradients, mask dx
+    mask = rng.standard_normal((n, i)).astype(dtype)
+    mask[0, 0] = np.nan
+    buf = rng.standard_normal((n, i)).astype(dtype)
+    dx = m._backward(dy, True, relu_out=mask, dx=buf.copy())
+    np.testing.assert_allclose(dx, np.where(mask > 0, rdx + buf, 0), **kw)
+    np.testing.assert_allclose(m.weight.grad, 2 * rdw, **kw)
+    m(x)
+    assert m.backward(dy, need_input_grad=False) is None
+    np.testing.assert_allclose(m.weight.grad, 3 * rdw, **kw)
+
+
+def test_skinny_results_do_not_depend_on_threads(rng):
+    m = make(203, 10, dtype=np.float32)
+    x = rng.standard_normal((300, 203)).astype(np.float32)
+    dy = rng.standard_normal((300, 10)).astype(np.float32)
+    out = []
+    for t in (1, 2):
+        fastmod.set_num_threads(t)
+        m.zero_grad()
+        y = m(x)
+        out.append((y, m.backward(dy), m.weight.grad.copy(), m.bias.grad.copy()))
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_skinny_nan_and_inf_propagate(rng):
+    m = make(40, 10, dtype=np.float32)
+    x = rng.standard_normal((6, 40)).astype(np.float32)
+    x[1, 3], x[4, 39] = np.nan, np.inf
+    y = m(x)
+    assert np.isnan(y[1]).all() and not np.isfinite(y[4]).any() and np.isfinite(y[[0, 2, 3, 5]]).all()

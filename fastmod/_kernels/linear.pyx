@@ -20,6 +20,306 @@ from fastmod._kernels._threads cimport num_threads, threads_for
 
 cnp.import_array()
 
+# Skinny layers (OUT <= SKINNY_OUT, float32, AVX2 + FMA): the 10-class output layers. BLAS runs
+# such shapes at 15-30 GFLOP/s (its packing and C-zeroing passes cost as much as the
+# arithmetic: dW 10x512 with K = 128 took 82 us, forward 128x512 -> 10 42 us, dx 40 us on one
+# core); direct register-blocked loops read each operand once from L1 and write each output
+# once: forward as dot products (2 rows x 5 outputs), dW and dx as broadcast-FMA tiles (3 x 32
+# floats); tails (IN % 32 columns, OUT % 3 outputs, rows) in narrower or scalar loops.
+# Each output element is summed by one thread in a fixed order: results do not depend on the
+# thread count.
+cdef extern from *:
+    """
+    #include <string.h>
+    #if defined(__AVX2__) && defined(__FMA__)
+    #include <immintrin.h>
+    #define SK_HAVE 1
+    /* (GCC keeps arrays of __m256 accumulators on the stack: the tiles below name them) */
+    static inline float sk_hsum(__m256 v) {
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        return _mm_cvtss_f32(s);
+    }
+    #define SK_LD(p) _mm256_loadu_ps(p)
+    #define SK_FMA(a, b, c) c = _mm256_fmadd_ps(a, b, c)
+    #define SK_Z _mm256_setzero_ps()
+    static inline float sk_out(float s, const float* x, const float* w, int k, int K,
+                               const float* b, int o, int relu) {
+        for (; k < K; k++) s += x[k] * w[k];
+        if (b) s += b[o];
+        return relu && s < 0 ? 0 : s;        /* max(s, 0), NaN kept */
+    }
+    /* forward, 2 rows x 5 outputs: y[r, o] = x[r, :] . w[o, :] (+ b[o]) (relu); 10
+       accumulators + 2 x + 1 w registers (4 x 3 spilled an accumulator: 17 ymm) */
+    static inline void sk_fwd_2x5(float* y, int ldy, const float* x, int ldx, const float* w,
+                                  int ldw, const float* b, int K, int relu) {
+        __m256 a00 = SK_Z, a01 = SK_Z, a02 = SK_Z, a03 = SK_Z, a04 = SK_Z;
+        __m256 a10 = SK_Z, a11 = SK_Z, a12 = SK_Z, a13 = SK_Z, a14 = SK_Z;
+        const float *x0 = x, *x1 = x + ldx;
+        const float *w0 = w, *w1 = w + ldw, *w2 = w + 2 * (Py_ssize_t)ldw;
+        const float *w3 = w + 3 * (Py_ssize_t)ldw, *w4 = w + 4 * (Py_ssize_t)ldw;
+        int k;
+        for (k = 0; k + 8 <= K; k += 8) {
+            __m256 v0 = SK_LD(x0 + k), v1 = SK_LD(x1 + k), u;
+            u = SK_LD(w0 + k); SK_FMA(v0, u, a00); SK_FMA(v1, u, a10);
+            u = SK_LD(w1 + k); SK_FMA(v0, u, a01); SK_FMA(v1, u, a11);
+            u = SK_LD(w2 + k); SK_FMA(v0, u, a02); SK_FMA(v1, u, a12);
+            u = SK_LD(w3 + k); SK_FMA(v0, u, a03); SK_FMA(v1, u, a13);
+            u = SK_LD(w4 + k); SK_FMA(v0, u, a04); SK_FMA(v1, u, a14);
+        }
+        y[0] = sk_out(sk_hsum(a00), x0, w0, k, K, b, 0, relu);
+        y[1] = sk_out(sk_hsum(a01), x0, w1, k, K, b, 1, relu);
+        y[2] = sk_out(sk_hsum(a02), x0, w2, k, K, b, 2, relu);
+        y[3] = sk_out(sk_hsum(a03), x0, w3, k, K, b, 3, relu);
+        y[4] = sk_out(sk_hsum(a04), x0, w4, k, K, b, 4, relu);
+        y += ldy;
+        y[0] = sk_out(sk_hsum(a10), x1, w0, k, K, b, 0, relu);
+        y[1] = sk_out(sk_hsum(a11), x1, w1, k, K, b, 1, relu);
+        y[2] = sk_out(sk_hsum(a12), x1, w2, k, K, b, 2, relu);
+        y[3] = sk_out(sk_hsum(a13), x1, w3, k, K, b, 3, relu);
+        y[4] = sk_out(sk_hsum(a14), x1, w4, k, K, b, 4, relu);
+    }
+    /* forward, 1 row x 1 output, two accumulators */
+    static inline float sk_fwd_1x1(const float* x, const float* w, const float* b, int o, int K, int relu) {
+        __m256 a = SK_Z, c = SK_Z;
+        int k;
+        for (k = 0; k + 16 <= K; k += 16) {
+            SK_FMA(SK_LD(x + k), SK_LD(w + k), a);
+            SK_FMA(SK_LD(x + k + 8), SK_LD(w + k + 8), c);
+        }
+        for (; k + 8 <= K; k += 8)
+            SK_FMA(SK_LD(x + k), SK_LD(w + k), a);
+        return sk_out(sk_hsum(_mm256_add_ps(a, c)), x, w, k, K, b, o, relu);
+    }
+    static void sk_forward_rows(float* y, const float* x, const float* w, const float* b,
+                                int IN, int OUT, int r0, int r1, int relu) {
+        int r = r0, o, rr;
+        for (; r + 2 <= r1; r += 2) {
+            const float* xr = x + (Py_ssize_t)r * IN;
+            float* yr = y + (Py_ssize_t)r * OUT;
+            for (o = 0; o + 5 <= OUT; o += 5)
+                sk_fwd_2x5(yr + o, OUT, xr, IN, w + (Py_ssize_t)o * IN, IN, b ? b + o : 0, IN, relu);
+            for (; o < OUT; o++)
+                for (rr = 0; rr < 2; rr++)
+                    yr[(Py_ssize_t)rr * OUT + o] = sk_fwd_1x1(xr + (Py_ssize_t)rr * IN, w + (Py_ssize_t)o * IN, b, o, IN, relu);
+        }
+        for (; r < r1; r++)
+            for (o = 0; o < OUT; o++)
+                y[(Py_ssize_t)r * OUT + o] = sk_fwd_1x1(x + (Py_ssize_t)r * IN, w + (Py_ssize_t)o * IN, b, o, IN, relu);
+    }
+    /* store (or add to) 4 vectors */
+    #define SK_ST4(p, acc_in, a0, a1, a2, a3) do { \
+        if (acc_in) { a0 = _mm256_add_ps(SK_LD(p), a0); a1 = _mm256_add_ps(SK_LD((p) + 8), a1); \
+                      a2 = _mm256_add_ps(SK_LD((p) + 16), a2); a3 = _mm256_add_ps(SK_LD((p) + 24), a3); } \
+        _mm256_storeu_ps(p, a0); _mm256_storeu_ps((p) + 8, a1); \
+        _mm256_storeu_ps((p) + 16, a2); _mm256_storeu_ps((p) + 24, a3); } while (0)
+    /* dW, 3 outputs x 32 columns: dw[o, 0:32] (+)= sum_n dy[n, o] x[n, 0:32] */
+    static inline void sk_dw_3x32(float* dw, int ldw, const float* dy, int ldy, const float* x,
+                                  int ldx, int N, int acc_in) {
+        __m256 a00 = SK_Z, a01 = SK_Z, a02 = SK_Z, a03 = SK_Z, a10 = SK_Z, a11 = SK_Z;
+        __m256 a12 = SK_Z, a13 = SK_Z, a20 = SK_Z, a21 = SK_Z, a22 = SK_Z, a23 = SK_Z;
+        int n;
+        for (n = 0; n < N; n++) {
+            const float* xr = x + (Py_ssize_t)n * ldx;
+            const float* g = dy + (Py_ssize_t)n * ldy;
+            __m256 v0 = SK_LD(xr), v1 = SK_LD(xr + 8), v2 = SK_LD(xr + 16), v3 = SK_LD(xr + 24);
+            __m256 s = _mm256_broadcast_ss(g);
+            SK_FMA(s, v0, a00); SK_FMA(s, v1, a01); SK_FMA(s, v2, a02); SK_FMA(s, v3, a03);
+            s = _mm256_broadcast_ss(g + 1);
+            SK_FMA(s, v0, a10); SK_FMA(s, v1, a11); SK_FMA(s, v2, a12); SK_FMA(s, v3, a13);
+            s = _mm256_broadcast_ss(g + 2);
+            SK_FMA(s, v0, a20); SK_FMA(s, v1, a21); SK_FMA(s, v2, a22); SK_FMA(s, v3, a23);
+        }
+        SK_ST4(dw, acc_in, a00, a01, a02, a03);
+        SK_ST4(dw + ldw, acc_in, a10, a11, a12, a13);
+        SK_ST4(dw + 2 * (Py_ssize_t)ldw, acc_in, a20, a21, a22, a23);
+    }
+    /* dW, 1 output x 32 columns */
+    static inline void sk_dw_1x32(float* dw, const float* dy, int ldy, const float* x, int ldx,
+                                  int N, int acc_in) {
+        __m256 a0 = SK_Z, a1 = SK_Z, a2 = SK_Z, a3 = SK_Z;
+        int n;
+        for (n = 0; n < N; n++) {
+            const float* xr = x + (Py_ssize_t)n * ldx;
+            __m256 s = _mm256_broadcast_ss(dy + (Py_ssize_t)n * ldy);
+            SK_FMA(s, SK_LD(xr), a0); SK_FMA(s, SK_LD(xr + 8), a1);
+            SK_FMA(s, SK_LD(xr + 16), a2); SK_FMA(s, SK_LD(xr + 24), a3);
+        }
+        SK_ST4(dw, acc_in, a0, a1, a2, a3);
+    }
+    /* one dW element (column tails) */
+    static inline float sk_dw_1x1(const float* dy, int ldy, const float* x, int ldx, int N) {
+        float s = 0;
+        int n;
+        for (n = 0; n < N; n++) s += dy[(Py_ssize_t)n * ldy] * x[(Py_ssize_t)n * ldx];
+        return s;
+    }
+    /* dW columns [c0, c1) (c0 a multiple of 32 or c0 = 0; c1 = IN or a multiple of 32) */
+    static void sk_dw_cols(float* dw, const float* dy, const float* x, int N, int IN, int OUT,
+                           int c0, int c1, int acc_in) {
+        int o = 0, c;
+        for (; o + 3 <= OUT; o += 3) {
+            for (c = c0; c + 32 <= c1; c += 32)
+                sk_dw_3x32(dw + (Py_ssize_t)o * IN + c, IN, dy + o, OUT, x + c, IN, N, acc_in);
+            for (; c < c1; c++) {
+                int oo;
+                for (oo = o; oo < o + 3; oo++) {
+                    float s = sk_dw_1x1(dy + oo, OUT, x + c, IN, N);
+                    float* p = dw + (Py_ssize_t)oo * IN + c;
+                    *p = acc_in ? *p + s : s;
+                }
+            }
+        }
+        for (; o < OUT; o++) {
+            for (c = c0; c + 32 <= c1; c += 32)
+                sk_dw_1x32(dw + (Py_ssize_t)o * IN + c, dy + o, OUT, x + c, IN, N, acc_in);
+            for (; c < c1; c++) {
+                float s = sk_dw_1x1(dy + o, OUT, x + c, IN, N);
+                float* p = dw + (Py_ssize_t)o * IN + c;
+                *p = acc_in ? *p + s : s;
+            }
+        }
+    }
+    /* store 4 vectors, zeroed where mask <= 0 (NaN too) when mask is given */
+    #define SK_MST4(p, m, a0, a1, a2, a3) do { \
+        if (m) { __m256 z = SK_Z; \
+            a0 = _mm256_and_ps(a0, _mm256_cmp_ps(SK_LD(m), z, _CMP_GT_OQ)); \
+            a1 = _mm256_and_ps(a1, _mm256_cmp_ps(SK_LD((m) + 8), z, _CMP_GT_OQ)); \
+            a2 = _mm256_and_ps(a2, _mm256_cmp_ps(SK_LD((m) + 16), z, _CMP_GT_OQ)); \
+            a3 = _mm256_and_ps(a3, _mm256_cmp_ps(SK_LD((m) + 24), z, _CMP_GT_OQ)); } \
+        _mm256_storeu_ps(p, a0); _mm256_storeu_ps((p) + 8, a1); \
+        _mm256_storeu_ps((p) + 16, a2); _mm256_storeu_ps((p) + 24, a3); } while (0)
+    #define SK_INIT4(p, acc_in, a0, a1, a2, a3) do { \
+        if (acc_in) { a0 = SK_LD(p); a1 = SK_LD((p) + 8); a2 = SK_LD((p) + 16); a3 = SK_LD((p) + 24); } \
+        else { a0 = a1 = a2 = a3 = SK_Z; } } while (0)
+    /* dx, 3 rows x 32 columns: dx[r, 0:32] (+)= sum_o dy[r, o] w[o, 0:32], masked */
+    static inline void sk_dx_3x32(float* dx, int ldx, const float* dy, int ldy, const float* w,
+                                  int ldw, int K, int acc_in, const float* mask) {
+        __m256 a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23;
+        const float *g0 = dy, *g1 = dy + ldy, *g2 = dy + 2 * (Py_ssize_t)ldy;
+        int o;
+        SK_INIT4(dx, acc_in, a00, a01, a02, a03);
+        SK_INIT4(dx + ldx, acc_in, a10, a11, a12, a13);
+        SK_INIT4(dx + 2 * (Py_ssize_t)ldx, acc_in, a20, a21, a22, a23);
+        for (o = 0; o < K; o++) {
+            const float* wr = w + (Py_ssize_t)o * ldw;
+            __m256 v0 = SK_LD(wr), v1 = SK_LD(wr + 8), v2 = SK_LD(wr + 16), v3 = SK_LD(wr + 24);
+            __m256 s = _mm256_broadcast_ss(g0 + o);
+            SK_FMA(s, v0, a00); SK_FMA(s, v1, a01); SK_FMA(s, v2, a02); SK_FMA(s, v3, a03);
+            s = _mm256_broadcast_ss(g1 + o);
+            SK_FMA(s, v0, a10); SK_FMA(s, v1, a11); SK_FMA(s, v2, a12); SK_FMA(s, v3, a13);
+            s = _mm256_broadcast_ss(g2 + o);
+            SK_FMA(s, v0, a20); SK_FMA(s, v1, a21); SK_FMA(s, v2, a22); SK_FMA(s, v3, a23);
+        }
+        SK_MST4(dx, mask, a00, a01, a02, a03);
+        SK_MST4(dx + ldx, (mask ? mask + ldx : 0), a10, a11, a12, a13);
+        SK_MST4(dx + 2 * (Py_ssize_t)ldx, (mask ? mask + 2 * (Py_ssize_t)ldx : 0), a20, a21, a22, a23);
+    }
+    static inline void sk_dx_1x32(float* dx, const float* dy, const float* w, int ldw, int K,
+                                  int acc_in, const float* mask) {
+        __m256 a0, a1, a2, a3;
+        int o;
+        SK_INIT4(dx, acc_in, a0, a1, a2, a3);
+        for (o = 0; o < K; o++) {
+            const float* wr = w + (Py_ssize_t)o * ldw;
+            __m256 s = _mm256_broadcast_ss(dy + o);
+            SK_FMA(s, SK_LD(wr), a0); SK_FMA(s, SK_LD(wr + 8), a1);
+            SK_FMA(s, SK_LD(wr + 16), a2); SK_FMA(s, SK_LD(wr + 24), a3);
+        }
+        SK_MST4(dx, mask, a0, a1, a2, a3);
+    }
+    static void sk_dx_rows(float* dx, const float* dy, const float* w, const float* mask,
+                           int IN, int OUT, int r0, int r1, int acc_in) {
+        int r = r0, c, o, rr;
+        while (r < r1) {
+            int nr = r1 - r >= 3 ? 3 : 1;
+            float* d = dx + (Py_ssize_t)r * IN;
+            const float* g = dy + (Py_ssize_t)r * OUT;
+            const float* m = mask ? mask + (Py_ssize_t)r * IN : 0;
+            for (c = 0; c + 32 <= IN; c += 32) {
+                if (nr == 3) sk_dx_3x32(d + c, IN, g, OUT, w + c, IN, OUT, acc_in, m ? m + c : 0);
+                else sk_dx_1x32(d + c, g, w + c, IN, OUT, acc_in, m ? m + c : 0);
+            }
+            for (; c < IN; c++) {           /* the last IN % 32 columns */
+                for (rr = 0; rr < nr; rr++) {
+                    float s = acc_in ? d[(Py_ssize_t)rr * IN + c] : 0;
+                    for (o = 0; o < OUT; o++) s += g[(Py_ssize_t)rr * OUT + o] * w[(Py_ssize_t)o * IN + c];
+                    if (m && !(m[(Py_ssize_t)rr * IN + c] > 0)) s = 0;
+                    d[(Py_ssize_t)rr * IN + c] = s;
+                }
+            }
+            r += nr;
+        }
+    }
+    #else
+    #define SK_HAVE 0
+    static void sk_forward_rows(float* y, const float* x, const float* w, const float* b,
+                                int IN, int OUT, int r0, int r1, int relu) {}
+    static void sk_dw_cols(float* dw, const float* dy, const float* x, int N, int IN, int OUT,
+                           int c0, int c1, int acc_in) {}
+    static void sk_dx_rows(float* dx, const float* dy, const float* w, const float* mask,
+                           int IN, int OUT, int r0, int r1, int acc_in) {}
+    #endif
+    """
+    int SK_HAVE
+    void sk_forward_rows(float* y, const float* x, const float* w, const float* b,
+                         int IN, int OUT, int r0, int r1, int relu) noexcept nogil
+    void sk_dw_cols(float* dw, const float* dy, const float* x, int N, int IN, int OUT,
+                    int c0, int c1, int acc_in) noexcept nogil
+    void sk_dx_rows(float* dx, const float* dy, const float* w, const float* mask,
+                    int IN, int OUT, int r0, int r1, int acc_in) noexcept nogil
+
+cdef enum:
+    SKINNY_OUT = 16                  # out_features up to this go through the sk_* kernels
+    SKINNY_GRAIN = 1 << 18           # multiply-adds per thread before a second thread helps
+
+
+cdef int _skinny_threads(int N, int IN, int OUT) noexcept nogil:
+    return threads_for(<Py_ssize_t>N * IN * OUT, SKINNY_GRAIN)
+
+
+cdef void _skinny_forward(float* y, const float* x, const float* w, const float* b,
+                          int N, int IN, int OUT, bint relu) noexcept nogil:
+    cdef int nt = _skinny_threads(N, IN, OUT), t, chunk
+    if nt > N // 2:
+        nt = max(1, N // 2)
+    if nt <= 1:
+        sk_forward_rows(y, x, w, b, IN, OUT, 0, N, relu)
+        return
+    chunk = ((N + nt - 1) // nt + 1) // 2 * 2
+    for t in prange(nt, num_threads=nt, schedule='static'):
+        if t * chunk < N:
+            sk_forward_rows(y, x, w, b, IN, OUT, t * chunk, min(N, (t + 1) * chunk), relu)
+
+
+cdef void _skinny_backward(float* dx, float* dw, float* db, const float* dy, const float* x,
+                           const float* w, int N, int IN, int OUT, bint acc_w, bint acc_b,
+                           const float* mask, bint acc_dx) noexcept nogil:
+    # one parallel region: thread t takes dW's column block t, db's column range t and dx's
+    # row block t
+    cdef int nt = _skinny_threads(N, IN, OUT), t, cw, cx, cb
+    if nt > max(N // 3, IN // 32):
+        nt = max(1, max(N // 3, IN // 32))
+    if nt <= 1:
+        if dw != NULL:
+            sk_dw_cols(dw, dy, x, N, IN, OUT, 0, IN, acc_w)
+        if db != NULL:
+            _bias_grad(db, dy, N, OUT, acc_b)
+        if dx != NULL:
+            sk_dx_rows(dx, dy, w, mask, IN, OUT, 0, N, acc_dx)
+        return
+    cw = ((IN + nt - 1) // nt + 31) // 32 * 32
+    cx = ((N + nt - 1) // nt + 2) // 3 * 3
+    cb = (OUT + nt - 1) // nt
+    for t in prange(nt, num_threads=nt, schedule='static'):
+        if dw != NULL and t * cw < IN:
+            sk_dw_cols(dw, dy, x, N, IN, OUT, t * cw, min(IN, (t + 1) * cw), acc_w)
+        if db != NULL:
+            _bias_grad(db, dy, N, OUT, acc_b, t * cb, min(OUT, (t + 1) * cb))
+        if dx != NULL and t * cx < N:
+            sk_dx_rows(dx, dy, w, mask, IN, OUT, t * cx, min(N, (t + 1) * cx), acc_dx)
+
 
 cdef void _forward_block(floating* y, const floating* x, const floating* w, const floating* b,
                          int N, int IN, int OUT, int t, int chunk, bint relu) noexcept nogil:
@@ -55,6 +355,10 @@ cdef void _linear_forward(floating* y, const floating* x, const floating* w, con
     cdef int n, t, chunk, nb
     cdef floating beta = 0, v
     cdef int nt = num_threads()
+    if floating is float:
+        if SK_HAVE and OUT <= SKINNY_OUT:
+            _skinny_forward(y, x, w, b, N, IN, OUT, relu)
+            return
     if N == 1:
         if b != NULL:
             memcpy(y, b, OUT * sizeof(floating))
@@ -130,6 +434,10 @@ cdef void _linear_backward(floating* dx, floating* dw, floating* db,
     cdef int t, cw = 0, cx = 0, cb, nbw = 0, nbx = 0, nbb = 0, nreg
     cdef floating beta_w = <floating>(1 if acc_w else 0)
     cdef floating beta_x = <floating>(1 if acc_dx else 0)
+    if floating is float:
+        if SK_HAVE and OUT <= SKINNY_OUT and N > 1:
+            _skinny_backward(dx, dw, db, dy, x, w, N, IN, OUT, acc_w, acc_b, mask, acc_dx)
+            return
     if N == 1:
         # batch 1: dW and db are outer products / copies, dx a GEMV
         if dw != NULL:
