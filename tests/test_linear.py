@@ -363,3 +363,42 @@ def test_skinny_nan_and_inf_propagate(rng):
     x[1, 3], x[4, 39] = np.nan, np.inf
     y = m(x)
     assert np.isnan(y[1]).all() and not np.isfinite(y[4]).any() and np.isfinite(y[[0, 2, 3, 5]]).all()
+
+
+# ------------------------------------------------------------------ transposed forward (float32)
+# float32 forwards with N >= 32, out > 16 and >= 2^22 multiply-adds compute z = W x^T (out, N)
+# in a scratch array the module keeps, then y = z^T + b (ReLU) in 8 x 8 AVX tiles.
+TRANSPOSED_CASES = [(64, 256, 256), (33, 500, 300), (300, 150, 100), (128, 784, 512), (37, 341, 333)]
+
+
+@pytest.mark.parametrize("n,i,o", TRANSPOSED_CASES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_transposed_forward_matches_reference(n, i, o, bias, threads, rng):
+    from fastmod._kernels import linear as k
+    assert k.forward_scratch_ok(n, i, o)
+    m = make(i, o, bias=bias, dtype=np.float32)
+    x = rng.standard_normal((n, i)).astype(np.float32)
+    x[1, 2] = np.nan
+    b = m.bias.data if bias else None
+    want = ref.linear(x, m.weight.data, b)
+    kw = tol(np.float32, parity=True)
+    np.testing.assert_allclose(m(x), want, **kw)
+    with fastmod.no_grad():
+        y = m._forward(x, True)
+    assert np.isnan(y[1]).all()                               # NaN kept by the fused ReLU
+    np.testing.assert_allclose(y, np.maximum(want, 0), **kw)
+    np.testing.assert_allclose(m(x[:32 if n > 32 else n]), want[:32 if n > 32 else n], **kw)  # smaller N
+    x3 = x.reshape(1, n, i)
+    np.testing.assert_allclose(m(x3), want.reshape(1, n, o), **kw)
+
+
+def test_transposed_forward_same_as_direct_path_in_sequential(rng):
+    """The MLP's hidden layers through the transposed path vs float64 (exact reference)."""
+    m = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    m64 = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)).double()
+    m64.load_state_dict({k: v.astype(np.float64) for k, v in m.state_dict().items()})
+    x = rng.standard_normal((128, 784)).astype(np.float32)
+    want = m64(x.astype(np.float64))
+    np.testing.assert_allclose(m(x), want, rtol=1e-4, atol=1e-5)
+    with fastmod.no_grad():
+        np.testing.assert_allclose(m(x), want, rtol=1e-4, atol=1e-5)

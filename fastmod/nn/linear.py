@@ -4,7 +4,7 @@ import numpy as np
 from fastmod._kernels import linear as _k
 from fastmod.nn import init
 from fastmod.nn._validate import boolean, positive_int
-from fastmod.nn.module import Module, Parameter, as_float_dtype, grad_buffer_of
+from fastmod.nn.module import F32, Module, Parameter, as_float_dtype, grad_buffer_of
 
 
 class Linear(Module):
@@ -75,14 +75,26 @@ class Linear(Module):
         shape = x.shape
         if len(shape) == 2:                         # (N, in): no reshapes (~1 us of a batch-1 call)
             y = np.empty((shape[0], self.out_features), w.dtype)
-            _k.linear_forward(y, x, w, b, relu)
+            _k.linear_forward(y, x, w, b, relu, self._scratch(shape[0], w.dtype))
             self._save(x, shape)
             return y
         x2 = x.reshape(-1, self.in_features)
         y = np.empty((x2.shape[0], self.out_features), w.dtype)
-        _k.linear_forward(y, x2, w, b, relu)
+        _k.linear_forward(y, x2, w, b, relu, self._scratch(x2.shape[0], w.dtype))
         self._save(x2, shape)                       # x (N, in) for dW, x's shape for dx
         return y.reshape(shape[:-1] + (self.out_features,))
+
+    def _scratch(self, n, dtype):
+        """The float32 forward's (out, N) work array when the kernel takes its transposed path
+        (kept between calls: a fresh one would be page-faulted in at every call), else None."""
+        if dtype is not F32 or not _k.forward_scratch_ok(n, self.in_features, self.out_features):
+            return None
+        d = self.__dict__
+        z = d.get("_zbuf")
+        size = n * self.out_features
+        if z is None or z.size < size:
+            z = d["_zbuf"] = np.empty(size, F32)
+        return z
 
     def backward(self, dy, need_input_grad=True):
         return self._backward(dy, need_input_grad)
