@@ -366,9 +366,9 @@ def test_skinny_nan_and_inf_propagate(rng):
 
 
 # ------------------------------------------------------------------ transposed forward (float32)
-# float32 forwards with N >= 32, out > 16 and >= 2^22 multiply-adds compute z = W x^T (out, N)
-# in a scratch array the module keeps, then y = z^T + b (ReLU) in 8 x 8 AVX tiles.
-TRANSPOSED_CASES = [(64, 256, 256), (33, 500, 300), (300, 150, 100), (128, 784, 512), (37, 341, 333)]
+# float32 forwards with N >= 32, out > 16 and >= 2^24 multiply-adds compute z = W x^T (out, N)
+# in a per-thread scratch array shared by the Linears, then y = z^T + b (ReLU) in 8 x 8 AVX tiles.
+TRANSPOSED_CASES = [(64, 512, 512), (67, 500, 600), (700, 250, 100), (128, 784, 512), (131, 341, 533)]
 
 
 @pytest.mark.parametrize("n,i,o", TRANSPOSED_CASES)

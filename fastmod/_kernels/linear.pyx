@@ -602,7 +602,7 @@ def linear_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b, bint r
 
 cdef enum:
     TRANSPOSED_MIN_N = 32            # the transposed forward from this batch size
-    TRANSPOSED_MIN_MACS = 1 << 22    # and this much work (the epilogue is a pass over y)
+    TRANSPOSED_MIN_MACS = 1 << 24    # and this much work (the epilogue is a pass over y)
 
 
 cdef inline bint _transposed_ok(int N, int IN, int OUT) noexcept nogil:

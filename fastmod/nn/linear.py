@@ -1,10 +1,15 @@
 """Linear: the seed's matrix-multiplication module MM_{W,b}(z) = W z + b."""
+import threading
+
 import numpy as np
 
 from fastmod._kernels import linear as _k
 from fastmod.nn import init
 from fastmod.nn._validate import boolean, positive_int
 from fastmod.nn.module import F32, Module, Parameter, as_float_dtype, grad_buffer_of
+
+
+_SCRATCH = threading.local()      # .z: the transposed forward's work array (see Linear._scratch)
 
 
 class Linear(Module):
@@ -85,15 +90,15 @@ class Linear(Module):
         return y.reshape(shape[:-1] + (self.out_features,))
 
     def _scratch(self, n, dtype):
-        """The float32 forward's (out, N) work array when the kernel takes its transposed path
-        (kept between calls: a fresh one would be page-faulted in at every call), else None."""
+        """The float32 forward's (out, N) work array when the kernel takes its transposed path,
+        else None: one per Python thread shared by every Linear (it stays in cache, and a fresh
+        one would be page-faulted in at every call)."""
         if dtype is not F32 or not _k.forward_scratch_ok(n, self.in_features, self.out_features):
             return None
-        d = self.__dict__
-        z = d.get("_zbuf")
         size = n * self.out_features
+        z = getattr(_SCRATCH, "z", None)
         if z is None or z.size < size:
-            z = d["_zbuf"] = np.empty(size, F32)
+            z = _SCRATCH.z = np.empty(size, F32)
         return z
 
     def backward(self, dy, need_input_grad=True):
