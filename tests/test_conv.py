@@ -343,6 +343,65 @@ def test_winograd_accumulates_into_dx(dtype, threads):
     np.testing.assert_allclose(dx, dx0 + rdx, **_wino_tol(dtype, rdx))
 
 
+SMALL_CASES = CASES + [
+    ("2d", 3, 13, 3, dict(padding=1), (2, 3, 17, 33)),                # OC % 4, OW % 16 != 0
+    ("2d", 2, 5, (2, 4), dict(padding=(1, 2), dilation=(2, 1)), (2, 2, 9, 20)),
+    ("2d", 3, 4, 3, dict(padding=1), (1, 3, 16, 16)),                 # OW = 16 exactly
+]
+SMALL_IDS = [f"{c[0]}-{i}" for i, c in enumerate(SMALL_CASES)]
+
+
+@pytest.mark.parametrize("mode", [1, 2], ids=["other", "direct"])
+@pytest.mark.parametrize("case", SMALL_CASES, ids=SMALL_IDS)
+def test_small_direct_matches_reference(case, mode, dtype, threads):
+    # stride-1 float32 forwards through the direct 8-wide FMA loops (Geom.small) wherever the
+    # layer allows it (float64 falls back to im2col), plain and with the fused ReLU, and the
+    # stride-1 dx computed as such a forward (accumulating into dx where the kernel is asked to)
+    from fastmod._kernels import conv as _k
+    m, x, geo = make_case(case, dtype)
+    dy = np.random.default_rng(1).standard_normal(m.output_shape(x.shape)).astype(dtype)
+    _k.set_forward_small(mode)
+    _k.set_dx_forward(mode)
+    try:
+        y = m(x)
+        dx = m.backward(dy)
+        with fastmod.no_grad():
+            yr = nn.Sequential(m, nn.ReLU())(x)
+        H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = m._geometry(x.shape[2:])
+        x4 = x.reshape(x.shape[0], -1, H, W)
+        dx0 = np.random.default_rng(2).standard_normal(x4.shape).astype(dtype)
+        dxa = dx0.copy()
+        _k.conv2d_backward(dxa, None, None, dy.reshape(dy.shape[0], -1, OH, OW), x4,
+                           m.weight.data.reshape(m.out_channels, -1, KH, KW), SH, SW, PH, PW,
+                           DH, DW, m.groups, False, False, True)
+    finally:
+        _k.set_forward_small(0)
+        _k.set_dx_forward(0)
+    kw = tol(dtype, parity=True)
+    want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
+    np.testing.assert_allclose(y, want, **kw)
+    np.testing.assert_allclose(yr, np.maximum(want, 0), **kw)
+    rdx, rdw, _ = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
+    np.testing.assert_allclose(dx, rdx, **kw)
+    np.testing.assert_allclose(m.weight.grad, rdw, **kw)
+    np.testing.assert_allclose(dxa.reshape(x.shape), dx0.reshape(x.shape) + rdx, **kw)
+
+
+def test_small_direct_keeps_nan_under_fused_relu():
+    from fastmod._kernels import conv as _k
+    m = nn.Conv2d(3, 5, 3, padding=1)
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 7)).astype(np.float32)
+    x[1, 0, 2, 2] = np.nan
+    _k.set_forward_small(2)
+    try:
+        with fastmod.no_grad():
+            got = nn.Sequential(m, nn.ReLU())(x)
+    finally:
+        _k.set_forward_small(0)
+    assert np.isnan(got[1, :, 1:4, 1:4]).all() and not np.isnan(got[0]).any()
+    assert not (got < 0).any()
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_gradcheck(case):
     m, x, _ = make_case(case, np.float64)
