@@ -343,6 +343,66 @@ def test_winograd_accumulates_into_dx(dtype, threads):
     np.testing.assert_allclose(dx, dx0 + rdx, **_wino_tol(dtype, rdx))
 
 
+WINO5_CASES = CASES + [
+    ("1d", 8, 16, 5, dict(padding=2), (3, 8, 37)),                   # odd length
+    ("1d", 5, 7, 5, {}, (2, 5, 9)),                                  # no padding
+    ("1d", 6, 3, 5, dict(padding=4, bias=False), (1, 6, 2)),         # input shorter than a tile
+    ("1d", 32, 64, 5, dict(padding=2), (3, 32, 64)),
+    ("2d", 4, 6, (1, 5), dict(padding=(0, 2)), (2, 4, 3, 11)),       # several rows
+]
+WINO5_IDS = [f"{c[0]}-{i}" for i, c in enumerate(WINO5_CASES)]
+
+
+@pytest.mark.parametrize("tiles", [1, 5, 1 << 20], ids=["tile-blocks", "5-tiles", "batch"])
+@pytest.mark.parametrize("case", WINO5_CASES, ids=WINO5_IDS)
+def test_winograd5_matches_reference(case, tiles, dtype, threads):
+    # k5 rows through Winograd F(2, 5) wherever the layer allows it: forward, fused ReLU, the
+    # stride-1 dx as such a forward, overwritten and accumulated
+    from fastmod._kernels import conv as _k
+    m, x, geo = make_case(case, dtype)
+    dy = np.random.default_rng(1).standard_normal(m.output_shape(x.shape)).astype(dtype)
+    _k.set_forward_winograd5(2)
+    _k.set_forward_winograd(0, tiles)
+    _k.set_dx_forward(2)
+    try:
+        y = m(x)
+        dx = m.backward(dy)
+        with fastmod.no_grad():
+            yr = nn.Sequential(m, nn.ReLU())(x)
+        H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = m._geometry(x.shape[2:])
+        x4 = x.reshape(x.shape[0], -1, H, W)
+        dx0 = np.random.default_rng(2).standard_normal(x4.shape).astype(dtype)
+        dxa = dx0.copy()
+        _k.conv2d_backward(dxa, None, None, dy.reshape(dy.shape[0], -1, OH, OW), x4,
+                           m.weight.data.reshape(m.out_channels, -1, KH, KW), SH, SW, PH, PW,
+                           DH, DW, m.groups, False, False, True)
+    finally:
+        _k.set_forward_winograd5(0)
+        _k.set_forward_winograd(0)
+        _k.set_dx_forward(0)
+    want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
+    np.testing.assert_allclose(y, want, **_wino_tol(dtype, want))
+    np.testing.assert_allclose(yr, np.maximum(want, 0), **_wino_tol(dtype, want))
+    rdx, rdw, _ = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
+    np.testing.assert_allclose(dx, rdx, **_wino_tol(dtype, rdx))
+    np.testing.assert_allclose(m.weight.grad, rdw, **tol(dtype, parity=True))
+    np.testing.assert_allclose(dxa.reshape(x.shape), dx0.reshape(x.shape) + rdx,
+                               **_wino_tol(dtype, rdx))
+
+
+@pytest.mark.parametrize("case", WINO5_CASES[-5:], ids=WINO5_IDS[-5:])
+def test_winograd5_gradcheck(case):
+    from fastmod._kernels import conv as _k
+    m, x, _ = make_case(case, np.float64)
+    _k.set_forward_winograd5(2)
+    _k.set_dx_forward(2)
+    try:
+        fastmod.gradcheck(m, x, max_elements=64)
+    finally:
+        _k.set_forward_winograd5(0)
+        _k.set_dx_forward(0)
+
+
 SMALL_CASES = CASES + [
     ("2d", 3, 13, 3, dict(padding=1), (2, 3, 17, 33)),                # OC % 4, OW % 16 != 0
     ("2d", 2, 5, (2, 4), dict(padding=(1, 2), dilation=(2, 1)), (2, 2, 9, 20)),

@@ -183,6 +183,7 @@ cdef struct Geom:
     int TH, TW              # its 2x2 output tiles per image (rows, columns)
     int wimb                # images per block (their tiles stacked in each of the 16 GEMMs)
     bint wdw                # dW through Winograd: dU_xi (C, OC) += V_xi^T (C, T) @ (A dY A^T)_xi
+    bint wino5              # 1-D k5 stride-1 forward as Winograd F(2, 5): 6 GEMMs of depth C
     bint small              # few input channels, stride 1 (float32): direct 8-wide FMA loops
     int Ws                  # its padded row length, OW rounded up to 16 plus DW*(KW-1)
 
@@ -209,6 +210,10 @@ cdef inline Py_ssize_t _col_size(Geom* g) noexcept nogil:
         n += <Py_ssize_t>g.OC * pt
     if g.dxconv and <Py_ssize_t>g.OC * g.KH * g.KW * g.H * g.W > n:
         n = <Py_ssize_t>g.OC * g.KH * g.KW * g.H * g.W
+    if g.wino5:
+        t = <Py_ssize_t>g.wimb * g.OH * g.TW
+        sh = max(sh, <Py_ssize_t>g.OH * (2 * g.TW + 4) * g.C + 6 * t * (g.C + g.OC)
+                 + <Py_ssize_t>g.P * g.OC)
     if g.wino or g.wdw:
         # padded plane, V (16, T, C), M (16, T, OC), one image's output (P, OC), 8 rows of OC;
         # for dW, M holds the transformed dy, then its (2TH, 2TW, OC) position-major copy
@@ -247,6 +252,14 @@ cdef int _fwd_wino = 0
 cdef Py_ssize_t _wino_tiles = 256
 cdef int _dw_wino = 0
 cdef int _fwd_small = 0
+cdef int _fwd_wino5 = 0
+
+
+def set_forward_winograd5(int mode):
+    """1-D k5 stride-1 forwards (and the dx computed as one) through Winograd F(2, 5)
+    (Geom.wino5; groups 1, no dilation, one kernel row): 0 auto, 1 never, 2 wherever possible."""
+    global _fwd_wino5
+    _fwd_wino5 = mode
 
 
 def set_forward_small(int mode):
@@ -1132,11 +1145,131 @@ cdef void _wino_dw_finish(floating* dw, const floating* part, int nt, Py_ssize_t
                     dw[i] = <floating>(dw[i] + v) if acc_w else <floating>v
 
 
+
+# ---------------------------------------------------------------- Winograd F(2, 5), 1-D
+# Kernel rows of 5 taps (Conv1d k5), 2 outputs per tile of 6 inputs (points 0, +-1, +-2, inf):
+#   Y = A^T [(G g) . (B^T d)],  B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0;
+#   0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1],  A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 1],
+#   G rows (1/4, 0, 0, 0, 0), -(1, 1, 1, 1, 1)/6, (-1, 1, -1, 1, -1)/6, (1, 2, 4, 8, 16)/24,
+#   (1, -2, 4, -8, 16)/24, (0, 0, 0, 0, 1):
+# 6 GEMMs M_xi (T, OC) = V_xi (T, C) @ U_xi (C, OC), 6*C*OC multiply-adds per 2 outputs
+# instead of 10*C*OC.
+cdef double _BT5[6][6]
+_BT5[0][:] = [4, 0, -5, 0, 1, 0]
+_BT5[1][:] = [0, -4, -4, 1, 1, 0]
+_BT5[2][:] = [0, 4, -4, -1, 1, 0]
+_BT5[3][:] = [0, -2, -1, 2, 1, 0]
+_BT5[4][:] = [0, 2, -1, -2, 1, 0]
+_BT5[5][:] = [0, 4, 0, -5, 0, 1]
+cdef double _AT5[2][6]
+_AT5[0][:] = [1, 1, 1, 1, 1, 0]
+_AT5[1][:] = [0, 1, -1, 2, -2, 1]
+cdef double _G5[6][5]
+_G5[0][:] = [0.25, 0, 0, 0, 0]
+_G5[1][:] = [-1 / 6., -1 / 6., -1 / 6., -1 / 6., -1 / 6.]
+_G5[2][:] = [-1 / 6., 1 / 6., -1 / 6., 1 / 6., -1 / 6.]
+_G5[3][:] = [1 / 24., 1 / 12., 1 / 6., 1 / 3., 2 / 3.]
+_G5[4][:] = [1 / 24., -1 / 12., 1 / 6., -1 / 3., 2 / 3.]
+_G5[5][:] = [0, 0, 0, 0, 1]
+
+
+cdef inline void _comb6(floating* out, const floating* d, Py_ssize_t ds, const double* cf,
+                        int n) noexcept nogil:
+    # out = sum_l cf[l] * d[l*ds : l*ds + n] over the 6 vectors d, d + ds, ..., d + 5*ds
+    cdef int i
+    cdef floating c0 = <floating>cf[0], c1 = <floating>cf[1], c2 = <floating>cf[2]
+    cdef floating c3 = <floating>cf[3], c4 = <floating>cf[4], c5 = <floating>cf[5]
+    cdef const floating* d1 = d + ds
+    cdef const floating* d2 = d + 2 * ds
+    cdef const floating* d3 = d + 3 * ds
+    cdef const floating* d4 = d + 4 * ds
+    cdef const floating* d5 = d + 5 * ds
+    for i in range(n):
+        out[i] = c0 * d[i] + c1 * d1[i] + c2 * d2[i] + c3 * d3[i] + c4 * d4[i] + c5 * d5[i]
+
+
+cdef void _wino5_weights(floating* U, const floating* w, int C, int OC) noexcept nogil:
+    # U[xi, c, o] = sum_j G[xi, j] w[o, c, j]
+    cdef int o, c, xi, j
+    cdef double v
+    for xi in range(6):
+        for c in range(C):
+            for o in range(OC):
+                v = 0
+                for j in range(5):
+                    v = v + _G5[xi][j] * w[(<Py_ssize_t>o * C + c) * 5 + j]
+                U[(<Py_ssize_t>xi * C + c) * OC + o] = <floating>v
+
+
+cdef void _wino5_forward_images(floating* y, const floating* x, const floating* U,
+                                const floating* b, floating* buf, Geom* g, int cnt,
+                                int gemm_nt) noexcept nogil:
+    # cnt images; each output row (OH = H, stride 1, no vertical padding) split into TW tiles
+    # of 2 outputs, read from a zero-padded position-major copy of its input row (Ww, C)
+    cdef int Ww = 2 * g.TW + 4, C = g.C, OC = g.OC
+    cdef int tpi = g.OH * g.TW
+    cdef Py_ssize_t T = <Py_ssize_t>cnt * tpi
+    cdef Py_ssize_t TC = T * C, TO = T * OC
+    cdef Py_ssize_t plane = <Py_ssize_t>g.OH * Ww
+    cdef floating* xp = buf
+    cdef floating* V = xp + plane * C
+    cdef floating* M = V + 6 * TC
+    cdef floating* yt = M + 6 * TO
+    cdef int iw0 = max(0, g.PW), iw1 = min(Ww, g.W + g.PW)
+    cdef int im, c, i, iw, tw, xi, o, p, ow
+    cdef Py_ssize_t t
+    cdef floating bo
+    cdef const floating* src
+    cdef floating* dst
+    cdef floating* yrow
+    cdef const floating* tcol
+    for im in range(cnt):
+        memset(xp, 0, plane * C * sizeof(floating))
+        if iw1 > iw0:
+            for c in range(C):
+                for i in range(g.OH):
+                    src = x + im * g.xs + (<Py_ssize_t>c * g.H + i) * g.W - g.PW
+                    dst = xp + <Py_ssize_t>i * Ww * C + c
+                    for iw in range(iw0, iw1):
+                        dst[<Py_ssize_t>iw * C] = src[iw]
+        for i in range(g.OH):
+            for tw in range(g.TW):
+                t = <Py_ssize_t>im * tpi + i * g.TW + tw
+                for xi in range(6):
+                    _comb6(V + xi * TC + t * C, xp + (<Py_ssize_t>i * Ww + 2 * tw) * C, C,
+                           _BT5[xi], C)
+    for xi in range(6):
+        pgemm(False, False, <int>T, OC, C, <floating>1, V + xi * TC, C,
+              U + <Py_ssize_t>xi * C * OC, OC, <floating>0, M + xi * TO, OC, gemm_nt)
+    for im in range(cnt):
+        for i in range(g.OH):
+            for tw in range(g.TW):
+                t = <Py_ssize_t>im * tpi + i * g.TW + tw
+                ow = 2 * tw
+                _comb6(yt + (<Py_ssize_t>i * g.OW + ow) * OC, M + t * OC, TO, _AT5[0], OC)
+                if ow + 1 < g.OW:
+                    _comb6(yt + (<Py_ssize_t>i * g.OW + ow + 1) * OC, M + t * OC, TO, _AT5[1], OC)
+        for o in range(OC):
+            bo = b[o] if b != NULL else 0
+            tcol = yt + o
+            yrow = y + im * g.ys + <Py_ssize_t>o * g.P
+            if g.acc:
+                for p in range(g.P):
+                    yrow[p] += tcol[<Py_ssize_t>p * OC] + bo
+            else:
+                for p in range(g.P):
+                    yrow[p] = tcol[<Py_ssize_t>p * OC] + bo
+        if g.relu:
+            _relu_inplace(y + im * g.ys, <Py_ssize_t>OC * g.P)
+
+
 cdef inline void _block_forward(floating* y, const floating* x, const floating* wr,
                                 const floating* b, floating* buf, Geom* g, int cnt,
                                 int gemm_nt) noexcept nogil:
     if g.wino:
         _wino_forward_images(y, x, wr, b, buf, g, cnt, gemm_nt)
+    elif g.wino5:
+        _wino5_forward_images(y, x, wr, b, buf, g, cnt, gemm_nt)
     else:
         _im2row_forward_images(y, x, wr, b, buf, g, cnt, gemm_nt)
 
@@ -1152,6 +1285,9 @@ cdef void _conv_forward(floating* y, const floating* x, const floating* w, const
     if g.wino:
         wr = <floating*>malloc(16 * <Py_ssize_t>g.C * g.OC * sizeof(floating))
         _wino_weights(wr, w, g.C, g.OC)
+    elif g.wino5:
+        wr = <floating*>malloc(6 * <Py_ssize_t>g.C * g.OC * sizeof(floating))
+        _wino5_weights(wr, w, g.C, g.OC)
     elif g.shifted or g.im2row:
         # wr[kh, kw*C + c, o] = w[o, c, kh, kw]: one (KW*C, OC) matrix per kernel row
         wr = <floating*>malloc(<Py_ssize_t>KK * g.C * g.OC * sizeof(floating))
@@ -1160,8 +1296,8 @@ cdef void _conv_forward(floating* y, const floating* x, const floating* w, const
                 for o in range(g.OC):
                     wr[((<Py_ssize_t>(tap // g.KW) * g.KW + tap % g.KW) * g.C + c) * g.OC + o] = \
                         w[(<Py_ssize_t>o * g.C + c) * KK + tap]
-    cdef int imb = g.wimb if g.wino else g.imb
-    if g.im2row or g.wino:
+    cdef int imb = g.wimb if (g.wino or g.wino5) else g.imb
+    if g.im2row or g.wino or g.wino5:
         # blocks of imb images (the last of a thread's chunk may be shorter)
         if nt <= 1:
             n = 0
@@ -1292,17 +1428,18 @@ cdef bint _pick_dxfwd(Geom* g, Geom* gt) noexcept nogil:
     # measured (one core, CPU time, dx alone, dxfwd / the other path): 0.93 for 64->64 at 16x16;
     # 1.04 for the 1-D 64->64 k5 and 1.2-1.3 for the 1-D 32->64 k5 (col2im of one kernel row
     # is cheap), so 2-D kernels only; dy with 12 channels (DenseBlock) stays on Geom.dxconv
+    # 1-D k5 layers through Winograd F(2, 5): 0.88 for 64->64, 1.0 for 32->64 (dx 32 channels)
     if _dx_fwd == 1 or g.G != 1 or g.SH != 1 or g.SW != 1 or g.direct or g.dwise:
-        return False
-    if _dx_fwd == 0 and g.KH == 1:
         return False
     if g.PHt < 0 or g.PWt < 0:
         return False
     _geom_set(gt, g.N, g.OC, g.OH, g.OW, g.C, g.H, g.W, g.KH, g.KW, 1, 1, g.PHt, g.PWt,
               g.DH, g.DW, 1, g.ys, g.xs)
-    if _dx_fwd == 2 and not gt.shifted:
+    if _dx_fwd == 0 and g.KH == 1:
+        return gt.wino5 and g.C >= 64
+    if _dx_fwd == 2 and not (gt.shifted or gt.wino or gt.small or gt.wino5):
         gt.im2row = True
-    return gt.im2row or gt.shifted or gt.wino or gt.small
+    return gt.im2row or gt.shifted or gt.wino or gt.small or gt.wino5
 
 
 cdef void _conv_backward(floating* dx, floating* dw, floating* db, const floating* dy,
@@ -1533,6 +1670,16 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
         g.im2row = False
     # measured (one core, CPU time, dW alone, Winograd / im2col): 0.81 for 64->64 at 16x16,
     # 0.89 for 60->12 and 0.95 for 48->12 at 32x32, 1.0 for 36->12, 1.26 for 24->12: C >= 48
+    # measured (one core, CPU time, forward, F(2, 5) / im2row or im2col): 0.81 for the 1-D
+    # 64->64 k5 at L 256, 0.94-0.97 for 32->64: so C >= 32
+    g.wino5 = (_fwd_wino5 == 2 or (_fwd_wino5 == 0 and g.C >= 32)) and (
+        G == 1 and g.KH == 1 and g.KW == 5 and SH == 1 and SW == 1 and DW == 1 and PH == 0
+        and g.OH == g.H)
+    if g.wino5:
+        g.shifted = False
+        g.im2row = False
+        g.wino = False
+        g.wimb = <int>max(1, min(<Py_ssize_t>g.N, _wino_tiles // max(1, g.OH * g.TW)))
     g.Ws = (g.OW + 15) // 16 * 16 + g.DW * (g.KW - 1)
     # measured (one core, CPU time, float32 forward, direct / the path it replaces): 0.70 for
     # 3->32 at 32x32, 0.90 for 3->64 at 16x16, 0.65 for 3->24, 0.73 for 8->24; with 12 output
@@ -1540,7 +1687,7 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
     # 1.12 for 16->32, 1.36-1.64 for 32->64, 64->64 and the 1-D 32->64 k5: so 2-D kernels with
     # C <= 8 or OC <= 24
     g.small = (_fwd_small == 2 or (_fwd_small == 0 and g.KH > 1 and (g.C <= 8 or g.OC <= 24))) and (
-        G == 1 and SH == 1 and SW == 1 and not g.direct)
+        G == 1 and SH == 1 and SW == 1 and not g.direct and not g.wino5)
     if g.small:
         # (float64 takes the plain im2col path these leave)
         g.shifted = False
