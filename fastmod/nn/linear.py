@@ -93,7 +93,7 @@ class Linear(Module):
         """The float32 forward's (out, N) work array when the kernel takes its transposed path,
         else None: one per Python thread shared by every Linear (it stays in cache, and a fresh
         one would be page-faulted in at every call)."""
-        if dtype is not F32 or not _k.forward_scratch_ok(n, self.in_features, self.out_features):
+        if n < 32 or dtype is not F32 or not _k.forward_scratch_ok(n, self.in_features, self.out_features):
             return None
         size = n * self.out_features
         z = getattr(_SCRATCH, "z", None)
