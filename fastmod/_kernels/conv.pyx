@@ -1731,6 +1731,39 @@ def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
                 _conv_forward(<double*>py, <double*>px, <double*>pw, <double*>pb, &g)
 
 
+cdef str _fwd_name(Geom* h):
+    if h.dwise:
+        return "depthwise"
+    if h.small:
+        return "small"
+    if h.wino:
+        return "wino"
+    if h.wino5:
+        return "wino5"
+    if h.shifted:
+        return "shifted"
+    if h.im2row:
+        return "im2row"
+    if h.direct:
+        return "gemm-1x1"
+    return "im2col-t" if h.tout else "im2col"
+
+
+def conv2d_paths(cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int SH, int SW, int PH, int PW,
+                 int DH, int DW, int G):
+    """'forward=..., dW=..., dx=...': the paths a float32 call with these arrays takes (for
+    benchmarks; the same decisions as conv2d_forward / conv2d_backward)."""
+    cdef Geom g, gt
+    _geom(&g, x, y, w, SH, SW, PH, PW, DH, DW, G)
+    fw = _fwd_name(&g)
+    dwn = "depthwise" if g.dwise else ("wino" if g.wdw else ("im2col-t" if g.tdw else "im2col"))
+    if _pick_dxfwd(&g, &gt):
+        dxn = "fwd:" + _fwd_name(&gt)
+    else:
+        dxn = "depthwise" if g.dwise else ("dxconv" if g.dxconv else "col2im")
+    return f"forward={fw} dW={dwn} dx={dxn}"
+
+
 def conv2d_backward(object dx, object dw, object db, cnp.ndarray dy, cnp.ndarray x,
                     cnp.ndarray w, int SH, int SW, int PH, int PW, int DH, int DW, int G,
                     bint acc_w, bint acc_b, bint acc_dx):
