@@ -24,6 +24,13 @@ Paths chosen per layer, each measured against the plain one (ratios where they a
     (P, KH*KW*C) from a position-major copy, several small images per GEMM (Geom.im2row).
   * forward with relu: max(y, 0) on each image in the same call (Sequential Conv+ReLU, blocks).
   * stride-1 dx with OC < C: a convolution of dy with the flipped weights (Geom.dxconv).
+  * 3x3 stride-1 forward with C >= 32: Winograd F(2x2, 3x3), 16 GEMMs of depth C over blocks of
+    2x2-output tiles (Geom.wino); dW likewise with C >= 48 (Geom.wdw, dU = V^T (A dY A^T)).
+  * 1-D k5 stride-1 forward with C >= 32: Winograd F(2, 5), 6 GEMMs of depth C (Geom.wino5).
+  * stride-1 float32 forward with C <= 8 or OC <= 24 (RGB stems, DenseBlock's 12-channel
+    layers): direct 8-wide FMA loops, 16 outputs x 4 channels per register block (Geom.small).
+  * stride-1 dx as a forward convolution of dy through one of the forward paths above when it
+    would take one (Geom.dxfwd): no col2im scatter.
   * one input channel per group (depthwise): direct loops, no GEMM (Geom.dwise).
   * im2col in tiles of output rows, bounding the per-thread scratch (Geom.rows).
 
