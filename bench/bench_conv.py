@@ -1,14 +1,17 @@
 """Convolution workloads: fastmod vs torch, alternating in one process, printing ratios.
 
-    python bench/bench_conv.py [--threads 2] [--repeat 15] [--only train|layers|recipe]
+    python bench/bench_conv.py [--threads 2] [--repeat 15] [--only train|layers|phases|recipe]
 
-Three sections:
+Four sections:
   train   SPEC §6's conv workloads (cnn_b32, conv1d_b64, bnresnet_b32, groupnorm_cnn_b32,
           densenet_b16): one train step (forward, cross-entropy, backward, SGD momentum step),
           median ms of fastmod and torch, ratio fastmod/torch (< 1: fastmod faster), and the
           achieved GFLOP/s (GEMM work as bench/workloads.py counts it).
   layers  every distinct conv / pool layer of those workloads alone: forward, and backward
           (input + parameter gradients), fastmod vs torch -- to find the slow parts.
+  phases  the same conv layers, each phase alone -- forward, dW + db, dx -- fastmod's kernels
+          vs torch's convolution / convolution_backward with an output mask (which of the
+          kernel's paths each phase takes is printed: wino, wino5, small, im2row, shifted, ...)
   recipe  the two GEMM recipes of the conv kernel on the same layers: per-image im2col into a
           per-thread buffer + single-threaded GEMM (the default) vs one batched im2col and one
           GEMM split over threads (forward only; the kernel keeps it for this comparison).
@@ -44,6 +47,8 @@ CONV_LAYERS = [
     ("bnres.conv 64-64 16x16", nn.Conv2d, (64, 64, 3), dict(padding=1), (32, 64, 16, 16)),
     ("dense.stem 3-24 32x32", nn.Conv2d, (3, 24, 3), dict(padding=1), (16, 3, 32, 32)),
     ("dense.l0 24-12 32x32", nn.Conv2d, (24, 12, 3), dict(padding=1), (16, 24, 32, 32)),
+    ("dense.l1 36-12 32x32", nn.Conv2d, (36, 12, 3), dict(padding=1), (16, 36, 32, 32)),
+    ("dense.l2 48-12 32x32", nn.Conv2d, (48, 12, 3), dict(padding=1), (16, 48, 32, 32)),
     ("dense.l3 60-12 32x32", nn.Conv2d, (60, 12, 3), dict(padding=1), (16, 60, 32, 32)),
     ("1x1 64-128 16x16", nn.Conv2d, (64, 128, 1), {}, (32, 64, 16, 16)),
     ("depthwise 64 3x3", nn.Conv2d, (64, 64, 3), dict(padding=1, groups=64), (32, 64, 16, 16)),
@@ -139,6 +144,63 @@ def bench_layers(repeat):
               f"{tb * 1e3:8.3f} {fb / tb:6.2f}")
 
 
+def bench_phases(repeat):
+    import torch
+    from fastmod._kernels import conv as _k
+    print("\n== conv phases alone, ms: forward | dW + db | dx (fastmod / torch) ==")
+    print(f"{'layer':>24} {'fm fwd':>7} {'t fwd':>7} {'ratio':>5} | {'fm dW':>7} {'t dW':>7} "
+          f"{'ratio':>5} | {'fm dx':>7} {'t dx':>7} {'ratio':>5} | paths")
+    rng = np.random.default_rng(0)
+    for label, cls, args, kw, shape in CONV_LAYERS:
+        m = cls(*args, **kw)
+        x = rng.standard_normal(shape, dtype=np.float32)
+        y = m(x)
+        m._saved()
+        geom = m._geometry(x.shape[2:])
+        H, Wd, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = geom
+        N = x.shape[0]
+        x4 = x.reshape(N, -1, H, Wd)
+        y4 = y.reshape(N, -1, OH, OW)
+        w4 = m.weight.data.reshape(m.out_channels, -1, KH, KW)
+        b = m.bias.data
+        dy4 = rng.standard_normal(y4.shape, dtype=np.float32)
+        dx4, dw4, db = np.empty_like(x4), np.empty_like(w4), np.empty_like(b)
+        xt, wt, bt, dyt = (torch.from_numpy(a) for a in (x4, w4, b, dy4))
+        G = m.groups
+        conv_args = ([SH, SW], [PH, PW], [DH, DW], False, [0, 0], G)
+
+        def fm_fwd():
+            _k.conv2d_forward(y4, x4, w4, b, SH, SW, PH, PW, DH, DW, G)
+
+        def t_fwd():
+            torch.ops.aten.convolution(xt, wt, bt, *conv_args)
+
+        def fm_dw():
+            _k.conv2d_backward(None, dw4, db, dy4, x4, w4, SH, SW, PH, PW, DH, DW, G,
+                               False, False, False)
+
+        def t_dw():
+            torch.ops.aten.convolution_backward(dyt, xt, wt, [m.out_channels], *conv_args,
+                                                [False, True, True])
+
+        def fm_dx():
+            _k.conv2d_backward(dx4, None, None, dy4, x4, w4, SH, SW, PH, PW, DH, DW, G,
+                               False, False, False)
+
+        def t_dx():
+            torch.ops.aten.convolution_backward(dyt, xt, wt, [m.out_channels], *conv_args,
+                                                [True, False, False])
+
+        with torch.no_grad():
+            f1, t1 = alternate([fm_fwd, t_fwd], repeat)
+            f2, t2 = alternate([fm_dw, t_dw], repeat)
+            f3, t3 = alternate([fm_dx, t_dx], repeat)
+        paths = _k.conv2d_paths(x4, y4, w4, SH, SW, PH, PW, DH, DW, G)
+        print(f"{label:>24} {f1 * 1e3:7.2f} {t1 * 1e3:7.2f} {f1 / t1:5.2f} | {f2 * 1e3:7.2f} "
+              f"{t2 * 1e3:7.2f} {f2 / t2:5.2f} | {f3 * 1e3:7.2f} {t3 * 1e3:7.2f} {f3 / t3:5.2f} | "
+              f"{paths}")
+
+
 def bench_recipe(repeat):
     from fastmod._kernels import conv as _k
     print("\n== conv forward recipes (fastmod kernels), ms ==")
@@ -171,7 +233,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=15)
-    ap.add_argument("--only", choices=["train", "layers", "recipe"], default=None)
+    ap.add_argument("--only", choices=["train", "layers", "phases", "recipe"], default=None)
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: minimum process time (meaningful with --threads 1 only)")
     args = ap.parse_args()
@@ -186,6 +248,8 @@ def main():
         bench_train(args.repeat)
     if args.only in (None, "layers"):
         bench_layers(args.repeat)
+    if args.only in (None, "phases"):
+        bench_phases(args.repeat)
     if args.only in (None, "recipe"):
         bench_recipe(args.repeat)
 

@@ -66,14 +66,12 @@ class CrossEntropyLoss:
             raise ValueError(f"{who}: expected target of shape ({n},) for logits {logits.shape}, "
                              f"got {target.shape}")
         target = np.ascontiguousarray(target, dtype=np.int64)
-        valid = target != self.ignore_index
-        if np.any((target[valid] < 0) | (target[valid] >= c)):
-            bad = target[valid][(target[valid] < 0) | (target[valid] >= c)][0]
+        count, bad = _k.check_targets(target, c, self.ignore_index)
+        if bad is not None:
             raise ValueError(f"{who}: target {bad} is out of range for {c} classes")
         probs = np.empty_like(logits)
         rows = np.empty(n, np.float64)
         _k.softmax_xent_forward(probs, rows, logits, target, self.label_smoothing, self.ignore_index)
-        count = int(valid.sum())
         total = float(rows.sum())
         if self.reduction == "mean":
             scale = 1.0 / count if count else 0.0

@@ -570,3 +570,79 @@ def test_dropout_bad_input():
     m(np.ones((2, 3)))
     with pytest.raises(ValueError, match=r"gradient of shape \(2, 3\)"):
         m.backward(np.ones((3, 2)))
+
+
+# ------------------------------------------------------------------ fused Linear + ReLU (grad on)
+class _PlainReLU(nn.ReLU):
+    """A ReLU subclass: containers fuse exactly ReLU, so this one runs as a separate module."""
+
+
+def _copy_weights(dst, src):
+    dst.load_state_dict(src.state_dict())
+
+
+def _run(m, x, dy, need_input_grad=True):
+    m.zero_grad()
+    y = m(x)
+    dx = m.backward(dy, need_input_grad=need_input_grad)
+    return y, dx, [p.grad.copy() for p in m.parameters()]
+
+
+def _assert_same_run(a, b, dtype):
+    (ya, dxa, ga), (yb, dxb, gb) = a, b
+    np.testing.assert_allclose(ya, yb, **tol(dtype))
+    if dxb is None:
+        assert dxa is None
+    else:
+        np.testing.assert_allclose(dxa, dxb, **tol(dtype))
+    for p, q in zip(ga, gb):
+        np.testing.assert_allclose(p, q, **tol(dtype))
+
+
+@pytest.mark.parametrize("n", [1, 7, 64])
+@pytest.mark.parametrize("need", [True, False])
+def test_sequential_fused_linear_relu_training_matches_separate(n, need, dtype, threads, rng):
+    """With grad on, Sequential fuses Linear + ReLU (forward: one kernel call; backward: the
+    ReLU's mask applied to the Linear's input gradient in its kernel): same outputs, input and
+    parameter gradients as separate modules; ReLU first, last, and shared twice included."""
+    def build(R):
+        r = R()
+        return nn.Sequential(R(), nn.Linear(5, 33, dtype=dtype), R(), nn.Linear(33, 17, dtype=dtype),
+                             r, nn.Linear(17, 17, dtype=dtype), r, nn.Linear(17, 3, dtype=dtype), R())
+    fused, plain = build(nn.ReLU), build(_PlainReLU)
+    _copy_weights(plain, fused)
+    x = rng.standard_normal((n, 5)).astype(dtype)
+    x[0, 0] = np.nan if n > 1 else x[0, 0]           # NaN through the fused mask as through ReLU
+    dy = rng.standard_normal((n, 3)).astype(dtype)
+    for _ in range(2):                                # twice: the second pass reuses the state
+        _assert_same_run(_run(fused, x, dy, need), _run(plain, x, dy, need), dtype)
+    assert all(not m._stack for m in fused.modules())
+
+
+def test_sequential_fused_linear_relu_gradcheck(rng):
+    m = nn.Sequential(nn.Linear(4, 6, dtype=np.float64), nn.ReLU(), nn.Linear(6, 3, dtype=np.float64),
+                      nn.ReLU(), nn.Linear(3, 2, dtype=np.float64))
+    assert fastmod.gradcheck(m, rng.standard_normal((5, 4)))
+
+
+@pytest.mark.parametrize("n", [1, 5, 128])
+@pytest.mark.parametrize("need", [True, False])
+def test_residual_block_fused_matches_separate(n, need, dtype, threads, rng):
+    """ResidualBlock with ReLU: both ReLUs fused into the Linears and the skip gradient
+    accumulated by mm2's GEMM (beta = 1) -- same values as the module-by-module path."""
+    fused = nn.ResidualBlock(24, dtype=dtype)
+    plain = nn.ResidualBlock(24, activation=_PlainReLU, dtype=dtype)
+    _copy_weights(plain, fused)
+    x = rng.standard_normal((n, 24)).astype(dtype)
+    dy = rng.standard_normal((n, 24)).astype(dtype)
+    for _ in range(2):
+        _assert_same_run(_run(fused, x, dy, need), _run(plain, x, dy, need), dtype)
+    with fastmod.no_grad():                           # inference: skip added in place
+        np.testing.assert_allclose(fused(x), plain(x), **tol(dtype))
+    x3 = rng.standard_normal((2, 3, 24)).astype(dtype)
+    dy3 = rng.standard_normal((2, 3, 24)).astype(dtype)
+    _assert_same_run(_run(fused, x3, dy3), _run(plain, x3, dy3), dtype)
+
+
+def test_residual_block_fused_gradcheck(rng):
+    assert fastmod.gradcheck(nn.ResidualBlock(6, dtype=np.float64), rng.standard_normal((3, 6)))

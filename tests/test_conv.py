@@ -241,6 +241,227 @@ def test_dx_as_forward_matches_reference(case, mode, fwd, accumulate, dtype, thr
     np.testing.assert_allclose(dw.reshape(m.weight.shape), rdw, **kw)
 
 
+# 3x3, stride 1, groups 1: the Winograd F(2x2, 3x3) path's own shapes (odd and even output
+# sizes, paddings 0 / 1 / 2 / asymmetric, batch 1, inputs smaller than a tile)
+WINO_CASES = CASES + [
+    ("2d", 8, 16, 3, dict(padding=1), (3, 8, 7, 9)),
+    ("2d", 5, 6, 3, dict(padding=2), (2, 5, 4, 5)),
+    ("2d", 5, 6, 3, {}, (2, 5, 6, 8)),
+    ("2d", 20, 12, 3, dict(padding=(0, 2)), (1, 20, 5, 3)),
+    ("2d", 4, 3, 3, dict(padding=1, bias=False), (2, 4, 1, 1)),
+    ("2d", 33, 7, 3, dict(padding="same"), (2, 33, 6, 5)),
+]
+WINO_IDS = [f"{c[0]}-{i}" for i, c in enumerate(WINO_CASES)]
+
+
+def _wino_tol(dtype, ref):
+    # Winograd's rounding error scales with the largest values of the result (its transforms
+    # mix the terms of a tile before the GEMM and take differences after it), not with each
+    # element: the parity atol relative to max |ref| when that exceeds 1
+    kw = tol(dtype, parity=True)
+    return {"rtol": kw["rtol"], "atol": kw["atol"] * max(1.0, float(np.abs(ref).max()))}
+
+
+@pytest.mark.parametrize("tiles", [1, 3, 1 << 20], ids=["tile-blocks", "3-tiles", "batch"])
+@pytest.mark.parametrize("case", WINO_CASES, ids=WINO_IDS)
+def test_winograd_matches_reference(case, tiles, dtype, threads):
+    # forward, fused ReLU, the stride-1 dx computed as a forward convolution, and dW (16 GEMMs
+    # of depth T into per-thread dU partials), all through Winograd wherever the layer allows
+    # it; blocks of tiles smaller than an image (partial images per block), or the whole batch
+    # in one block (threads then left without images)
+    from fastmod._kernels import conv as _k
+    m, x, geo = make_case(case, dtype)
+    dy = np.random.default_rng(1).standard_normal(m.output_shape(x.shape)).astype(dtype)
+    _k.set_forward_winograd(2, tiles)
+    _k.set_dw_winograd(2)
+    try:
+        y = m(x)
+        dx = m.backward(dy)
+        with fastmod.no_grad():
+            yr = nn.Sequential(m, nn.ReLU())(x)
+    finally:
+        _k.set_forward_winograd(0)
+        _k.set_dw_winograd(0)
+    want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
+    np.testing.assert_allclose(y, want, **_wino_tol(dtype, want))
+    np.testing.assert_allclose(yr, np.maximum(want, 0), **_wino_tol(dtype, want))
+    rdx, rdw, rdb = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
+    np.testing.assert_allclose(dx, rdx, **_wino_tol(dtype, rdx))
+    np.testing.assert_allclose(m.weight.grad, rdw, **_wino_tol(dtype, rdw))
+
+
+@pytest.mark.parametrize("case", WINO_CASES[-6:], ids=WINO_IDS[-6:])
+def test_winograd_gradcheck(case):
+    from fastmod._kernels import conv as _k
+    m, x, _ = make_case(case, np.float64)
+    _k.set_forward_winograd(2)
+    _k.set_dw_winograd(2)
+    try:
+        fastmod.gradcheck(m, x, max_elements=64)
+    finally:
+        _k.set_forward_winograd(0)
+        _k.set_dw_winograd(0)
+
+
+def test_winograd_dw_accumulates_and_repeats(dtype, threads):
+    # dW (+)= through Winograd: accumulate=True adds to the gradient there; the same thread
+    # count gives bit-identical results (fixed-order sum of the per-thread dU partials)
+    from fastmod._kernels import conv as _k
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((10, 48, 3, 3)).astype(dtype)
+    x = rng.standard_normal((5, 48, 7, 8)).astype(dtype)
+    dy = rng.standard_normal((5, 10, 7, 8)).astype(dtype)
+    dw0 = rng.standard_normal(w.shape).astype(dtype)
+    outs = []
+    for _ in range(2):
+        dw = dw0.copy()
+        _k.conv2d_backward(None, dw, None, dy, x, w, 1, 1, 1, 1, 1, 1, 1, True, False, False)
+        outs.append(dw)
+    _, rdw, _ = conv_ref_backward(dy, x, w, (1, 1), (1, 1), (1, 1), 1)
+    np.testing.assert_allclose(outs[0], dw0 + rdw, **_wino_tol(dtype, rdw))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_winograd_accumulates_into_dx(dtype, threads):
+    # DenseBlock adds each layer's input gradient into a channel prefix: dx through Winograd
+    # with accumulate=True adds to what is there
+    from fastmod._kernels import conv as _k
+    m = nn.Conv2d(40, 12, 3, padding=1, dtype=dtype)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 40, 9, 10)).astype(dtype)
+    dy = rng.standard_normal((3, 12, 9, 10)).astype(dtype)
+    # dy has 12 channels, so force the dx convolution onto Winograd
+    dx0 = rng.standard_normal(x.shape).astype(dtype)
+    dx = dx0.copy()
+    _k.set_forward_winograd(2)
+    try:
+        _k.conv2d_backward(dx, None, None, dy, x, m.weight.data, 1, 1, 1, 1, 1, 1, 1,
+                           False, False, True)
+    finally:
+        _k.set_forward_winograd(0)
+    rdx, _, _ = conv_ref_backward(dy, x, m.weight.data, (1, 1), (1, 1), (1, 1), 1)
+    np.testing.assert_allclose(dx, dx0 + rdx, **_wino_tol(dtype, rdx))
+
+
+WINO5_CASES = CASES + [
+    ("1d", 8, 16, 5, dict(padding=2), (3, 8, 37)),                   # odd length
+    ("1d", 5, 7, 5, {}, (2, 5, 9)),                                  # no padding
+    ("1d", 6, 3, 5, dict(padding=4, bias=False), (1, 6, 2)),         # input shorter than a tile
+    ("1d", 32, 64, 5, dict(padding=2), (3, 32, 64)),
+    ("2d", 4, 6, (1, 5), dict(padding=(0, 2)), (2, 4, 3, 11)),       # several rows
+]
+WINO5_IDS = [f"{c[0]}-{i}" for i, c in enumerate(WINO5_CASES)]
+
+
+@pytest.mark.parametrize("tiles", [1, 5, 1 << 20], ids=["tile-blocks", "5-tiles", "batch"])
+@pytest.mark.parametrize("case", WINO5_CASES, ids=WINO5_IDS)
+def test_winograd5_matches_reference(case, tiles, dtype, threads):
+    # k5 rows through Winograd F(2, 5) wherever the layer allows it: forward, fused ReLU, the
+    # stride-1 dx as such a forward, overwritten and accumulated
+    from fastmod._kernels import conv as _k
+    m, x, geo = make_case(case, dtype)
+    dy = np.random.default_rng(1).standard_normal(m.output_shape(x.shape)).astype(dtype)
+    _k.set_forward_winograd5(2)
+    _k.set_forward_winograd(0, tiles)
+    _k.set_dx_forward(2)
+    try:
+        y = m(x)
+        dx = m.backward(dy)
+        with fastmod.no_grad():
+            yr = nn.Sequential(m, nn.ReLU())(x)
+        H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = m._geometry(x.shape[2:])
+        x4 = x.reshape(x.shape[0], -1, H, W)
+        dx0 = np.random.default_rng(2).standard_normal(x4.shape).astype(dtype)
+        dxa = dx0.copy()
+        _k.conv2d_backward(dxa, None, None, dy.reshape(dy.shape[0], -1, OH, OW), x4,
+                           m.weight.data.reshape(m.out_channels, -1, KH, KW), SH, SW, PH, PW,
+                           DH, DW, m.groups, False, False, True)
+    finally:
+        _k.set_forward_winograd5(0)
+        _k.set_forward_winograd(0)
+        _k.set_dx_forward(0)
+    want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
+    np.testing.assert_allclose(y, want, **_wino_tol(dtype, want))
+    np.testing.assert_allclose(yr, np.maximum(want, 0), **_wino_tol(dtype, want))
+    rdx, rdw, _ = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
+    np.testing.assert_allclose(dx, rdx, **_wino_tol(dtype, rdx))
+    np.testing.assert_allclose(m.weight.grad, rdw, **tol(dtype, parity=True))
+    np.testing.assert_allclose(dxa.reshape(x.shape), dx0.reshape(x.shape) + rdx,
+                               **_wino_tol(dtype, rdx))
+
+
+@pytest.mark.parametrize("case", WINO5_CASES[-5:], ids=WINO5_IDS[-5:])
+def test_winograd5_gradcheck(case):
+    from fastmod._kernels import conv as _k
+    m, x, _ = make_case(case, np.float64)
+    _k.set_forward_winograd5(2)
+    _k.set_dx_forward(2)
+    try:
+        fastmod.gradcheck(m, x, max_elements=64)
+    finally:
+        _k.set_forward_winograd5(0)
+        _k.set_dx_forward(0)
+
+
+SMALL_CASES = CASES + [
+    ("2d", 3, 13, 3, dict(padding=1), (2, 3, 17, 33)),                # OC % 4, OW % 16 != 0
+    ("2d", 2, 5, (2, 4), dict(padding=(1, 2), dilation=(2, 1)), (2, 2, 9, 20)),
+    ("2d", 3, 4, 3, dict(padding=1), (1, 3, 16, 16)),                 # OW = 16 exactly
+]
+SMALL_IDS = [f"{c[0]}-{i}" for i, c in enumerate(SMALL_CASES)]
+
+
+@pytest.mark.parametrize("mode", [1, 2], ids=["other", "direct"])
+@pytest.mark.parametrize("case", SMALL_CASES, ids=SMALL_IDS)
+def test_small_direct_matches_reference(case, mode, dtype, threads):
+    # stride-1 float32 forwards through the direct 8-wide FMA loops (Geom.small) wherever the
+    # layer allows it (float64 falls back to im2col), plain and with the fused ReLU, and the
+    # stride-1 dx computed as such a forward (accumulating into dx where the kernel is asked to)
+    from fastmod._kernels import conv as _k
+    m, x, geo = make_case(case, dtype)
+    dy = np.random.default_rng(1).standard_normal(m.output_shape(x.shape)).astype(dtype)
+    _k.set_forward_small(mode)
+    _k.set_dx_forward(mode)
+    try:
+        y = m(x)
+        dx = m.backward(dy)
+        with fastmod.no_grad():
+            yr = nn.Sequential(m, nn.ReLU())(x)
+        H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = m._geometry(x.shape[2:])
+        x4 = x.reshape(x.shape[0], -1, H, W)
+        dx0 = np.random.default_rng(2).standard_normal(x4.shape).astype(dtype)
+        dxa = dx0.copy()
+        _k.conv2d_backward(dxa, None, None, dy.reshape(dy.shape[0], -1, OH, OW), x4,
+                           m.weight.data.reshape(m.out_channels, -1, KH, KW), SH, SW, PH, PW,
+                           DH, DW, m.groups, False, False, True)
+    finally:
+        _k.set_forward_small(0)
+        _k.set_dx_forward(0)
+    kw = tol(dtype, parity=True)
+    want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
+    np.testing.assert_allclose(y, want, **kw)
+    np.testing.assert_allclose(yr, np.maximum(want, 0), **kw)
+    rdx, rdw, _ = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
+    np.testing.assert_allclose(dx, rdx, **kw)
+    np.testing.assert_allclose(m.weight.grad, rdw, **kw)
+    np.testing.assert_allclose(dxa.reshape(x.shape), dx0.reshape(x.shape) + rdx, **kw)
+
+
+def test_small_direct_keeps_nan_under_fused_relu():
+    from fastmod._kernels import conv as _k
+    m = nn.Conv2d(3, 5, 3, padding=1)
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 7)).astype(np.float32)
+    x[1, 0, 2, 2] = np.nan
+    _k.set_forward_small(2)
+    try:
+        with fastmod.no_grad():
+            got = nn.Sequential(m, nn.ReLU())(x)
+    finally:
+        _k.set_forward_small(0)
+    assert np.isnan(got[1, :, 1:4, 1:4]).all() and not np.isnan(got[0]).any()
+    assert not (got < 0).any()
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_gradcheck(case):
     m, x, _ = make_case(case, np.float64)

@@ -275,3 +275,130 @@ def test_replacing_parameters_is_checked():
         m.weight = fastmod.nn.Parameter(np.zeros((4, 3), np.float32))
     with pytest.raises(ValueError, match=r"Parameter.data: expected a float32 array of shape \(3,\)"):
         m.bias.data = np.zeros(4, np.float32)
+
+
+# ------------------------------------------------------------------ fusions used by the containers
+@pytest.mark.parametrize("n,i,o", SPLIT_CASES + [(300, 70, 40), (7, 5, 3)])
+@pytest.mark.parametrize("mode", ["relu_out", "acc_dx", "both"])
+def test_backward_fusions_match_reference(n, i, o, mode, dtype, threads, rng):
+    """Linear._backward(relu_out=y): dx zeroed where y <= 0 (ReLU's backward, NaN -> 0), block
+    by block in every split; dx=buf: the input gradient added into buf (beta = 1)."""
+    m = make(i, o, dtype=dtype)
+    x = rng.standard_normal((n, i)).astype(dtype)
+    m(x)
+    dy = rng.standard_normal((n, o)).astype(dtype)
+    rdx, rdw, rdb = ref.linear_backward(dy, x, m.weight.data)
+    mask = rng.standard_normal((n, i)).astype(dtype)
+    mask[0, 0] = np.nan
+    buf = rng.standard_normal((n, i)).astype(dtype)
+    want = rdx.copy()
+    if mode != "relu_out":
+        want = want + buf
+    if mode != "acc_dx":
+        want = np.where(mask > 0, want, 0)
+    kw = dict(relu_out=mask if mode != "acc_dx" else None, dx=buf if mode != "relu_out" else None)
+    dx = m._backward(dy, True, **kw)
+    if kw["dx"] is not None:
+        assert dx is buf
+    np.testing.assert_allclose(dx, want, **tol(dtype, parity=True))
+    np.testing.assert_allclose(m.weight.grad, rdw, **tol(dtype, parity=True))
+    np.testing.assert_allclose(m.bias.grad, rdb, **tol(dtype, parity=True))
+
+
+# ------------------------------------------------------------------ skinny layers (out <= 16)
+# float32 layers with out_features <= 16 run direct AVX2 loops instead of BLAS: forward tiles of
+# 2 rows x 5 outputs, dW tiles of 3 outputs x 32 columns, dx tiles of 3 rows x 32 columns, with
+# narrower / scalar loops for the tails. Sizes below hit every tail, and the split over 2
+# threads (>= 2^19 multiply-adds).
+SKINNY_CASES = [(128, 512, 10), (7, 5, 3), (1, 77, 16), (33, 100, 1), (300, 203, 11),
+                (65, 64, 5), (2, 8, 6), (129, 257, 17), (3, 1, 2)]
+
+
+@pytest.mark.parametrize("n,i,o", SKINNY_CASES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_skinny_paths_match_reference(n, i, o, bias, dtype, threads, rng):
+    m = make(i, o, bias=bias, dtype=dtype)
+    x = rng.standard_normal((n, i)).astype(dtype)
+    kw = tol(dtype, parity=True)
+    b = m.bias.data if bias else None
+    np.testing.assert_allclose(m(x), ref.linear(x, m.weight.data, b), **kw)
+    with fastmod.no_grad():                            # the fused ReLU of Sequential's inference
+        np.testing.assert_allclose(m._forward(x, True), np.maximum(ref.linear(x, m.weight.data, b), 0), **kw)
+    m(x)
+    dy = rng.standard_normal((n, o)).astype(dtype)
+    rdx, rdw, rdb = ref.linear_backward(dy, x, m.weight.data)
+    np.testing.assert_allclose(m.backward(dy), rdx, **kw)
+    np.testing.assert_allclose(m.weight.grad, rdw, **kw)
+    if bias:
+        np.testing.assert_allclose(m.bias.grad, rdb, **kw)
+    m(x)                                               # accumulate into the gradients, mask dx
+    mask = rng.standard_normal((n, i)).astype(dtype)
+    mask[0, 0] = np.nan
+    buf = rng.standard_normal((n, i)).astype(dtype)
+    dx = m._backward(dy, True, relu_out=mask, dx=buf.copy())
+    np.testing.assert_allclose(dx, np.where(mask > 0, rdx + buf, 0), **kw)
+    np.testing.assert_allclose(m.weight.grad, 2 * rdw, **kw)
+    m(x)
+    assert m.backward(dy, need_input_grad=False) is None
+    np.testing.assert_allclose(m.weight.grad, 3 * rdw, **kw)
+
+
+def test_skinny_results_do_not_depend_on_threads(rng):
+    m = make(203, 10, dtype=np.float32)
+    x = rng.standard_normal((300, 203)).astype(np.float32)
+    dy = rng.standard_normal((300, 10)).astype(np.float32)
+    out = []
+    for t in (1, 2):
+        fastmod.set_num_threads(t)
+        m.zero_grad()
+        y = m(x)
+        out.append((y, m.backward(dy), m.weight.grad.copy(), m.bias.grad.copy()))
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_skinny_nan_and_inf_propagate(rng):
+    m = make(40, 10, dtype=np.float32)
+    x = rng.standard_normal((6, 40)).astype(np.float32)
+    x[1, 3], x[4, 39] = np.nan, np.inf
+    y = m(x)
+    assert np.isnan(y[1]).all() and not np.isfinite(y[4]).any() and np.isfinite(y[[0, 2, 3, 5]]).all()
+
+
+# ------------------------------------------------------------------ transposed forward (float32)
+# float32 forwards with N >= 32, out > 16 and >= 2^24 multiply-adds compute z = W x^T (out, N)
+# in a per-thread scratch array shared by the Linears, then y = z^T + b (ReLU) in 8 x 8 AVX tiles.
+TRANSPOSED_CASES = [(64, 512, 512), (67, 500, 600), (700, 250, 100), (128, 784, 512), (131, 341, 533)]
+
+
+@pytest.mark.parametrize("n,i,o", TRANSPOSED_CASES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_transposed_forward_matches_reference(n, i, o, bias, threads, rng):
+    from fastmod._kernels import linear as k
+    assert k.forward_scratch_ok(n, i, o)
+    m = make(i, o, bias=bias, dtype=np.float32)
+    x = rng.standard_normal((n, i)).astype(np.float32)
+    x[1, 2] = np.nan
+    b = m.bias.data if bias else None
+    want = ref.linear(x, m.weight.data, b)
+    kw = tol(np.float32, parity=True)
+    np.testing.assert_allclose(m(x), want, **kw)
+    with fastmod.no_grad():
+        y = m._forward(x, True)
+    assert np.isnan(y[1]).all()                               # NaN kept by the fused ReLU
+    np.testing.assert_allclose(y, np.maximum(want, 0), **kw)
+    np.testing.assert_allclose(m(x[:32 if n > 32 else n]), want[:32 if n > 32 else n], **kw)  # smaller N
+    x3 = x.reshape(1, n, i)
+    np.testing.assert_allclose(m(x3), want.reshape(1, n, o), **kw)
+
+
+def test_transposed_forward_same_as_direct_path_in_sequential(rng):
+    """The MLP's hidden layers through the transposed path vs float64 (exact reference)."""
+    m = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    m64 = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)).double()
+    m64.load_state_dict({k: v.astype(np.float64) for k, v in m.state_dict().items()})
+    x = rng.standard_normal((128, 784)).astype(np.float32)
+    want = m64(x.astype(np.float64))
+    np.testing.assert_allclose(m(x), want, rtol=1e-4, atol=1e-5)
+    with fastmod.no_grad():
+        np.testing.assert_allclose(m(x), want, rtol=1e-4, atol=1e-5)

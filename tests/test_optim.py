@@ -606,3 +606,49 @@ def test_scheduler_bad_arguments():
     with pytest.raises(ValueError, match="'initial_lr' is not specified"):
         fls.StepLR(fresh, 2, last_epoch=3)
 
+
+
+# ------------------------------------------------------------------ SGD: one multi-tensor pass
+BIG_SHAPES = [(300, 257), (5,), (70001,), (3, 2, 4), (129, 513)]    # > 2 x 32768 elements: split
+
+
+@pytest.mark.parametrize("kw", SGD_CONFIGS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_sgd_multi_tensor_pass_matches_reference(kw, dtype, threads):
+    """Every parameter with a momentum history (or every one, without momentum) is updated in
+    one kernel call whose element ranges straddle parameter boundaries: same results as the
+    per-parameter formulas, at 1 and 2 threads."""
+    params, _ = _run_fastmod(SGD, dtype, kw, steps=4, shapes=BIG_SHAPES)
+    ref = ref_sgd(_params(dtype, shapes=BIG_SHAPES), [_grads(dtype, s, BIG_SHAPES) for s in range(4)], **kw)
+    for p, r in zip(params, ref):
+        np.testing.assert_allclose(p.data, r, **TOL[dtype])
+
+
+def test_sgd_multi_tensor_mixed_dtypes_skips_and_thread_count(rng):
+    """float32 and float64 parameters in one group (one pass per dtype), untouched ones skipped,
+    a parameter whose momentum starts later (its first step alone); bit-identical at 1 and 2
+    threads."""
+    def run(nt):
+        fastmod.set_num_threads(nt)
+        ps = [Parameter(np.random.default_rng(i).standard_normal(s).astype(dt))
+              for i, (s, dt) in enumerate([((400, 300), np.float32), ((50001,), np.float64),
+                                           ((7,), np.float32), ((90000,), np.float32)])]
+        opt = SGD(ps, lr=0.05, momentum=0.9, weight_decay=0.01)
+        for step in range(4):
+            opt.zero_grad()
+            for i, p in enumerate(ps):
+                if i == 2 and step < 2:
+                    continue                    # untouched: skipped, its momentum starts at step 2
+                p.grad = np.random.default_rng(10 * step + i).standard_normal(p.shape).astype(p.dtype)
+            opt.step()
+        return [p.data.copy() for p in ps]
+    a, b = run(1), run(2)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    ref_ps = [np.random.default_rng(i).standard_normal(s).astype(dt)
+              for i, (s, dt) in enumerate([((400, 300), np.float32), ((50001,), np.float64),
+                                           ((7,), np.float32), ((90000,), np.float32)])]
+    for i, (x, p0) in enumerate(zip(a, ref_ps)):
+        steps = range(2, 4) if i == 2 else range(4)
+        grads = [[np.random.default_rng(10 * s + i).standard_normal(p0.shape).astype(p0.dtype)] for s in steps]
+        want = ref_sgd([p0], grads, lr=0.05, momentum=0.9, weight_decay=0.01)[0]
+        np.testing.assert_allclose(x, want, **TOL[p0.dtype.type])

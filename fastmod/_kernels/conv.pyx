@@ -24,6 +24,13 @@ Paths chosen per layer, each measured against the plain one (ratios where they a
     (P, KH*KW*C) from a position-major copy, several small images per GEMM (Geom.im2row).
   * forward with relu: max(y, 0) on each image in the same call (Sequential Conv+ReLU, blocks).
   * stride-1 dx with OC < C: a convolution of dy with the flipped weights (Geom.dxconv).
+  * 3x3 stride-1 forward with C >= 32: Winograd F(2x2, 3x3), 16 GEMMs of depth C over blocks of
+    2x2-output tiles (Geom.wino); dW likewise with C >= 48 (Geom.wdw, dU = V^T (A dY A^T)).
+  * 1-D k5 stride-1 forward with C >= 32: Winograd F(2, 5), 6 GEMMs of depth C (Geom.wino5).
+  * stride-1 float32 forward with C <= 8 or OC <= 24 (RGB stems, DenseBlock's 12-channel
+    layers): direct 8-wide FMA loops, 16 outputs x 4 channels per register block (Geom.small).
+  * stride-1 dx as a forward convolution of dy through one of the forward paths above when it
+    would take one (Geom.dxfwd): no col2im scatter.
   * one input channel per group (depthwise): direct loops, no GEMM (Geom.dwise).
   * im2col in tiles of output rows, bounding the per-thread scratch (Geom.rows).
 
@@ -46,6 +53,36 @@ from fastmod._kernels._planes cimport sum_contig
 from fastmod._kernels._threads cimport num_threads
 
 cnp.import_array()
+
+# 8 floats at a time for the few-input-channel direct loops (_small_forward_image): AVX2 + FMA
+# when the compiler targets them (the default -march=native build), else plain loops over a
+# struct of 8 (same results up to FMA rounding)
+cdef extern from *:
+    """
+    #if defined(__AVX2__) && defined(__FMA__)
+    #include <immintrin.h>
+    typedef __m256 fm_v8;
+    static inline fm_v8 fm_load8(const float* p) { return _mm256_loadu_ps(p); }
+    static inline fm_v8 fm_bcast8(float a) { return _mm256_set1_ps(a); }
+    static inline fm_v8 fm_fma8(fm_v8 a, fm_v8 b, fm_v8 c) { return _mm256_fmadd_ps(a, b, c); }
+    static inline fm_v8 fm_relu8(fm_v8 a) { return _mm256_max_ps(_mm256_setzero_ps(), a); }
+    static inline void fm_store8(float* p, fm_v8 a) { _mm256_storeu_ps(p, a); }
+    #else
+    typedef struct { float v[8]; } fm_v8;
+    static inline fm_v8 fm_load8(const float* p) { fm_v8 r; for (int i = 0; i < 8; i++) r.v[i] = p[i]; return r; }
+    static inline fm_v8 fm_bcast8(float a) { fm_v8 r; for (int i = 0; i < 8; i++) r.v[i] = a; return r; }
+    static inline fm_v8 fm_fma8(fm_v8 a, fm_v8 b, fm_v8 c) { for (int i = 0; i < 8; i++) c.v[i] += a.v[i] * b.v[i]; return c; }
+    static inline fm_v8 fm_relu8(fm_v8 a) { for (int i = 0; i < 8; i++) a.v[i] = a.v[i] < 0 ? 0 : a.v[i]; return a; }
+    static inline void fm_store8(float* p, fm_v8 a) { for (int i = 0; i < 8; i++) p[i] = ((float*)&a)[i]; }
+    #endif
+    """
+    ctypedef struct fm_v8:
+        pass
+    fm_v8 fm_load8(const float* p) noexcept nogil
+    fm_v8 fm_bcast8(float a) noexcept nogil
+    fm_v8 fm_fma8(fm_v8 a, fm_v8 b, fm_v8 c) noexcept nogil
+    fm_v8 fm_relu8(fm_v8 a) noexcept nogil
+    void fm_store8(float* p, fm_v8 a) noexcept nogil
 
 cdef enum:
     SERIAL_MACS = 1 << 17       # a whole conv below this many multiply-adds runs on one thread
@@ -149,6 +186,13 @@ cdef struct Geom:
     bint relu               # forward: y = max(y, 0) on each image while it is in cache
     bint acc                # forward (im2row / shifted only): y += the result (dx through dxfwd)
     bint dxfwd              # stride-1 dx as a forward convolution of dy (im2row / shifted path)
+    bint wino               # 3x3 stride-1 forward as Winograd F(2x2, 3x3): 16 GEMMs of depth C
+    int TH, TW              # its 2x2 output tiles per image (rows, columns)
+    int wimb                # images per block (their tiles stacked in each of the 16 GEMMs)
+    bint wdw                # dW through Winograd: dU_xi (C, OC) += V_xi^T (C, T) @ (A dY A^T)_xi
+    bint wino5              # 1-D k5 stride-1 forward as Winograd F(2, 5): 6 GEMMs of depth C
+    bint small              # few input channels, stride 1 (float32): direct 8-wide FMA loops
+    int Ws                  # its padded row length, OW rounded up to 16 plus DW*(KW-1)
 
 
 cdef inline Py_ssize_t _col_size(Geom* g) noexcept nogil:
@@ -158,17 +202,33 @@ cdef inline Py_ssize_t _col_size(Geom* g) noexcept nogil:
         if g.SH == 1 and g.SW == 1:     # padded x plane, dy rows at padded width, dx plane
             return 2 * (<Py_ssize_t>g.Hp * g.Wp + (g.KW - 1) * g.DW) + <Py_ssize_t>g.OH * g.Wp
         return 1
-    cdef Py_ssize_t sh = 0
+    # the largest of what the paths this call may take need (forward and backward share g)
+    cdef Py_ssize_t sh = 0, t
+    cdef Py_ssize_t tiles = <Py_ssize_t>g.wimb * g.TH * g.TW
+    if g.small:
+        sh = max(sh, <Py_ssize_t>g.C * g.Hp * g.Ws)
     if g.im2row:
-        sh = (<Py_ssize_t>g.Hq * g.Wq * g.C + <Py_ssize_t>g.imb * g.P * (g.K + g.OC))
+        sh = max(sh, <Py_ssize_t>g.Hq * g.Wq * g.C + <Py_ssize_t>g.imb * g.P * (g.K + g.OC))
     if g.shifted:
-        sh = ((<Py_ssize_t>g.Hp * g.Wp + (g.KW - 1) * g.DW) * g.C + <Py_ssize_t>g.C * g.KW * g.Hp * g.Wp
-              + <Py_ssize_t>g.OH * g.Wp * g.OC)
+        sh = max(sh, (<Py_ssize_t>g.Hp * g.Wp + (g.KW - 1) * g.DW) * g.C
+                 + <Py_ssize_t>g.C * g.KW * g.Hp * g.Wp + <Py_ssize_t>g.OH * g.Wp * g.OC)
     cdef Py_ssize_t n = 1 if g.direct else <Py_ssize_t>g.C * g.KH * g.KW * pt
     if g.tout:
         n += <Py_ssize_t>g.OC * pt
     if g.dxconv and <Py_ssize_t>g.OC * g.KH * g.KW * g.H * g.W > n:
         n = <Py_ssize_t>g.OC * g.KH * g.KW * g.H * g.W
+    if g.wino5:
+        t = <Py_ssize_t>g.wimb * g.OH * g.TW
+        sh = max(sh, <Py_ssize_t>g.OH * (2 * g.TW + 4) * g.C + 6 * t * (g.C + g.OC)
+                 + <Py_ssize_t>g.P * g.OC)
+    if g.wino or g.wdw:
+        # padded plane, V (16, T, C), M (16, T, OC), one image's output (P, OC), 8 rows of OC;
+        # for dW, M holds the transformed dy, then its (2TH, 2TW, OC) position-major copy
+        t = <Py_ssize_t>g.P * g.OC
+        if <Py_ssize_t>g.TH * g.TW * 4 * g.OC > t:
+            t = <Py_ssize_t>g.TH * g.TW * 4 * g.OC
+        sh = max(sh, <Py_ssize_t>(2 * g.TH + 2) * (2 * g.TW + 2) * g.C
+                 + 16 * tiles * (g.C + g.OC) + t + 8 * g.OC)
     return n if n > sh else sh
 
 
@@ -195,6 +255,41 @@ cdef bint _dx_as_force = False
 cdef int _fwd_shifted = 0
 cdef int _fwd_im2row = 0
 cdef int _dx_fwd = 0
+cdef int _fwd_wino = 0
+cdef Py_ssize_t _wino_tiles = 256
+cdef int _dw_wino = 0
+cdef int _fwd_small = 0
+cdef int _fwd_wino5 = 0
+
+
+def set_forward_winograd5(int mode):
+    """1-D k5 stride-1 forwards (and the dx computed as one) through Winograd F(2, 5)
+    (Geom.wino5; groups 1, no dilation, one kernel row): 0 auto, 1 never, 2 wherever possible."""
+    global _fwd_wino5
+    _fwd_wino5 = mode
+
+
+def set_forward_small(int mode):
+    """Stride-1 float32 forwards with few input channels through direct 8-wide FMA loops
+    (Geom.small; groups 1): 0 auto, 1 never, 2 wherever possible."""
+    global _fwd_small
+    _fwd_small = mode
+
+
+def set_dw_winograd(int mode):
+    """3x3 stride-1 weight gradients through Winograd F(2x2, 3x3) (Geom.wdw; groups 1, no
+    dilation): 0 auto, 1 never, 2 wherever possible."""
+    global _dw_wino
+    _dw_wino = mode
+
+
+def set_forward_winograd(int mode, Py_ssize_t tiles=256):
+    """3x3 stride-1 forwards (and the dx computed as one) through Winograd F(2x2, 3x3)
+    (Geom.wino; groups 1, no dilation): 0 auto, 1 never, 2 wherever possible; tiles: 2x2 output
+    tiles per block of images (small images go several to one set of GEMMs)."""
+    global _fwd_wino, _wino_tiles
+    _fwd_wino = mode
+    _wino_tiles = tiles
 cdef Py_ssize_t _im2row_positions = 512
 
 
@@ -596,10 +691,273 @@ cdef void _im2row_forward_images(floating* y, const floating* x, const floating*
             _relu_inplace(y + im * g.ys, <Py_ssize_t>g.OC * g.P)
 
 
+
+# ---------------------------------------------------------------- Winograd F(2x2, 3x3)
+# y = A^T [(G g G^T) . (B^T d B)] A per 2x2 output tile (Lavin & Gray 2015), d the tile's 4x4
+# input patch, g the 3x3 kernel, with
+#   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
+#   A^T = [1 1 1 0; 0 1 -1 -1].
+# Over channels the elementwise product becomes, for each of the 16 components xi,
+#   M_xi (T, OC) = V_xi (T, C) @ U_xi (C, OC)
+# (T tiles of a block of images): 16*C*OC multiply-adds per tile of 4 outputs instead of 36*C*OC.
+# The transforms are additions over contiguous channel vectors (V, M position-major).
+# Row / column pairs of B^T: (index, sign) x 2 per row.
+cdef int _BT_I0[4]
+cdef int _BT_I1[4]
+cdef int _BT_S1[4]
+_BT_I0[:] = [0, 1, 2, 1]
+_BT_I1[:] = [2, 2, 1, 3]
+_BT_S1[:] = [-1, 1, -1, -1]
+
+
+cdef int _A[4][2]
+_A[0][:] = [1, 0]
+_A[1][:] = [1, 1]
+_A[2][:] = [1, -1]
+_A[3][:] = [0, -1]
+
+
+cdef inline void _comb4s(floating* out, const floating* a, const floating* b, const floating* c,
+                         const floating* d, floating sa, floating sb, floating sc, floating sd,
+                         int n) noexcept nogil:
+    # out = sa*a + sb*b + sc*c + sd*d over n contiguous values
+    cdef int i
+    for i in range(n):
+        out[i] = sa * a[i] + sb * b[i] + sc * c[i] + sd * d[i]
+
+
+cdef inline void _comb4(floating* out, const floating* a, const floating* b, const floating* c,
+                        const floating* d, floating sb, floating sc, floating sd,
+                        int n) noexcept nogil:
+    # out = a + sb*b + sc*c + sd*d over n contiguous values (signs +-1)
+    cdef int i
+    for i in range(n):
+        out[i] = a[i] + sb * b[i] + sc * c[i] + sd * d[i]
+
+
+cdef void _wino_weights(floating* U, const floating* w, int C, int OC) noexcept nogil:
+    # U[xi = r*4 + q, c, o] = (G g G^T)[r, q], g = w[o, c] (3x3), in double
+    cdef int o, c, r, k
+    cdef double gg[4][3]
+    cdef const floating* g
+    cdef Py_ssize_t CO = <Py_ssize_t>C * OC
+    for o in range(OC):
+        for c in range(C):
+            g = w + (<Py_ssize_t>o * C + c) * 9
+            for k in range(3):
+                gg[0][k] = g[k]
+                gg[1][k] = 0.5 * (<double>g[k] + g[3 + k] + g[6 + k])
+                gg[2][k] = 0.5 * (<double>g[k] - g[3 + k] + g[6 + k])
+                gg[3][k] = g[6 + k]
+            for r in range(4):
+                U[(r * 4 + 0) * CO + <Py_ssize_t>c * OC + o] = <floating>gg[r][0]
+                U[(r * 4 + 1) * CO + <Py_ssize_t>c * OC + o] = <floating>(0.5 * (gg[r][0] + gg[r][1] + gg[r][2]))
+                U[(r * 4 + 2) * CO + <Py_ssize_t>c * OC + o] = <floating>(0.5 * (gg[r][0] - gg[r][1] + gg[r][2]))
+                U[(r * 4 + 3) * CO + <Py_ssize_t>c * OC + o] = <floating>gg[r][2]
+
+
+cdef void _wino_forward_images(floating* y, const floating* x, const floating* U,
+                               const floating* b, floating* buf, Geom* g, int cnt,
+                               int gemm_nt) noexcept nogil:
+    # cnt consecutive images: x_n copied position-major into a zero-padded (2TH+2, 2TW+2, C)
+    # plane, the input transform of every tile into V, 16 GEMMs into M, the output transform
+    # into yt (P, OC), then y[o, p] (+)= yt[p, o] + b[o] (and the ReLU) as the im2row path
+    cdef int Hw = 2 * g.TH + 2, Ww = 2 * g.TW + 2, C = g.C, OC = g.OC
+    cdef Py_ssize_t plane = <Py_ssize_t>Hw * Ww
+    cdef int tpi = g.TH * g.TW
+    cdef Py_ssize_t T = <Py_ssize_t>cnt * tpi
+    cdef Py_ssize_t TC = T * C, TO = T * OC
+    cdef floating* xp = buf
+    cdef floating* V = xp + plane * C
+    cdef floating* M = V + 16 * TC
+    cdef floating* yt = M + 16 * TO
+    cdef floating* sr = yt + <Py_ssize_t>g.P * OC
+    cdef int ih0 = max(0, g.PH), ih1 = min(Hw, g.H + g.PH)
+    cdef int iw0 = max(0, g.PW), iw1 = min(Ww, g.W + g.PW)
+    cdef int im, c, i, iw, th, tw, r, q, a0, a1, q0, q1, o, p, oh, ow
+    cdef Py_ssize_t t, rs = <Py_ssize_t>Ww * C
+    cdef floating s1r, s1q, bo
+    cdef const floating* src
+    cdef const floating* d
+    cdef const floating* m
+    cdef floating* dst
+    cdef floating* yrow
+    cdef const floating* tcol
+    for im in range(cnt):
+        memset(xp, 0, plane * C * sizeof(floating))
+        if iw1 > iw0:
+            for c in range(C):
+                for i in range(ih0, ih1):
+                    src = x + im * g.xs + (<Py_ssize_t>c * g.H + i - g.PH) * g.W - g.PW
+                    dst = xp + <Py_ssize_t>i * Ww * C + c
+                    for iw in range(iw0, iw1):
+                        dst[<Py_ssize_t>iw * C] = src[iw]
+        # V[r*4 + q, t, :] = sum over the B^T pairs of rows r and columns q of +-d[row, col, :]
+        for th in range(g.TH):
+            for tw in range(g.TW):
+                t = <Py_ssize_t>im * tpi + th * g.TW + tw
+                d = xp + (<Py_ssize_t>(2 * th) * Ww + 2 * tw) * C
+                for r in range(4):
+                    a0 = _BT_I0[r]
+                    a1 = _BT_I1[r]
+                    s1r = _BT_S1[r]
+                    for q in range(4):
+                        q0 = _BT_I0[q]
+                        q1 = _BT_I1[q]
+                        s1q = _BT_S1[q]
+                        _comb4(V + (r * 4 + q) * TC + t * C,
+                               d + a0 * rs + q0 * C, d + a0 * rs + q1 * C,
+                               d + a1 * rs + q0 * C, d + a1 * rs + q1 * C,
+                               s1q, s1r, s1r * s1q, C)
+    for r in range(16):
+        pgemm(False, False, <int>T, OC, C, <floating>1, V + r * TC, C,
+              U + <Py_ssize_t>r * C * OC, OC, <floating>0, M + r * TO, OC, gemm_nt)
+    for im in range(cnt):
+        # sr[i*4 + q] = (A^T m)[i, q]; then Y[i, 0] = sr[i,0] + sr[i,1] + sr[i,2] and
+        # Y[i, 1] = sr[i,1] - sr[i,2] - sr[i,3], written into yt where inside the output
+        for th in range(g.TH):
+            for tw in range(g.TW):
+                t = <Py_ssize_t>im * tpi + th * g.TW + tw
+                m = M + t * OC
+                for q in range(4):
+                    _comb4(sr + q * OC, m + q * TO, m + (4 + q) * TO, m + (8 + q) * TO,
+                           m + (8 + q) * TO, 1, 1, 0, OC)
+                    _comb4(sr + (4 + q) * OC, m + (4 + q) * TO, m + (8 + q) * TO,
+                           m + (12 + q) * TO, m + (12 + q) * TO, -1, -1, 0, OC)
+                for i in range(2):
+                    oh = 2 * th + i
+                    if oh >= g.OH:
+                        break
+                    dst = yt + (<Py_ssize_t>oh * g.OW + 2 * tw) * OC
+                    _comb4(dst, sr + (i * 4) * OC, sr + (i * 4 + 1) * OC, sr + (i * 4 + 2) * OC,
+                           sr + (i * 4 + 2) * OC, 1, 1, 0, OC)
+                    if 2 * tw + 1 < g.OW:
+                        _comb4(dst + OC, sr + (i * 4 + 1) * OC, sr + (i * 4 + 2) * OC,
+                               sr + (i * 4 + 3) * OC, sr + (i * 4 + 3) * OC, -1, -1, 0, OC)
+        for o in range(OC):
+            bo = b[o] if b != NULL else 0
+            tcol = yt + o
+            yrow = y + im * g.ys + <Py_ssize_t>o * g.P
+            if g.acc:
+                for p in range(g.P):
+                    yrow[p] += tcol[<Py_ssize_t>p * OC] + bo
+            else:
+                for p in range(g.P):
+                    yrow[p] = tcol[<Py_ssize_t>p * OC] + bo
+        if g.relu:
+            _relu_inplace(y + im * g.ys, <Py_ssize_t>OC * g.P)
+
+
+
+# ---------------------------------------------------------------- few input channels: direct
+# With C = 3 (an RGB stem) the GEMM depth is C*KH*KW = 27: im2col copies every input 9 times
+# for 2*OC flops per copied value and the GEMM runs far from its peak. Direct loops instead:
+# 8 consecutive outputs of a row for 4 output channels in 4 vector accumulators, summed over the
+# C*KH*KW taps (one 8-wide load of the zero-padded input row and 4 FMAs per tap).
+cdef inline void _store_tail(float* yr, fm_v8 a, int nv, bint relu, bint acc) noexcept nogil:
+    # yr[0:nv] (+)= a (then max(., 0) when relu; NaN stays NaN)
+    cdef float tmp[8]
+    cdef int k
+    if relu:
+        a = fm_relu8(a)
+    if nv == 8 and not acc:
+        fm_store8(yr, a)
+        return
+    fm_store8(tmp, a)
+    if acc:
+        for k in range(nv):
+            yr[k] += tmp[k]
+    else:
+        for k in range(nv):
+            yr[k] = tmp[k]
+
+
+cdef void _small_forward_image(float* y, const float* x, const float* w, const float* b,
+                               float* buf, Geom* g) noexcept nogil:
+    cdef int Ws = g.Ws, Hp = g.Hp, KK = g.KH * g.KW, CKK = g.C * KK
+    cdef Py_ssize_t plane = <Py_ssize_t>Hp * Ws, P = g.P
+    cdef float* xp = buf
+    cdef int c, i, o4, oh, ow0, kh, kw, tap, nv
+    cdef int ih0 = max(0, g.PH), ih1 = min(Hp, g.H + g.PH)
+    cdef int iw0 = max(0, g.PW), iw1 = min(Ws, g.W + g.PW)
+    cdef Py_ssize_t s1, s2, s3
+    cdef fm_v8 a0, a1, a2, a3, e0, e1, e2, e3, v, u, wv
+    cdef int half
+    cdef float b0, b1, b2, b3
+    cdef const float* src
+    cdef const float* wo
+    cdef float* yr
+    memset(xp, 0, g.C * plane * sizeof(float))
+    if iw1 > iw0:
+        for c in range(g.C):
+            for i in range(ih0, ih1):
+                memcpy(xp + c * plane + <Py_ssize_t>i * Ws + iw0,
+                       x + (<Py_ssize_t>c * g.H + i - g.PH) * g.W + iw0 - g.PW,
+                       (iw1 - iw0) * sizeof(float))
+    o4 = 0
+    while o4 < g.OC:
+        # 4 output channels (the last block repeats channel OC-1 where OC % 4 != 0)
+        wo = w + <Py_ssize_t>o4 * CKK
+        s1 = (min(o4 + 1, g.OC - 1) - o4) * CKK
+        s2 = (min(o4 + 2, g.OC - 1) - o4) * CKK
+        s3 = (min(o4 + 3, g.OC - 1) - o4) * CKK
+        b0 = b[o4] if b != NULL else 0
+        b1 = b[min(o4 + 1, g.OC - 1)] if b != NULL else 0
+        b2 = b[min(o4 + 2, g.OC - 1)] if b != NULL else 0
+        b3 = b[min(o4 + 3, g.OC - 1)] if b != NULL else 0
+        for oh in range(g.OH):
+            ow0 = 0
+            while ow0 < g.OW:
+                # 16 outputs (two vectors) x 4 channels: 8 independent FMA chains, enough to
+                # hide the FMA latency (4 chains ran at half the rate)
+                a0 = fm_bcast8(b0)
+                a1 = fm_bcast8(b1)
+                a2 = fm_bcast8(b2)
+                a3 = fm_bcast8(b3)
+                e0 = a0
+                e1 = a1
+                e2 = a2
+                e3 = a3
+                for c in range(g.C):
+                    for kh in range(g.KH):
+                        src = xp + c * plane + <Py_ssize_t>(oh + kh * g.DH) * Ws + ow0
+                        tap = (c * g.KH + kh) * g.KW
+                        for kw in range(g.KW):
+                            v = fm_load8(src + kw * g.DW)
+                            u = fm_load8(src + kw * g.DW + 8)
+                            wv = fm_bcast8(wo[tap + kw])
+                            a0 = fm_fma8(wv, v, a0)
+                            e0 = fm_fma8(wv, u, e0)
+                            wv = fm_bcast8(wo[s1 + tap + kw])
+                            a1 = fm_fma8(wv, v, a1)
+                            e1 = fm_fma8(wv, u, e1)
+                            wv = fm_bcast8(wo[s2 + tap + kw])
+                            a2 = fm_fma8(wv, v, a2)
+                            e2 = fm_fma8(wv, u, e2)
+                            wv = fm_bcast8(wo[s3 + tap + kw])
+                            a3 = fm_fma8(wv, v, a3)
+                            e3 = fm_fma8(wv, u, e3)
+                yr = y + (<Py_ssize_t>o4 * g.OH + oh) * g.OW + ow0
+                for half in range(2):
+                    nv = min(8, g.OW - ow0 - 8 * half)
+                    if nv <= 0:
+                        break
+                    _store_tail(yr, a0 if half == 0 else e0, nv, g.relu, g.acc)
+                    if o4 + 1 < g.OC:
+                        _store_tail(yr + P, a1 if half == 0 else e1, nv, g.relu, g.acc)
+                    if o4 + 2 < g.OC:
+                        _store_tail(yr + 2 * P, a2 if half == 0 else e2, nv, g.relu, g.acc)
+                    if o4 + 3 < g.OC:
+                        _store_tail(yr + 3 * P, a3 if half == 0 else e3, nv, g.relu, g.acc)
+                    yr = yr + 8
+                ow0 = ow0 + 16
+        o4 = o4 + 4
+
+
 cdef void _forward_image(floating* y, const floating* x, const floating* w, const floating* wr,
                          const floating* b, floating* col, Geom* g, int gemm_nt) noexcept nogil:
     _forward_image_body(y, x, w, wr, b, col, g, gemm_nt)
-    if g.relu and not g.im2row:
+    if g.relu and not g.im2row and not (g.small and floating is float):   # applied as written
         _relu_inplace(y, <Py_ssize_t>g.OC * g.P)
 
 
@@ -621,13 +979,25 @@ cdef void _forward_image_body(floating* y, const floating* x, const floating* w,
         else:
             _dw_forward_image(y, x, w, b, g)
         return
+    if floating is float:
+        if g.small:
+            _small_forward_image(y, x, w, b, col, g)
+            return
     if g.shifted:
         _shifted_forward_image(y, x, wr, b, col, g, gemm_nt)
         return
     if g.im2row:
         _im2row_forward_images(y, x, wr, b, col, g, 1, gemm_nt)
         return
-    if b != NULL and not g.tout:
+    if g.acc and not g.tout:
+        # y += conv: the bias added first, then every GEMM accumulates
+        beta = 1
+        if b != NULL:
+            for o in range(g.OC):
+                yrow = y + <Py_ssize_t>o * g.P
+                for p in range(g.P):
+                    yrow[p] += b[o]
+    elif b != NULL and not g.tout:
         beta = 1
         for o in range(g.OC):
             yrow = y + <Py_ssize_t>o * g.P
@@ -660,14 +1030,255 @@ cdef void _forward_image_body(floating* y, const floating* x, const floating* w,
                 yrow = y + <Py_ssize_t>o * g.P + p0
                 tcol = yt + o
                 bo = b[o] if b != NULL else 0
-                for p in range(pt):
-                    yrow[p] = tcol[<Py_ssize_t>p * g.OC] + bo
+                if g.acc:
+                    for p in range(pt):
+                        yrow[p] += tcol[<Py_ssize_t>p * g.OC] + bo
+                else:
+                    for p in range(pt):
+                        yrow[p] = tcol[<Py_ssize_t>p * g.OC] + bo
         else:
             for gr in range(g.G):
                 pgemm(False, False, g.OCg, pt, g.K, <floating>1,
                       w + <Py_ssize_t>gr * g.OCg * g.K, g.K,
                       cols + <Py_ssize_t>gr * g.K * ldcol, ldcol,
                       beta, y + <Py_ssize_t>gr * g.OCg * g.P + p0, g.P, gemm_nt)
+
+
+
+cdef void _wino_dw_images(floating* dU, const floating* dy, const floating* x, floating* buf,
+                          Geom* g, int cnt, bint beta1, int gemm_nt) noexcept nogil:
+    # The weight gradient of the Winograd form: with y_t = A^T (U . V_t) A per tile,
+    #   dU_xi (C, OC) (+)= sum_t V_xi[t, :]^T (A dY_t A^T)_xi[t, :]
+    # as 16 GEMMs of depth T (cnt images' tiles), V as the forward builds it; dW = G^T dU G
+    # at the end (_wino_dw_finish). A = [1 0; 1 1; 1 -1; 0 -1]; dY_t is 0 outside the output.
+    cdef int Hw = 2 * g.TH + 2, Ww = 2 * g.TW + 2, C = g.C, OC = g.OC
+    cdef Py_ssize_t plane = <Py_ssize_t>Hw * Ww
+    cdef int tpi = g.TH * g.TW
+    cdef Py_ssize_t T = <Py_ssize_t>cnt * tpi
+    cdef Py_ssize_t TC = T * C, TO = T * OC
+    cdef floating* xp = buf
+    cdef floating* V = xp + plane * C
+    cdef floating* DM = V + 16 * TC
+    cdef floating* dyp = DM + 16 * TO
+    cdef int ih0 = max(0, g.PH), ih1 = min(Hw, g.H + g.PH)
+    cdef int iw0 = max(0, g.PW), iw1 = min(Ww, g.W + g.PW)
+    cdef int W2 = 2 * g.TW
+    cdef int im, c, i, iw, th, tw, r, q, a0, a1, q0, q1, o, oh, ow
+    cdef Py_ssize_t t, rs = <Py_ssize_t>Ww * C
+    cdef floating s1r, s1q
+    cdef const floating* src
+    cdef const floating* d
+    cdef const floating* e0
+    cdef const floating* e1
+    cdef floating* dst
+    for im in range(cnt):
+        memset(xp, 0, plane * C * sizeof(floating))
+        if iw1 > iw0:
+            for c in range(C):
+                for i in range(ih0, ih1):
+                    src = x + im * g.xs + (<Py_ssize_t>c * g.H + i - g.PH) * g.W - g.PW
+                    dst = xp + <Py_ssize_t>i * Ww * C + c
+                    for iw in range(iw0, iw1):
+                        dst[<Py_ssize_t>iw * C] = src[iw]
+        # dy_n position-major, zero past the output: dyp (2TH, 2TW, OC)
+        memset(dyp, 0, <Py_ssize_t>4 * tpi * OC * sizeof(floating))
+        for o in range(OC):
+            for oh in range(g.OH):
+                src = dy + im * g.ys + (<Py_ssize_t>o * g.OH + oh) * g.OW
+                dst = dyp + <Py_ssize_t>oh * W2 * OC + o
+                for ow in range(g.OW):
+                    dst[<Py_ssize_t>ow * OC] = src[ow]
+        for th in range(g.TH):
+            for tw in range(g.TW):
+                t = <Py_ssize_t>im * tpi + th * g.TW + tw
+                d = xp + (<Py_ssize_t>(2 * th) * Ww + 2 * tw) * C
+                for r in range(4):
+                    a0 = _BT_I0[r]
+                    a1 = _BT_I1[r]
+                    s1r = _BT_S1[r]
+                    for q in range(4):
+                        q0 = _BT_I0[q]
+                        q1 = _BT_I1[q]
+                        s1q = _BT_S1[q]
+                        _comb4(V + (r * 4 + q) * TC + t * C,
+                               d + a0 * rs + q0 * C, d + a0 * rs + q1 * C,
+                               d + a1 * rs + q0 * C, d + a1 * rs + q1 * C,
+                               s1q, s1r, s1r * s1q, C)
+                # DM[r, q] = sum_ij A[r, i] A[q, j] dY[i, j]
+                e0 = dyp + (<Py_ssize_t>(2 * th) * W2 + 2 * tw) * OC     # dY[0, 0]; dY[0, 1] at + OC
+                e1 = e0 + <Py_ssize_t>W2 * OC                             # dY[1, 0]; dY[1, 1] at + OC
+                for r in range(4):
+                    for q in range(4):
+                        _comb4s(DM + (r * 4 + q) * TO + t * OC, e0, e0 + OC, e1, e1 + OC,
+                                _A[r][0] * _A[q][0], _A[r][0] * _A[q][1],
+                                _A[r][1] * _A[q][0], _A[r][1] * _A[q][1], OC)
+    for r in range(16):
+        pgemm(True, False, C, OC, <int>T, <floating>1, V + r * TC, C, DM + r * TO, OC,
+              <floating>(1 if beta1 else 0), dU + <Py_ssize_t>r * C * OC, OC, gemm_nt)
+
+
+
+cdef void _wino_dw_finish(floating* dw, const floating* part, int nt, Py_ssize_t psize,
+                          int C, int OC, bint acc_w) noexcept nogil:
+    # dU = the per-thread partials summed in thread order (double); then
+    # dw[o, c, kh, kw] (+)= sum_{r, q} G[r, kh] dU[r*4 + q, c, o] G[q, kw], G as in _wino_weights
+    cdef double G[4][3]
+    cdef double du[16]
+    cdef double h[3][4]
+    cdef double v
+    cdef int o, c, r, q, t, kh, kw
+    cdef Py_ssize_t CO = <Py_ssize_t>C * OC, i
+    G[0][0], G[0][1], G[0][2] = 1, 0, 0
+    G[1][0], G[1][1], G[1][2] = 0.5, 0.5, 0.5
+    G[2][0], G[2][1], G[2][2] = 0.5, -0.5, 0.5
+    G[3][0], G[3][1], G[3][2] = 0, 0, 1
+    for o in range(OC):
+        for c in range(C):
+            for r in range(16):
+                i = r * CO + <Py_ssize_t>c * OC + o
+                v = 0
+                for t in range(nt):
+                    v = v + part[t * psize + i]
+                du[r] = v
+            for kh in range(3):
+                for q in range(4):
+                    h[kh][q] = (G[0][kh] * du[q] + G[1][kh] * du[4 + q] + G[2][kh] * du[8 + q]
+                                + G[3][kh] * du[12 + q])
+            for kh in range(3):
+                for kw in range(3):
+                    v = (h[kh][0] * G[0][kw] + h[kh][1] * G[1][kw] + h[kh][2] * G[2][kw]
+                         + h[kh][3] * G[3][kw])
+                    i = (<Py_ssize_t>o * C + c) * 9 + kh * 3 + kw
+                    dw[i] = <floating>(dw[i] + v) if acc_w else <floating>v
+
+
+
+# ---------------------------------------------------------------- Winograd F(2, 5), 1-D
+# Kernel rows of 5 taps (Conv1d k5), 2 outputs per tile of 6 inputs (points 0, +-1, +-2, inf):
+#   Y = A^T [(G g) . (B^T d)],  B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0;
+#   0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1],  A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 1],
+#   G rows (1/4, 0, 0, 0, 0), -(1, 1, 1, 1, 1)/6, (-1, 1, -1, 1, -1)/6, (1, 2, 4, 8, 16)/24,
+#   (1, -2, 4, -8, 16)/24, (0, 0, 0, 0, 1):
+# 6 GEMMs M_xi (T, OC) = V_xi (T, C) @ U_xi (C, OC), 6*C*OC multiply-adds per 2 outputs
+# instead of 10*C*OC.
+cdef double _BT5[6][6]
+_BT5[0][:] = [4, 0, -5, 0, 1, 0]
+_BT5[1][:] = [0, -4, -4, 1, 1, 0]
+_BT5[2][:] = [0, 4, -4, -1, 1, 0]
+_BT5[3][:] = [0, -2, -1, 2, 1, 0]
+_BT5[4][:] = [0, 2, -1, -2, 1, 0]
+_BT5[5][:] = [0, 4, 0, -5, 0, 1]
+cdef double _AT5[2][6]
+_AT5[0][:] = [1, 1, 1, 1, 1, 0]
+_AT5[1][:] = [0, 1, -1, 2, -2, 1]
+cdef double _G5[6][5]
+_G5[0][:] = [0.25, 0, 0, 0, 0]
+_G5[1][:] = [-1 / 6., -1 / 6., -1 / 6., -1 / 6., -1 / 6.]
+_G5[2][:] = [-1 / 6., 1 / 6., -1 / 6., 1 / 6., -1 / 6.]
+_G5[3][:] = [1 / 24., 1 / 12., 1 / 6., 1 / 3., 2 / 3.]
+_G5[4][:] = [1 / 24., -1 / 12., 1 / 6., -1 / 3., 2 / 3.]
+_G5[5][:] = [0, 0, 0, 0, 1]
+
+
+cdef inline void _comb6(floating* out, const floating* d, Py_ssize_t ds, const double* cf,
+                        int n) noexcept nogil:
+    # out = sum_l cf[l] * d[l*ds : l*ds + n] over the 6 vectors d, d + ds, ..., d + 5*ds
+    cdef int i
+    cdef floating c0 = <floating>cf[0], c1 = <floating>cf[1], c2 = <floating>cf[2]
+    cdef floating c3 = <floating>cf[3], c4 = <floating>cf[4], c5 = <floating>cf[5]
+    cdef const floating* d1 = d + ds
+    cdef const floating* d2 = d + 2 * ds
+    cdef const floating* d3 = d + 3 * ds
+    cdef const floating* d4 = d + 4 * ds
+    cdef const floating* d5 = d + 5 * ds
+    for i in range(n):
+        out[i] = c0 * d[i] + c1 * d1[i] + c2 * d2[i] + c3 * d3[i] + c4 * d4[i] + c5 * d5[i]
+
+
+cdef void _wino5_weights(floating* U, const floating* w, int C, int OC) noexcept nogil:
+    # U[xi, c, o] = sum_j G[xi, j] w[o, c, j]
+    cdef int o, c, xi, j
+    cdef double v
+    for xi in range(6):
+        for c in range(C):
+            for o in range(OC):
+                v = 0
+                for j in range(5):
+                    v = v + _G5[xi][j] * w[(<Py_ssize_t>o * C + c) * 5 + j]
+                U[(<Py_ssize_t>xi * C + c) * OC + o] = <floating>v
+
+
+cdef void _wino5_forward_images(floating* y, const floating* x, const floating* U,
+                                const floating* b, floating* buf, Geom* g, int cnt,
+                                int gemm_nt) noexcept nogil:
+    # cnt images; each output row (OH = H, stride 1, no vertical padding) split into TW tiles
+    # of 2 outputs, read from a zero-padded position-major copy of its input row (Ww, C)
+    cdef int Ww = 2 * g.TW + 4, C = g.C, OC = g.OC
+    cdef int tpi = g.OH * g.TW
+    cdef Py_ssize_t T = <Py_ssize_t>cnt * tpi
+    cdef Py_ssize_t TC = T * C, TO = T * OC
+    cdef Py_ssize_t plane = <Py_ssize_t>g.OH * Ww
+    cdef floating* xp = buf
+    cdef floating* V = xp + plane * C
+    cdef floating* M = V + 6 * TC
+    cdef floating* yt = M + 6 * TO
+    cdef int iw0 = max(0, g.PW), iw1 = min(Ww, g.W + g.PW)
+    cdef int im, c, i, iw, tw, xi, o, p, ow
+    cdef Py_ssize_t t
+    cdef floating bo
+    cdef const floating* src
+    cdef floating* dst
+    cdef floating* yrow
+    cdef const floating* tcol
+    for im in range(cnt):
+        memset(xp, 0, plane * C * sizeof(floating))
+        if iw1 > iw0:
+            for c in range(C):
+                for i in range(g.OH):
+                    src = x + im * g.xs + (<Py_ssize_t>c * g.H + i) * g.W - g.PW
+                    dst = xp + <Py_ssize_t>i * Ww * C + c
+                    for iw in range(iw0, iw1):
+                        dst[<Py_ssize_t>iw * C] = src[iw]
+        for i in range(g.OH):
+            for tw in range(g.TW):
+                t = <Py_ssize_t>im * tpi + i * g.TW + tw
+                for xi in range(6):
+                    _comb6(V + xi * TC + t * C, xp + (<Py_ssize_t>i * Ww + 2 * tw) * C, C,
+                           _BT5[xi], C)
+    for xi in range(6):
+        pgemm(False, False, <int>T, OC, C, <floating>1, V + xi * TC, C,
+              U + <Py_ssize_t>xi * C * OC, OC, <floating>0, M + xi * TO, OC, gemm_nt)
+    for im in range(cnt):
+        for i in range(g.OH):
+            for tw in range(g.TW):
+                t = <Py_ssize_t>im * tpi + i * g.TW + tw
+                ow = 2 * tw
+                _comb6(yt + (<Py_ssize_t>i * g.OW + ow) * OC, M + t * OC, TO, _AT5[0], OC)
+                if ow + 1 < g.OW:
+                    _comb6(yt + (<Py_ssize_t>i * g.OW + ow + 1) * OC, M + t * OC, TO, _AT5[1], OC)
+        for o in range(OC):
+            bo = b[o] if b != NULL else 0
+            tcol = yt + o
+            yrow = y + im * g.ys + <Py_ssize_t>o * g.P
+            if g.acc:
+                for p in range(g.P):
+                    yrow[p] += tcol[<Py_ssize_t>p * OC] + bo
+            else:
+                for p in range(g.P):
+                    yrow[p] = tcol[<Py_ssize_t>p * OC] + bo
+        if g.relu:
+            _relu_inplace(y + im * g.ys, <Py_ssize_t>OC * g.P)
+
+
+cdef inline void _block_forward(floating* y, const floating* x, const floating* wr,
+                                const floating* b, floating* buf, Geom* g, int cnt,
+                                int gemm_nt) noexcept nogil:
+    if g.wino:
+        _wino_forward_images(y, x, wr, b, buf, g, cnt, gemm_nt)
+    elif g.wino5:
+        _wino5_forward_images(y, x, wr, b, buf, g, cnt, gemm_nt)
+    else:
+        _im2row_forward_images(y, x, wr, b, buf, g, cnt, gemm_nt)
 
 
 cdef void _conv_forward(floating* y, const floating* x, const floating* w, const floating* b,
@@ -678,7 +1289,13 @@ cdef void _conv_forward(floating* y, const floating* x, const floating* w, const
     cdef floating* colbuf = <floating*>malloc(nt * cs * sizeof(floating))
     cdef floating* wr = NULL
     cdef int c, o, tap, KK = g.KH * g.KW
-    if g.shifted or g.im2row:
+    if g.wino:
+        wr = <floating*>malloc(16 * <Py_ssize_t>g.C * g.OC * sizeof(floating))
+        _wino_weights(wr, w, g.C, g.OC)
+    elif g.wino5:
+        wr = <floating*>malloc(6 * <Py_ssize_t>g.C * g.OC * sizeof(floating))
+        _wino5_weights(wr, w, g.C, g.OC)
+    elif g.shifted or g.im2row:
         # wr[kh, kw*C + c, o] = w[o, c, kh, kw]: one (KW*C, OC) matrix per kernel row
         wr = <floating*>malloc(<Py_ssize_t>KK * g.C * g.OC * sizeof(floating))
         for tap in range(KK):
@@ -686,14 +1303,15 @@ cdef void _conv_forward(floating* y, const floating* x, const floating* w, const
                 for o in range(g.OC):
                     wr[((<Py_ssize_t>(tap // g.KW) * g.KW + tap % g.KW) * g.C + c) * g.OC + o] = \
                         w[(<Py_ssize_t>o * g.C + c) * KK + tap]
-    if g.im2row:
-        # blocks of g.imb images (the last of a thread's chunk may be shorter)
+    cdef int imb = g.wimb if (g.wino or g.wino5) else g.imb
+    if g.im2row or g.wino or g.wino5:
+        # blocks of imb images (the last of a thread's chunk may be shorter)
         if nt <= 1:
             n = 0
             while n < g.N:
-                _im2row_forward_images(y + n * g.ys, x + n * g.xs, wr, b, colbuf, g,
-                                       min(g.imb, g.N - n), num_threads())
-                n = n + g.imb
+                _block_forward(y + n * g.ys, x + n * g.xs, wr, b, colbuf, g,
+                               min(imb, g.N - n), num_threads())
+                n = n + imb
         else:
             chunk = (g.N + nt - 1) // nt
             for t in prange(nt, num_threads=nt, schedule='static'):
@@ -701,9 +1319,9 @@ cdef void _conv_forward(floating* y, const floating* x, const floating* w, const
                 hi = min(g.N, lo + chunk)
                 n = lo
                 while n < hi:
-                    _im2row_forward_images(y + n * g.ys, x + n * g.xs, wr, b, colbuf + t * cs,
-                                           g, min(g.imb, hi - n), 1)
-                    n = n + g.imb
+                    _block_forward(y + n * g.ys, x + n * g.xs, wr, b, colbuf + t * cs,
+                                   g, min(imb, hi - n), 1)
+                    n = n + imb
     elif nt <= 1:
         for n in range(g.N):
             _forward_image(y + n * g.ys, x + n * g.xs, w, wr, b, colbuf, g, num_threads())
@@ -817,17 +1435,18 @@ cdef bint _pick_dxfwd(Geom* g, Geom* gt) noexcept nogil:
     # measured (one core, CPU time, dx alone, dxfwd / the other path): 0.93 for 64->64 at 16x16;
     # 1.04 for the 1-D 64->64 k5 and 1.2-1.3 for the 1-D 32->64 k5 (col2im of one kernel row
     # is cheap), so 2-D kernels only; dy with 12 channels (DenseBlock) stays on Geom.dxconv
+    # 1-D k5 layers through Winograd F(2, 5): 0.88 for 64->64, 1.0 for 32->64 (dx 32 channels)
     if _dx_fwd == 1 or g.G != 1 or g.SH != 1 or g.SW != 1 or g.direct or g.dwise:
-        return False
-    if _dx_fwd == 0 and g.KH == 1:
         return False
     if g.PHt < 0 or g.PWt < 0:
         return False
     _geom_set(gt, g.N, g.OC, g.OH, g.OW, g.C, g.H, g.W, g.KH, g.KW, 1, 1, g.PHt, g.PWt,
               g.DH, g.DW, 1, g.ys, g.xs)
-    if _dx_fwd == 2 and not gt.shifted:
+    if _dx_fwd == 0 and g.KH == 1:
+        return gt.wino5 and g.C >= 64
+    if _dx_fwd == 2 and not (gt.shifted or gt.wino or gt.small or gt.wino5):
         gt.im2row = True
-    return gt.im2row or gt.shifted
+    return gt.im2row or gt.shifted or gt.wino or gt.small or gt.wino5
 
 
 cdef void _conv_backward(floating* dx, floating* dw, floating* db, const floating* dy,
@@ -862,7 +1481,7 @@ cdef void _conv_backward(floating* dx, floating* dw, floating* db, const floatin
                                   + g.KW - 1 - kw]
     # dW goes through per-thread partials (summed in thread order below) when several threads
     # share it, or when it is accumulated transposed
-    cdef bint partials = dw != NULL and (nt > 1 or g.tdw)
+    cdef bint partials = dw != NULL and (nt > 1 or g.tdw) and not g.wdw
     if partials:
         dwpart = <floating*>malloc(nt * wsize * sizeof(floating))
     if db != NULL:
@@ -875,10 +1494,39 @@ cdef void _conv_backward(floating* dx, floating* dw, floating* db, const floatin
             return
     colbuf = <floating*>malloc(nt * cs * sizeof(floating))
     chunk = (g.N + nt - 1) // nt
-    if nt <= 1:
+    cdef floating* dwi = dwpart if partials else dw     # the per-image loop's dW
+    cdef floating* dU = NULL
+    cdef Py_ssize_t usize = 16 * <Py_ssize_t>g.C * g.OC
+    if dw != NULL and g.wdw:
+        # dW first, through Winograd in blocks of g.wimb images (per-thread dU partials); the
+        # per-image loop below then does db and dx only
+        dwi = NULL
+        dU = <floating*>malloc(nt * usize * sizeof(floating))
+        if nt <= 1:
+            n = 0
+            while n < g.N:
+                _wino_dw_images(dU, dy + n * g.ys, x + n * g.xs, colbuf, g,
+                                min(g.wimb, g.N - n), n > 0, num_threads())
+                n = n + g.wimb
+        else:
+            for t in prange(nt, num_threads=nt, schedule='static'):
+                lo = t * chunk
+                hi = min(g.N, lo + chunk)
+                if lo >= hi:
+                    memset(dU + t * usize, 0, usize * sizeof(floating))
+                n = lo
+                while n < hi:
+                    _wino_dw_images(dU + t * usize, dy + n * g.ys, x + n * g.xs,
+                                    colbuf + t * cs, g, min(g.wimb, hi - n), n > lo, 1)
+                    n = n + g.wimb
+        _wino_dw_finish(dw, dU, nt if nt > 1 else 1, usize, g.C, g.OC, acc_w)
+        free(dU)
+    if dwi == NULL and dxi == NULL and db == NULL:
+        pass
+    elif nt <= 1:
         for n in range(g.N):
             # the first image overwrites dw (or the partial) unless accumulating
-            _backward_image(dxi + n * g.xs if dxi != NULL else NULL, dwpart if partials else dw,
+            _backward_image(dxi + n * g.xs if dxi != NULL else NULL, dwi,
                             dbpart, dy + n * g.ys, x + n * g.xs, w, wt, colbuf, g,
                             n > 0 if partials else (acc_w or n > 0), acc_dx, num_threads())
     else:
@@ -887,11 +1535,11 @@ cdef void _conv_backward(floating* dx, floating* dw, floating* db, const floatin
             hi = min(g.N, lo + chunk)
             for n in range(lo, hi):
                 _backward_image(dxi + n * g.xs if dxi != NULL else NULL,
-                                dwpart + t * wsize if dwpart != NULL else NULL,
+                                dwi + t * wsize if dwi != NULL else NULL,
                                 dbpart + t * g.OC if dbpart != NULL else NULL,
                                 dy + n * g.ys, x + n * g.xs, w, wt, colbuf + t * cs, g,
                                 n > lo, acc_dx, 1)
-    if partials:
+    if partials and dwi != NULL:
         # fixed-order sum of the per-thread partials (threads with no image left none)
         for gr in range(g.G):
             for o in range(g.OCg):
@@ -904,7 +1552,7 @@ cdef void _conv_backward(floating* dx, floating* dw, floating* db, const floatin
                         if t * chunk < g.N:
                             acc = acc + dwpart[t * wsize + j]
                     dw[i] = <floating>acc
-        free(dwpart)
+    free(dwpart)
     if db != NULL:
         for o in range(g.OC):
             acc = db[o] if acc_b else 0
@@ -1015,6 +1663,46 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
     g.im2row = (_fwd_im2row == 2 or (_fwd_im2row == 0 and (
         g.C >= 64 or (g.C >= 16 and (SH > 1 or SW > 1 or g.KH > 1))))) and (
         G == 1 and not g.direct and not g.dwise and not g.shifted and g.rows == g.OH)
+    g.TH = (g.OH + 1) // 2
+    g.TW = (g.OW + 1) // 2
+    g.wimb = <int>max(1, min(<Py_ssize_t>g.N, _wino_tiles // max(1, g.TH * g.TW)))
+    # measured (one core, CPU time, forward, Winograd / the path it replaces): 0.69 for 64->64
+    # at 16x16 (and 0.69 for its dx), 0.78 for 60->12 and 0.92 for 36->12 at 32x32, 1.03 for
+    # 24->12, 2.2-2.5 for 3 input channels (the transforms cost more than the GEMM saves), and
+    # 256 tiles per block (64 and 128: 1.04-1.14, 512 and 1024: 1.08-1.24): so C >= 32
+    g.wino = (_fwd_wino == 2 or (_fwd_wino == 0 and g.C >= 32)) and (
+        G == 1 and g.KH == 3 and g.KW == 3 and SH == 1 and SW == 1 and DH == 1 and DW == 1)
+    if g.wino:
+        g.shifted = False
+        g.im2row = False
+    # measured (one core, CPU time, dW alone, Winograd / im2col): 0.81 for 64->64 at 16x16,
+    # 0.89 for 60->12 and 0.95 for 48->12 at 32x32, 1.0 for 36->12, 1.26 for 24->12: C >= 48
+    # measured (one core, CPU time, forward, F(2, 5) / im2row or im2col): 0.81 for the 1-D
+    # 64->64 k5 at L 256, 0.94-0.97 for 32->64: so C >= 32
+    g.wino5 = (_fwd_wino5 == 2 or (_fwd_wino5 == 0 and g.C >= 32)) and (
+        G == 1 and g.KH == 1 and g.KW == 5 and SH == 1 and SW == 1 and DW == 1 and PH == 0
+        and g.OH == g.H)
+    if g.wino5:
+        g.shifted = False
+        g.im2row = False
+        g.wino = False
+        g.wimb = <int>max(1, min(<Py_ssize_t>g.N, _wino_tiles // max(1, g.OH * g.TW)))
+    g.Ws = (g.OW + 15) // 16 * 16 + g.DW * (g.KW - 1)
+    # measured (one core, CPU time, float32 forward, direct / the path it replaces): 0.70 for
+    # 3->32 at 32x32, 0.90 for 3->64 at 16x16, 0.65 for 3->24, 0.73 for 8->24; with 12 output
+    # channels 0.62 (24), 0.72 (36), 0.80 (48), 0.92 (60 input channels, against Winograd);
+    # 1.12 for 16->32, 1.36-1.64 for 32->64, 64->64 and the 1-D 32->64 k5: so 2-D kernels with
+    # C <= 8 or OC <= 24
+    g.small = (_fwd_small == 2 or (_fwd_small == 0 and g.KH > 1 and (g.C <= 8 or g.OC <= 24))) and (
+        G == 1 and SH == 1 and SW == 1 and not g.direct and not g.wino5)
+    if g.small:
+        # (float64 takes the plain im2col path these leave)
+        g.shifted = False
+        g.im2row = False
+        g.wino = False
+        g.tout = False
+    g.wdw = (_dw_wino == 2 or (_dw_wino == 0 and g.C >= 48)) and (
+        G == 1 and g.KH == 3 and g.KW == 3 and SH == 1 and SW == 1 and DH == 1 and DW == 1)
 
 
 def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
@@ -1048,6 +1736,39 @@ def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
                 _conv_forward_batched(<double*>py, <double*>px, <double*>pw, <double*>pb, &g)
             else:
                 _conv_forward(<double*>py, <double*>px, <double*>pw, <double*>pb, &g)
+
+
+cdef str _fwd_name(Geom* h):
+    if h.dwise:
+        return "depthwise"
+    if h.small:
+        return "small"
+    if h.wino:
+        return "wino"
+    if h.wino5:
+        return "wino5"
+    if h.shifted:
+        return "shifted"
+    if h.im2row:
+        return "im2row"
+    if h.direct:
+        return "gemm-1x1"
+    return "im2col-t" if h.tout else "im2col"
+
+
+def conv2d_paths(cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int SH, int SW, int PH, int PW,
+                 int DH, int DW, int G):
+    """'forward=..., dW=..., dx=...': the paths a float32 call with these arrays takes (for
+    benchmarks; the same decisions as conv2d_forward / conv2d_backward)."""
+    cdef Geom g, gt
+    _geom(&g, x, y, w, SH, SW, PH, PW, DH, DW, G)
+    fw = _fwd_name(&g)
+    dwn = "depthwise" if g.dwise else ("wino" if g.wdw else ("im2col-t" if g.tdw else "im2col"))
+    if _pick_dxfwd(&g, &gt):
+        dxn = "fwd:" + _fwd_name(&gt)
+    else:
+        dxn = "depthwise" if g.dwise else ("dxconv" if g.dxconv else "col2im")
+    return f"forward={fw} dW={dwn} dx={dxn}"
 
 
 def conv2d_backward(object dx, object dw, object db, cnp.ndarray dy, cnp.ndarray x,

@@ -52,6 +52,22 @@ cdef void _xent_backward(floating* dx, const floating* probs, const int64_t* t, 
         dx[n * C + t[n]] -= <floating>((1 - eps) * scale)
 
 
+def check_targets(cnp.ndarray t, Py_ssize_t C, int64_t ignore_index):
+    """(rows whose target is not ignore_index, the first target outside [0, C) or None) for
+    int64 targets t (N,): the loss's checks in one pass instead of five NumPy calls."""
+    cdef Py_ssize_t N = cnp.PyArray_SIZE(t), n, count = 0
+    cdef const int64_t* pt = <const int64_t*>cnp.PyArray_DATA(t)
+    cdef int64_t v
+    for n in range(N):
+        v = pt[n]
+        if v == ignore_index:
+            continue
+        if v < 0 or v >= C:
+            return count, v
+        count += 1
+    return count, None
+
+
 def softmax_xent_forward(cnp.ndarray probs, cnp.ndarray row_loss, cnp.ndarray x, cnp.ndarray t,
                          double eps, int64_t ignore_index):
     """probs (N, C) = softmax(x); row_loss (N,) float64 = smoothed cross-entropy per row."""

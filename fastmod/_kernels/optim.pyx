@@ -113,6 +113,76 @@ cdef void _sgd(floating* p, const floating* g, floating* buf, Py_ssize_t n,
             _sgd_range(p, g, buf, lo, hi, flr, fwd, fmom, f1md, sgn, use_wd, use_mom, nesterov, first)
 
 
+cdef void _sgd_multi(floating** ps, floating** gs, floating** bs, Py_ssize_t* sizes, int count,
+                     double lr, double wd, double mom, double damp, bint nesterov,
+                     bint maximize) noexcept nogil:
+    # every parameter of one dtype in one pass: the concatenation of the count arrays is split
+    # into nt contiguous element ranges, one per thread (one parallel region per step instead
+    # of one per parameter; each element's update is independent of the split)
+    cdef Py_ssize_t total = 0, chunk, lo, hi, off, a, e
+    cdef int i, c, nt
+    cdef floating flr = <floating>lr, fwd = <floating>wd, fmom = <floating>mom
+    cdef floating f1md = <floating>(1.0 - damp)
+    cdef floating sgn = -1 if maximize else 1
+    cdef bint use_wd = wd != 0, use_mom = mom != 0
+    for i in range(count):
+        total += sizes[i]
+    nt = threads_for(total, GRAIN)
+    chunk = (total + nt - 1) // nt
+    for c in prange(nt, num_threads=nt, schedule='static'):
+        lo = c * chunk
+        hi = min(total, lo + chunk)
+        off = 0
+        for i in range(count):
+            a = max(lo, off)
+            e = min(hi, off + sizes[i])
+            if a < e:
+                _sgd_range(ps[i], gs[i], bs[i] if use_mom else NULL, a - off, e - off, flr, fwd,
+                           fmom, f1md, sgn, use_wd, use_mom, nesterov, False)
+            off = off + sizes[i]
+
+
+def sgd_step_multi(list params, list grads, object bufs, double lr, double weight_decay,
+                   double momentum, double dampening, bint nesterov, bint maximize):
+    """sgd_step (first=False) on several parameters of ONE dtype in one parallel pass.
+
+    params / grads: lists of C-contiguous arrays (same sizes pairwise); bufs: a list of their
+    momentum buffers (with history), or None when momentum == 0.
+    """
+    cdef int count = len(params), i
+    cdef void** ps = <void**>malloc(3 * count * sizeof(void*))
+    cdef Py_ssize_t* sizes = <Py_ssize_t*>malloc(count * sizeof(Py_ssize_t))
+    cdef void** gs
+    cdef void** bs
+    cdef bint f32
+    if ps == NULL or sizes == NULL:
+        free(ps)
+        free(sizes)
+        raise MemoryError()
+    gs = ps + count
+    bs = ps + 2 * count
+    try:
+        for i in range(count):
+            ps[i] = cnp.PyArray_DATA(<cnp.ndarray>params[i])
+            gs[i] = cnp.PyArray_DATA(<cnp.ndarray>grads[i])
+            bs[i] = NULL if bufs is None else cnp.PyArray_DATA(<cnp.ndarray>bufs[i])
+            sizes[i] = cnp.PyArray_SIZE(<cnp.ndarray>params[i])
+        f32 = count > 0 and cnp.PyArray_TYPE(<cnp.ndarray>params[0]) == cnp.NPY_FLOAT32
+        if count == 0:
+            return
+        if f32:
+            with nogil:
+                _sgd_multi(<float**>ps, <float**>gs, <float**>bs, sizes, count, lr, weight_decay,
+                           momentum, dampening, nesterov, maximize)
+        else:
+            with nogil:
+                _sgd_multi(<double**>ps, <double**>gs, <double**>bs, sizes, count, lr,
+                           weight_decay, momentum, dampening, nesterov, maximize)
+    finally:
+        free(ps)
+        free(sizes)
+
+
 # ----------------------------------------------------------------------------------- Adam(W)
 cdef inline void _adam_elem(floating* p, const floating* g, floating* m, floating* v,
                             floating* vmax, Py_ssize_t i, floating decay, floating wd,

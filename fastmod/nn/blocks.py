@@ -63,7 +63,7 @@ class BNResBlock(Module):
         else:
             h = self.bn1(self.act1(self.conv1(x)))
             y = self.bn2(self.act2(self.conv2(h)))
-        y = y + x                               # the skip connection
+        y += x                                  # the skip connection (y is bn2's own output)
         self._save(y.shape, y.dtype)
         return y
 

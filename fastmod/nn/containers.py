@@ -13,6 +13,24 @@ from fastmod.nn.module import Module
 _FUSES_RELU = (Linear, Conv1d, Conv2d)   # classes whose _forward(x, relu) fuses a following ReLU
 
 
+def _linear_relu_backward(lin, relu, dy, need_input_grad):
+    """relu.backward(lin.backward(dy)) in one Linear kernel call (ReLU's mask applied to the
+    input gradient inside it); None when need_input_grad is False."""
+    if not lin._stack:
+        lin._saved()                        # raises the Linear's "no saved forward state"
+    (y,) = relu._saved()
+    if not need_input_grad:
+        lin._backward(dy, False)
+        return None
+    x2, xshape = lin._stack[-1][1] if lin._stack else (None, None)
+    if xshape != y.shape or y.dtype != lin.weight.data.dtype:
+        # not the ReLU that fed this Linear (modules used out of order): the separate steps
+        dx = lin.backward(dy)
+        relu._stack.append((None, (y,)))
+        return relu.backward(dx)
+    return lin._backward(dy, True, relu_out=y)
+
+
 def _backward_first(m, dy, need_input_grad):
     # only pass the flag when it matters, so user modules with backward(dy) keep working
     return m.backward(dy) if need_input_grad else m.backward(dy, need_input_grad=False)
@@ -52,20 +70,21 @@ class Sequential(Module):
             self.add_module(name, m)
 
     def forward(self, x):
-        if STATE.grad_enabled:
-            for m in self._modules.values():
-                x = m(x)
-            return x
-        # Inference: a Linear, Conv1d or Conv2d followed by a ReLU (exactly those classes) is
-        # one kernel call that applies the ReLU to the fresh output in place -- the same values
-        # without the ReLU module's call, check, allocation and pass over the output
-        # (mlp_b1_infer: 2 us of ~65 us per pair).
+        # A Linear, Conv1d or Conv2d followed by a ReLU (exactly those classes) is one kernel
+        # call that applies the ReLU to the fresh output in place -- the same values without
+        # the ReLU module's call, check, allocation and pass over the output (mlp_b1_infer:
+        # 2 us of ~65 us per pair). With grad enabled only Linear does so, and the output is
+        # pushed as the ReLU's saved state, exactly what ReLU.forward would have saved.
         mods = tuple(self._modules.values())
+        grad = STATE.grad_enabled
+        fuses = (Linear,) if grad else _FUSES_RELU
         i, n = 0, len(mods)
         while i < n:
             m = mods[i]
-            if type(m) in _FUSES_RELU and i + 1 < n and type(mods[i + 1]) is ReLU:
+            if type(m) in fuses and i + 1 < n and type(mods[i + 1]) is ReLU:
                 x = m._forward(x, True)
+                if grad:
+                    mods[i + 1]._save(x)
                 i += 2
             else:
                 x = m(x)
@@ -73,12 +92,23 @@ class Sequential(Module):
         return x
 
     def backward(self, dy, need_input_grad=True):
-        mods = list(self._modules.values())
+        mods = tuple(self._modules.values())
         if not mods:
             return dy
-        for m in reversed(mods[1:]):
-            dy = m.backward(dy)
-        return _backward_first(mods[0], dy, need_input_grad)
+        # A Linear preceded by a ReLU: the ReLU's backward is fused into the Linear's kernel
+        # (its input gradient masked block by block while in cache: no extra pass or array).
+        i = len(mods) - 1
+        while i > 0:
+            m = mods[i]
+            if type(m) is Linear and type(mods[i - 1]) is ReLU:
+                dy = _linear_relu_backward(m, mods[i - 1], dy, i > 1 or need_input_grad)
+                i -= 2
+            else:
+                dy = m.backward(dy)
+                i -= 1
+        if i == 0:
+            return _backward_first(mods[0], dy, need_input_grad)
+        return dy if need_input_grad else None
 
     def __len__(self):
         return len(self._modules)
@@ -258,14 +288,40 @@ class ResidualBlock(Module):
     def extra_repr(self):
         return f"{self.dim}" + ("" if self.activation == "relu" else f", activation={self.activation!r}")
 
+    def _relu(self):
+        return type(self.act_inner) is ReLU and type(self.act_outer) is ReLU
+
     def forward(self, z):
-        h = self.act_outer(self.mm1(self.act_inner(self.mm2(z))))
+        if not self._relu():
+            h = self.act_outer(self.mm1(self.act_inner(self.mm2(z))))
+            return z + h
+        # ReLU (the default): each ReLU fused into its Linear's kernel call, the outputs saved
+        # as the ReLUs' states (what ReLU.forward saves); same values, two passes and two
+        # arrays fewer. Under no_grad the skip is added in place into the fresh output.
+        a = self.mm2._forward(z, True)
+        h = self.mm1._forward(a, True)
+        if not STATE.grad_enabled:
+            if h.shape == np.shape(z):
+                h += z
+                return h
+            return z + h
+        self.act_inner._save(a)
+        self.act_outer._save(h)
         return z + h
 
     def backward(self, dy, need_input_grad=True):
-        g = self.mm1.backward(self.act_outer.backward(dy))
-        g = self.mm2.backward(self.act_inner.backward(g), need_input_grad)
+        if not self._relu():
+            g = self.mm1.backward(self.act_outer.backward(dy))
+            g = self.mm2.backward(self.act_inner.backward(g), need_input_grad)
+            if not need_input_grad:
+                return None
+            g += dy
+            return g
+        g = _linear_relu_backward(self.mm1, self.act_inner, self.act_outer.backward(dy), True)
         if not need_input_grad:
+            self.mm2._backward(g, False)
             return None
-        g += dy
-        return g
+        # dx = dy (the skip) + mm2's input gradient: accumulated by the GEMM (beta = 1) into a
+        # copy of dy instead of a zeroed array plus a separate addition
+        dx = self.act_outer._check_grad(dy, g.shape, g.dtype).copy()
+        return self.mm2._backward(g, True, dx=dx)

@@ -6,9 +6,10 @@ The seed's Conv1D-S is Conv1d(1, 1, 2l+1, padding=l, bias=False) (multiplication
 matrix Q), Conv2D-S the 2-D analogue; the multi-channel Conv1D / Conv2D sum one Conv-S per
 (output, input) channel pair: k*C*C' (resp. k^2*C*C') weights, plus C' biases.
 
-The kernels (fastmod/_kernels/conv.pyx) im2col one image at a time into a per-thread buffer
-and call a single-threaded GEMM, parallel over the batch; a 1x1 kernel with stride 1 and no
-padding is a plain GEMM with no im2col.
+The kernels (fastmod/_kernels/conv.pyx) run parallel over the batch, each thread with its own
+scratch: im2col / patch rows + a single-threaded GEMM in general, a plain GEMM for 1x1 kernels,
+Winograd F(2x2, 3x3) / F(2, 5) for wide 3x3 / k5 stride-1 layers, direct FMA loops for few
+input or output channels; the header of conv.pyx lists which layer takes which path.
 """
 import numpy as np
 

@@ -1,10 +1,15 @@
 """Linear: the seed's matrix-multiplication module MM_{W,b}(z) = W z + b."""
+import threading
+
 import numpy as np
 
 from fastmod._kernels import linear as _k
 from fastmod.nn import init
 from fastmod.nn._validate import boolean, positive_int
-from fastmod.nn.module import Module, Parameter, as_float_dtype, grad_buffer_of
+from fastmod.nn.module import F32, Module, Parameter, as_float_dtype, grad_buffer_of
+
+
+_SCRATCH = threading.local()      # .z: the transposed forward's work array (see Linear._scratch)
 
 
 class Linear(Module):
@@ -75,24 +80,47 @@ class Linear(Module):
         shape = x.shape
         if len(shape) == 2:                         # (N, in): no reshapes (~1 us of a batch-1 call)
             y = np.empty((shape[0], self.out_features), w.dtype)
-            _k.linear_forward(y, x, w, b, relu)
+            _k.linear_forward(y, x, w, b, relu, self._scratch(shape[0], w.dtype))
             self._save(x, shape)
             return y
         x2 = x.reshape(-1, self.in_features)
         y = np.empty((x2.shape[0], self.out_features), w.dtype)
-        _k.linear_forward(y, x2, w, b, relu)
+        _k.linear_forward(y, x2, w, b, relu, self._scratch(x2.shape[0], w.dtype))
         self._save(x2, shape)                       # x (N, in) for dW, x's shape for dx
         return y.reshape(shape[:-1] + (self.out_features,))
 
+    def _scratch(self, n, dtype):
+        """The float32 forward's (out, N) work array when the kernel takes its transposed path,
+        else None: one per Python thread shared by every Linear (it stays in cache, and a fresh
+        one would be page-faulted in at every call)."""
+        if n < 32 or dtype is not F32 or not _k.forward_scratch_ok(n, self.in_features, self.out_features):
+            return None
+        size = n * self.out_features
+        z = getattr(_SCRATCH, "z", None)
+        if z is None or z.size < size:
+            z = _SCRATCH.z = np.empty(size, F32)
+        return z
+
     def backward(self, dy, need_input_grad=True):
+        return self._backward(dy, need_input_grad)
+
+    def _backward(self, dy, need_input_grad=True, relu_out=None, dx=None):
+        """backward, plus two fusions for the containers (same values as the separate steps):
+        relu_out -- the saved output of a ReLU applied just before this layer, of the input's
+        shape and dtype (the caller checks): the returned dx is ReLU's input gradient, masked
+        block by block inside the kernel; dx -- an array of the input's shape (C-contiguous,
+        the weights' dtype) to *add* the input gradient into (a skip connection's gradient),
+        returned."""
         x2, xshape = self._saved()
         w = self.weight
         dy = self._check_grad(dy, xshape[:-1] + (self.out_features,), w.data.dtype)
         dy2 = dy if dy.ndim == 2 else dy.reshape(-1, self.out_features)
         dw, acc_w = grad_buffer_of(w)
         db, acc_b = grad_buffer_of(self.bias)
-        dx = np.empty_like(x2) if need_input_grad else None
-        _k.linear_backward(dx, dw, db, dy2, x2, w.data, bool(acc_w), bool(acc_b))
         if not need_input_grad:
+            _k.linear_backward(None, dw, db, dy2, x2, w.data, bool(acc_w), bool(acc_b))
             return None
-        return dx if len(xshape) == 2 else dx.reshape(xshape)
+        acc_x = dx is not None
+        out = dx if acc_x else np.empty(xshape, x2.dtype)
+        _k.linear_backward(out, dw, db, dy2, x2, w.data, bool(acc_w), bool(acc_b), relu_out, acc_x)
+        return out

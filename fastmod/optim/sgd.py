@@ -64,19 +64,31 @@ class SGD(Optimizer):
             self._check_group(group)
             lr, mom, damp = group["lr"], group["momentum"], group["dampening"]
             wd, nesterov, maximize = group["weight_decay"], group["nesterov"], group["maximize"]
+            # parameters with a momentum history (or without momentum) are updated together,
+            # per dtype, in one kernel call and one parallel region (mlp_b128: 6 calls -> 1,
+            # resnet_s_b128: 34 -> 1); a first step (buffer set to d) runs on its own
+            batch = {}
             for p in group["params"]:
                 if not p.has_grad():
                     continue
                 data, grad = self._arrays(p)
-                buf, first = None, False
+                buf = None
                 if mom != 0:
                     st = state.get(p)
                     if st is None:
                         st = state[p] = {}
                     if st.get("momentum_buffer") is None:
                         st["momentum_buffer"] = buf = np.empty_like(data)   # set to d: first
-                        first = True
-                    else:
-                        buf = self._state_array(st, "momentum_buffer", data)
-                _k.sgd_step(data, grad, buf, lr, wd, mom, damp, nesterov, maximize, first)
+                        _k.sgd_step(data, grad, buf, lr, wd, mom, damp, nesterov, maximize, True)
+                        continue
+                    buf = self._state_array(st, "momentum_buffer", data)
+                lists = batch.get(data.dtype)
+                if lists is None:
+                    lists = batch[data.dtype] = ([], [], [] if mom != 0 else None)
+                lists[0].append(data)
+                lists[1].append(grad)
+                if buf is not None:
+                    lists[2].append(buf)
+            for ps, gs, bufs in batch.values():
+                _k.sgd_step_multi(ps, gs, bufs, lr, wd, mom, damp, nesterov, maximize)
         return loss
