@@ -163,6 +163,8 @@ cdef void _avg_plane(floating* y, floating* dx, const floating* x, const floatin
                 for h in range(h0, h1):
                     for w in range(w0, w1):
                         dx[h * W + w] += g
+            elif w0 == 0 and w1 == W:              # whole rows: one contiguous run
+                y[i * OW + j] = <floating>(sum_contig(x + h0 * W, (h1 - h0) * W) * scale)
             else:
                 s = 0
                 for h in range(h0, h1):
