@@ -366,9 +366,9 @@ def test_skinny_nan_and_inf_propagate(rng):
 
 
 # ------------------------------------------------------------------ transposed forward (float32)
-# float32 forwards with N >= 32, out > 16 and >= 2^24 multiply-adds compute z = W x^T (out, N)
+# float32 forwards with 32 <= N <= 192, out > 16 and >= 2^24 multiply-adds compute z = W x^T (out, N)
 # in a per-thread scratch array shared by the Linears, then y = z^T + b (ReLU) in 8 x 8 AVX tiles.
-TRANSPOSED_CASES = [(64, 512, 512), (67, 500, 600), (700, 250, 100), (128, 784, 512), (131, 341, 533)]
+TRANSPOSED_CASES = [(64, 512, 512), (67, 500, 600), (190, 300, 300), (128, 784, 512), (131, 341, 533)]
 
 
 @pytest.mark.parametrize("n,i,o", TRANSPOSED_CASES)
@@ -376,6 +376,7 @@ TRANSPOSED_CASES = [(64, 512, 512), (67, 500, 600), (700, 250, 100), (128, 784, 
 def test_transposed_forward_matches_reference(n, i, o, bias, threads, rng):
     from fastmod._kernels import linear as k
     assert k.forward_scratch_ok(n, i, o)
+    assert not k.forward_scratch_ok(256, i, o)          # larger batches: the direct call wins
     m = make(i, o, bias=bias, dtype=np.float32)
     x = rng.standard_normal((n, i)).astype(np.float32)
     x[1, 2] = np.nan

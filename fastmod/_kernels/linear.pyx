@@ -578,7 +578,7 @@ def linear_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b, bint r
     """y (N, OUT) = x (N, IN) @ w.T + b (b may be None); then y = max(y, 0) when relu.
 
     scratch: None, or a float32 array of N * OUT elements for the transposed path (float32,
-    N >= 32, OUT > 16; see forward_scratch_ok); other calls ignore it.
+    32 <= N <= 192, OUT > 16; see forward_scratch_ok); other calls ignore it.
     """
     cdef int N = <int>cnp.PyArray_DIM(x, 0), IN = <int>cnp.PyArray_DIM(x, 1)
     cdef int OUT = <int>cnp.PyArray_DIM(w, 0)
@@ -602,11 +602,15 @@ def linear_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b, bint r
 
 cdef enum:
     TRANSPOSED_MIN_N = 32            # the transposed forward from this batch size
+    TRANSPOSED_MAX_N = 192           # up to this one (measured, transposed / direct time at 1
+                                     # and 2 threads: N 64 0.80-0.89, 128 0.91-1.0, 256 0.99-1.11,
+                                     # 512 1.01-1.22, 1024 1.0-1.25 -- z^T stops fitting in cache)
     TRANSPOSED_MIN_MACS = 1 << 24    # and this much work (the epilogue is a pass over y)
 
 
 cdef inline bint _transposed_ok(int N, int IN, int OUT) noexcept nogil:
-    return N >= TRANSPOSED_MIN_N and OUT > SKINNY_OUT and <double>N * IN * OUT >= TRANSPOSED_MIN_MACS
+    return TRANSPOSED_MIN_N <= N <= TRANSPOSED_MAX_N and OUT > SKINNY_OUT and \
+        <double>N * IN * OUT >= TRANSPOSED_MIN_MACS
 
 
 def forward_scratch_ok(int N, int IN, int OUT):
