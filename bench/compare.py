@@ -51,8 +51,9 @@ SETTLE_DEFAULT = 0.005
 TIMER = time.perf_counter       # --cpu-time: time.thread_time (valid at one thread only)
 
 
-def interleaved(fns, repeats, min_time):
-    """{name: median seconds per call}, the callables' repeats interleaved in alternating order.
+def interleaved(fns, repeats, min_time, reduce=statistics.median):
+    """{name: median seconds per call} (or `reduce` of the samples), the callables' repeats
+    interleaved in alternating order.
 
     Each callable is warmed up, then timed in samples of `inner` calls (inner chosen so that a
     sample lasts about min_time); sample r runs the frameworks forward when r is even and in
@@ -91,13 +92,15 @@ def interleaved(fns, repeats, min_time):
     finally:
         if gc_was:
             gc.enable()
-    return {name: statistics.median(v) for name, v in samples.items()}
+    return {name: reduce(v) for name, v in samples.items()}
 
 
 # ---------------------------------------------------------------- machine peak
 def measure_sgemm_peak(size, repeats, have_torch):
     """GFLOP/s of one (size x size) @ (size x size) float32 GEMM: fastmod's pgemm (through a
-    bias-free Linear forward under no_grad) and torch.mm, at the current thread counts."""
+    bias-free Linear forward under no_grad) and torch.mm, at the current thread counts. A peak:
+    the fastest of the repeats (a median let one busy spell of a shared machine halve the
+    rate: 86 vs 142 GFLOP/s in two runs ten minutes apart)."""
     fastmod = W.import_fastmod()
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size), dtype=np.float32)
@@ -113,7 +116,7 @@ def measure_sgemm_peak(size, repeats, have_torch):
         ta, tb = torch.from_numpy(a), torch.from_numpy(lin.weight.data.T.copy())
         out = torch.empty(size, size)
         fns["torch"] = lambda: torch.mm(ta, tb, out=out)
-    t = interleaved(fns, repeats, min_time=0.0)
+    t = interleaved(fns, repeats, min_time=0.0, reduce=min)
     flops = 2.0 * size ** 3
     return {k: flops / v / 1e9 for k, v in t.items()}
 
