@@ -688,7 +688,7 @@ def test_bad_inputs(rng):
     (dict(in_channels=3, out_channels=4, kernel_size=3, groups=2), r"in_channels \(3\) must be divisible by groups \(2\)"),
     (dict(in_channels=4, out_channels=6, kernel_size=3, groups=4), r"out_channels \(6\) must be divisible by groups \(4\)"),
     (dict(in_channels=3, out_channels=4, kernel_size=3, groups=0), "groups must be a positive integer"),
-    (dict(in_channels=3, out_channels=4, kernel_size=3, padding_mode="reflect"), "not supported"),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, padding_mode="mirror"), "padding_mode must be one of"),
     (dict(in_channels=3, out_channels=4, kernel_size=3, bias=1), "bias must be a bool"),
 ])
 def test_bad_constructor_arguments(kwargs, match):
@@ -742,3 +742,96 @@ def test_fused_relu_keeps_nan(dtype):
     want = nn.ReLU()(m(x))
     np.testing.assert_array_equal(got, want)        # NaN where NaN (assert_array_equal: NaN == NaN)
     assert np.isnan(got[1]).any() and not np.isnan(got[0]).any()
+
+
+# ------------------------------------------------------------------ padding_mode reflect / replicate / circular
+def pad_ref(x, pads, mode):
+    """Independent reference: explicit index maps per spatial axis (torch's definitions)."""
+    out = np.asarray(x, np.float64)
+    for axis, (lo, hi) in enumerate(pads, start=2):
+        n = out.shape[axis]
+        pos = np.arange(-lo, n + hi)
+        if mode == "reflect":
+            idx = np.abs(pos)
+            idx = np.where(idx > n - 1, 2 * (n - 1) - idx, idx)
+        elif mode == "replicate":
+            idx = np.clip(pos, 0, n - 1)
+        else:
+            idx = pos % n
+        out = np.take(out, idx, axis=axis)
+    return out
+
+
+def conv_ref_valid(xp, w, b, stride, dilation, groups):
+    """Cross-correlation without padding, float64, direct sums (any 1-D or 2-D)."""
+    nd = xp.ndim - 2
+    xp4 = xp if nd == 2 else xp[:, :, None, :]
+    w4 = np.asarray(w, np.float64) if nd == 2 else np.asarray(w, np.float64)[:, :, None, :]
+    SH, SW = (1, stride[0]) if nd == 1 else stride
+    DH, DW = (1, dilation[0]) if nd == 1 else dilation
+    N, C, H, W = xp4.shape
+    OC, Cg, KH, KW = w4.shape
+    OH, OW = (H - DH * (KH - 1) - 1) // SH + 1, (W - DW * (KW - 1) - 1) // SW + 1
+    y = np.zeros((N, OC, OH, OW))
+    og = OC // groups
+    for o in range(OC):
+        g = o // og
+        for c in range(Cg):
+            for i in range(KH):
+                for j in range(KW):
+                    y[:, o] += w4[o, c, i, j] * xp4[:, g * Cg + c, i * DH: i * DH + SH * (OH - 1) + 1: SH,
+                                                   j * DW: j * DW + SW * (OW - 1) + 1: SW]
+    if b is not None:
+        y += np.asarray(b, np.float64)[None, :, None, None]
+    return y if nd == 2 else y[:, :, 0, :]
+
+
+PAD_CASES = [
+    (2, "reflect", dict(kernel_size=3, padding=1), (2, 3, 7, 6)),
+    (2, "replicate", dict(kernel_size=(3, 5), padding=(1, 2), stride=2), (2, 3, 9, 8)),
+    (2, "circular", dict(kernel_size=3, padding=2, dilation=2), (1, 2, 5, 6)),
+    (2, "replicate", dict(kernel_size=4, padding="same", groups=3), (2, 6, 8, 7)),
+    (2, "reflect", dict(kernel_size=3, padding=(2, 0)), (1, 3, 3, 4)),
+    (1, "reflect", dict(kernel_size=4, padding="same"), (2, 3, 9)),
+    (1, "circular", dict(kernel_size=5, padding=2, stride=3), (2, 4, 11)),
+    (1, "replicate", dict(kernel_size=3, padding=4), (1, 2, 2)),              # pad > size
+]
+PAD_IDS = [f"{c[1]}-{c[0]}d-{i}" for i, c in enumerate(PAD_CASES)]
+
+
+@pytest.mark.parametrize("nd,mode,kw,shape", PAD_CASES, ids=PAD_IDS)
+def test_padding_modes_reference_torch_gradcheck(nd, mode, kw, shape, dtype, rng):
+    torch = pytest.importorskip("torch")
+    C = shape[1]
+    cls, tcls = (nn.Conv2d, torch.nn.Conv2d) if nd == 2 else (nn.Conv1d, torch.nn.Conv1d)
+    m = cls(C, 6, padding_mode=mode, dtype=dtype, **kw)
+    assert f"padding_mode='{mode}'" in repr(m)
+    x = rng.standard_normal(shape).astype(dtype)
+    pads = m._pad
+    ref = conv_ref_valid(pad_ref(x, pads, mode), m.weight.data, m.bias.data,
+                         m.stride, m.dilation, m.groups)
+    y = m(x)
+    np.testing.assert_allclose(y, ref, **tol(dtype))
+    tm = tcls(C, 6, padding_mode=mode, **kw).to(torch.float32 if dtype == np.float32 else torch.float64)
+    tm.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in m.state_dict().items()})
+    xt = torch.tensor(x, requires_grad=True)
+    yt = tm(xt)
+    np.testing.assert_allclose(y, yt.detach().numpy(), **tol(dtype, parity=True))
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    yt.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(m.backward(dy), xt.grad.numpy(), **tol(dtype, parity=True))
+    np.testing.assert_allclose(m.weight.grad, tm.weight.grad.numpy(), **tol(dtype, parity=True))
+    m(x)
+    assert m.backward(dy, need_input_grad=False) is None
+    if dtype == np.float64:
+        fastmod.gradcheck(cls(C, 6, padding_mode=mode, dtype=np.float64, **kw), x)
+
+
+def test_padding_modes_bad_input():
+    with pytest.raises(ValueError, match=r"padding_mode='reflect' needs padding smaller than "
+                                         r"the input size"):
+        nn.Conv2d(2, 3, 5, padding=2, padding_mode="reflect")(np.zeros((1, 2, 2, 6), np.float32))
+    with pytest.raises(ValueError, match=r"padding_mode='circular' needs padding at most"):
+        nn.Conv1d(2, 3, 7, padding=3, padding_mode="circular")(np.zeros((1, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="expected input of shape"):
+        nn.Conv2d(2, 3, 3, padding=1, padding_mode="replicate")(np.zeros((1, 3, 5, 5), np.float32))

@@ -50,9 +50,6 @@ class _ConvNd(Module):
         if padding_mode not in _PADDING_MODES:
             raise ValueError(f"{name}: padding_mode must be one of {_PADDING_MODES}, "
                              f"got {padding_mode!r}")
-        if padding_mode != "zeros":
-            raise ValueError(f"{name}: padding_mode {padding_mode!r} is not supported yet "
-                             "(only 'zeros')")
         self.padding_mode = padding_mode
         if isinstance(padding, str):
             if padding not in ("same", "valid"):
@@ -70,6 +67,9 @@ class _ConvNd(Module):
         else:
             self.padding = int_tuple(padding, nd, f"{name}: padding", minimum=0)
             self._pad = tuple((p, p) for p in self.padding)
+        # what the kernels pad with zeros: all of it, or nothing when forward pads the input
+        # itself (reflect / replicate / circular)
+        self._kpad = self._pad if padding_mode == "zeros" else tuple((0, 0) for _ in range(nd))
         dt = as_float_dtype(dtype, f"{name}: dtype")
         self.weight = Parameter(np.empty((self.out_channels, self.in_channels // self.groups)
                                          + self.kernel_size, dt))
@@ -99,17 +99,19 @@ class _ConvNd(Module):
             s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
         return s
 
     # -- geometry ------------------------------------------------------------------------------
-    def _geometry(self, spatial):
+    def _geometry(self, spatial, pad=None):
         """(H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, (bottom, right padding)) as 2-D
-        numbers (Conv1d: H = KH = 1)."""
+        numbers (Conv1d: H = KH = 1), with the kernels' zero padding (pad: another one)."""
         H, W = spatial
         KH, KW = self.kernel_size
         SH, SW = self.stride
         DH, DW = self.dilation
-        (PH, PH1), (PW, PW1) = self._pad
+        (PH, PH1), (PW, PW1) = self._kpad if pad is None else pad
         return (H, W, _out_size(H, KH, SH, PH, PH1, DH), _out_size(W, KW, SW, PW, PW1, DW),
                 KH, KW, SH, SW, PH, PW, DH, DW, (PH1, PW1))
 
@@ -125,7 +127,7 @@ class _ConvNd(Module):
     def output_shape(self, shape):
         """The output shape for an input of `shape` (N, C, *spatial); ValueError if the dilated
         kernel does not fit in the padded input."""
-        g = self._geometry(tuple(shape[2:]))
+        g = self._geometry(tuple(shape[2:]), self._pad)
         out = (g[3],) if self._nd == 1 else (g[2], g[3])
         if any(o <= 0 for o in out):
             padded = tuple(s + sum(p) for s, p in zip(shape[2:], self._pad))
@@ -169,13 +171,16 @@ class _ConvNd(Module):
         # Sequential, BNResBlock: a ReLU module after the convolution; nothing is saved then)
         x = self._check_input(x)
         out_shape = self.output_shape(x.shape)
+        xshape = x.shape
+        if self.padding_mode != "zeros":
+            x = self._pad_input(x)
         geom = self._geometry(x.shape[2:])
         H, W, OH, OW = geom[:4]
         N = x.shape[0]
         x4 = x.reshape(N, self.in_channels, H, W)
         y = np.empty(out_shape, x.dtype)
         self._forward_into(y.reshape(N, self.out_channels, OH, OW), x4, geom, relu)
-        self._save(x4, x.shape, out_shape, geom)      # x (N, C, H, W) for dW and the shapes
+        self._save(x4, xshape, out_shape, geom)       # x (N, C, H, W) for dW and the shapes
         return y
 
     def backward(self, dy, need_input_grad=True):
@@ -183,9 +188,48 @@ class _ConvNd(Module):
         dy = self._check_grad(dy, out_shape, x4.dtype)
         OH, OW = geom[2:4]
         dy4 = dy.reshape(out_shape[0], self.out_channels, OH, OW)
+        if self.padding_mode != "zeros":              # the padded input's gradient, folded
+            dxp = np.empty(x4.shape, x4.dtype) if need_input_grad else None
+            self._backward_into(dxp, dy4, x4, geom)
+            if dxp is None:
+                return None
+            padded = xshape[:2] + tuple(n + lo + hi for n, (lo, hi) in zip(xshape[2:], self._pad))
+            return self._fold_padding(dxp.reshape(padded), xshape)
         dx = np.empty(xshape, x4.dtype) if need_input_grad else None
         self._backward_into(None if dx is None else dx.reshape(x4.shape), dy4, x4, geom)
         return dx
+
+    # -- reflect / replicate / circular padding -------------------------------------------------
+    _NP_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+    def _pad_input(self, x):
+        """x padded by self._pad with the padding mode (np.pad: reflect, edge, wrap), as torch;
+        torch's limits: reflect padding < the input size, circular padding <= it."""
+        mode = self.padding_mode
+        for size, (lo, hi) in zip(x.shape[2:], self._pad):
+            if (mode == "reflect" and max(lo, hi) >= size) or \
+                    (mode == "circular" and max(lo, hi) > size):
+                rel = "smaller than" if mode == "reflect" else "at most"
+                raise ValueError(f"{self._short_repr()}: padding_mode={mode!r} needs padding "
+                                 f"{rel} the input size, got padding {self._pad} for input of "
+                                 f"shape {x.shape}")
+        return np.pad(x, ((0, 0), (0, 0)) + self._pad, mode=self._NP_MODE[mode])
+
+    def _fold_padding(self, dxp, xshape):
+        """The input gradient from the padded input's: each padded position adds into the
+        input position it copied (the index map is np.pad of the positions, same mode)."""
+        dx = dxp
+        for axis, (size, (lo, hi)) in enumerate(zip(xshape[2:], self._pad), start=2):
+            src = np.pad(np.arange(size), (lo, hi), mode=self._NP_MODE[self.padding_mode])
+            inner = [slice(None)] * dx.ndim
+            inner[axis] = slice(lo, lo + size)
+            out = dx[tuple(inner)].copy()
+            for p in list(range(lo)) + list(range(lo + size, lo + size + hi)):
+                at, frm = [slice(None)] * dx.ndim, [slice(None)] * dx.ndim
+                at[axis], frm[axis] = src[p], p
+                out[tuple(at)] += dx[tuple(frm)]
+            dx = out
+        return np.ascontiguousarray(dx)
 
 
 class Conv1d(_ConvNd):
@@ -198,7 +242,8 @@ class Conv1d(_ConvNd):
         kernel_size: k. stride, dilation: ints >= 1. padding: int >= 0, 'valid' (0) or 'same'
             (stride 1; output length L, extra padding on the right for an even d*(k-1)).
         groups: split channels into groups convolved separately (groups = C: depthwise).
-        bias: learn C' biases (default True). padding_mode: only 'zeros'.
+        bias: learn C' biases (default True). padding_mode: 'zeros' (default), 'reflect',
+            'replicate' or 'circular', as torch.
         dtype: float32 (default) or float64.
 
     Shape:
@@ -213,9 +258,9 @@ class Conv1d(_ConvNd):
     _nd = 1
     _layout = "(N, C, L)"
 
-    def _geometry(self, spatial):
+    def _geometry(self, spatial, pad=None):
         (L,), (K,), (S,), (D,), ((P0, P1),) = tuple(spatial), self.kernel_size, self.stride, \
-            self.dilation, self._pad
+            self.dilation, self._kpad if pad is None else pad
         return (1, L, 1, _out_size(L, K, S, P0, P1, D), 1, K, 1, S, 0, P0, 1, D, (0, P1))
 
 
@@ -228,7 +273,8 @@ class Conv2d(_ConvNd):
         kernel_size, stride, dilation: an int or an (h, w) pair.
         padding: an int, an (h, w) pair, 'valid' (0) or 'same' (stride 1 only).
         groups: split channels into groups convolved separately (groups = C: depthwise).
-        bias: learn C' biases (default True). padding_mode: only 'zeros'.
+        bias: learn C' biases (default True). padding_mode: 'zeros' (default), 'reflect',
+            'replicate' or 'circular', as torch.
         dtype: float32 (default) or float64.
 
     Shape:
