@@ -756,6 +756,49 @@ cdef void _wino_weights(floating* U, const floating* w, int C, int OC) noexcept 
                 U[(r * 4 + 3) * CO + <Py_ssize_t>c * OC + o] = <floating>gg[r][2]
 
 
+cdef inline void _wino_pack(floating* xp, const floating* x, Geom* g) noexcept nogil:
+    # one image x (C, H, W) copied position-major into the zero-padded (2TH+2, 2TW+2, C)
+    # plane xp (the forward's and dW's input transform read 4x4 windows of it)
+    cdef int Hw = 2 * g.TH + 2, Ww = 2 * g.TW + 2, C = g.C
+    cdef int ih0 = max(0, g.PH), ih1 = min(Hw, g.H + g.PH)
+    cdef int iw0 = max(0, g.PW), iw1 = min(Ww, g.W + g.PW)
+    cdef int c, i, iw
+    cdef const floating* src
+    cdef floating* dst
+    memset(xp, 0, <Py_ssize_t>Hw * Ww * C * sizeof(floating))
+    if iw1 <= iw0:
+        return
+    for c in range(C):
+        for i in range(ih0, ih1):
+            src = x + (<Py_ssize_t>c * g.H + i - g.PH) * g.W - g.PW
+            dst = xp + <Py_ssize_t>i * Ww * C + c
+            for iw in range(iw0, iw1):
+                dst[<Py_ssize_t>iw * C] = src[iw]
+
+
+cdef inline void _wino_input_tile(floating* Vt, Py_ssize_t TC, const floating* xp, Geom* g,
+                                  int th, int tw) noexcept nogil:
+    # the input transform of tile (th, tw): Vt[(r*4 + q) * TC + :C] = sum over the B^T pairs of
+    # rows r and columns q of +-d[row, col, :], d the tile's 4x4 window of xp (Vt = V + t*C)
+    cdef int Ww = 2 * g.TW + 2, C = g.C
+    cdef Py_ssize_t rs = <Py_ssize_t>Ww * C
+    cdef const floating* d = xp + (<Py_ssize_t>(2 * th) * Ww + 2 * tw) * C
+    cdef int r, q, a0, a1, q0, q1
+    cdef floating s1r, s1q
+    for r in range(4):
+        a0 = _BT_I0[r]
+        a1 = _BT_I1[r]
+        s1r = _BT_S1[r]
+        for q in range(4):
+            q0 = _BT_I0[q]
+            q1 = _BT_I1[q]
+            s1q = _BT_S1[q]
+            _comb4(Vt + (r * 4 + q) * TC,
+                   d + a0 * rs + q0 * C, d + a0 * rs + q1 * C,
+                   d + a1 * rs + q0 * C, d + a1 * rs + q1 * C,
+                   s1q, s1r, s1r * s1q, C)
+
+
 cdef void _wino_forward_images(floating* y, const floating* x, const floating* U,
                                const floating* b, floating* buf, Geom* g, int cnt,
                                int gemm_nt) noexcept nogil:
@@ -772,43 +815,18 @@ cdef void _wino_forward_images(floating* y, const floating* x, const floating* U
     cdef floating* M = V + 16 * TC
     cdef floating* yt = M + 16 * TO
     cdef floating* sr = yt + <Py_ssize_t>g.P * OC
-    cdef int ih0 = max(0, g.PH), ih1 = min(Hw, g.H + g.PH)
-    cdef int iw0 = max(0, g.PW), iw1 = min(Ww, g.W + g.PW)
-    cdef int im, c, i, iw, th, tw, r, q, a0, a1, q0, q1, o, p, oh, ow
-    cdef Py_ssize_t t, rs = <Py_ssize_t>Ww * C
-    cdef floating s1r, s1q, bo
-    cdef const floating* src
-    cdef const floating* d
+    cdef int im, i, th, tw, r, q, o, p, oh, ow
+    cdef Py_ssize_t t
+    cdef floating bo
     cdef const floating* m
-    cdef floating* dst
     cdef floating* yrow
     cdef const floating* tcol
     for im in range(cnt):
-        memset(xp, 0, plane * C * sizeof(floating))
-        if iw1 > iw0:
-            for c in range(C):
-                for i in range(ih0, ih1):
-                    src = x + im * g.xs + (<Py_ssize_t>c * g.H + i - g.PH) * g.W - g.PW
-                    dst = xp + <Py_ssize_t>i * Ww * C + c
-                    for iw in range(iw0, iw1):
-                        dst[<Py_ssize_t>iw * C] = src[iw]
-        # V[r*4 + q, t, :] = sum over the B^T pairs of rows r and columns q of +-d[row, col, :]
+        _wino_pack(xp, x + im * g.xs, g)
         for th in range(g.TH):
             for tw in range(g.TW):
                 t = <Py_ssize_t>im * tpi + th * g.TW + tw
-                d = xp + (<Py_ssize_t>(2 * th) * Ww + 2 * tw) * C
-                for r in range(4):
-                    a0 = _BT_I0[r]
-                    a1 = _BT_I1[r]
-                    s1r = _BT_S1[r]
-                    for q in range(4):
-                        q0 = _BT_I0[q]
-                        q1 = _BT_I1[q]
-                        s1q = _BT_S1[q]
-                        _comb4(V + (r * 4 + q) * TC + t * C,
-                               d + a0 * rs + q0 * C, d + a0 * rs + q1 * C,
-                               d + a1 * rs + q0 * C, d + a1 * rs + q1 * C,
-                               s1q, s1r, s1r * s1q, C)
+                _wino_input_tile(V + t * C, TC, xp, g, th, tw)
     for r in range(16):
         pgemm(False, False, <int>T, OC, C, <floating>1, V + r * TC, C,
               U + <Py_ssize_t>r * C * OC, OC, <floating>0, M + r * TO, OC, gemm_nt)
@@ -1060,26 +1078,15 @@ cdef void _wino_dw_images(floating* dU, const floating* dy, const floating* x, f
     cdef floating* V = xp + plane * C
     cdef floating* DM = V + 16 * TC
     cdef floating* dyp = DM + 16 * TO
-    cdef int ih0 = max(0, g.PH), ih1 = min(Hw, g.H + g.PH)
-    cdef int iw0 = max(0, g.PW), iw1 = min(Ww, g.W + g.PW)
     cdef int W2 = 2 * g.TW
-    cdef int im, c, i, iw, th, tw, r, q, a0, a1, q0, q1, o, oh, ow
-    cdef Py_ssize_t t, rs = <Py_ssize_t>Ww * C
-    cdef floating s1r, s1q
+    cdef int im, th, tw, r, q, o, oh, ow
+    cdef Py_ssize_t t
     cdef const floating* src
-    cdef const floating* d
     cdef const floating* e0
     cdef const floating* e1
     cdef floating* dst
     for im in range(cnt):
-        memset(xp, 0, plane * C * sizeof(floating))
-        if iw1 > iw0:
-            for c in range(C):
-                for i in range(ih0, ih1):
-                    src = x + im * g.xs + (<Py_ssize_t>c * g.H + i - g.PH) * g.W - g.PW
-                    dst = xp + <Py_ssize_t>i * Ww * C + c
-                    for iw in range(iw0, iw1):
-                        dst[<Py_ssize_t>iw * C] = src[iw]
+        _wino_pack(xp, x + im * g.xs, g)
         # dy_n position-major, zero past the output: dyp (2TH, 2TW, OC)
         memset(dyp, 0, <Py_ssize_t>4 * tpi * OC * sizeof(floating))
         for o in range(OC):
@@ -1091,19 +1098,7 @@ cdef void _wino_dw_images(floating* dU, const floating* dy, const floating* x, f
         for th in range(g.TH):
             for tw in range(g.TW):
                 t = <Py_ssize_t>im * tpi + th * g.TW + tw
-                d = xp + (<Py_ssize_t>(2 * th) * Ww + 2 * tw) * C
-                for r in range(4):
-                    a0 = _BT_I0[r]
-                    a1 = _BT_I1[r]
-                    s1r = _BT_S1[r]
-                    for q in range(4):
-                        q0 = _BT_I0[q]
-                        q1 = _BT_I1[q]
-                        s1q = _BT_S1[q]
-                        _comb4(V + (r * 4 + q) * TC + t * C,
-                               d + a0 * rs + q0 * C, d + a0 * rs + q1 * C,
-                               d + a1 * rs + q0 * C, d + a1 * rs + q1 * C,
-                               s1q, s1r, s1r * s1q, C)
+                _wino_input_tile(V + t * C, TC, xp, g, th, tw)
                 # DM[r, q] = sum_ij A[r, i] A[q, j] dY[i, j]
                 e0 = dyp + (<Py_ssize_t>(2 * th) * W2 + 2 * tw) * OC     # dY[0, 0]; dY[0, 1] at + OC
                 e1 = e0 + <Py_ssize_t>W2 * OC                             # dY[1, 0]; dY[1, 1] at + OC
