@@ -569,6 +569,29 @@ cdef inline void _relu_inplace(floating* y, Py_ssize_t n) noexcept nogil:
         y[i] = 0 if v < 0 else v
 
 
+cdef inline void _store_transposed(floating* y, const floating* yt, const floating* b, Geom* g,
+                                   Py_ssize_t p0, Py_ssize_t pt, bint relu) noexcept nogil:
+    # y[o, p0 + p] (+= when g.acc) yt[p, o] + b[o] for p < pt, yt (pt, OC) position-major (the
+    # epilogue of the paths that compute y^T), then max(., 0) over all of y (OC, P) when relu
+    cdef int o
+    cdef Py_ssize_t p
+    cdef floating bo
+    cdef const floating* tcol
+    cdef floating* yrow
+    for o in range(g.OC):
+        bo = b[o] if b != NULL else 0
+        tcol = yt + o
+        yrow = y + <Py_ssize_t>o * g.P + p0
+        if g.acc:
+            for p in range(pt):
+                yrow[p] += tcol[p * g.OC] + bo
+        else:
+            for p in range(pt):
+                yrow[p] = tcol[p * g.OC] + bo
+    if relu:
+        _relu_inplace(y, <Py_ssize_t>g.OC * g.P)
+
+
 cdef void _shifted_forward_image(floating* y, const floating* x, const floating* wr,
                                  const floating* b, floating* buf, Geom* g,
                                  int gemm_nt) noexcept nogil:
@@ -677,18 +700,7 @@ cdef void _im2row_forward_images(floating* y, const floating* x, const floating*
     pgemm(False, False, cnt * g.P, g.OC, g.K, <floating>1, rows, g.K, wr, g.OC,
           <floating>0, yt, g.OC, gemm_nt)
     for im in range(cnt):
-        for o in range(g.OC):
-            bo = b[o] if b != NULL else 0
-            tcol = yt + <Py_ssize_t>im * g.P * g.OC + o
-            yrow = y + im * g.ys + <Py_ssize_t>o * g.P
-            if g.acc:
-                for p in range(g.P):
-                    yrow[p] += tcol[<Py_ssize_t>p * g.OC] + bo
-            else:
-                for p in range(g.P):
-                    yrow[p] = tcol[<Py_ssize_t>p * g.OC] + bo
-        if g.relu:
-            _relu_inplace(y + im * g.ys, <Py_ssize_t>g.OC * g.P)
+        _store_transposed(y + im * g.ys, yt + <Py_ssize_t>im * g.P * g.OC, b, g, 0, g.P, g.relu)
 
 
 
@@ -852,18 +864,7 @@ cdef void _wino_forward_images(floating* y, const floating* x, const floating* U
                     if 2 * tw + 1 < g.OW:
                         _comb4(dst + OC, sr + (i * 4 + 1) * OC, sr + (i * 4 + 2) * OC,
                                sr + (i * 4 + 3) * OC, sr + (i * 4 + 3) * OC, -1, -1, 0, OC)
-        for o in range(OC):
-            bo = b[o] if b != NULL else 0
-            tcol = yt + o
-            yrow = y + im * g.ys + <Py_ssize_t>o * g.P
-            if g.acc:
-                for p in range(g.P):
-                    yrow[p] += tcol[<Py_ssize_t>p * OC] + bo
-            else:
-                for p in range(g.P):
-                    yrow[p] = tcol[<Py_ssize_t>p * OC] + bo
-        if g.relu:
-            _relu_inplace(y + im * g.ys, <Py_ssize_t>OC * g.P)
+        _store_transposed(y + im * g.ys, yt, b, g, 0, g.P, g.relu)
 
 
 
@@ -1044,16 +1045,7 @@ cdef void _forward_image_body(floating* y, const floating* x, const floating* w,
                       cols + <Py_ssize_t>gr * g.K * ldcol, ldcol,
                       w + <Py_ssize_t>gr * g.OCg * g.K, g.K,
                       <floating>0, yt + gr * g.OCg, g.OC, gemm_nt)
-            for o in range(g.OC):
-                yrow = y + <Py_ssize_t>o * g.P + p0
-                tcol = yt + o
-                bo = b[o] if b != NULL else 0
-                if g.acc:
-                    for p in range(pt):
-                        yrow[p] += tcol[<Py_ssize_t>p * g.OC] + bo
-                else:
-                    for p in range(pt):
-                        yrow[p] = tcol[<Py_ssize_t>p * g.OC] + bo
+            _store_transposed(y, yt, b, g, p0, pt, False)
         else:
             for gr in range(g.G):
                 pgemm(False, False, g.OCg, pt, g.K, <floating>1,
@@ -1251,18 +1243,7 @@ cdef void _wino5_forward_images(floating* y, const floating* x, const floating* 
                 _comb6(yt + (<Py_ssize_t>i * g.OW + ow) * OC, M + t * OC, TO, _AT5[0], OC)
                 if ow + 1 < g.OW:
                     _comb6(yt + (<Py_ssize_t>i * g.OW + ow + 1) * OC, M + t * OC, TO, _AT5[1], OC)
-        for o in range(OC):
-            bo = b[o] if b != NULL else 0
-            tcol = yt + o
-            yrow = y + im * g.ys + <Py_ssize_t>o * g.P
-            if g.acc:
-                for p in range(g.P):
-                    yrow[p] += tcol[<Py_ssize_t>p * OC] + bo
-            else:
-                for p in range(g.P):
-                    yrow[p] = tcol[<Py_ssize_t>p * OC] + bo
-        if g.relu:
-            _relu_inplace(y + im * g.ys, <Py_ssize_t>OC * g.P)
+        _store_transposed(y + im * g.ys, yt, b, g, 0, g.P, g.relu)
 
 
 cdef inline void _block_forward(floating* y, const floating* x, const floating* wr,
