@@ -11,6 +11,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport exp, expf, erfc, tanh, tanhf, sqrt
 
+cimport fastmod._kernels._simd  # fm_exp8_hilo (verbatim C)
 from fastmod._kernels._threads cimport threads_for
 
 cnp.import_array()
@@ -43,26 +44,6 @@ cdef extern from *:
     #include <math.h>
     #if defined(__AVX2__) && defined(__FMA__)
     #include <immintrin.h>
-    /* exp(hi + lo) for hi <= 0 (hi NaN or < -87.3 -> 0); lo small (|lo| < 4) */
-    static inline __m256 fma_exp8_2(__m256 hi, __m256 lo) {
-        __m256 s = _mm256_add_ps(hi, lo);
-        __m256 t = _mm256_max_ps(_mm256_mul_ps(s, _mm256_set1_ps(1.44269504088896341f)), _mm256_set1_ps(-126.0f));
-        __m256i n = _mm256_sub_epi32(_mm256_cvttps_epi32(_mm256_add_ps(t, _mm256_set1_ps(126.5f))), _mm256_set1_epi32(126));
-        __m256 fn = _mm256_cvtepi32_ps(n);
-        /* r = hi + lo - n ln2: hi - n*C1 is exact (C1 has 9 significant bits) */
-        __m256 r = _mm256_fnmadd_ps(fn, _mm256_set1_ps(0.693359375f), hi);
-        r = _mm256_fnmadd_ps(fn, _mm256_set1_ps(-2.12194440e-4f), r);
-        r = _mm256_add_ps(r, lo);
-        __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
-        y = _mm256_fmadd_ps(_mm256_mul_ps(y, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-        __m256 p2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23));
-        return _mm256_and_ps(_mm256_mul_ps(y, p2), _mm256_cmp_ps(hi, _mm256_set1_ps(-87.3f), _CMP_GE_OQ));
-    }
     /* xc = x clamped to [-1e4, 1e4], NaN kept (max/min return the second operand on NaN);
        q = erfc(|xc| / sqrt 2) = t R(t) e with e = exp(-xc^2 / 2) (returned in e_out) and
        R(t) = erfcx(z) / t, t = 1 / (1 + z / 2), a degree-10 polynomial fitted in relative
@@ -85,7 +66,7 @@ cdef extern from *:
         /* -x^2/2 = -(h + l)/2 exactly: h = x*x rounded, l = fma(x, x, -h) */
         __m256 h = _mm256_mul_ps(xc, xc);
         __m256 l = _mm256_fmsub_ps(xc, xc, h);
-        __m256 e = fma_exp8_2(_mm256_mul_ps(h, _mm256_set1_ps(-0.5f)), _mm256_mul_ps(l, _mm256_set1_ps(-0.5f)));
+        __m256 e = fm_exp8_hilo(_mm256_mul_ps(h, _mm256_set1_ps(-0.5f)), _mm256_mul_ps(l, _mm256_set1_ps(-0.5f)));
         *e_out = e;
         return _mm256_mul_ps(_mm256_mul_ps(t, p), e);
     }

@@ -30,6 +30,7 @@ from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport exp, INFINITY
 from libc.stdint cimport uint64_t
 
+cimport fastmod._kernels._simd  # fm_exp8_hilo (verbatim C)
 from fastmod._kernels._blas cimport gemm
 from fastmod._kernels._threads cimport num_threads, threads_for
 
@@ -71,24 +72,8 @@ cdef extern from *:
         return x < FM_EXP_LO ? 0.0f : ldexpf(y, n);
     }
     #ifdef FM_AVX2
-    static inline __m256 fm_exp8_nonpos(__m256 x) {
-        __m256 t = _mm256_max_ps(_mm256_mul_ps(x, _mm256_set1_ps(FM_LOG2E)), _mm256_set1_ps(-126.0f));
-        __m256i n = _mm256_sub_epi32(_mm256_cvttps_epi32(_mm256_add_ps(t, _mm256_set1_ps(126.5f))),
-                                     _mm256_set1_epi32(126));
-        __m256 fn = _mm256_cvtepi32_ps(n);
-        __m256 r = _mm256_fnmadd_ps(fn, _mm256_set1_ps(FM_LN2_HI), x);
-        r = _mm256_fnmadd_ps(fn, _mm256_set1_ps(FM_LN2_LO), r);
-        __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
-        y = _mm256_fmadd_ps(_mm256_mul_ps(y, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-        __m256 p2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23));
-        __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(FM_EXP_LO), _CMP_GE_OQ);
-        return _mm256_and_ps(_mm256_mul_ps(y, p2), keep);
-    }
+    /* exp(x), 8 floats, x <= 0: fastmod/_kernels/_simd.pxd */
+    #define fm_exp8_nonpos(x) fm_exp8_hilo((x), _mm256_setzero_ps())
     static inline double fm_hsum_pd(__m256d a) {
         __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
         return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
