@@ -1,15 +1,29 @@
 """Build fastmod's Cython kernels.
 
-Every ``fastmod/_kernels/*.pyx`` becomes an extension compiled with -O3 and OpenMP when the
-compiler supports it (otherwise the kernels run serially and a warning is printed).
+Every kernel module ``fastmod/_kernels/<name>.pyx`` is cythonized once and its C compiled once
+per instruction-set level, into ``fastmod._kernels.<level>.<name>``:
+
+  scalar   the platform's baseline (x86-64: SSE2; also aarch64 and anything else)
+  avx2     -mavx2 -mfma -mf16c                                   (x86 only)
+  avx512   -mavx512f -mavx512bw -mavx512dq -mavx512vl + AVX2/FMA (x86 only)
+
+``fastmod/_kernels/__init__.py`` picks the best level the CPU and OS support at import
+(FASTMOD_ISA overrides), so one build -- a wheel -- runs at full speed on any x86-64 CPU and
+never executes an instruction the CPU lacks. The hand-written SIMD is written once against
+``fastmod/_kernels/simd/fm_vec.h`` (FM_W lanes per level). ``_threads`` and ``_cpu`` are built
+once (baseline). -O3 and OpenMP when the compiler supports it (otherwise the kernels run
+serially and a warning is printed). No -march=native unless asked for.
 
 Environment switches:
   FASTMOD_DEBUG=1      boundscheck/wraparound on, -O0 -g (a debug build the tests can use)
-  FASTMOD_PORTABLE=1   no -march=native (for wheels meant to run on other machines)
+  FASTMOD_NATIVE=1     add -march=native to every level (a build for this machine only)
+  FASTMOD_ISAS=a,b     build only these levels (scalar is always built; fast development builds)
   FASTMOD_KERNELS=a,b  build only these kernel modules (fast iteration during development)
+  FASTMOD_BUILD_JOBS=n parallel compile jobs (default: the number of cores)
 """
 import glob
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -21,8 +35,10 @@ from setuptools import Extension, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEBUG = os.environ.get("FASTMOD_DEBUG", "") not in ("", "0")
-PORTABLE = os.environ.get("FASTMOD_PORTABLE", "") not in ("", "0")
+NATIVE = os.environ.get("FASTMOD_NATIVE", "") not in ("", "0")
 ONLY = [s.strip() for s in os.environ.get("FASTMOD_KERNELS", "").split(",") if s.strip()]
+ONLY_ISAS = [s.strip() for s in os.environ.get("FASTMOD_ISAS", "").split(",") if s.strip()]
+JOBS = int(os.environ.get("FASTMOD_BUILD_JOBS", "0") or 0) or (os.cpu_count() or 1)
 
 
 def _compiles(flags, link_flags=(), source="int main(void){return 0;}\n"):
@@ -56,7 +72,7 @@ compile_args, link_args = [], []
 if sys.platform != "win32":
     compile_args += ["-O0", "-g"] if DEBUG else ["-O3"]
     compile_args += ["-fno-math-errno", "-Wno-unused-function", "-Wno-maybe-uninitialized"]
-    if not PORTABLE and not DEBUG and _compiles(["-march=native"]):
+    if NATIVE and _compiles(["-march=native"]):
         compile_args.append("-march=native")
 if HAVE_OPENMP:
     compile_args += OMP_COMPILE
@@ -72,22 +88,70 @@ directives = {
     "embedsignature": True,
 }
 
-extensions = []
+# instruction-set levels: (name, FM_LEVEL, flags); a level is built when the compiler takes
+# its flags (x86 only for avx2 / avx512). The MSVC flags are /arch:AVX2 and /arch:AVX512.
+X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+AVX2 = ["/arch:AVX2"] if sys.platform == "win32" else ["-mavx2", "-mfma", "-mf16c"]
+AVX512 = (["/arch:AVX512"] if sys.platform == "win32" else
+          AVX2 + ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"])
+LEVELS = [("scalar", 0, [])]
+if X86:
+    LEVELS += [("avx2", 1, AVX2), ("avx512", 2, AVX512)]
+if ONLY_ISAS:
+    LEVELS = [lv for lv in LEVELS if lv[0] == "scalar" or lv[0] in ONLY_ISAS]
+if sys.platform != "win32":
+    LEVELS = [lv for lv in LEVELS if not lv[2] or _compiles(lv[2])]
+
+SIMD_DIR = os.path.join("fastmod", "_kernels", "simd")
+SIMD_HEADERS = sorted(glob.glob(os.path.join(SIMD_DIR, "*.h")))
+SINGLE = ("_threads", "_cpu")          # built once, for the baseline
+
+base = []
 for pyx in sorted(glob.glob(os.path.join("fastmod", "_kernels", "*.pyx"))):
     name = os.path.splitext(os.path.basename(pyx))[0]
-    if ONLY and name not in ONLY:
+    if ONLY and name not in ONLY and name not in SINGLE:
         continue
-    extensions.append(Extension(
+    base.append(Extension(
         "fastmod._kernels." + name, [pyx],
-        include_dirs=[np.get_include()],
+        include_dirs=[np.get_include(), SIMD_DIR],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args, extra_link_args=link_args,
+        depends=SIMD_HEADERS,
     ))
 
 from Cython.Build import cythonize  # noqa: E402  (after the probes, so a missing Cython fails clearly)
+from setuptools.command.build_ext import build_ext  # noqa: E402
+
+# Cython writes one C file per .pyx; each kernel module's C is then compiled once per level.
+# The module's init function (PyInit_<name>) and its code are the same at every level, so
+# fastmod._kernels.avx2.conv is conv.pyx compiled with -DFM_LEVEL=1 and the AVX2 flags.
+extensions = []
+for ext in cythonize(base, compiler_directives=directives, nthreads=JOBS if JOBS > 1 else 0):
+    name = ext.name.rsplit(".", 1)[1]
+    if name in SINGLE:
+        extensions.append(ext)
+        continue
+    for level, num, flags in LEVELS:
+        extensions.append(Extension(
+            "fastmod._kernels.%s.%s" % (level, name), list(ext.sources),
+            include_dirs=list(ext.include_dirs),
+            define_macros=list(ext.define_macros) + [("FM_LEVEL", str(num))],
+            extra_compile_args=list(ext.extra_compile_args) + flags,
+            extra_link_args=list(ext.extra_link_args), depends=list(ext.depends),
+        ))
+
+
+class BuildExt(build_ext):
+    """build_ext compiling extensions in parallel (FASTMOD_BUILD_JOBS, default: all cores)."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if not self.parallel and JOBS > 1:
+            self.parallel = JOBS
+
 
 setup(
-    ext_modules=cythonize(extensions, compiler_directives=directives,
-                          nthreads=int(os.environ.get("FASTMOD_BUILD_JOBS", "0") or 0)),
+    ext_modules=extensions,
+    cmdclass={"build_ext": BuildExt},
     zip_safe=False,
 )

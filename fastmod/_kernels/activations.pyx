@@ -11,7 +11,6 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport exp, expf, erfc, tanh, tanhf, sqrt
 
-cimport fastmod._kernels._simd  # fm_exp8_hilo (verbatim C)
 from fastmod._kernels._threads cimport threads_for
 
 cnp.import_array()
@@ -26,95 +25,9 @@ cdef enum:
 KIND = {"relu": RELU, "sigmoid": SIGMOID, "tanh": TANH, "gelu": GELU, "gelu_tanh": GELU_TANH}
 
 
-# float32 GELU in C with AVX2 + FMA (scalar fallback): glibc's scalar erff/expf made GELU
-# forward + backward ~7x slower than torch's vectorized one on (16, 64, 1024).
-#
-# Numerics: GELU(x) = 0.5 x erfc(-x / sqrt 2), written with q = erfc(|x| / sqrt 2) as
-# 0.5 x q (x < 0) or 0.5 x (2 - q) (x >= 0), so the tail x < 0 never forms 1 + erf(x / sqrt 2)
-# (which cancels: the former 1 - erf form gave 4% error at x = -5 and 0 below -5.5, where
-# GELU is ~1e-7 .. 1e-38). erfc(z) = t R(t) exp(-z^2), t = 1 / (1 + z / 2), R a fitted
-# polynomial (erfcx(z) / t, relative error < 2e-7 for every z >= 0), with z^2 = x^2 / 2 split
-# exactly (x*x and its FMA remainder) and exp of the two-part argument reduced by Cody-Waite:
-# relative error < 1e-6 down to x = -13 (GELU ~ 1e-37; smaller results flush to 0), and the
-# backward reuses exp(-x^2 / 2) for phi(x), so each direction costs one exp per element. Infinities: GELU(+inf) = +inf, GELU(-inf) = -0, GELU'(+inf) = 1, GELU'(-inf) = 0;
-# NaN stays NaN (x is clamped to [-1e4, 1e4] with NaN kept wherever it is multiplied by a
-# vanishing factor; GELU(+-1e4) already is 1e4 and -0).
-cdef extern from *:
-    """
-    #include <math.h>
-    #if defined(__AVX2__) && defined(__FMA__)
-    #include <immintrin.h>
-    /* xc = x clamped to [-1e4, 1e4], NaN kept (max/min return the second operand on NaN);
-       q = erfc(|xc| / sqrt 2) = t R(t) e with e = exp(-xc^2 / 2) (returned in e_out) and
-       R(t) = erfcx(z) / t, t = 1 / (1 + z / 2), a degree-10 polynomial fitted in relative
-       error on [0, 1] (max 1.7e-7 evaluated in float32) */
-    static inline __m256 fma_erfc8(__m256 xc, __m256* e_out) {
-        __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), xc);
-        __m256 z = _mm256_mul_ps(a, _mm256_set1_ps(0.70710678118654752f));
-        __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(_mm256_set1_ps(0.5f), z, _mm256_set1_ps(1.0f)));
-        __m256 p = _mm256_set1_ps(4.319548607e-02f);
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-2.347338647e-01f));
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(4.936955571e-01f));
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-4.549748003e-01f));
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.321776807e-01f));
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-5.921166390e-02f));
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(9.346252680e-02f));
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.753159612e-01f));
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(2.468845695e-01f));
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(2.820937634e-01f));
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(2.820948064e-01f));
-        /* -x^2/2 = -(h + l)/2 exactly: h = x*x rounded, l = fma(x, x, -h) */
-        __m256 h = _mm256_mul_ps(xc, xc);
-        __m256 l = _mm256_fmsub_ps(xc, xc, h);
-        __m256 e = fm_exp8_hilo(_mm256_mul_ps(h, _mm256_set1_ps(-0.5f)), _mm256_mul_ps(l, _mm256_set1_ps(-0.5f)));
-        *e_out = e;
-        return _mm256_mul_ps(_mm256_mul_ps(t, p), e);
-    }
-    static inline __m256 fma_clamp8(__m256 x) {
-        return _mm256_min_ps(_mm256_set1_ps(1e4f), _mm256_max_ps(_mm256_set1_ps(-1e4f), x));
-    }
-    #define FMA_HAVE_AVX2 1
-    #else
-    #define FMA_HAVE_AVX2 0
-    #endif
-    /* returns how many leading elements were done (a multiple of 8); the caller does the rest */
-    static Py_ssize_t fma_gelu_fwd_f32(float* y, const float* x, Py_ssize_t lo, Py_ssize_t hi) {
-        Py_ssize_t i = lo;
-    #if FMA_HAVE_AVX2
-        __m256 e;
-        for (; i + 8 <= hi; i += 8) {
-            __m256 v = _mm256_loadu_ps(x + i);
-            __m256 xc = fma_clamp8(v);
-            __m256 q = fma_erfc8(xc, &e);
-            __m256 neg = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ);
-            /* x < 0: 0.5 xc q (xc: -inf -> -1e4, so the product is -0, not NaN);
-               else 0.5 x (2 - q) (+inf and NaN pass through) */
-            __m256 f = _mm256_blendv_ps(_mm256_mul_ps(v, _mm256_sub_ps(_mm256_set1_ps(2.0f), q)),
-                                        _mm256_mul_ps(xc, q), neg);
-            _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_set1_ps(0.5f), f));
-        }
-    #endif
-        return i;
-    }
-    static Py_ssize_t fma_gelu_bwd_f32(float* dx, const float* dy, const float* x, Py_ssize_t lo, Py_ssize_t hi) {
-        Py_ssize_t i = lo;
-    #if FMA_HAVE_AVX2
-        __m256 e;
-        for (; i + 8 <= hi; i += 8) {
-            __m256 v = _mm256_loadu_ps(x + i);
-            __m256 xc = fma_clamp8(v);
-            __m256 q = fma_erfc8(xc, &e);
-            __m256 neg = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ);
-            /* Phi(x) = q / 2 (x < 0) or 1 - q / 2; phi(x) = e / sqrt(2 pi); d = Phi + xc phi */
-            __m256 hq = _mm256_mul_ps(_mm256_set1_ps(0.5f), q);
-            __m256 cdf = _mm256_blendv_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), hq), hq, neg);
-            __m256 d = _mm256_fmadd_ps(_mm256_mul_ps(xc, _mm256_set1_ps(0.39894228040143268f)), e, cdf);
-            _mm256_storeu_ps(dx + i, _mm256_mul_ps(_mm256_loadu_ps(dy + i), d));
-        }
-    #endif
-        return i;
-    }
-    """
+# float32 GELU: vector kernels in simd/fm_gelu.h (the numerics are explained there), compiled
+# per instruction set; the scalar loops below do the tails (and everything at the scalar level).
+cdef extern from "fm_gelu.h":
     Py_ssize_t fma_gelu_fwd_f32(float* y, const float* x, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil
     Py_ssize_t fma_gelu_bwd_f32(float* dx, const float* dy, const float* x, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil
 

@@ -30,7 +30,6 @@ from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport exp, INFINITY
 from libc.stdint cimport uint64_t
 
-cimport fastmod._kernels._simd  # fm_exp8_hilo (verbatim C)
 from fastmod._kernels._blas cimport gemm
 from fastmod._kernels._threads cimport num_threads, threads_for
 
@@ -40,101 +39,9 @@ cnp.import_array()
 
 cdef Py_ssize_t GRAIN = 1 << 16          # multiply-adds per thread before a 2nd thread pays off
 
-# float32 row helpers in C: AVX2 + FMA intrinsics where the compiler targets them (a scalar
-# fallback otherwise). exp is a Cephes-style polynomial (relative error < 2e-7) and the sums
-# stay in double; glibc's scalar expf made the row softmax 3x slower than the two GEMMs, and
-# GCC does not vectorize these loops by itself (the selects stay branches under -ftrapping-math).
-cdef extern from *:
-    """
-    #include <math.h>
-    #if defined(__AVX2__) && defined(__FMA__)
-    #include <immintrin.h>
-    #define FM_AVX2 1
-    #endif
-    #define FM_LOG2E 1.44269504088896341f
-    #define FM_LN2_HI 0.693359375f
-    #define FM_LN2_LO (-2.12194440e-4f)
-    #define FM_EXP_LO (-87.33f)
-    /* exp(x) for x <= 0 (softmax arguments after the max is subtracted); exactly 0 below
-       -87.33, -inf included (masked scores) */
-    static inline float fm_expf_nonpos(float x) {
-        float t = x * FM_LOG2E;
-        t = t < -126.0f ? -126.0f : t;
-        int n = (int)(t + 126.5f) - 126;              /* round(t): t + 126.5 > 0 */
-        float r = x - (float)n * FM_LN2_HI - (float)n * FM_LN2_LO;
-        float y = 1.9875691500e-4f;
-        y = y * r + 1.3981999507e-3f;
-        y = y * r + 8.3334519073e-3f;
-        y = y * r + 4.1665795894e-2f;
-        y = y * r + 1.6666665459e-1f;
-        y = y * r + 5.0000001201e-1f;
-        y = y * r * r + r + 1.0f;
-        return x < FM_EXP_LO ? 0.0f : ldexpf(y, n);
-    }
-    #ifdef FM_AVX2
-    /* exp(x), 8 floats, x <= 0: fastmod/_kernels/_simd.pxd */
-    #define fm_exp8_nonpos(x) fm_exp8_hilo((x), _mm256_setzero_ps())
-    static inline double fm_hsum_pd(__m256d a) {
-        __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
-        return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
-    }
-    #endif
-    static float fm_rowmax_f32(const float* p, Py_ssize_t n) {
-        float m = -INFINITY;
-        Py_ssize_t i = 0;
-    #ifdef FM_AVX2
-        if (n >= 8) {
-            __m256 vm = _mm256_loadu_ps(p);
-            for (i = 8; i + 8 <= n; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(p + i));
-            float b[8];
-            _mm256_storeu_ps(b, vm);
-            for (int j = 0; j < 8; j++) m = b[j] > m ? b[j] : m;
-        }
-    #endif
-        for (; i < n; i++) m = p[i] > m ? p[i] : m;
-        return m;
-    }
-    /* p[i] = exp(p[i] - m); returns the sum, accumulated in double */
-    static double fm_expsum_f32(float* p, Py_ssize_t n, float m) {
-        double tot = 0;
-        Py_ssize_t i = 0;
-    #ifdef FM_AVX2
-        __m256 vm = _mm256_set1_ps(m);
-        __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
-        for (; i + 8 <= n; i += 8) {
-            __m256 e = fm_exp8_nonpos(_mm256_sub_ps(_mm256_loadu_ps(p + i), vm));
-            _mm256_storeu_ps(p + i, e);
-            a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-            a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
-        }
-        tot = fm_hsum_pd(_mm256_add_pd(a0, a1));
-    #endif
-        for (; i < n; i++) {
-            float e = fm_expf_nonpos(p[i] - m);
-            p[i] = e;
-            tot += (double)e;
-        }
-        return tot;
-    }
-    /* sum(a * b), accumulated in double */
-    static double fm_dot_f32(const float* a, const float* b, Py_ssize_t n) {
-        double tot = 0;
-        Py_ssize_t i = 0;
-    #ifdef FM_AVX2
-        __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
-        for (; i + 8 <= n; i += 8) {
-            __m256 x = _mm256_loadu_ps(a + i), y = _mm256_loadu_ps(b + i);
-            a0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)),
-                                 _mm256_cvtps_pd(_mm256_castps256_ps128(y)), a0);
-            a1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)),
-                                 _mm256_cvtps_pd(_mm256_extractf128_ps(y, 1)), a1);
-        }
-        tot = fm_hsum_pd(_mm256_add_pd(a0, a1));
-    #endif
-        for (; i < n; i++) tot += (double)a[i] * (double)b[i];
-        return tot;
-    }
-    """
+# float32 row helpers (max, exp + sum, dot; sums in double): vector kernels in
+# simd/fm_softmax.h, compiled per instruction set.
+cdef extern from "fm_softmax.h":
     float fm_rowmax_f32(const float* p, Py_ssize_t n) noexcept nogil
     double fm_expsum_f32(float* p, Py_ssize_t n, float m) noexcept nogil
     double fm_dot_f32(const float* a, const float* b, Py_ssize_t n) noexcept nogil

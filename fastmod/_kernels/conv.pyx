@@ -54,35 +54,21 @@ from fastmod._kernels._threads cimport num_threads
 
 cnp.import_array()
 
-# 8 floats at a time for the few-input-channel direct loops (_small_forward_image): AVX2 + FMA
-# when the compiler targets them (the default -march=native build), else plain loops over a
-# struct of 8 (same results up to FMA rounding)
-cdef extern from *:
-    """
-    #if defined(__AVX2__) && defined(__FMA__)
-    #include <immintrin.h>
-    typedef __m256 fm_v8;
-    static inline fm_v8 fm_load8(const float* p) { return _mm256_loadu_ps(p); }
-    static inline fm_v8 fm_bcast8(float a) { return _mm256_set1_ps(a); }
-    static inline fm_v8 fm_fma8(fm_v8 a, fm_v8 b, fm_v8 c) { return _mm256_fmadd_ps(a, b, c); }
-    static inline fm_v8 fm_relu8(fm_v8 a) { return _mm256_max_ps(_mm256_setzero_ps(), a); }
-    static inline void fm_store8(float* p, fm_v8 a) { _mm256_storeu_ps(p, a); }
-    #else
-    typedef struct { float v[8]; } fm_v8;
-    static inline fm_v8 fm_load8(const float* p) { fm_v8 r; for (int i = 0; i < 8; i++) r.v[i] = p[i]; return r; }
-    static inline fm_v8 fm_bcast8(float a) { fm_v8 r; for (int i = 0; i < 8; i++) r.v[i] = a; return r; }
-    static inline fm_v8 fm_fma8(fm_v8 a, fm_v8 b, fm_v8 c) { for (int i = 0; i < 8; i++) c.v[i] += a.v[i] * b.v[i]; return c; }
-    static inline fm_v8 fm_relu8(fm_v8 a) { for (int i = 0; i < 8; i++) a.v[i] = a.v[i] < 0 ? 0 : a.v[i]; return a; }
-    static inline void fm_store8(float* p, fm_v8 a) { for (int i = 0; i < 8; i++) p[i] = ((float*)&a)[i]; }
-    #endif
-    """
-    ctypedef struct fm_v8:
+# FM_W floats at a time (simd/fm_vec.h: 16 with AVX-512, 8 with AVX2, 1 at the scalar level)
+# for the few-input-channel direct loops (_small_forward_image)
+cdef extern from "fm_vec.h":
+    int FM_W
+    int FM_LEVEL
+    ctypedef struct fm_vf:
         pass
-    fm_v8 fm_load8(const float* p) noexcept nogil
-    fm_v8 fm_bcast8(float a) noexcept nogil
-    fm_v8 fm_fma8(fm_v8 a, fm_v8 b, fm_v8 c) noexcept nogil
-    fm_v8 fm_relu8(fm_v8 a) noexcept nogil
-    void fm_store8(float* p, fm_v8 a) noexcept nogil
+    fm_vf fm_vload(const float* p) noexcept nogil
+    fm_vf fm_vset1(float a) noexcept nogil
+    fm_vf fm_vfma(fm_vf a, fm_vf b, fm_vf c) noexcept nogil
+    fm_vf fm_vrelu(fm_vf a) noexcept nogil
+    void fm_vstore(float* p, fm_vf a) noexcept nogil
+    fm_vf fm_vadd(fm_vf a, fm_vf b) noexcept nogil
+    fm_vf fm_vload_n(const float* p, int n) noexcept nogil
+    void fm_vstore_n(float* p, fm_vf a, int n) noexcept nogil
 
 cdef enum:
     SERIAL_MACS = 1 << 17       # a whole conv below this many multiply-adds runs on one thread
@@ -192,7 +178,7 @@ cdef struct Geom:
     bint wdw                # dW through Winograd: dU_xi (C, OC) += V_xi^T (C, T) @ (A dY A^T)_xi
     bint wino5              # 1-D k5 stride-1 forward as Winograd F(2, 5): 6 GEMMs of depth C
     bint small              # few input channels, stride 1 (float32): direct 8-wide FMA loops
-    int Ws                  # its padded row length, OW rounded up to 16 plus DW*(KW-1)
+    int Ws                  # its padded row length, OW rounded up to 2*FM_W plus DW*(KW-1)
 
 
 cdef inline Py_ssize_t _col_size(Geom* g) noexcept nogil:
@@ -873,22 +859,16 @@ cdef void _wino_forward_images(floating* y, const floating* x, const floating* U
 # for 2*OC flops per copied value and the GEMM runs far from its peak. Direct loops instead:
 # 8 consecutive outputs of a row for 4 output channels in 4 vector accumulators, summed over the
 # C*KH*KW taps (one 8-wide load of the zero-padded input row and 4 FMAs per tap).
-cdef inline void _store_tail(float* yr, fm_v8 a, int nv, bint relu, bint acc) noexcept nogil:
+cdef inline void _store_tail(float* yr, fm_vf a, int nv, bint relu, bint acc) noexcept nogil:
     # yr[0:nv] (+)= a (then max(., 0) when relu; NaN stays NaN)
-    cdef float tmp[8]
-    cdef int k
     if relu:
-        a = fm_relu8(a)
-    if nv == 8 and not acc:
-        fm_store8(yr, a)
-        return
-    fm_store8(tmp, a)
+        a = fm_vrelu(a)
     if acc:
-        for k in range(nv):
-            yr[k] += tmp[k]
+        a = fm_vadd(fm_vload_n(yr, nv), a)
+    if nv == FM_W:
+        fm_vstore(yr, a)
     else:
-        for k in range(nv):
-            yr[k] = tmp[k]
+        fm_vstore_n(yr, a, nv)
 
 
 cdef void _small_forward_image(float* y, const float* x, const float* w, const float* b,
@@ -900,7 +880,7 @@ cdef void _small_forward_image(float* y, const float* x, const float* w, const f
     cdef int ih0 = max(0, g.PH), ih1 = min(Hp, g.H + g.PH)
     cdef int iw0 = max(0, g.PW), iw1 = min(Ws, g.W + g.PW)
     cdef Py_ssize_t s1, s2, s3
-    cdef fm_v8 a0, a1, a2, a3, e0, e1, e2, e3, v, u, wv
+    cdef fm_vf a0, a1, a2, a3, e0, e1, e2, e3, v, u, wv
     cdef int half
     cdef float b0, b1, b2, b3
     cdef const float* src
@@ -927,12 +907,12 @@ cdef void _small_forward_image(float* y, const float* x, const float* w, const f
         for oh in range(g.OH):
             ow0 = 0
             while ow0 < g.OW:
-                # 16 outputs (two vectors) x 4 channels: 8 independent FMA chains, enough to
+                # 2*FM_W outputs (two vectors) x 4 channels: 8 independent FMA chains, enough to
                 # hide the FMA latency (4 chains ran at half the rate)
-                a0 = fm_bcast8(b0)
-                a1 = fm_bcast8(b1)
-                a2 = fm_bcast8(b2)
-                a3 = fm_bcast8(b3)
+                a0 = fm_vset1(b0)
+                a1 = fm_vset1(b1)
+                a2 = fm_vset1(b2)
+                a3 = fm_vset1(b3)
                 e0 = a0
                 e1 = a1
                 e2 = a2
@@ -942,23 +922,23 @@ cdef void _small_forward_image(float* y, const float* x, const float* w, const f
                         src = xp + c * plane + <Py_ssize_t>(oh + kh * g.DH) * Ws + ow0
                         tap = (c * g.KH + kh) * g.KW
                         for kw in range(g.KW):
-                            v = fm_load8(src + kw * g.DW)
-                            u = fm_load8(src + kw * g.DW + 8)
-                            wv = fm_bcast8(wo[tap + kw])
-                            a0 = fm_fma8(wv, v, a0)
-                            e0 = fm_fma8(wv, u, e0)
-                            wv = fm_bcast8(wo[s1 + tap + kw])
-                            a1 = fm_fma8(wv, v, a1)
-                            e1 = fm_fma8(wv, u, e1)
-                            wv = fm_bcast8(wo[s2 + tap + kw])
-                            a2 = fm_fma8(wv, v, a2)
-                            e2 = fm_fma8(wv, u, e2)
-                            wv = fm_bcast8(wo[s3 + tap + kw])
-                            a3 = fm_fma8(wv, v, a3)
-                            e3 = fm_fma8(wv, u, e3)
+                            v = fm_vload(src + kw * g.DW)
+                            u = fm_vload(src + kw * g.DW + FM_W)
+                            wv = fm_vset1(wo[tap + kw])
+                            a0 = fm_vfma(wv, v, a0)
+                            e0 = fm_vfma(wv, u, e0)
+                            wv = fm_vset1(wo[s1 + tap + kw])
+                            a1 = fm_vfma(wv, v, a1)
+                            e1 = fm_vfma(wv, u, e1)
+                            wv = fm_vset1(wo[s2 + tap + kw])
+                            a2 = fm_vfma(wv, v, a2)
+                            e2 = fm_vfma(wv, u, e2)
+                            wv = fm_vset1(wo[s3 + tap + kw])
+                            a3 = fm_vfma(wv, v, a3)
+                            e3 = fm_vfma(wv, u, e3)
                 yr = y + (<Py_ssize_t>o4 * g.OH + oh) * g.OW + ow0
                 for half in range(2):
-                    nv = min(8, g.OW - ow0 - 8 * half)
+                    nv = min(FM_W, g.OW - ow0 - FM_W * half)
                     if nv <= 0:
                         break
                     _store_tail(yr, a0 if half == 0 else e0, nv, g.relu, g.acc)
@@ -968,8 +948,8 @@ cdef void _small_forward_image(float* y, const float* x, const float* w, const f
                         _store_tail(yr + 2 * P, a2 if half == 0 else e2, nv, g.relu, g.acc)
                     if o4 + 3 < g.OC:
                         _store_tail(yr + 3 * P, a3 if half == 0 else e3, nv, g.relu, g.acc)
-                    yr = yr + 8
-                ow0 = ow0 + 16
+                    yr = yr + FM_W
+                ow0 = ow0 + 2 * FM_W
         o4 = o4 + 4
 
 
@@ -1663,13 +1643,13 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
         g.im2row = False
         g.wino = False
         g.wimb = <int>max(1, min(<Py_ssize_t>g.N, _wino_tiles // max(1, g.OH * g.TW)))
-    g.Ws = (g.OW + 15) // 16 * 16 + g.DW * (g.KW - 1)
+    g.Ws = (g.OW + 2 * FM_W - 1) // (2 * FM_W) * (2 * FM_W) + g.DW * (g.KW - 1)
     # measured (one core, CPU time, float32 forward, direct / the path it replaces): 0.70 for
     # 3->32 at 32x32, 0.90 for 3->64 at 16x16, 0.65 for 3->24, 0.73 for 8->24; with 12 output
     # channels 0.62 (24), 0.72 (36), 0.80 (48), 0.92 (60 input channels, against Winograd);
     # 1.12 for 16->32, 1.36-1.64 for 32->64, 64->64 and the 1-D 32->64 k5: so 2-D kernels with
     # C <= 8 or OC <= 24
-    g.small = (_fwd_small == 2 or (_fwd_small == 0 and g.KH > 1 and (g.C <= 8 or g.OC <= 24))) and (
+    g.small = (_fwd_small == 2 or (_fwd_small == 0 and FM_LEVEL >= 1 and g.KH > 1 and (g.C <= 8 or g.OC <= 24))) and (
         G == 1 and SH == 1 and SW == 1 and not g.direct and not g.wino5)
     if g.small:
         # (float64 takes the plain im2col path these leave)
