@@ -125,10 +125,21 @@ from setuptools.command.build_ext import build_ext  # noqa: E402
 # Cython writes one C file per .pyx; each kernel module's C is then compiled once per level.
 # The module's init function (PyInit_<name>) and its code are the same at every level, so
 # fastmod._kernels.avx2.conv is conv.pyx compiled with -DFM_LEVEL=1 and the AVX2 flags.
+# what fastmod.show_config() reports: the compiler and each level's flags, baked into _cpu
+def _c_string(s):
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+BUILD_INFO = [("FM_BUILD_CC", _c_string(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")),
+              ("FM_BUILD_LEVELS", _c_string(",".join(lv[0] for lv in LEVELS)))]
+BUILD_INFO += [("FM_BUILD_FLAGS_" + lv[0].upper(), _c_string(" ".join(compile_args + lv[2]))) for lv in LEVELS]
+
 extensions = []
 for ext in cythonize(base, compiler_directives=directives, nthreads=JOBS if JOBS > 1 else 0):
     name = ext.name.rsplit(".", 1)[1]
     if name in SINGLE:
+        if name == "_cpu":
+            ext.define_macros = list(ext.define_macros) + BUILD_INFO
         extensions.append(ext)
         continue
     for level, num, flags in LEVELS:

@@ -7,6 +7,7 @@
 """
 from fastmod._runtime import (set_num_threads, get_num_threads, have_openmp, no_grad,
                               enable_grad, is_grad_enabled, manual_seed, default_generator)
+from fastmod._config import set_isa, get_isa, supported_isas, show_config
 from fastmod import nn, losses
 from fastmod.gradcheck import gradcheck, GradcheckError
 from fastmod import optim, data, models
@@ -16,5 +17,6 @@ from fastmod.training import fit, evaluate
 __version__ = "0.1.0"
 
 __all__ = ["nn", "losses", "gradcheck", "GradcheckError", "set_num_threads", "get_num_threads", "have_openmp", "no_grad",
+           "set_isa", "get_isa", "supported_isas", "show_config",
            "enable_grad", "is_grad_enabled", "manual_seed", "default_generator",
            "optim", "data", "models", "save", "load", "load_into", "fit", "evaluate"]

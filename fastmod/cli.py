@@ -420,8 +420,11 @@ def make_parser():
         epilog="`fastmod train` with no options trains the CNN on the bundled digits. "
                "`fastmod <command> --help` lists a command's options.")
     from fastmod import __version__
-    ap.add_argument("--version", action="version", version=f"fastmod {__version__}")
-    sub = ap.add_subparsers(dest="command", metavar="{train,bench}")
+    ap.add_argument("--version", action="store_true",
+                    help=f"print the version (fastmod {__version__}); with --verbose also the "
+                         "CPU, instruction-set level, BLAS, threads and build flags")
+    ap.add_argument("-v", "--verbose", action="store_true", help="with --version: the full configuration")
+    sub = ap.add_subparsers(dest="command", metavar="{train,bench,config}")
     tr = sub.add_parser(
         "train", help="train a model of the seed on the bundled digits or your data",
         description="Train one of the seed's architectures with fastmod.fit: progress bar, test "
@@ -460,6 +463,8 @@ def make_parser():
                     help="data-parallel over MPI ranks: mpirun -n N fastmod train --distributed "
                          "(needs mpi4py: pip install \".[mpi]\"); N ranks follow one process's "
                          "curve at the same --batch-size")
+    sub.add_parser("config", help="show the CPU features, the kernels' instruction-set level, "
+                                  "BLAS, threads and build flags (fastmod.show_config())")
     sub.add_parser("bench", add_help=False,
                    help="time the reference workloads against PyTorch (bench/compare.py; "
                         "needs the source tree; options are passed on)")
@@ -475,6 +480,13 @@ def main(argv=None):
         except KeyboardInterrupt:
             return 130
     args = ap.parse_args(argv)
+    if args.version or args.command == "config":
+        from fastmod import __version__, show_config
+        if args.command == "config" or args.verbose:
+            show_config()
+        else:
+            print(f"fastmod {__version__}")
+        return 0
     if args.command is None:
         ap.print_help()
         return 0

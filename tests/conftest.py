@@ -14,6 +14,35 @@ import fastmod  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
 
+# Instruction-set levels: every test of a kernel runs at each level this host supports (scalar,
+# avx2, avx512: fastmod.set_isa), so the portable and AVX2 code stays tested on an AVX-512 host
+# and results must agree across levels at the tests' tolerances. FASTMOD_TEST_ISAS=avx2,avx512
+# restricts the levels (a quicker local run). Files that test no kernel run once, at the level
+# chosen at import.
+_want = [s.strip() for s in os.environ.get("FASTMOD_TEST_ISAS", "").split(",") if s.strip()]
+TEST_ISAS = [lv for lv in fastmod.supported_isas() if not _want or lv in _want] or [fastmod.get_isa()]
+ONE_ISA_FILES = {"test_allocator", "test_cli", "test_data", "test_datasets", "test_distributed",
+                 "test_io", "test_readme", "test_fit", "test_isa"}
+
+
+def pytest_generate_tests(metafunc):
+    if "isa" in metafunc.fixturenames:
+        name = metafunc.module.__name__.rsplit(".", 1)[-1]
+        levels = [fastmod.get_isa()] if name in ONE_ISA_FILES else TEST_ISAS
+        metafunc.parametrize("isa", levels, indirect=True, ids=levels)
+
+
+@pytest.fixture(autouse=True)
+def isa(request):
+    """The instruction-set level the kernels run at during this test (restored afterwards)."""
+    level = getattr(request, "param", fastmod.get_isa())
+    prev = fastmod.get_isa()
+    if level != prev:
+        fastmod.set_isa(level)
+    yield level
+    if fastmod.get_isa() != prev:
+        fastmod.set_isa(prev)
+
 
 @pytest.fixture(autouse=True)
 def _restore_threads():

@@ -9,6 +9,7 @@ support (``_cpu``), or the one named by ``FASTMOD_ISA`` (scalar, avx2, avx512). 
 switches every kernel module at once (``fastmod.set_isa``), so the same process can run and
 compare every level the host supports (the tests do).
 """
+import functools
 import importlib
 import importlib.util
 import os
@@ -38,6 +39,7 @@ for _name in MODULES:
 del _name
 
 
+@functools.lru_cache(maxsize=None)
 def built_isas():
     """The levels this build contains, most portable first (scalar is always there)."""
     return tuple(lv for lv in LEVELS

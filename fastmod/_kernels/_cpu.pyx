@@ -52,3 +52,47 @@ def supports(level):
     """True when the CPU and OS support every feature the kernel level `level` needs."""
     f = features()
     return all(f.get(n, False) for n in LEVEL_NEEDS[level])
+
+
+cdef extern from *:
+    """
+    #ifndef FM_BUILD_CC
+    #define FM_BUILD_CC "?"
+    #endif
+    #ifndef FM_BUILD_LEVELS
+    #define FM_BUILD_LEVELS "scalar"
+    #endif
+    #ifndef FM_BUILD_FLAGS_SCALAR
+    #define FM_BUILD_FLAGS_SCALAR ""
+    #endif
+    #ifndef FM_BUILD_FLAGS_AVX2
+    #define FM_BUILD_FLAGS_AVX2 ""
+    #endif
+    #ifndef FM_BUILD_FLAGS_AVX512
+    #define FM_BUILD_FLAGS_AVX512 ""
+    #endif
+    #if defined(__clang__)
+    #define FM_COMPILER "clang " __clang_version__
+    #elif defined(__GNUC__)
+    #define FM_COMPILER "gcc " __VERSION__
+    #elif defined(_MSC_VER)
+    #define FM_COMPILER "msvc"
+    #else
+    #define FM_COMPILER "unknown"
+    #endif
+    """
+    const char* FM_BUILD_CC
+    const char* FM_BUILD_LEVELS
+    const char* FM_BUILD_FLAGS_SCALAR
+    const char* FM_BUILD_FLAGS_AVX2
+    const char* FM_BUILD_FLAGS_AVX512
+    const char* FM_COMPILER
+
+
+def build_info():
+    """How the kernels were compiled: {'compiler', 'cc', 'flags': {level: flags}} (setup.py)."""
+    levels = FM_BUILD_LEVELS.decode().split(",")
+    flags = {"scalar": FM_BUILD_FLAGS_SCALAR, "avx2": FM_BUILD_FLAGS_AVX2,
+             "avx512": FM_BUILD_FLAGS_AVX512}
+    return {"compiler": FM_COMPILER.decode(), "cc": FM_BUILD_CC.decode(),
+            "flags": {lv: flags[lv].decode() for lv in levels if lv in flags}}

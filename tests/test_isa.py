@@ -1,0 +1,261 @@
+"""Instruction-set levels: choosing, forcing and reporting them, and the same answers at each.
+
+Every kernel test in the suite already runs at each level this host supports (conftest's `isa`
+parametrization); this file checks the dispatch itself -- set_isa / FASTMOD_ISA / show_config
+-- and that one model computes the same outputs and gradients at every level (float32 within
+rounding: the levels differ in vector width, hence summation order, and FMA contraction).
+"""
+import io
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import fastmod
+from fastmod import nn, optim
+from fastmod._kernels import _cpu
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIMD = os.path.join(ROOT, "fastmod", "_kernels", "simd")
+LEVELS = fastmod.supported_isas()
+
+
+def _run(code, **env):
+    e = dict(os.environ, **env)
+    e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e,
+                          timeout=120)
+
+
+# ---------------------------------------------------------------- choosing a level
+def test_default_is_the_best_supported_level():
+    from fastmod import _kernels
+    assert "scalar" in _kernels.built_isas() and "scalar" in LEVELS
+    assert set(LEVELS) <= set(_kernels.built_isas())
+    assert _kernels.best_isa() == LEVELS[-1]
+    r = _run("import fastmod; print(fastmod.get_isa())", FASTMOD_ISA="")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == LEVELS[-1]
+
+
+def test_cpu_features_match_the_levels():
+    f = _cpu.features()
+    assert isinstance(_cpu.brand(), str)
+    if _cpu.is_x86():
+        assert f["sse2"]
+    for level in LEVELS:
+        assert _cpu.supports(level)
+        assert all(f[n] for n in _cpu.LEVEL_NEEDS[level])
+    if "avx512" in LEVELS:
+        assert "avx2" in LEVELS              # AVX-512 hosts always have AVX2 + FMA
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_fastmod_isa_environment_variable(level):
+    r = _run("import fastmod; from fastmod._kernels import conv; print(fastmod.get_isa(), conv.__isa__)",
+             FASTMOD_ISA=level)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [level, level]
+
+
+def test_fastmod_isa_bad_value_warns_and_uses_the_best():
+    r = _run("import fastmod; print(fastmod.get_isa())", FASTMOD_ISA="avx1024")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == LEVELS[-1]
+    assert "FASTMOD_ISA=avx1024" in r.stderr and "RuntimeWarning" in r.stderr
+
+
+@pytest.mark.skipif("avx512" in LEVELS, reason="this host runs AVX-512")
+def test_fastmod_isa_unsupported_level_warns():
+    r = _run("import fastmod; print(fastmod.get_isa())", FASTMOD_ISA="avx512")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == LEVELS[-1]
+    assert "cannot run 'avx512'" in r.stderr or "no 'avx512' kernels" in r.stderr
+
+
+def test_set_isa_switches_every_kernel_module():
+    from fastmod import _kernels
+    prev = fastmod.get_isa()
+    try:
+        for level in LEVELS:
+            assert fastmod.set_isa(level) == level
+            assert fastmod.get_isa() == level
+            for name in _kernels.MODULES:
+                mod = getattr(_kernels, name)
+                assert mod.__isa__ == level
+                assert mod is sys.modules["fastmod._kernels." + name]
+        assert fastmod.set_isa("auto") == LEVELS[-1]
+    finally:
+        fastmod.set_isa(prev)
+
+
+@pytest.mark.parametrize("bad", ["avx1024", "AVX2 ", "", None, 2])
+def test_set_isa_rejects_unknown_levels(bad):
+    prev = fastmod.get_isa()
+    with pytest.raises(ValueError, match="set_isa: expected one of scalar, avx2, avx512, auto"):
+        fastmod.set_isa(bad)
+    assert fastmod.get_isa() == prev
+
+
+@pytest.mark.skipif("avx512" in LEVELS, reason="this host runs AVX-512")
+def test_set_isa_rejects_levels_the_cpu_lacks():
+    with pytest.raises(ValueError, match="cannot run 'avx512'|no 'avx512' kernels"):
+        fastmod.set_isa("avx512")
+
+
+# ---------------------------------------------------------------- reporting
+def test_show_config_names_cpu_level_blas_threads_and_flags():
+    buf = io.StringIO()
+    fastmod.show_config(file=buf)
+    text = buf.getvalue()
+    assert f"instruction-set level {fastmod.get_isa()!r}" in text
+    assert "SIMD features" in text and "BLAS:" in text and "Threads:" in text
+    assert "Compiler:" in text
+    for level in fastmod._kernels.built_isas():
+        assert f"  {level}: " in text
+    if "avx512" in fastmod._kernels.built_isas():
+        assert "-mavx512f" in text
+    assert "-march=native" not in text or os.environ.get("FASTMOD_NATIVE")
+    info = fastmod._config.config_info()
+    assert info["isa"] == fastmod.get_isa()
+    assert info["isas supported"] == list(LEVELS)
+
+
+def test_cli_version_verbose_and_config(capsys):
+    from fastmod.cli import main
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"fastmod {fastmod.__version__}"
+    assert main(["--version", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    assert "instruction-set level" in out and "BLAS:" in out
+    assert main(["config"]) == 0
+    assert "instruction-set level" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- same answers at every level
+def _model_run(level):
+    """Outputs, input gradients and parameter gradients of a model touching every family of
+    hand-written vector kernels (skinny Linear, the transposed forward, GELU, the attention
+    softmax, the direct convolution with ragged row tails, normalization, pooling) and one
+    optimizer step, float32, at `level`."""
+    from fastmod._kernels import conv as _kconv
+    prev = fastmod.get_isa()
+    fastmod.set_isa(level)
+    _kconv.set_forward_small(2)                   # the direct (few-channel) path, every level
+    try:
+        fastmod.manual_seed(0)
+        rng = np.random.default_rng(0)
+        conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.GroupNorm(2, 8),
+                             nn.Conv2d(8, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.MaxPool2d(2),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        head = nn.Sequential(nn.Linear(6, 96), nn.GELU(), nn.Linear(96, 100), nn.ReLU(),
+                             nn.Linear(100, 10))
+        att = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, activation="gelu")
+        # (no bias before BatchNorm: its gradient is 0 up to rounding, no scale to compare with)
+        x = rng.standard_normal((40, 3, 11, 37)).astype(np.float32)     # 37: ragged vector tails
+        tok = rng.standard_normal((3, 13, 32)).astype(np.float32)
+        out = {}
+        y = head(conv(x))
+        out["y"] = y
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        out["dx"] = conv.backward(head.backward(dy))
+        z = att(tok, is_causal=True)
+        out["z"] = z
+        out["dtok"] = att.backward(np.cos(z).astype(np.float32))
+        g = nn.GELU()
+        t = np.linspace(-14, 6, 4001).astype(np.float32)
+        out["gelu"] = g(t)
+        out["dgelu"] = g.backward(np.ones_like(t))
+        for m in (conv, head, att):
+            for name, p in m.named_parameters():
+                out[f"{type(m).__name__}.{name}.grad"] = p.grad.copy()
+        opt = optim.Adam(list(head.parameters()), lr=1e-2)
+        opt.step()
+        out["adam"] = head[0].weight.data.copy()
+        return out
+    finally:
+        _kconv.set_forward_small(0)
+        fastmod.set_isa(prev)
+
+
+@pytest.mark.skipif(len(LEVELS) < 2, reason="one instruction-set level on this host")
+def test_every_level_computes_the_same_model():
+    runs = {level: _model_run(level) for level in LEVELS}
+    ref = runs[LEVELS[0]]
+    for level in LEVELS[1:]:
+        got = runs[level]
+        assert got.keys() == ref.keys()
+        for k in ref:
+            a, b = ref[k].astype(np.float64), got[k].astype(np.float64)
+            scale = max(np.abs(a).max(), 1e-30)
+            err = np.abs(a - b).max() / scale
+            assert err < 2e-5, f"{level} vs {LEVELS[0]}: {k} differs by {err:.2e} of its scale"
+        # the GELU tail: each level within 1e-6 relative where the result is normal
+        tiny = np.abs(ref["gelu"]) > 1e-30
+        rel = np.abs(got["gelu"][tiny] - ref["gelu"][tiny]) / np.abs(ref["gelu"][tiny])
+        assert rel.max() < 2e-6, f"{level}: GELU relative difference {rel.max():.2e}"
+
+
+# ---------------------------------------------------------------- the headers compile anywhere
+HEADERS = ["fm_vec.h", "fm_linear.h", "fm_gelu.h", "fm_softmax.h", "fm_cpu.h"]
+DRIVER = "".join(f'#include "{h}"\n' for h in HEADERS) + r"""
+#include <stdio.h>
+int main(int argc, char** argv) {
+    float x[40], y[40], w[160], b[4];
+    int i, n = 40 - (argc > 5);                     /* sizes the compiler cannot fold */
+    (void)argv;
+    for (i = 0; i < 40; i++) x[i] = (float)i / 7.0f - 3.0f;
+    for (i = 0; i < 160; i++) w[i] = (float)(i % 13) / 13.0f - 0.5f;
+    for (i = 0; i < 4; i++) b[i] = 0.1f * (float)i;
+    i = (int)fma_gelu_fwd_f32(y, x, 0, n);
+    sk_forward_rows(y, x, w, b, n, 4, 0, 1, 1);
+    printf("%d %d %.6f %.6f %u\n", FM_LEVEL, i, (double)y[0], fm_expsum_f32(x, n, 3.0f),
+           fm_cpu_features() & 0u);
+    return 0;
+}
+"""
+
+
+def _cc():
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+@pytest.mark.skipif(_cc() is None, reason="no C compiler")
+@pytest.mark.parametrize("flags", [
+    ["-DFM_LEVEL=0", "-mno-avx", "-mno-sse3"],                  # an old x86-64: the scalar level
+    ["-DFM_LEVEL=1", "-mavx2", "-mfma", "-mf16c"],
+    ["-DFM_LEVEL=2", "-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"],
+], ids=["scalar-no-avx", "avx2", "avx512"])
+def test_simd_headers_compile_warning_free(tmp_path, flags):
+    import platform
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        flags = [f for f in flags if not f.startswith("-m")]
+    src = tmp_path / "t.c"
+    src.write_text(DRIVER)
+    exe = tmp_path / "t"
+    cmd = [_cc(), "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-function",
+           "-Wno-unused-parameter", "-I", SIMD, *flags, str(src), "-o", str(exe), "-lm"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    level = int(flags[0][-1]) if flags[0].startswith("-DFM_LEVEL") else 0
+    if level == 0 or _cpu.supports(("scalar", "avx2", "avx512")[level]):
+        out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30).stdout.split()
+        assert out[0] == str(level)
+
+
+CROSS = shutil.which("aarch64-linux-gnu-gcc")
+
+
+@pytest.mark.skipif(CROSS is None, reason="no aarch64 cross compiler (apt-get install gcc-aarch64-linux-gnu)")
+def test_simd_headers_compile_for_aarch64(tmp_path):
+    """A non-x86 build gets the scalar level only, and its headers compile there."""
+    src = tmp_path / "t.c"
+    src.write_text(DRIVER)
+    r = subprocess.run([CROSS, "-std=c99", "-O2", "-Wall", "-Werror", "-Wno-unused-function",
+                        "-I", SIMD, "-c", str(src), "-o", str(tmp_path / "t.o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
