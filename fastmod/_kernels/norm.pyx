@@ -39,81 +39,52 @@ cdef Py_ssize_t GRAIN = 1 << 15          # elements per thread before a 2nd thre
 
 cdef extern from *:
     """
-    /* Reductions over n contiguous values, accumulated in double for float data.
-       With gcc/clang: vector extensions, two 4-double accumulators (two add chains in flight;
-       registers, not an accumulator array -- an array was zeroed with `rep stos` and spilled,
-       which made LayerNorm(32) backward 2x slower), folded in a fixed order, then the tail
-       (n % 8 values): every call gives the same bits. Other compilers: plain loops. */
-    #include <string.h>
-    #if defined(__GNUC__) || defined(__clang__)
-    #if defined(__GNUC__) && !defined(__clang__)
-    #pragma GCC diagnostic ignored "-Wpsabi"   /* static inline only: no ABI crosses a call */
-    #endif
-    typedef double fm_d4 __attribute__((vector_size(32)));
-    typedef float fm_f4 __attribute__((vector_size(16)));
-    #if defined(__AVX__)
-    #include <immintrin.h>
-    /* one vcvtps2pd from memory (the generic conversion below became 2 x 128-bit + insert) */
-    static inline fm_d4 fm_ld_f(const float* p) { return (fm_d4)_mm256_cvtps_pd(_mm_loadu_ps(p)); }
-    #else
-    static inline fm_d4 fm_ld_f(const float* p) {
-        fm_f4 v; memcpy(&v, p, sizeof v); return __builtin_convertvector(v, fm_d4); }
-    #endif
-    static inline fm_d4 fm_ld_d(const double* p) { fm_d4 v; memcpy(&v, p, sizeof v); return v; }
-    static inline void fm_st4(double* p, fm_d4 v) { memcpy(p, &v, sizeof v); }
-    static inline double fm_hsum(fm_d4 a0, fm_d4 a1, fm_d4 a2, fm_d4 a3) {
-        fm_d4 c = (a0 + a1) + (a2 + a3); return (c[0] + c[2]) + (c[1] + c[3]); }
-    /* Four accumulators: an add (fma) has 3 (4) cycles of latency, so four chains keep the FP
-       pipes busy (two left the reductions latency-bound at ~2 values per cycle). Main loop 16
-       values per step, then 4 at a time into a0, then the scalar tail. */
-    #define FM_RED_LOOP(STEP)                                                                 \\
-        for (; i + 16 <= n; i += 16) { STEP(a0, b0, i) STEP(a1, b1, i + 4)                   \\
-                                       STEP(a2, b2, i + 8) STEP(a3, b3, i + 12) }             \\
-        for (; i + 4 <= n; i += 4) { STEP(a0, b0, i) }
-    #define FM_ACC4 fm_d4 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}
-    #define FM_ACC4B fm_d4 b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0}
+    /* Reductions over n contiguous values, accumulated in double for float data, in a fixed
+       order: simd/fm_reduce.h (FM_DL doubles per vector, four accumulators), then the tail. */
+    #include "fm_reduce.h"
+    #if FM_HAVE_DVEC
     #define FM_NORM_REDUCTIONS(T, S)                                                          \\
     static inline double fm_sum_##S(const T* x, Py_ssize_t n) {                               \\
         FM_ACC4; double s = 0.0; Py_ssize_t i = 0;                                            \\
         FM_RED_LOOP(FM_SUM_STEP_##S)                                                          \\
         for (; i < n; i++) s += (double)x[i];                                                 \\
-        return fm_hsum(a0, a1, a2, a3) + s;                                                   \\
+        return fm_hsum4(a0, a1, a2, a3) + s;                                                   \\
     }                                                                                         \\
     /* sum of squared deviations from m */                                                    \\
     static inline double fm_ssd_##S(const T* x, Py_ssize_t n, double m) {                     \\
-        FM_ACC4; fm_d4 d4; double s = 0.0, d; Py_ssize_t i = 0;                               \\
+        FM_ACC4; fm_dv d4; double s = 0.0, d; Py_ssize_t i = 0;                               \\
         FM_RED_LOOP(FM_SSD_STEP_##S)                                                          \\
         for (; i < n; i++) { d = (double)x[i] - m; s += d * d; }                              \\
-        return fm_hsum(a0, a1, a2, a3) + s;                                                   \\
+        return fm_hsum4(a0, a1, a2, a3) + s;                                                   \\
     }                                                                                         \\
     /* sum(dy) and sum(dy * (x - m)) in one pass */                                           \\
     static inline void fm_dsum_##S(const T* dy, const T* x, Py_ssize_t n, double m,           \\
                                    double* s_dy, double* s_dyx) {                             \\
-        FM_ACC4; FM_ACC4B; fm_d4 g4; double sa = 0.0, sb = 0.0, g; Py_ssize_t i = 0;          \\
+        FM_ACC4; FM_ACC4B; fm_dv g4; double sa = 0.0, sb = 0.0, g; Py_ssize_t i = 0;          \\
         FM_RED_LOOP(FM_DSUM_STEP_##S)                                                         \\
         for (; i < n; i++) { g = (double)dy[i]; sa += g; sb += g * ((double)x[i] - m); }      \\
-        *s_dy = fm_hsum(a0, a1, a2, a3) + sa; *s_dyx = fm_hsum(b0, b1, b2, b3) + sb;          \\
+        *s_dy = fm_hsum4(a0, a1, a2, a3) + sa; *s_dyx = fm_hsum4(b0, b1, b2, b3) + sb;          \\
     }                                                                                         \\
     /* sum(dy * w) and sum(dy * w * (x - m)) in one pass (w per element) */                   \\
     static inline void fm_dsum_w_##S(const T* dy, const T* w, const T* x, Py_ssize_t n,      \\
                                      double m, double* s_g, double* s_gx) {                   \\
-        FM_ACC4; FM_ACC4B; fm_d4 g4; double sa = 0.0, sb = 0.0, g; Py_ssize_t i = 0;          \\
+        FM_ACC4; FM_ACC4B; fm_dv g4; double sa = 0.0, sb = 0.0, g; Py_ssize_t i = 0;          \\
         FM_RED_LOOP(FM_DSUMW_STEP_##S)                                                        \\
         for (; i < n; i++) {                                                                  \\
             g = (double)dy[i] * (double)w[i]; sa += g; sb += g * ((double)x[i] - m); }        \\
-        *s_g = fm_hsum(a0, a1, a2, a3) + sa; *s_gx = fm_hsum(b0, b1, b2, b3) + sb;            \\
+        *s_g = fm_hsum4(a0, a1, a2, a3) + sa; *s_gx = fm_hsum4(b0, b1, b2, b3) + sb;            \\
     }                                                                                         \\
     /* fm_dsum_w, and pw += dy * (x - m) * rs, pb += dy (the weight / bias gradient partials) */ \\
     static inline void fm_dsum_w_acc_##S(const T* dy, const T* w, const T* x, Py_ssize_t n,  \\
                                          double m, double rs, double* pw, double* pb,         \\
                                          double* s_g, double* s_gx) {                         \\
-        FM_ACC4; FM_ACC4B; fm_d4 h4, d4, g4; double sa = 0.0, sb = 0.0, g, h, d;              \\
+        FM_ACC4; FM_ACC4B; fm_dv h4, d4, g4; double sa = 0.0, sb = 0.0, g, h, d;              \\
         Py_ssize_t i = 0;                                                                     \\
         FM_RED_LOOP(FM_DSUMWACC_STEP_##S)                                                     \\
         for (; i < n; i++) {                                                                  \\
             h = (double)dy[i]; d = (double)x[i] - m; g = h * (double)w[i];                    \\
             sa += g; sb += g * d; pw[i] += h * (d * rs); pb[i] += h; }                        \\
-        *s_g = fm_hsum(a0, a1, a2, a3) + sa; *s_gx = fm_hsum(b0, b1, b2, b3) + sb;            \\
+        *s_g = fm_hsum4(a0, a1, a2, a3) + sa; *s_gx = fm_hsum4(b0, b1, b2, b3) + sb;            \\
     }
     /* one 4-value step of each reduction, accumulating into A (and B) */
     #define FM_SUM_STEP_f(A, B, j) A += fm_ld_f(x + (j));
@@ -128,10 +99,10 @@ cdef extern from *:
                                      B += g4 * (fm_ld_d(x + (j)) - m);
     #define FM_DSUMWACC_STEP_f(A, B, j) h4 = fm_ld_f(dy + (j)); d4 = fm_ld_f(x + (j)) - m;      \\
         g4 = h4 * fm_ld_f(w + (j)); A += g4; B += g4 * d4;                                    \\
-        fm_st4(pw + (j), fm_ld_d(pw + (j)) + h4 * (d4 * rs)); fm_st4(pb + (j), fm_ld_d(pb + (j)) + h4);
+        fm_st_d(pw + (j), fm_ld_d(pw + (j)) + h4 * (d4 * rs)); fm_st_d(pb + (j), fm_ld_d(pb + (j)) + h4);
     #define FM_DSUMWACC_STEP_d(A, B, j) h4 = fm_ld_d(dy + (j)); d4 = fm_ld_d(x + (j)) - m;      \\
         g4 = h4 * fm_ld_d(w + (j)); A += g4; B += g4 * d4;                                    \\
-        fm_st4(pw + (j), fm_ld_d(pw + (j)) + h4 * (d4 * rs)); fm_st4(pb + (j), fm_ld_d(pb + (j)) + h4);
+        fm_st_d(pw + (j), fm_ld_d(pw + (j)) + h4 * (d4 * rs)); fm_st_d(pb + (j), fm_ld_d(pb + (j)) + h4);
     #else
     #define FM_NORM_REDUCTIONS(T, S)                                                          \\
     static double fm_sum_##S(const T* x, Py_ssize_t n) {                                      \\
