@@ -20,7 +20,7 @@ from fastmod import nn, optim
 from fastmod._kernels import _cpu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIMD = os.path.join(ROOT, "fastmod", "_kernels", "simd")
+SIMD = os.path.join(os.path.dirname(fastmod._kernels.__file__), "simd")   # shipped in wheels too
 LEVELS = fastmod.supported_isas()
 
 
@@ -268,7 +268,7 @@ def test_kernel_modules_compile_for_aarch64(tmp_path):
     import sysconfig
     import numpy
     from fastmod import _kernels
-    kdir = os.path.join(ROOT, "fastmod", "_kernels")
+    kdir = os.path.dirname(_kernels.__file__)
     sources = [os.path.join(kdir, m + ".c") for m in _kernels.MODULES + ("_cpu", "_threads")]
     if not all(os.path.exists(s) for s in sources):
         pytest.skip("no generated C next to the .pyx files (not an in-place build)")
