@@ -5,7 +5,7 @@ import pytest
 import fastmod
 from fastmod import nn
 import reference as ref
-from reference import tol
+from reference import assert_close, tol
 
 # name -> (fastmod factory, (torch.nn class name, its kwargs)); references in ref.ACTIVATIONS
 ELEMENTWISE = {
@@ -303,14 +303,20 @@ def test_gelu_infinities_and_nan(n, dtype):
 
 
 def test_gelu_tail_torch_parity_or_better(torch):
-    """Where torch's float32 GELU is accurate (x > -3) fastmod matches it; in the tail fastmod is
-    at least as close to the float64 erfc value as torch is."""
+    """fastmod's float32 GELU is within 1e-6 (relative) of the float64 erfc value down to -12,
+    agrees with torch's at the parity tolerance, and in the tail (x <= -3) is at least as close
+    to the float64 value as torch is (to an ulp).
+
+    torch's float32 GELU is CPU-dependent: oneDNN's AVX-512 kernel is off by 1.2e-4 (relative)
+    near x = -3, its AVX2 and SSE4.1 kernels by 5e-5, torch's scalar path by 1e-5 (1 + erf
+    cancels in the tail), so torch is compared only at a tolerance that holds for all of them;
+    the tight check is against float64."""
     x = np.linspace(-12.0, 6.0, 1801).astype(np.float32)
     want, _ = _gelu_erfc_ref(x)
     t = torch.nn.functional.gelu(torch.from_numpy(x)).numpy().astype(np.float64)
     y = nn.GELU()(x).astype(np.float64)
-    mid = x > -3
-    np.testing.assert_allclose(y[mid], t[mid], rtol=1e-5, atol=3e-7)
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=0)
+    assert_close(y, t, np.float32)
     ulp = np.abs(np.spacing(want.astype(np.float32))).astype(np.float64)
-    tail = ~mid
+    tail = x <= -3
     assert np.all(np.abs(y - want)[tail] <= (np.abs(t - want) + ulp)[tail])

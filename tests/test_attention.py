@@ -7,7 +7,7 @@ import pytest
 
 import fastmod
 import fastmod.nn as nn
-from reference import tol
+from reference import assert_close
 
 E, H, N, T = 16, 4, 3, 6
 
@@ -58,7 +58,7 @@ def test_forward_matches_numpy_reference(dtype, rng, bias):
     y = m(x)
     ref, _ = ref_mha(x, x, x, *_params(m), H)
     assert y.dtype == dtype and y.shape == (N, T, E)
-    np.testing.assert_allclose(y, ref, **tol(dtype, parity=True))
+    assert_close(y, ref, dtype)
 
 
 def test_cross_attention_matches_reference(dtype, rng):
@@ -67,7 +67,7 @@ def test_cross_attention_matches_reference(dtype, rng):
     kx = rng.standard_normal((N, 9, E)).astype(dtype)
     vx = rng.standard_normal((N, 9, E)).astype(dtype)
     ref, _ = ref_mha(x, kx, vx, *_params(m), H)
-    np.testing.assert_allclose(m(x, kx, vx), ref, **tol(dtype, parity=True))
+    assert_close(m(x, kx, vx), ref, dtype)
 
 
 def test_attention_weights_match_reference(dtype, rng):
@@ -78,7 +78,7 @@ def test_attention_weights_match_reference(dtype, rng):
     mask[:, 0] = 0
     _, w = m(x, attn_mask=mask.astype(dtype), need_weights=True, average_attn_weights=False)
     _, p = ref_mha(x, x, x, *_params(m), H, mask=mask)
-    np.testing.assert_allclose(w, p, **tol(dtype, parity=True))
+    assert_close(w, p, dtype)
     assert not w[..., mask == -np.inf].any()
 
 
@@ -118,7 +118,7 @@ def _pair(dtype, bias=True, batch_first=True, seed=0):
 def _compare_grads(m, tm, dtype):
     for name, p in m.named_parameters():
         tp = dict(tm.named_parameters())[name]
-        np.testing.assert_allclose(p.grad, tp.grad.numpy(), **tol(dtype, parity=True), err_msg=name)
+        assert_close(p.grad, tp.grad.numpy(), dtype, err_msg=name)
 
 
 def _run_both(m, tm, dtype, rng, inputs, mask_kw=None, t_mask_kw=None, seed=1):
@@ -130,7 +130,7 @@ def _run_both(m, tm, dtype, rng, inputs, mask_kw=None, t_mask_kw=None, seed=1):
     targs = tin if len(tin) == 3 else tin * 3
     ty, _ = tm(*targs, need_weights=False, **t_mask_kw)
     y = m(*inputs, **mask_kw)
-    np.testing.assert_allclose(y, ty.detach().numpy(), **tol(dtype, parity=True))
+    assert_close(y, ty.detach().numpy(), dtype)
     g = np.random.default_rng(seed).standard_normal(y.shape).astype(dtype)
     ty.backward(t.from_numpy(g))
     m.zero_grad()
@@ -138,7 +138,7 @@ def _run_both(m, tm, dtype, rng, inputs, mask_kw=None, t_mask_kw=None, seed=1):
     dxs = dx if isinstance(dx, tuple) else (dx,)
     assert len(dxs) == len(inputs)
     for d, ti in zip(dxs, tin):
-        np.testing.assert_allclose(d, ti.grad.numpy(), **tol(dtype, parity=True))
+        assert_close(d, ti.grad.numpy(), dtype)
     _compare_grads(m, tm, dtype)
     return y
 
@@ -211,8 +211,8 @@ def test_need_weights_matches_torch(dtype, rng):
     for avg in (True, False):
         ty, tw = tm(tx, tx, tx, need_weights=True, average_attn_weights=avg)
         y, w = m(x, need_weights=True, average_attn_weights=avg)
-        np.testing.assert_allclose(y, ty.detach().numpy(), **tol(dtype, parity=True))
-        np.testing.assert_allclose(w, tw.detach().numpy(), **tol(dtype, parity=True))
+        assert_close(y, ty.detach().numpy(), dtype)
+        assert_close(w, tw.detach().numpy(), dtype)
 
 
 def test_state_dict_into_torch(dtype, rng):
@@ -225,7 +225,7 @@ def test_state_dict_into_torch(dtype, rng):
     tm.load_state_dict({k: t.from_numpy(v) for k, v in m.state_dict().items()})
     x = rng.standard_normal((N, T, E)).astype(dtype)
     ty, _ = tm(*[t.from_numpy(x)] * 3, need_weights=False)
-    np.testing.assert_allclose(m(x), ty.detach().numpy(), **tol(dtype, parity=True))
+    assert_close(m(x), ty.detach().numpy(), dtype)
 
 
 def test_sdpa_function_matches_torch(dtype, rng):
@@ -240,9 +240,8 @@ def test_sdpa_function_matches_torch(dtype, rng):
     for kw, tkw in [({}, {}), ({"is_causal": True}, {"is_causal": True}),
                     ({"attn_mask": allowed}, {"attn_mask": t.from_numpy(allowed)}),
                     ({"scale": 0.3}, {"scale": 0.3})]:
-        np.testing.assert_allclose(nn.scaled_dot_product_attention(q, k, v, **kw),
-                                   F.scaled_dot_product_attention(tq, tk, tv, **tkw).numpy(),
-                                   **tol(dtype, parity=True))
+        assert_close(nn.scaled_dot_product_attention(q, k, v, **kw),
+                     F.scaled_dot_product_attention(tq, tk, tv, **tkw).numpy(), dtype)
 
 
 # ------------------------------------------------------------------ gradcheck (float64)
@@ -305,8 +304,8 @@ def test_permutation_equivariance(dtype, rng):
     dx = m.backward(g)
     yp = m(x[:, perm])
     dxp = m.backward(g[:, perm])
-    np.testing.assert_allclose(yp, y[:, perm], **tol(dtype, parity=True))
-    np.testing.assert_allclose(dxp, dx[:, perm], **tol(dtype, parity=True))
+    assert_close(yp, y[:, perm], dtype)
+    assert_close(dxp, dx[:, perm], dtype)
 
 
 def test_fully_masked_query_gives_zero_attention():
@@ -336,7 +335,7 @@ def test_threads_equal_and_repeat_bit_identical(rng):
     # across thread counts the float32 sums run in another order: equal within float tolerance
     # (gradients summed over N*T = 132 rows differ by ~1e-6 absolute)
     for a, b in zip(res[1], res[2]):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        assert_close(a, b, np.float32)
 
 
 def test_dropout_train_eval_and_seeded_generator(rng):
@@ -506,8 +505,8 @@ def test_options_match_reference_and_torch_cross(dtype, rng, kw):
     ref, p = ref_mha_ext(m, x, kx, vx, mask, kpm)
     y, w = m(x, kx, vx, attn_mask=mask, key_padding_mask=kpm, need_weights=True,
              average_attn_weights=False)
-    np.testing.assert_allclose(y, ref, **tol(dtype))
-    np.testing.assert_allclose(w, p, **tol(dtype))
+    assert_close(y, ref, dtype)
+    assert_close(w, p, dtype)
     assert w.shape[-1] == 9 + kw.get("add_bias_kv", False) + kw.get("add_zero_attn", False)
     _run_both(m, tm, dtype, rng, [x, kx, vx],
               mask_kw={"attn_mask": mask, "key_padding_mask": kpm})
@@ -520,7 +519,7 @@ def test_options_torch_parity_self_attention(dtype, rng, kw, threads):
     kpm = np.zeros((N, T), bool)
     kpm[0, -2:] = True
     ref, _ = ref_mha_ext(m, x, x, x, kpm=kpm)
-    np.testing.assert_allclose(m(x, key_padding_mask=kpm), ref, **tol(dtype))
+    assert_close(m(x, key_padding_mask=kpm), ref, dtype)
     _run_both(m, tm, dtype, rng, [x], mask_kw={"key_padding_mask": kpm})
 
 

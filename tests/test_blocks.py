@@ -5,7 +5,7 @@ import pytest
 
 import fastmod
 from fastmod import nn, models
-from reference import tol
+from reference import assert_close, tol
 
 
 # ------------------------------------------------------------------ torch equivalents
@@ -94,9 +94,9 @@ def test_bnresblock_torch_parity(direction, shape, dtype, threads, parity, torch
     parity(m, tm, x, direction=direction, parity_tol=ptol)
     # the running statistics moved the same way, and eval mode agrees too
     for k, v in tm.state_dict().items():
-        np.testing.assert_allclose(m.state_dict()[k], v.numpy(), **tol(dtype, parity=True), err_msg=k)
+        assert_close(m.state_dict()[k], v.numpy(), dtype, err_msg=k)
     m.eval(), tm.eval()
-    np.testing.assert_allclose(m(x), tm(torch.from_numpy(x)).detach().numpy(), **tol(dtype, parity=True))
+    assert_close(m(x), tm(torch.from_numpy(x)).detach().numpy(), dtype)
 
 
 def test_bnresblock_activation_and_need_input_grad(rng):
@@ -148,7 +148,7 @@ def test_denseblock_matches_explicit_concatenation(dtype, threads, rng):
     fresh = [nn.Conv2d(c.in_channels, c.out_channels, 3, padding=1, dtype=dtype) for c in m.layers]
     for f, c in zip(fresh, m.layers):
         f.load_state_dict(c.state_dict())
-    np.testing.assert_allclose(y, dense_ref(x, fresh), **tol(dtype, parity=True))
+    assert_close(y, dense_ref(x, fresh), dtype)
     np.testing.assert_array_equal(y[:, :3], x)
 
 
@@ -187,7 +187,7 @@ def test_denseblock_threads_bit_identical_on_repeat(dtype, rng):
                 np.testing.assert_array_equal(a, b)
         out[nt] = res
     for a, b in zip(out[1], out[2]):
-        np.testing.assert_allclose(a, b, **tol(dtype, parity=True))
+        assert_close(a, b, dtype)
 
 
 def test_denseblock_need_input_grad_false(rng):

@@ -5,7 +5,7 @@ import pytest
 
 import fastmod
 from fastmod import nn
-from reference import tol
+from reference import assert_close
 
 
 # ------------------------------------------------------------------ an independent reference
@@ -128,7 +128,7 @@ def test_forward_matches_reference(case, dtype):
     y = m(x)
     want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
     assert y.shape == want.shape and y.dtype == dtype
-    np.testing.assert_allclose(y, want, **tol(dtype, parity=True))
+    assert_close(y, want, dtype)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -138,12 +138,11 @@ def test_backward_matches_reference(case, dtype, threads):
     dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
     dx = m.backward(dy)
     rdx, rdw, rdb = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
-    kw = tol(dtype, parity=True)
     assert dx.shape == x.shape and dx.dtype == dtype
-    np.testing.assert_allclose(dx, rdx, **kw)
-    np.testing.assert_allclose(m.weight.grad, rdw, **kw)
+    assert_close(dx, rdx, dtype)
+    assert_close(m.weight.grad, rdw, dtype)
     if m.bias is not None:
-        np.testing.assert_allclose(m.bias.grad, rdb, **kw)
+        assert_close(m.bias.grad, rdb, dtype)
 
 
 @pytest.mark.parametrize("tiles", ["one-tile", "row-tiles"])
@@ -170,12 +169,11 @@ def test_both_gemm_orientations_match_reference(case, layout, tiles, dtype, thre
         _k.set_depthwise_direct(True)
         _k.set_dx_as_conv(True)
         _k.set_forward_shifted(0)
-    kw = tol(dtype, parity=True)
-    np.testing.assert_allclose(y, conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data,
-                                           *_ref_args(m, geo)), **kw)
+    assert_close(y, conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data,
+                             *_ref_args(m, geo)), dtype)
     rdx, rdw, rdb = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
-    np.testing.assert_allclose(dx, rdx, **kw)
-    np.testing.assert_allclose(m.weight.grad, rdw, **kw)
+    assert_close(dx, rdx, dtype)
+    assert_close(m.weight.grad, rdw, dtype)
 
 
 @pytest.mark.parametrize("positions", [1, 1 << 20], ids=["image-per-gemm", "batch-per-gemm"])
@@ -198,7 +196,7 @@ def test_forward_im2row_matches_reference(case, mode, positions, dtype, threads)
         _k.set_im2row_positions(512)
     want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
     assert y.shape == want.shape and y.dtype == dtype
-    np.testing.assert_allclose(y, want, **tol(dtype, parity=True))
+    assert_close(y, want, dtype)
 
 
 @pytest.mark.parametrize("accumulate", [False, True], ids=["overwrite", "accumulate"])
@@ -235,10 +233,8 @@ def test_dx_as_forward_matches_reference(case, mode, fwd, accumulate, dtype, thr
         _k.set_forward_shifted(0)
         _k.set_im2row_positions(512)
     rdx, rdw, _ = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
-    kw = tol(dtype, parity=True)
-    np.testing.assert_allclose(dx.reshape(x.shape), rdx + (dx0.reshape(x.shape) if accumulate else 0),
-                               **kw)
-    np.testing.assert_allclose(dw.reshape(m.weight.shape), rdw, **kw)
+    assert_close(dx.reshape(x.shape), rdx + (dx0.reshape(x.shape) if accumulate else 0), dtype)
+    assert_close(dw.reshape(m.weight.shape), rdw, dtype)
 
 
 # 3x3, stride 1, groups 1: the Winograd F(2x2, 3x3) path's own shapes (odd and even output
@@ -252,14 +248,8 @@ WINO_CASES = CASES + [
     ("2d", 33, 7, 3, dict(padding="same"), (2, 33, 6, 5)),
 ]
 WINO_IDS = [f"{c[0]}-{i}" for i, c in enumerate(WINO_CASES)]
-
-
-def _wino_tol(dtype, ref):
-    # Winograd's rounding error scales with the largest values of the result (its transforms
-    # mix the terms of a tile before the GEMM and take differences after it), not with each
-    # element: the parity atol relative to max |ref| when that exceeds 1
-    kw = tol(dtype, parity=True)
-    return {"rtol": kw["rtol"], "atol": kw["atol"] * max(1.0, float(np.abs(ref).max()))}
+# (Winograd's rounding error scales with the largest values of the result -- its transforms mix
+# the terms of a tile before the GEMM and take differences after it -- as assert_close allows.)
 
 
 @pytest.mark.parametrize("tiles", [1, 3, 1 << 20], ids=["tile-blocks", "3-tiles", "batch"])
@@ -283,11 +273,11 @@ def test_winograd_matches_reference(case, tiles, dtype, threads):
         _k.set_forward_winograd(0)
         _k.set_dw_winograd(0)
     want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
-    np.testing.assert_allclose(y, want, **_wino_tol(dtype, want))
-    np.testing.assert_allclose(yr, np.maximum(want, 0), **_wino_tol(dtype, want))
+    assert_close(y, want, dtype)
+    assert_close(yr, np.maximum(want, 0), dtype)
     rdx, rdw, rdb = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
-    np.testing.assert_allclose(dx, rdx, **_wino_tol(dtype, rdx))
-    np.testing.assert_allclose(m.weight.grad, rdw, **_wino_tol(dtype, rdw))
+    assert_close(dx, rdx, dtype)
+    assert_close(m.weight.grad, rdw, dtype)
 
 
 @pytest.mark.parametrize("case", WINO_CASES[-6:], ids=WINO_IDS[-6:])
@@ -318,7 +308,7 @@ def test_winograd_dw_accumulates_and_repeats(dtype, threads):
         _k.conv2d_backward(None, dw, None, dy, x, w, 1, 1, 1, 1, 1, 1, 1, True, False, False)
         outs.append(dw)
     _, rdw, _ = conv_ref_backward(dy, x, w, (1, 1), (1, 1), (1, 1), 1)
-    np.testing.assert_allclose(outs[0], dw0 + rdw, **_wino_tol(dtype, rdw))
+    assert_close(outs[0], dw0 + rdw, dtype)
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
@@ -340,7 +330,7 @@ def test_winograd_accumulates_into_dx(dtype, threads):
     finally:
         _k.set_forward_winograd(0)
     rdx, _, _ = conv_ref_backward(dy, x, m.weight.data, (1, 1), (1, 1), (1, 1), 1)
-    np.testing.assert_allclose(dx, dx0 + rdx, **_wino_tol(dtype, rdx))
+    assert_close(dx, dx0 + rdx, dtype)
 
 
 WINO5_CASES = CASES + [
@@ -381,13 +371,12 @@ def test_winograd5_matches_reference(case, tiles, dtype, threads):
         _k.set_forward_winograd(0)
         _k.set_dx_forward(0)
     want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
-    np.testing.assert_allclose(y, want, **_wino_tol(dtype, want))
-    np.testing.assert_allclose(yr, np.maximum(want, 0), **_wino_tol(dtype, want))
+    assert_close(y, want, dtype)
+    assert_close(yr, np.maximum(want, 0), dtype)
     rdx, rdw, _ = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
-    np.testing.assert_allclose(dx, rdx, **_wino_tol(dtype, rdx))
-    np.testing.assert_allclose(m.weight.grad, rdw, **tol(dtype, parity=True))
-    np.testing.assert_allclose(dxa.reshape(x.shape), dx0.reshape(x.shape) + rdx,
-                               **_wino_tol(dtype, rdx))
+    assert_close(dx, rdx, dtype)
+    assert_close(m.weight.grad, rdw, dtype)
+    assert_close(dxa.reshape(x.shape), dx0.reshape(x.shape) + rdx, dtype)
 
 
 @pytest.mark.parametrize("case", WINO5_CASES[-5:], ids=WINO5_IDS[-5:])
@@ -437,14 +426,13 @@ def test_small_direct_matches_reference(case, mode, dtype, threads):
     finally:
         _k.set_forward_small(0)
         _k.set_dx_forward(0)
-    kw = tol(dtype, parity=True)
     want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
-    np.testing.assert_allclose(y, want, **kw)
-    np.testing.assert_allclose(yr, np.maximum(want, 0), **kw)
+    assert_close(y, want, dtype)
+    assert_close(yr, np.maximum(want, 0), dtype)
     rdx, rdw, _ = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
-    np.testing.assert_allclose(dx, rdx, **kw)
-    np.testing.assert_allclose(m.weight.grad, rdw, **kw)
-    np.testing.assert_allclose(dxa.reshape(x.shape), dx0.reshape(x.shape) + rdx, **kw)
+    assert_close(dx, rdx, dtype)
+    assert_close(m.weight.grad, rdw, dtype)
+    assert_close(dxa.reshape(x.shape), dx0.reshape(x.shape) + rdx, dtype)
 
 
 def test_small_direct_keeps_nan_under_fused_relu():
@@ -510,7 +498,7 @@ def test_threads_agree_and_repeat_bit_identical(cls, args, kw, shape, dtype):
                 np.testing.assert_array_equal(a, b)
         results[nt] = res
     for a, b in zip(results[1], results[2]):
-        np.testing.assert_allclose(a, b, **tol(dtype, parity=True))
+        assert_close(a, b, dtype)
 
 
 def test_gradients_accumulate_until_zero_grad(rng):
@@ -811,16 +799,16 @@ def test_padding_modes_reference_torch_gradcheck(nd, mode, kw, shape, dtype, rng
     ref = conv_ref_valid(pad_ref(x, pads, mode), m.weight.data, m.bias.data,
                          m.stride, m.dilation, m.groups)
     y = m(x)
-    np.testing.assert_allclose(y, ref, **tol(dtype))
+    assert_close(y, ref, dtype)
     tm = tcls(C, 6, padding_mode=mode, **kw).to(torch.float32 if dtype == np.float32 else torch.float64)
     tm.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in m.state_dict().items()})
     xt = torch.tensor(x, requires_grad=True)
     yt = tm(xt)
-    np.testing.assert_allclose(y, yt.detach().numpy(), **tol(dtype, parity=True))
+    assert_close(y, yt.detach().numpy(), dtype)
     dy = rng.standard_normal(y.shape).astype(dtype)
     yt.backward(torch.from_numpy(dy))
-    np.testing.assert_allclose(m.backward(dy), xt.grad.numpy(), **tol(dtype, parity=True))
-    np.testing.assert_allclose(m.weight.grad, tm.weight.grad.numpy(), **tol(dtype, parity=True))
+    assert_close(m.backward(dy), xt.grad.numpy(), dtype)
+    assert_close(m.weight.grad, tm.weight.grad.numpy(), dtype)
     m(x)
     assert m.backward(dy, need_input_grad=False) is None
     if dtype == np.float64:

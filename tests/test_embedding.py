@@ -4,6 +4,7 @@ import pytest
 
 import fastmod
 import fastmod.nn as nn
+from reference import assert_close
 
 
 def ref_backward(idx, dy, V, padding_idx=None):
@@ -77,7 +78,7 @@ def test_torch_parity_state_dict_both_ways(dtype, rng):
     dy = rng.standard_normal(y.shape).astype(dtype)
     ty.backward(torch.from_numpy(dy))
     m.backward(dy)
-    np.testing.assert_allclose(m.weight.grad, tm.weight.grad.numpy(), rtol=1e-5, atol=1e-6)
+    assert_close(m.weight.grad, tm.weight.grad.numpy(), dtype)
     tm2 = torch.nn.Embedding(9, 6).to(tdt)
     tm2.load_state_dict({k: torch.from_numpy(v) for k, v in m.state_dict().items()})
     np.testing.assert_array_equal(tm2(torch.from_numpy(x)).detach().numpy(), y)
@@ -156,12 +157,15 @@ def test_max_norm_and_freq_scaling_match_torch(dtype, rng, p):
     x = np.array([[1, 1, 2, 5], [1, 3, 5, 8]])
     ty = tm(torch.from_numpy(x))
     y = m(x)
-    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(m.weight.data, tm.weight.detach().numpy(), rtol=1e-6, atol=1e-7)
+    # torch takes the row norms in float32 (vectorized: its rounding depends on the CPU),
+    # fastmod in float64: equal at the parity tolerance (the tight check is
+    # test_max_norm_renormalizes_looked_up_rows against a float64 reference)
+    assert_close(y, ty.detach().numpy(), dtype)
+    assert_close(m.weight.data, tm.weight.detach().numpy(), dtype)
     dy = rng.standard_normal(y.shape).astype(dtype)
     ty.backward(torch.from_numpy(dy))
     m.backward(dy)
-    np.testing.assert_allclose(m.weight.grad, tm.weight.grad.numpy(), rtol=1e-5, atol=1e-6)
+    assert_close(m.weight.grad, tm.weight.grad.numpy(), dtype)
     assert "max_norm=1.2" in repr(m) and "scale_grad_by_freq=True" in repr(m)
 
 

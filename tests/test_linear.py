@@ -7,7 +7,7 @@ import pytest
 import fastmod
 from fastmod import nn
 import reference as ref
-from reference import tol
+from reference import assert_close
 
 SHAPES = [(5, 4), (2, 3, 4), (4,)]   # (N, in), (N, *, in), 1-D (in,)
 
@@ -26,7 +26,7 @@ def test_forward_matches_reference(dtype, shape, bias, rng):
     y = m(x)
     assert y.shape == shape[:-1] + (3,) and y.dtype == dtype
     want = ref.linear(x, m.weight.data, None if m.bias is None else m.bias.data)
-    np.testing.assert_allclose(y, want, **tol(dtype, parity=True))
+    assert_close(y, want, dtype)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -39,10 +39,10 @@ def test_backward_matches_reference(dtype, shape, bias, rng):
     dx = m.backward(dy)
     rdx, rdw, rdb = ref.linear_backward(dy, x, m.weight.data)
     assert dx.shape == x.shape and dx.dtype == dtype
-    np.testing.assert_allclose(dx, rdx, **tol(dtype, parity=True))
-    np.testing.assert_allclose(m.weight.grad, rdw, **tol(dtype, parity=True))
+    assert_close(dx, rdx, dtype)
+    assert_close(m.weight.grad, rdw, dtype)
     if bias:
-        np.testing.assert_allclose(m.bias.grad, rdb, **tol(dtype, parity=True))
+        assert_close(m.bias.grad, rdb, dtype)
 
 
 # (N, in, out) big enough (>= 2^19 multiply-adds) that pgemm / pgemv split over 2 threads:
@@ -57,14 +57,13 @@ def test_split_gemm_paths_match_reference(n, i, o, dtype, rng):
     m = make(i, o, dtype=dtype)
     x = rng.standard_normal((n, i) if n > 1 else (i,)).astype(dtype)
     y = m(x)
-    kw = tol(dtype, parity=True)
-    np.testing.assert_allclose(y, ref.linear(x, m.weight.data, m.bias.data), **kw)
+    assert_close(y, ref.linear(x, m.weight.data, m.bias.data), dtype)
     dy = rng.standard_normal(y.shape).astype(dtype)
     dx = m.backward(dy)
     rdx, rdw, rdb = ref.linear_backward(dy, x, m.weight.data)
-    np.testing.assert_allclose(dx, rdx, **kw)
-    np.testing.assert_allclose(m.weight.grad, rdw, **kw)
-    np.testing.assert_allclose(m.bias.grad, rdb, **kw)
+    assert_close(dx, rdx, dtype)
+    assert_close(m.weight.grad, rdw, dtype)
+    assert_close(m.bias.grad, rdb, dtype)
 
 
 # ------------------------------------------------------------------ gradcheck
@@ -300,9 +299,9 @@ def test_backward_fusions_match_reference(n, i, o, mode, dtype, threads, rng):
     dx = m._backward(dy, True, **kw)
     if kw["dx"] is not None:
         assert dx is buf
-    np.testing.assert_allclose(dx, want, **tol(dtype, parity=True))
-    np.testing.assert_allclose(m.weight.grad, rdw, **tol(dtype, parity=True))
-    np.testing.assert_allclose(m.bias.grad, rdb, **tol(dtype, parity=True))
+    assert_close(dx, want, dtype)
+    assert_close(m.weight.grad, rdw, dtype)
+    assert_close(m.bias.grad, rdb, dtype)
 
 
 # ------------------------------------------------------------------ skinny layers (out <= 16)
@@ -319,28 +318,27 @@ SKINNY_CASES = [(128, 512, 10), (7, 5, 3), (1, 77, 16), (33, 100, 1), (300, 203,
 def test_skinny_paths_match_reference(n, i, o, bias, dtype, threads, rng):
     m = make(i, o, bias=bias, dtype=dtype)
     x = rng.standard_normal((n, i)).astype(dtype)
-    kw = tol(dtype, parity=True)
     b = m.bias.data if bias else None
-    np.testing.assert_allclose(m(x), ref.linear(x, m.weight.data, b), **kw)
+    assert_close(m(x), ref.linear(x, m.weight.data, b), dtype)
     with fastmod.no_grad():                            # the fused ReLU of Sequential's inference
-        np.testing.assert_allclose(m._forward(x, True), np.maximum(ref.linear(x, m.weight.data, b), 0), **kw)
+        assert_close(m._forward(x, True), np.maximum(ref.linear(x, m.weight.data, b), 0), dtype)
     m(x)
     dy = rng.standard_normal((n, o)).astype(dtype)
     rdx, rdw, rdb = ref.linear_backward(dy, x, m.weight.data)
-    np.testing.assert_allclose(m.backward(dy), rdx, **kw)
-    np.testing.assert_allclose(m.weight.grad, rdw, **kw)
+    assert_close(m.backward(dy), rdx, dtype)
+    assert_close(m.weight.grad, rdw, dtype)
     if bias:
-        np.testing.assert_allclose(m.bias.grad, rdb, **kw)
+        assert_close(m.bias.grad, rdb, dtype)
     m(x)                                               # accumulate into the gradients, mask dx
     mask = rng.standard_normal((n, i)).astype(dtype)
     mask[0, 0] = np.nan
     buf = rng.standard_normal((n, i)).astype(dtype)
     dx = m._backward(dy, True, relu_out=mask, dx=buf.copy())
-    np.testing.assert_allclose(dx, np.where(mask > 0, rdx + buf, 0), **kw)
-    np.testing.assert_allclose(m.weight.grad, 2 * rdw, **kw)
+    assert_close(dx, np.where(mask > 0, rdx + buf, 0), dtype)
+    assert_close(m.weight.grad, 2 * rdw, dtype)
     m(x)
     assert m.backward(dy, need_input_grad=False) is None
-    np.testing.assert_allclose(m.weight.grad, 3 * rdw, **kw)
+    assert_close(m.weight.grad, 3 * rdw, dtype)
 
 
 def test_skinny_results_do_not_depend_on_threads(rng):
@@ -382,15 +380,14 @@ def test_transposed_forward_matches_reference(n, i, o, bias, threads, rng):
     x[1, 2] = np.nan
     b = m.bias.data if bias else None
     want = ref.linear(x, m.weight.data, b)
-    kw = tol(np.float32, parity=True)
-    np.testing.assert_allclose(m(x), want, **kw)
+    assert_close(m(x), want, np.float32)
     with fastmod.no_grad():
         y = m._forward(x, True)
     assert np.isnan(y[1]).all()                               # NaN kept by the fused ReLU
-    np.testing.assert_allclose(y, np.maximum(want, 0), **kw)
-    np.testing.assert_allclose(m(x[:32 if n > 32 else n]), want[:32 if n > 32 else n], **kw)  # smaller N
+    assert_close(y, np.maximum(want, 0), np.float32)
+    assert_close(m(x[:32 if n > 32 else n]), want[:32 if n > 32 else n], np.float32)  # smaller N
     x3 = x.reshape(1, n, i)
-    np.testing.assert_allclose(m(x3), want.reshape(1, n, o), **kw)
+    assert_close(m(x3), want.reshape(1, n, o), np.float32)
 
 
 def test_transposed_forward_same_as_direct_path_in_sequential(rng):

@@ -7,7 +7,7 @@ import pytest
 
 import fastmod
 from fastmod import nn
-from reference import tol
+from reference import assert_close, tol
 
 
 # ------------------------------------------------------------------ independent references
@@ -143,10 +143,10 @@ def test_pool2d_torch_parity(case, dtype, torch, rng):
     y = m(x)
     xt = torch.from_numpy(x.copy()).requires_grad_(True)
     yt = tm(xt)
-    np.testing.assert_allclose(y, yt.detach().numpy(), **tol(dtype, parity=True))
+    assert_close(y, yt.detach().numpy(), dtype)
     dy = rng.standard_normal(y.shape).astype(dtype)
     yt.backward(torch.from_numpy(dy))
-    np.testing.assert_allclose(m.backward(dy), xt.grad.numpy(), **tol(dtype, parity=True))
+    assert_close(m.backward(dy), xt.grad.numpy(), dtype)
 
 
 CASES_1D = [
@@ -166,10 +166,10 @@ def test_pool1d_torch_parity_and_gradcheck(case, dtype, torch, rng):
     y = m(x)
     xt = torch.from_numpy(x.copy()).requires_grad_(True)
     yt = tm(xt)
-    np.testing.assert_allclose(y, yt.detach().numpy(), **tol(dtype, parity=True))
+    assert_close(y, yt.detach().numpy(), dtype)
     dy = rng.standard_normal(y.shape).astype(dtype)
     yt.backward(torch.from_numpy(dy))
-    np.testing.assert_allclose(m.backward(dy), xt.grad.numpy(), **tol(dtype, parity=True))
+    assert_close(m.backward(dy), xt.grad.numpy(), dtype)
     fastmod.gradcheck(make_pool(case, nd=1), rng.standard_normal(case[-1]))
 
 
@@ -198,12 +198,12 @@ def test_maxpool_return_indices(nd, kw, shape, dtype, torch, rng):
     xt = torch.from_numpy(x.copy()).requires_grad_(True)
     yt, it = tcls(return_indices=True, **kw)(xt)
     np.testing.assert_array_equal(idx, it.numpy())
-    np.testing.assert_allclose(y, yt.detach().numpy(), **tol(dtype, parity=True))
+    assert_close(y, yt.detach().numpy(), dtype)
     dy = rng.standard_normal(y.shape).astype(dtype)
     yt.backward(torch.from_numpy(dy))
-    np.testing.assert_allclose(m.backward((dy, None)), xt.grad.numpy(), **tol(dtype, parity=True))
+    assert_close(m.backward((dy, None)), xt.grad.numpy(), dtype)
     m(x)
-    np.testing.assert_allclose(m.backward(dy), xt.grad.numpy(), **tol(dtype, parity=True))
+    assert_close(m.backward(dy), xt.grad.numpy(), dtype)
     m(x)
     with pytest.raises(ValueError, match=r"expected \(dy, None\)"):
         m.backward((dy, None, None))
@@ -252,10 +252,10 @@ def test_adaptive_avgpool(out, dtype, torch, rng):
     np.testing.assert_allclose(y, want, **tol(dtype))
     xt = torch.from_numpy(x.copy()).requires_grad_(True)
     yt = tm(xt)
-    np.testing.assert_allclose(y, yt.detach().numpy(), **tol(dtype, parity=True))
+    assert_close(y, yt.detach().numpy(), dtype)
     dy = rng.standard_normal(y.shape).astype(dtype)
     yt.backward(torch.from_numpy(dy))
-    np.testing.assert_allclose(m.backward(dy), xt.grad.numpy(), **tol(dtype, parity=True))
+    assert_close(m.backward(dy), xt.grad.numpy(), dtype)
     fastmod.gradcheck(nn.AdaptiveAvgPool2d(out), rng.standard_normal((2, 3, 10, 7)))
 
 
@@ -382,10 +382,10 @@ def test_adaptive_pools_reference_torch_gradcheck(kind, nd, out, shape, dtype, t
     tm = getattr(torch.nn, tname)(out if nd == 2 else out[0])
     xt = torch.from_numpy(x.copy()).requires_grad_(True)
     yt = tm(xt)
-    np.testing.assert_allclose(y, yt.detach().numpy(), **tol(dtype, parity=True))
+    assert_close(y, yt.detach().numpy(), dtype)
     dy = rng.standard_normal(y.shape).astype(dtype)
     yt.backward(torch.from_numpy(dy))
-    np.testing.assert_allclose(m.backward(dy), xt.grad.numpy(), **tol(dtype, parity=True))
+    assert_close(m.backward(dy), xt.grad.numpy(), dtype)
     if kind == "max":
         m2 = _adaptive(kind, nd, out, return_indices=True)
         y2, idx = m2(x)
@@ -393,8 +393,7 @@ def test_adaptive_pools_reference_torch_gradcheck(kind, nd, out, shape, dtype, t
             torch.from_numpy(x))
         np.testing.assert_array_equal(idx, it.numpy())
         np.testing.assert_array_equal(idx, arg)
-        np.testing.assert_allclose(m2.backward((dy, None)), xt.grad.numpy(),
-                                   **tol(dtype, parity=True))
+        assert_close(m2.backward((dy, None)), xt.grad.numpy(), dtype)
     fastmod.gradcheck(_adaptive(kind, nd, out), rng.standard_normal(shape))
 
 

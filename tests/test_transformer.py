@@ -8,7 +8,7 @@ import pytest
 
 import fastmod
 import fastmod.nn as nn
-from reference import tol
+from reference import assert_close
 
 E, H, F, N, T = 16, 4, 24, 3, 6
 
@@ -65,8 +65,7 @@ def test_forward_matches_numpy_reference(dtype, rng, norm_first, act):
     x = rng.standard_normal((N, T, E)).astype(dtype)
     y = m(x)
     assert y.shape == (N, T, E) and y.dtype == dtype
-    np.testing.assert_allclose(y, ref_layer(x, m.state_dict(), H, act, norm_first),
-                               **tol(dtype, parity=True))
+    assert_close(y, ref_layer(x, m.state_dict(), H, act, norm_first), dtype)
 
 
 def test_post_ln_is_the_standard_block_not_the_seed_formula(rng):
@@ -110,16 +109,15 @@ def _check_parity(torch, m, tm, x, dtype, mask_kw=None, t_mask_kw=None):
                    {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
                     for k, v in mask_kw.items()}))
     y = m(x, **mask_kw)
-    np.testing.assert_allclose(y, yt.detach().numpy(), **tol(dtype, parity=True))
+    assert_close(y, yt.detach().numpy(), dtype)
     g = np.random.default_rng(5).standard_normal(y.shape).astype(dtype)
     yt.backward(torch.from_numpy(g))
     m.zero_grad()
     dx = m.backward(g)
-    np.testing.assert_allclose(dx, xt.grad.numpy(), **tol(dtype, parity=True))
+    assert_close(dx, xt.grad.numpy(), dtype)
     tp = dict(tm.named_parameters())
     for name, p in m.named_parameters():
-        np.testing.assert_allclose(p.grad, tp[name].grad.numpy(), **tol(dtype, parity=True),
-                                   err_msg=name)
+        assert_close(p.grad, tp[name].grad.numpy(), dtype, err_msg=name)
 
 
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post", "pre"])
@@ -156,8 +154,7 @@ def test_state_dict_into_torch(rng):
                                           batch_first=True, norm_first=True)
     tm.load_state_dict({k: torch.from_numpy(v) for k, v in m.state_dict().items()})
     x = rng.standard_normal((N, T, E)).astype(np.float32)
-    np.testing.assert_allclose(m(x), tm(torch.from_numpy(x)).detach().numpy(),
-                               **tol(np.float32, parity=True))
+    assert_close(m(x), tm(torch.from_numpy(x)).detach().numpy(), np.float32)
 
 
 # ------------------------------------------------------------------ gradcheck, properties
@@ -176,7 +173,7 @@ def test_permutation_equivariance(dtype, rng):
     _randomize(m, rng)
     x = rng.standard_normal((N, T, E)).astype(dtype)
     perm = rng.permutation(T)
-    np.testing.assert_allclose(m(x[:, perm]), m(x)[:, perm], **tol(dtype, parity=True))
+    assert_close(m(x[:, perm]), m(x)[:, perm], dtype)
 
 
 def test_dropout_train_eval_and_generator(rng):
@@ -213,7 +210,7 @@ def test_threads_equal_and_repeat_bit_identical(rng):
                 np.testing.assert_array_equal(a, b)
         out[nt] = cur
     for a, b in zip(out[1], out[2]):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        assert_close(a, b, np.float32)
 
 
 def test_need_input_grad_false_gives_same_parameter_grads(rng):

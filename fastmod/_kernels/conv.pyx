@@ -45,9 +45,10 @@ threads (batch 1), images run in turn and each GEMM is split over the threads.
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
+from fastmod._kernels._alloc cimport fm_malloc
 from fastmod._kernels._blas cimport gemm, pgemm
 from fastmod._kernels._planes cimport sum_contig
 from fastmod._kernels._threads cimport num_threads
@@ -1237,23 +1238,32 @@ cdef inline void _block_forward(floating* y, const floating* x, const floating* 
         _im2row_forward_images(y, x, wr, b, buf, g, cnt, gemm_nt)
 
 
-cdef void _conv_forward(floating* y, const floating* x, const floating* w, const floating* b,
-                        Geom* g) noexcept nogil:
+cdef int _conv_forward(floating* y, const floating* x, const floating* w, const floating* b,
+                       Geom* g) noexcept nogil:
+    # 0, or -1 when out of memory (then nothing is written and nothing is held)
     cdef int nt = _threads_for_batch(g)
     cdef int t, n, lo, hi, chunk
     cdef Py_ssize_t cs = _col_size(g)
-    cdef floating* colbuf = <floating*>malloc(nt * cs * sizeof(floating))
+    cdef floating* colbuf = <floating*>fm_malloc(nt * cs * sizeof(floating))
     cdef floating* wr = NULL
     cdef int c, o, tap, KK = g.KH * g.KW
+    if colbuf == NULL:
+        return -1
     if g.wino:
-        wr = <floating*>malloc(16 * <Py_ssize_t>g.C * g.OC * sizeof(floating))
+        wr = <floating*>fm_malloc(16 * <Py_ssize_t>g.C * g.OC * sizeof(floating))
+    elif g.wino5:
+        wr = <floating*>fm_malloc(6 * <Py_ssize_t>g.C * g.OC * sizeof(floating))
+    elif g.shifted or g.im2row:
+        wr = <floating*>fm_malloc(<Py_ssize_t>KK * g.C * g.OC * sizeof(floating))
+    if wr == NULL and (g.wino or g.wino5 or g.shifted or g.im2row):
+        free(colbuf)
+        return -1
+    if g.wino:
         _wino_weights(wr, w, g.C, g.OC)
     elif g.wino5:
-        wr = <floating*>malloc(6 * <Py_ssize_t>g.C * g.OC * sizeof(floating))
         _wino5_weights(wr, w, g.C, g.OC)
     elif g.shifted or g.im2row:
         # wr[kh, kw*C + c, o] = w[o, c, kh, kw]: one (KW*C, OC) matrix per kernel row
-        wr = <floating*>malloc(<Py_ssize_t>KK * g.C * g.OC * sizeof(floating))
         for tap in range(KK):
             for c in range(g.C):
                 for o in range(g.OC):
@@ -1290,6 +1300,7 @@ cdef void _conv_forward(floating* y, const floating* x, const floating* w, const
                 _forward_image(y + n * g.ys, x + n * g.xs, w, wr, b, colbuf + t * cs, g, 1)
     free(wr)
     free(colbuf)
+    return 0
 
 
 # ---------------------------------------------------------------- backward
@@ -1405,9 +1416,10 @@ cdef bint _pick_dxfwd(Geom* g, Geom* gt) noexcept nogil:
     return gt.im2row or gt.shifted or gt.wino or gt.small or gt.wino5
 
 
-cdef void _conv_backward(floating* dx, floating* dw, floating* db, const floating* dy,
-                         const floating* x, const floating* w, Geom* g,
-                         bint acc_w, bint acc_b, bint acc_dx) noexcept nogil:
+cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating* dy,
+                        const floating* x, const floating* w, Geom* g,
+                        bint acc_w, bint acc_b, bint acc_dx) noexcept nogil:
+    # 0, or -1 when out of memory (every buffer is allocated before dx, dw or db is written)
     cdef Geom gt
     if dx != NULL and _pick_dxfwd(g, &gt):
         g.dxfwd = True
@@ -1424,9 +1436,32 @@ cdef void _conv_backward(floating* dx, floating* dw, floating* db, const floatin
     cdef double acc
     cdef int c, kh, kw, KK = g.KH * g.KW
     cdef floating* dxi = NULL if g.dxfwd else dx      # the per-image loop's dx
+    # dW goes through per-thread partials (summed in thread order below) when several threads
+    # share it, or when it is accumulated transposed
+    cdef bint partials = dw != NULL and (nt > 1 or g.tdw) and not g.wdw
+    cdef floating* dU = NULL
+    cdef Py_ssize_t usize = 16 * <Py_ssize_t>g.C * g.OC
+    cdef bint oom = False
+    if dx != NULL and (g.dxconv or g.dxfwd):
+        wt = <floating*>fm_malloc(wsize * sizeof(floating))
+        oom = oom or wt == NULL
+    if partials:
+        dwpart = <floating*>fm_malloc(nt * wsize * sizeof(floating))
+        oom = oom or dwpart == NULL
+    if db != NULL:
+        dbpart = <double*>fm_malloc(nt * g.OC * sizeof(double))
+        oom = oom or dbpart == NULL
+    if not (g.dxfwd and dw == NULL and db == NULL):
+        colbuf = <floating*>fm_malloc(nt * cs * sizeof(floating))
+        oom = oom or colbuf == NULL
+    if dw != NULL and g.wdw:
+        dU = <floating*>fm_malloc(nt * usize * sizeof(floating))
+        oom = oom or dU == NULL
+    if oom:
+        _free5(wt, dwpart, dbpart, colbuf, dU)
+        return -1
     if dx != NULL and (g.dxconv or g.dxfwd):
         # wt[g, c, o, kh, kw] = w[g*OCg + o, c, KH-1-kh, KW-1-kw]
-        wt = <floating*>malloc(wsize * sizeof(floating))
         for gr in range(g.G):
             for c in range(g.Cg):
                 for o in range(g.OCg):
@@ -1435,29 +1470,21 @@ cdef void _conv_backward(floating* dx, floating* dw, floating* db, const floatin
                             wt[(((<Py_ssize_t>gr * g.Cg + c) * g.OCg + o) * g.KH + kh) * g.KW + kw] = \
                                 w[(((<Py_ssize_t>gr * g.OCg + o) * g.Cg + c) * g.KH + g.KH - 1 - kh) * g.KW
                                   + g.KW - 1 - kw]
-    # dW goes through per-thread partials (summed in thread order below) when several threads
-    # share it, or when it is accumulated transposed
-    cdef bint partials = dw != NULL and (nt > 1 or g.tdw) and not g.wdw
-    if partials:
-        dwpart = <floating*>malloc(nt * wsize * sizeof(floating))
     if db != NULL:
-        dbpart = <double*>malloc(nt * g.OC * sizeof(double))
         memset(dbpart, 0, nt * g.OC * sizeof(double))
     if g.dxfwd:
-        _conv_forward(dx, dy, wt, NULL, &gt)
+        if _conv_forward(dx, dy, wt, NULL, &gt) != 0:
+            _free5(wt, dwpart, dbpart, colbuf, dU)
+            return -1
         if dw == NULL and db == NULL:
             free(wt)
-            return
-    colbuf = <floating*>malloc(nt * cs * sizeof(floating))
+            return 0
     chunk = (g.N + nt - 1) // nt
     cdef floating* dwi = dwpart if partials else dw     # the per-image loop's dW
-    cdef floating* dU = NULL
-    cdef Py_ssize_t usize = 16 * <Py_ssize_t>g.C * g.OC
     if dw != NULL and g.wdw:
         # dW first, through Winograd in blocks of g.wimb images (per-thread dU partials); the
         # per-image loop below then does db and dx only
         dwi = NULL
-        dU = <floating*>malloc(nt * usize * sizeof(floating))
         if nt <= 1:
             n = 0
             while n < g.N:
@@ -1518,18 +1545,31 @@ cdef void _conv_backward(floating* dx, floating* dw, floating* db, const floatin
         free(dbpart)
     free(wt)
     free(colbuf)
+    return 0
+
+
+cdef inline void _free5(void* a, void* b, void* c, void* d, void* e) noexcept nogil:
+    free(a)
+    free(b)
+    free(c)
+    free(d)
+    free(e)
 
 
 # ---------------------------------------------------------------- batched variant (for measurement)
-cdef void _conv_forward_batched(floating* y, const floating* x, const floating* w,
-                                const floating* b, Geom* g) noexcept nogil:
+cdef int _conv_forward_batched(floating* y, const floating* x, const floating* w,
+                               const floating* b, Geom* g) noexcept nogil:
     # cols of the whole batch (C*KH*KW, N*P), one GEMM split over threads into (OC, N*P), then
     # a transposing copy into y (N, OC, P). Kept to compare with the per-image recipe.
     cdef int nt = num_threads()
     cdef int n, o, p
     cdef Py_ssize_t NP = <Py_ssize_t>g.N * g.P, KR = <Py_ssize_t>g.C * g.KH * g.KW
-    cdef floating* cols = <floating*>malloc(KR * NP * sizeof(floating))
-    cdef floating* tmp = <floating*>malloc(<Py_ssize_t>g.OC * NP * sizeof(floating))
+    cdef floating* cols = <floating*>fm_malloc(KR * NP * sizeof(floating))
+    cdef floating* tmp = <floating*>fm_malloc(<Py_ssize_t>g.OC * NP * sizeof(floating))
+    if cols == NULL or tmp == NULL:
+        free(cols)
+        free(tmp)
+        return -1
     for n in prange(g.N, num_threads=nt, schedule='static'):
         im2col_2d(cols + <Py_ssize_t>n * g.P, x + n * g.xs, g.C, g.H, g.W, 0, g.OH, g.OW, g.KH, g.KW,
                   g.SH, g.SW, g.PH, g.PW, g.DH, g.DW, NP)
@@ -1541,6 +1581,7 @@ cdef void _conv_forward_batched(floating* y, const floating* x, const floating* 
                 y[n * g.ys + <Py_ssize_t>o * g.P + p] = tmp[<Py_ssize_t>o * NP + <Py_ssize_t>n * g.P + p] + (b[o] if b != NULL else 0)
     free(cols)
     free(tmp)
+    return 0
 
 
 # ---------------------------------------------------------------- Python entry points
@@ -1680,18 +1721,21 @@ def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* pw = cnp.PyArray_DATA(w)
     cdef void* pb = _ptr(b)
+    cdef int rc
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
         with nogil:
             if batched:
-                _conv_forward_batched(<float*>py, <float*>px, <float*>pw, <float*>pb, &g)
+                rc = _conv_forward_batched(<float*>py, <float*>px, <float*>pw, <float*>pb, &g)
             else:
-                _conv_forward(<float*>py, <float*>px, <float*>pw, <float*>pb, &g)
+                rc = _conv_forward(<float*>py, <float*>px, <float*>pw, <float*>pb, &g)
     else:
         with nogil:
             if batched:
-                _conv_forward_batched(<double*>py, <double*>px, <double*>pw, <double*>pb, &g)
+                rc = _conv_forward_batched(<double*>py, <double*>px, <double*>pw, <double*>pb, &g)
             else:
-                _conv_forward(<double*>py, <double*>px, <double*>pw, <double*>pb, &g)
+                rc = _conv_forward(<double*>py, <double*>px, <double*>pw, <double*>pb, &g)
+    if rc != 0:
+        raise MemoryError("conv2d_forward: out of memory for the convolution's scratch")
 
 
 cdef str _fwd_name(Geom* h):
@@ -1747,11 +1791,14 @@ def conv2d_backward(object dx, object dw, object db, cnp.ndarray dy, cnp.ndarray
     cdef void* pdy = cnp.PyArray_DATA(dy)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* pw = cnp.PyArray_DATA(w)
+    cdef int rc
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
         with nogil:
-            _conv_backward(<float*>pdx, <float*>pdw, <float*>pdb, <float*>pdy, <float*>px,
-                           <float*>pw, &g, acc_w, acc_b, acc_dx)
+            rc = _conv_backward(<float*>pdx, <float*>pdw, <float*>pdb, <float*>pdy, <float*>px,
+                                <float*>pw, &g, acc_w, acc_b, acc_dx)
     else:
         with nogil:
-            _conv_backward(<double*>pdx, <double*>pdw, <double*>pdb, <double*>pdy, <double*>px,
-                           <double*>pw, &g, acc_w, acc_b, acc_dx)
+            rc = _conv_backward(<double*>pdx, <double*>pdw, <double*>pdb, <double*>pdy,
+                                <double*>px, <double*>pw, &g, acc_w, acc_b, acc_dx)
+    if rc != 0:
+        raise MemoryError("conv2d_backward: out of memory for the convolution's scratch")

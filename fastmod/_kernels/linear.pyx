@@ -10,7 +10,6 @@ Python layer (fastmod.nn) has already checked shapes, dtypes and contiguity.
 """
 cimport numpy as cnp
 from cython cimport floating
-from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 
 from cython.parallel cimport prange
@@ -141,31 +140,37 @@ cdef void _linear_forward(floating* y, const floating* x, const floating* w, con
         _forward_block(y, x, w, b, N, IN, OUT, t, chunk, relu)
 
 
+cdef enum:
+    BIAS_BLOCK = 4096                # columns per pass of _bias_grad (32 KB of stack)
+
+
 cdef void _bias_grad(floating* db, const floating* dy, Py_ssize_t N, int C, bint accumulate,
                      int lo=0, int hi=-1) noexcept nogil:
     # db[lo:hi] (+)= dy[:, lo:hi] (dy (N, C)) summed over rows, in double so long batches keep
-    # precision; each column's sum runs in the same order whatever the column range
+    # precision; each column's sum runs in the same order whatever the column range. The
+    # accumulators are on the stack, BIAS_BLOCK columns per pass: this runs inside parallel
+    # regions, where a failed malloc could not be reported
     if hi < 0:
         hi = C
-    if lo >= hi:
-        return
-    cdef double* acc = <double*>malloc((hi - lo) * sizeof(double))
+    cdef double acc[BIAS_BLOCK]
     cdef Py_ssize_t n
-    cdef int c, w = hi - lo
+    cdef int c, w
     cdef const floating* row
-    for c in range(w):
-        acc[c] = 0
-    for n in range(N):
-        row = dy + n * C + lo
+    while lo < hi:
+        w = min(hi - lo, BIAS_BLOCK)
         for c in range(w):
-            acc[c] += row[c]
-    if accumulate:
-        for c in range(w):
-            db[lo + c] = <floating>(db[lo + c] + acc[c])
-    else:
-        for c in range(w):
-            db[lo + c] = <floating>acc[c]
-    free(acc)
+            acc[c] = 0
+        for n in range(N):
+            row = dy + n * C + lo
+            for c in range(w):
+                acc[c] += row[c]
+        if accumulate:
+            for c in range(w):
+                db[lo + c] = <floating>(db[lo + c] + acc[c])
+        else:
+            for c in range(w):
+                db[lo + c] = <floating>acc[c]
+        lo = lo + w
 
 
 cdef void _mask_block(floating* dx, const floating* mask, int N, int IN, int t,

@@ -29,8 +29,9 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport free
 
+from fastmod._kernels._alloc cimport fm_malloc
 from fastmod._kernels._threads cimport threads_for
 
 cnp.import_array()
@@ -508,13 +509,13 @@ cdef int _bn_cols_forward(floating* y, double* mean, double* rstd, floating* run
     cdef double* tm
     cdef double* tq
     cdef double d, f, na, nb, m, q, var, scl
-    cdef floating* co = <floating*>malloc(4 * W * sizeof(floating))
+    cdef floating* co = <floating*>fm_malloc(4 * W * sizeof(floating))
     if co == NULL:
         return -1
     if B < 1:
         B = 1
     if batch_stats:
-        st = <double*>malloc(4 * nt * W * sizeof(double))
+        st = <double*>fm_malloc(4 * nt * W * sizeof(double))
         if st == NULL:
             free(co)
             return -1
@@ -580,12 +581,12 @@ cdef int _bn_cols_backward(floating* dx, double* work, const floating* dy, const
     cdef Py_ssize_t W = C * S, t, j, c, s, n, lo, hi, chunk = (N + nt - 1) // nt
     cdef double M = <double>(N * S)
     cdef double a1, a2, a3
-    cdef double* part = <double*>malloc((2 * nt + 1) * W * sizeof(double))
+    cdef double* part = <double*>fm_malloc((2 * nt + 1) * W * sizeof(double))
     cdef double* cm
     cdef floating* co
     if part == NULL:
         return -1
-    co = <floating*>malloc(5 * W * sizeof(floating))
+    co = <floating*>fm_malloc(5 * W * sizeof(floating))
     if co == NULL:
         free(part)
         return -1

@@ -21,8 +21,9 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt, sqrtf, fabs
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport free
 
+from fastmod._kernels._alloc cimport fm_malloc
 from fastmod._kernels._threads cimport threads_for
 
 cnp.import_array()
@@ -150,15 +151,15 @@ def sgd_step_multi(list params, list grads, object bufs, double lr, double weigh
     momentum buffers (with history), or None when momentum == 0.
     """
     cdef int count = len(params), i
-    cdef void** ps = <void**>malloc(3 * count * sizeof(void*))
-    cdef Py_ssize_t* sizes = <Py_ssize_t*>malloc(count * sizeof(Py_ssize_t))
+    cdef void** ps = <void**>fm_malloc(3 * count * sizeof(void*))
+    cdef Py_ssize_t* sizes = <Py_ssize_t*>fm_malloc(count * sizeof(Py_ssize_t))
     cdef void** gs
     cdef void** bs
     cdef bint f32
     if ps == NULL or sizes == NULL:
         free(ps)
         free(sizes)
-        raise MemoryError()
+        raise MemoryError("sgd_step_multi: out of memory")
     gs = ps + count
     bs = ps + 2 * count
     try:
@@ -292,16 +293,17 @@ cdef double _sumsq_range(const floating* g, Py_ssize_t lo, Py_ssize_t hi) noexce
 
 
 cdef double _sumsq(const floating* g, Py_ssize_t n) noexcept nogil:
-    # per-thread partials summed in thread order: the same thread count gives the same bits
+    # per-thread partials summed in thread order: the same thread count gives the same bits;
+    # -1 (never a sum of squares) when out of memory
     cdef int nt = threads_for(n, GRAIN)
     cdef Py_ssize_t c, chunk, lo, hi
     cdef double total = 0
     cdef double* part
     if nt <= 1:
         return _sumsq_range(g, 0, n)
-    part = <double*>malloc(nt * sizeof(double))
+    part = <double*>fm_malloc(nt * sizeof(double))
     if part == NULL:
-        return _sumsq_range(g, 0, n)
+        return -1
     chunk = (n + nt - 1) // nt
     for c in prange(nt, num_threads=nt, schedule='static'):
         lo = c * chunk
@@ -375,4 +377,6 @@ def sum_squares(cnp.ndarray g):
     else:
         with nogil:
             s = _sumsq(<double*>pg, n)
+    if s == -1:
+        raise MemoryError("sum_squares: out of memory")
     return s

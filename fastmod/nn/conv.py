@@ -16,7 +16,7 @@ import numpy as np
 from fastmod._kernels import conv as _k
 from fastmod.nn import init
 from fastmod.nn._validate import boolean, int_tuple, positive_int
-from fastmod.nn.module import Module, Parameter, as_float_dtype, grad_buffer_of
+from fastmod.nn.module import Module, Parameter, as_float_dtype, grad_buffer_of, unmark_grad_buffers
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -158,9 +158,13 @@ class _ConvNd(Module):
         db, acc_b = grad_buffer_of(b)
         if dw is None and db is None and dx4 is None:
             return
-        _k.conv2d_backward(dx4, dw, db, dy4, x4, w.data.reshape(self.out_channels, -1, KH, KW),
-                           SH, SW, PH, PW, DH, DW, self.groups, bool(acc_w), bool(acc_b),
-                           bool(acc_dx))
+        try:
+            _k.conv2d_backward(dx4, dw, db, dy4, x4, w.data.reshape(self.out_channels, -1, KH, KW),
+                               SH, SW, PH, PW, DH, DW, self.groups, bool(acc_w), bool(acc_b),
+                               bool(acc_dx))
+        except MemoryError:
+            unmark_grad_buffers((w, acc_w), (b, acc_b))
+            raise
 
     # -- forward / backward ----------------------------------------------------------------------
     def forward(self, x):

@@ -152,6 +152,15 @@ def grad_buffer_of(p):
     return p.grad_buffer()
 
 
+def unmark_grad_buffers(*pairs):
+    """(p, accumulate) pairs from grad_buffer_of whose kernel raised before writing (out of
+    memory): a gradient it was to overwrite (accumulate False) is still no gradient, not the
+    uninitialized buffer."""
+    for p, acc in pairs:
+        if p is not None and p.requires_grad and not acc:
+            p.zero_grad()
+
+
 class Module:
     """Base class of every layer and container (torch.nn.Module's API on NumPy arrays)."""
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from fastmod._kernels import norm as _k
 from fastmod.nn._validate import boolean, finite_float, positive_int
-from fastmod.nn.module import Module, Parameter, as_float_dtype, grad_buffer_of
+from fastmod.nn.module import Module, Parameter, as_float_dtype, grad_buffer_of, unmark_grad_buffers
 
 
 def _eps(value, who):
@@ -223,9 +223,8 @@ class _BatchNorm(Module):
             raise ValueError(f"{self._short_repr()}: expected more than 1 value per channel "
                              f"when using batch statistics, got input of shape {x.shape}")
         factor = 0.0
-        if update:
-            self.num_batches_tracked += 1
-            factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+        if update:      # num_batches_tracked counts after the kernel (it may raise MemoryError)
+            factor = (1.0 / float(self.num_batches_tracked + 1) if self.momentum is None
                       else self.momentum)
         rm, rv = self.running_mean, self.running_var
         if rm is not None and (not rm.flags.writeable or not rv.flags.writeable):
@@ -237,6 +236,8 @@ class _BatchNorm(Module):
                              rv if (update or not batch_stats) else None, x,
                              None if w is None else w.data, None if b is None else b.data,
                              n, c, s, self.eps, factor, batch_stats)
+        if update:
+            self.num_batches_tracked += 1
         self._save(x, mean, rstd, batch_stats)   # x, mean / rstd (C,) float64, which statistics
         return y
 
@@ -246,13 +247,17 @@ class _BatchNorm(Module):
         n, c = x.shape[0], self.num_features
         s = x.size // (n * c)
         w, b = self.weight, self.bias
+        dx = np.empty_like(x) if need_input_grad else None
         dw, acc_w = grad_buffer_of(w)
         db, acc_b = grad_buffer_of(b)
-        dx = np.empty_like(x) if need_input_grad else None
         if dx is None and dw is None and db is None:
             return None
-        _k.batchnorm_backward(dx, dw, db, dy, x, None if w is None else w.data, mean, rstd,
-                              n, c, s, batch_stats, acc_w, acc_b)
+        try:
+            _k.batchnorm_backward(dx, dw, db, dy, x, None if w is None else w.data, mean, rstd,
+                                  n, c, s, batch_stats, acc_w, acc_b)
+        except MemoryError:
+            unmark_grad_buffers((w, acc_w), (b, acc_b))
+            raise
         return dx
 
 

@@ -1,0 +1,339 @@
+"""Out of memory: every kernel allocation is checked and ends in a MemoryError (never a segfault),
+the failed call leaves no trace, and the next call works. Kernel scratch comes from one allocator
+(fastmod._kernels._alloc.fm_malloc) whose test hook fails the n-th allocation; each test counts
+a call's allocations and fails every one of them in turn. Also: requests too large for the
+machine, where the Python layer allocates, raise MemoryError cleanly."""
+import numpy as np
+import pytest
+
+import fastmod
+from fastmod import nn
+from fastmod._kernels import _alloc
+
+
+def _count(run):
+    n0 = _alloc._alloc_count()
+    run()
+    return _alloc._alloc_count() - n0
+
+
+def _fail_each(run, compare):
+    """run() -> results; fail each of its allocations in turn: MemoryError, and the next normal
+    run() gives the same results (bit-identical: same inputs, same thread count)."""
+    want = run()
+    k = _count(run)
+    assert k >= 1, "the call made no kernel allocation"
+    for i in range(k):
+        _alloc._fail_alloc_after(i)
+        try:
+            with pytest.raises(MemoryError, match="out of memory"):
+                run()
+        finally:
+            _alloc._fail_alloc_after(-1)
+        compare(run(), want)
+    return k
+
+
+def _equal(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        if w is None:
+            assert g is None
+        else:
+            np.testing.assert_array_equal(g, w)
+
+
+def test_hook_fails_exactly_the_nth_allocation_once():
+    from fastmod._kernels import optim as _k
+    g = np.ones(8, np.float32)
+    n0 = _alloc._alloc_count()
+    _k.sgd_step_multi([g.copy()], [g], None, 0.1, 0.0, 0.0, 0.0, False, False)
+    assert _alloc._alloc_count() - n0 == 2          # pointer table and sizes
+    _alloc._fail_alloc_after(1)
+    with pytest.raises(MemoryError):
+        _k.sgd_step_multi([g.copy()], [g], None, 0.1, 0.0, 0.0, 0.0, False, False)
+    _k.sgd_step_multi([g.copy()], [g], None, 0.1, 0.0, 0.0, 0.0, False, False)   # disarmed
+    _alloc._fail_alloc_after(5)
+    _alloc._fail_alloc_after(-1)                     # disarming works before it fires
+    _k.sgd_step_multi([g.copy()], [g], None, 0.1, 0.0, 0.0, 0.0, False, False)
+
+
+# ------------------------------------------------------------------ convolution
+# (N, C, spatial, OC, kernel, stride, padding, groups): between them every forward, dW and dx
+# path of conv.pyx with the default thresholds (asserted below through conv2d_paths)
+CONV_CASES = {
+    "depthwise": (4, 8, (10, 10), 8, 3, 1, 1, 8),
+    "depthwise-s2": (4, 8, (10, 10), 8, 3, 2, 1, 8),
+    "small": (4, 3, (12, 12), 16, 3, 1, 1, 1),
+    "wino": (2, 32, (8, 8), 32, 3, 1, 1, 1),
+    "wino-dw": (2, 48, (8, 8), 16, 3, 1, 1, 1),
+    "wino5": (2, 64, (20,), 64, 5, 1, 0, 1),
+    "shifted": (2, 16, (8, 8), 28, 3, 1, 1, 1),
+    "im2row": (2, 16, (9, 9), 32, 3, 2, 1, 1),
+    "gemm-1x1": (4, 8, (6, 6), 16, 1, 1, 0, 1),
+    "im2col": (2, 12, (9, 9), 32, 3, 2, 1, 1),
+    "im2col-t": (2, 8, (9, 9), 8, 3, 2, 0, 1),
+    "dxconv": (2, 32, (8, 8), 12, 3, 1, 1, 1),
+    "groups": (2, 8, (8, 8), 8, 3, 1, 1, 2),
+}
+
+
+def _conv(case, dtype):
+    N, C, sp, OC, k, s, p, G = CONV_CASES[case]
+    cls = nn.Conv2d if len(sp) == 2 else nn.Conv1d
+    m = cls(C, OC, k, stride=s, padding=p, groups=G, dtype=dtype)
+    x = np.random.default_rng(0).standard_normal((N, C) + sp).astype(dtype)
+    return m, x
+
+
+def test_conv_cases_cover_every_path():
+    from fastmod._kernels import conv as _k
+    seen = set()
+    for case in CONV_CASES:
+        m, x = _conv(case, np.float32)
+        y = m(x)
+        x4 = x if x.ndim == 4 else x[:, :, None, :]
+        y4 = y if y.ndim == 4 else y[:, :, None, :]
+        w4 = m.weight.data if x.ndim == 4 else m.weight.data[:, :, None, :]
+        st, pd = (m.stride, m.padding) if x.ndim == 4 else ((1, m.stride[0]), (0, m.padding[0]))
+        paths = _k.conv2d_paths(x4, y4, w4, *st, *pd, 1, 1, m.groups)
+        seen.update(paths.split())
+    want = {"forward=" + f for f in ("depthwise", "small", "wino", "wino5", "shifted", "im2row",
+                                     "gemm-1x1", "im2col", "im2col-t")}
+    want |= {"dW=" + f for f in ("depthwise", "wino", "im2col", "im2col-t")}
+    want |= {"dx=" + f for f in ("depthwise", "dxconv", "col2im", "fwd:small", "fwd:wino",
+                                 "fwd:wino5", "fwd:im2row")}
+    assert want <= seen, want - seen
+
+
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_conv_forward_out_of_memory(case, dtype, threads):
+    m, x = _conv(case, dtype)
+    with fastmod.no_grad():
+        _fail_each(lambda: (m(x),), _equal)
+
+
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_conv_backward_out_of_memory(case, dtype, threads):
+    """Training step: forward and backward allocations. A failed backward leaves the gradients
+    as they were (a gradient it was to overwrite stays unset, not the uninitialized buffer)."""
+    m, x = _conv(case, dtype)
+    dy = np.random.default_rng(1).standard_normal(m(x).shape).astype(dtype)
+    m.backward(dy)
+
+    def run():
+        m.zero_grad()
+        m(x)
+        dx = m.backward(dy)
+        return dx, m.weight.grad.copy(), m.bias.grad.copy()
+
+    def compare(got, want):
+        _equal(got, want)
+
+    want = run()
+    k = _count(run)
+    for i in range(k):
+        m.zero_grad()
+        _alloc._fail_alloc_after(i)
+        try:
+            with pytest.raises(MemoryError, match="out of memory"):
+                m(x)
+                m.backward(dy)
+        finally:
+            _alloc._fail_alloc_after(-1)
+        assert not m.weight.has_grad() and not m.bias.has_grad()
+        compare(run(), want)
+    # accumulating into existing gradients: a failed backward adds nothing
+    run()
+    g0 = m.weight.grad.copy()
+    m(x)
+    _alloc._fail_alloc_after(0)
+    try:
+        with pytest.raises(MemoryError):
+            m.backward(dy)
+    finally:
+        _alloc._fail_alloc_after(-1)
+    assert m.weight.has_grad()
+    np.testing.assert_array_equal(m.weight.grad, g0)
+
+
+def test_conv_batched_variant_out_of_memory(dtype):
+    from fastmod._kernels import conv as _k
+    m, x = _conv("im2col", dtype)
+    y = m(x)
+
+    def run():
+        out = np.empty_like(y)
+        _k.conv2d_forward(out, x, m.weight.data, m.bias.data, *m.stride, *m.padding, 1, 1, 1,
+                          batched=True)
+        return (out,)
+
+    _fail_each(run, _equal)
+    np.testing.assert_allclose(run()[0], y, rtol=1e-4 if dtype == np.float32 else 1e-10,
+                               atol=1e-4 if dtype == np.float32 else 1e-10)
+
+
+def test_denseblock_out_of_memory():
+    """DenseBlock calls the convolution kernels on views of one buffer (accumulating dx)."""
+    m = nn.DenseBlock(4, 4, 3)
+    x = np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    dy = np.random.default_rng(1).standard_normal(m(x).shape).astype(np.float32)
+    m.backward(dy)
+
+    def run():
+        m.zero_grad()
+        y = m(x)
+        return (y, m.backward(dy)) + tuple(p.grad.copy() for p in m.parameters())
+
+    _fail_each(run, _equal)
+
+
+# ------------------------------------------------------------------ batch normalization
+@pytest.mark.parametrize("shape", [(16, 6), (8, 5, 3, 4)], ids=["1d", "2d"])
+def test_batchnorm_out_of_memory(shape, dtype, threads):
+    """Column-path BatchNorm (spatial size <= 16) allocates its scratch; a failed training
+    forward leaves running statistics and num_batches_tracked as they were."""
+    m = nn.BatchNorm1d(shape[1], dtype=dtype) if len(shape) == 2 else \
+        nn.BatchNorm2d(shape[1], dtype=dtype)
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype) * 3 + 1
+    dy = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+    state = {k: v.copy() for k, v in m.state_dict().items()}
+
+    def run():
+        m.load_state_dict(state)
+        m.zero_grad()
+        m.train()
+        y = m(x)
+        dx = m.backward(dy)
+        m.eval()
+        ye = m(x)
+        return (y, dx, ye, m.weight.grad.copy(), m.bias.grad.copy()) + \
+            tuple(v.copy() for v in m.state_dict().values())
+
+    want = run()
+    k = _count(run)
+    assert k >= 4
+    for i in range(k):
+        m.load_state_dict(state)
+        m.zero_grad()
+        m.train()
+        _alloc._fail_alloc_after(i)
+        try:
+            with pytest.raises(MemoryError, match="out of memory"):
+                m(x)
+                m.backward(dy)
+                m.eval()
+                m(x)
+        finally:
+            _alloc._fail_alloc_after(-1)
+        if m.training:          # failed in the training forward or backward
+            assert int(m.num_batches_tracked) in (0, 1)
+            if int(m.num_batches_tracked) == 0:          # the forward failed: no trace
+                for key, v in state.items():
+                    np.testing.assert_array_equal(m.state_dict()[key], v)
+            assert not m.weight.has_grad() and not m.bias.has_grad()
+        _equal(run(), want)
+
+
+def test_batchnorm_momentum_none_counts_after_a_failed_forward():
+    m = nn.BatchNorm1d(3, momentum=None)
+    x = np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32)
+    ref = nn.BatchNorm1d(3, momentum=None)
+    _alloc._fail_alloc_after(0)
+    try:
+        with pytest.raises(MemoryError):
+            m(x)
+    finally:
+        _alloc._fail_alloc_after(-1)
+    assert int(m.num_batches_tracked) == 0
+    m(x)
+    ref(x)
+    _equal((m.running_mean, m.running_var, m.num_batches_tracked),
+           (ref.running_mean, ref.running_var, ref.num_batches_tracked))
+
+
+# ------------------------------------------------------------------ optimizers
+def test_sgd_multi_out_of_memory(dtype):
+    lin = nn.Sequential(nn.Linear(6, 5, dtype=dtype), nn.Linear(5, 3, dtype=dtype))
+    x = np.random.default_rng(0).standard_normal((4, 6)).astype(dtype)
+    start = {k: v.copy() for k, v in lin.state_dict().items()}
+
+    def run():
+        lin.load_state_dict(start)
+        opt = fastmod.optim.SGD(lin.parameters(), lr=0.1, momentum=0.9)
+        out = []
+        for _ in range(3):              # the first step sets the buffers; later ones go multi
+            lin.zero_grad()
+            lin(x)
+            lin.backward(np.ones((4, 3), dtype))
+            opt.step()
+        out = [p.data.copy() for p in lin.parameters()]
+        return out
+
+    _fail_each(run, _equal)
+
+
+def test_clip_grad_norm_out_of_memory(threads):
+    p = nn.Parameter(np.ones(1 << 17, np.float32))
+    p.grad = np.full(1 << 17, 0.5, np.float32)
+
+    def run():
+        g = p.grad.copy()
+        q = nn.Parameter(p.data.copy())
+        q.grad = g
+        return (fastmod.optim.clip_grad_norm_([q], 1.0), q.grad)
+
+    def compare(got, want):
+        assert got[0] == want[0]
+        np.testing.assert_array_equal(got[1], want[1])
+
+    if threads > 1:
+        _fail_each(run, compare)
+    else:
+        assert _count(run) == 0          # one thread: no partials, nothing to allocate
+
+
+# ------------------------------------------------------------------ no scratch at all
+def test_linear_bias_grad_allocates_nothing_and_is_blocked_exactly(threads):
+    """The bias gradient runs inside parallel regions with its accumulators on the stack, in
+    blocks of columns: wide layers (more columns than one block) sum each column in row order."""
+    from fastmod._kernels import linear as _k
+    rng = np.random.default_rng(0)
+    for C in (5, 4096, 4097, 9000):
+        dy = rng.standard_normal((37, C)).astype(np.float32)
+        db = np.full(C, 0.25, np.float32)
+        assert _count(lambda: _k.bias_grad(db, dy, True)) == 0
+        want = 0.25 + dy.astype(np.float64).sum(0)
+        np.testing.assert_allclose(db, want.astype(np.float32), rtol=1e-6, atol=1e-6)
+    lin = nn.Linear(16, 5000)
+    x = rng.standard_normal((40, 16)).astype(np.float32)
+    dy = rng.standard_normal((40, 5000)).astype(np.float32)
+    lin(x)
+    assert _count(lambda: lin.backward(dy)) == 0
+    np.testing.assert_allclose(lin.bias.grad, dy.astype(np.float64).sum(0), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ requests too large
+HUGE = 1 << 44          # elements: 64 TiB of float32, more than any machine this runs on
+
+
+def test_huge_input_copy_raises_memory_error():
+    """A non-contiguous input is copied by the module layer: a copy too large for the machine
+    is a MemoryError (NumPy's), not a crash."""
+    lin = nn.Linear(4, 3)
+    x = np.broadcast_to(np.ones(4, np.float32), (HUGE // 4, 4))
+    with pytest.raises(MemoryError):
+        lin(x)
+    assert lin(np.ones((2, 4), np.float32)).shape == (2, 3)
+
+
+def test_huge_output_raises_memory_error():
+    """A small input whose output is too large (padding) or a huge layer: MemoryError."""
+    m = nn.Conv2d(1, 1, 1, padding=1 << 21)
+    with pytest.raises(MemoryError):
+        m(np.ones((1, 1, 1, 1), np.float32))
+    assert nn.Conv2d(1, 1, 1, padding=2)(np.ones((1, 1, 1, 1), np.float32)).shape == (1, 1, 5, 5)
+    with pytest.raises(MemoryError):
+        nn.Linear(1 << 22, 1 << 22)
+    with pytest.raises(MemoryError):
+        nn.Embedding(1 << 30, 1 << 14)
