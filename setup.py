@@ -104,7 +104,7 @@ if sys.platform != "win32":
 
 SIMD_DIR = os.path.join("fastmod", "_kernels", "simd")
 SIMD_HEADERS = sorted(glob.glob(os.path.join(SIMD_DIR, "*.h")))
-SINGLE = ("_threads", "_cpu")          # built once, for the baseline
+SINGLE = ("_threads", "_cpu", "_alloc")   # built once, for the baseline (shared state)
 
 base = []
 for pyx in sorted(glob.glob(os.path.join("fastmod", "_kernels", "*.pyx"))):

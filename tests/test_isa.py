@@ -269,7 +269,7 @@ def test_kernel_modules_compile_for_aarch64(tmp_path):
     import numpy
     from fastmod import _kernels
     kdir = os.path.dirname(_kernels.__file__)
-    sources = [os.path.join(kdir, m + ".c") for m in _kernels.MODULES + ("_cpu", "_threads")]
+    sources = [os.path.join(kdir, m + ".c") for m in _kernels.MODULES + ("_cpu", "_threads", "_alloc")]
     if not all(os.path.exists(s) for s in sources):
         pytest.skip("no generated C next to the .pyx files (not an in-place build)")
     for src in sources:
