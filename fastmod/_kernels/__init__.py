@@ -7,7 +7,8 @@ Every kernel module (``conv``, ``linear``, ...) is built three times from one so
 module whose namespace is the chosen level's: at import the best level that the CPU and the OS
 support (``_cpu``), or the one named by ``FASTMOD_ISA`` (scalar, avx2, avx512). ``set_isa``
 switches every kernel module at once (``fastmod.set_isa``), so the same process can run and
-compare every level the host supports (the tests do).
+compare every level the host supports (the tests do). ``probe`` is a kernel module too: its
+``fma_peak`` is each level's float32 FMA peak (bench/compare.py reports rates against it).
 """
 import functools
 import importlib
@@ -21,7 +22,7 @@ from fastmod._kernels import _cpu
 
 LEVELS = ("scalar", "avx2", "avx512")          # from the most portable to the fastest
 MODULES = ("activations", "attention", "conv", "embedding", "linear", "losses", "norm",
-           "optim", "pool", "softmax")
+           "optim", "pool", "probe", "softmax")
 
 _active = None
 
