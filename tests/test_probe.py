@@ -18,10 +18,10 @@ def _probe(isa):
     return importlib.import_module(f"fastmod._kernels.{isa}.probe")
 
 
-@pytest.mark.parametrize("isa", _kernels.supported_isas())
-def test_fma_peak_positive_at_every_level(isa):
-    p = _probe(isa)
-    assert p.ISA == isa and p.LANES == LANES[isa] and p.CHAINS >= 8
+@pytest.mark.parametrize("level", _kernels.supported_isas())
+def test_fma_peak_positive_at_every_level(level):
+    p = _probe(level)
+    assert p.ISA == level and p.LANES == LANES[level] and p.CHAINS >= 8
     for threads in (1, 2):
         rate = p.fma_peak(threads, SECONDS)
         assert math.isfinite(rate) and rate > 0
