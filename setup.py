@@ -71,7 +71,9 @@ if not HAVE_OPENMP:
 compile_args, link_args = [], []
 if sys.platform != "win32":
     compile_args += ["-O0", "-g"] if DEBUG else ["-O3"]
-    compile_args += ["-fno-math-errno", "-Wno-unused-function", "-Wno-maybe-uninitialized"]
+    compile_args += ["-fno-math-errno", "-Wno-unused-function"]
+    if _compiles(["-Werror", "-Wno-maybe-uninitialized"]):      # gcc's; clang warns about it
+        compile_args.append("-Wno-maybe-uninitialized")
     if NATIVE and _compiles(["-march=native"]):
         compile_args.append("-march=native")
 if HAVE_OPENMP:

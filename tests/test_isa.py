@@ -201,7 +201,7 @@ def test_every_level_computes_the_same_model():
 
 
 # ---------------------------------------------------------------- the headers compile anywhere
-HEADERS = ["fm_vec.h", "fm_linear.h", "fm_gelu.h", "fm_softmax.h", "fm_cpu.h"]
+HEADERS = ["fm_vec.h", "fm_linear.h", "fm_gelu.h", "fm_softmax.h", "fm_reduce.h", "fm_peak.h", "fm_cpu.h"]
 DRIVER = "".join(f'#include "{h}"\n' for h in HEADERS) + r"""
 #include <stdio.h>
 int main(int argc, char** argv) {
@@ -240,7 +240,7 @@ def test_simd_headers_compile_warning_free(tmp_path, cc, flags):
     exe = tmp_path / "t"
     if shutil.which(cc) is None:
         pytest.skip(f"no C compiler {cc}")
-    cmd = [cc, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-function",
+    cmd = [cc, "-std=gnu99", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-function",
            "-Wno-unused-parameter", "-I", SIMD, *flags, str(src), "-o", str(exe), "-lm"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -258,7 +258,7 @@ def test_simd_headers_compile_for_aarch64(tmp_path):
     """A non-x86 build gets the scalar level only, and its headers compile there."""
     src = tmp_path / "t.c"
     src.write_text(DRIVER)
-    r = subprocess.run([CROSS, "-std=c99", "-O2", "-Wall", "-Werror", "-Wno-unused-function",
+    r = subprocess.run([CROSS, "-std=gnu99", "-O2", "-Wall", "-Werror", "-Wno-unused-function",
                         "-I", SIMD, "-c", str(src), "-o", str(tmp_path / "t.o")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -17,6 +17,9 @@
 
 #if defined(__GNUC__) || defined(__clang__)
 #define FM_HAVE_DVEC 1
+#if defined(__clang__)
+#pragma clang diagnostic ignored "-Wpsabi"     /* static inline only: no vector ABI crosses a call */
+#endif
 #if FM_LEVEL >= 2
 #define FM_DL 8
 #else

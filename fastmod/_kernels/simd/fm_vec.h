@@ -50,8 +50,10 @@
 #  define FM_ISA_NAME "scalar"
 #endif
 
-#if defined(__GNUC__) && !defined(__clang__)
-#  pragma GCC diagnostic ignored "-Wpsabi"      /* static inline only: no vector ABI crosses a call */
+#if defined(__clang__)
+#  pragma clang diagnostic ignored "-Wpsabi"    /* static inline only: no vector ABI crosses a call */
+#elif defined(__GNUC__)
+#  pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
 /* ------------------------------------------------------------------ AVX-512: 16 floats */
