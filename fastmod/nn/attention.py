@@ -111,7 +111,7 @@ class MultiheadAttention(Module):
         self.vdim = E if vdim is None else positive_int(vdim, f"{who}: vdim")
         self._qkv_same_embed_dim = self.kdim == E and self.vdim == E
         self.add_zero_attn = boolean(add_zero_attn, f"{who}: add_zero_attn")
-        dt = self._dtype = as_float_dtype(dtype, f"{who}: dtype")
+        dt = as_float_dtype(dtype, f"{who}: dtype")
         self.generator = generator
         if self._qkv_same_embed_dim:
             self.in_proj_weight = Parameter(np.empty((3 * E, E), dt))
@@ -173,11 +173,16 @@ class MultiheadAttention(Module):
                 (self.v_proj_weight, None)]
 
     # -- input checks ---------------------------------------------------------------------------
-    def _check_seq(self, x, name, n=None, E=None):
+    def _dtype(self):
+        """The dtype of the input projections (read at each call: astype converts them)."""
+        p = self.in_proj_weight if self._qkv_same_embed_dim else self.q_proj_weight
+        return p.data.dtype
+
+    def _check_seq(self, x, name, dt, n=None, E=None):
         if isinstance(x, np.ndarray) and x.dtype == np.bool_:
             raise TypeError(f"{self._short_repr()}: got a bool array as {name}; masks are "
                             f"keyword arguments (attn_mask=..., key_padding_mask=...)")
-        x = self._check_dtype(x, self._dtype, name)
+        x = self._check_dtype(x, dt, name)
         E = self.embed_dim if E is None else E
         lead = "N, L" if self.batch_first else "L, N"
         if x.ndim != 3 or x.shape[2] != E:
@@ -201,7 +206,7 @@ class MultiheadAttention(Module):
     def forward(self, query, key=None, value=None, *, attn_mask=None, is_causal=False,
                 key_padding_mask=None, need_weights=False, average_attn_weights=True):
         E, H, D = self.embed_dim, self.num_heads, self.head_dim
-        dt = self._dtype
+        dt = self._dtype()
         b = None if self.in_proj_bias is None else self.in_proj_bias.data
         boolean(is_causal, f"{self._short_repr()}: is_causal")
         for name, a in (("key", key), ("value", value)):
@@ -215,7 +220,7 @@ class MultiheadAttention(Module):
         if self_attn and not self._qkv_same_embed_dim:
             raise ValueError(f"{self._short_repr()}: kdim={self.kdim} and vdim={self.vdim} are "
                              f"not embed_dim={E}: pass key and value")
-        x = self._check_seq(query, "query")
+        x = self._check_seq(query, "query", dt)
         N, T = x.shape[0], x.shape[1]
         extra = (self.bias_k is not None) + self.add_zero_attn      # appended key positions
         if self_attn and extra == 0:
@@ -229,8 +234,8 @@ class MultiheadAttention(Module):
                 kx = vx = x
                 inputs = (x,)
             else:
-                kx = self._check_seq(key, "key", N, self.kdim)
-                vx = self._check_seq(value, "value", N, self.vdim)
+                kx = self._check_seq(key, "key", dt, N, self.kdim)
+                vx = self._check_seq(value, "value", dt, N, self.vdim)
                 if vx.shape[1] != kx.shape[1]:
                     raise ValueError(f"{self._short_repr()}: key and value must have the same "
                                      f"length, got {kx.shape[1]} and {vx.shape[1]}")

@@ -441,7 +441,11 @@ class Module:
         return F32
 
     def astype(self, dtype):
-        """Convert every parameter and floating buffer to `dtype` (float32 or float64), in place."""
+        """Convert every parameter and floating buffer to `dtype` (float32 or float64), in place.
+
+        Modules keep no dtype of their own: each reads it from its parameters (or buffers) at
+        every call, so nothing else has to follow the conversion. Saved forward state is
+        released (a backward needs a new forward)."""
         dt = as_float_dtype(dtype, f"{type(self).__name__}.astype")
         for m in self.modules():
             for p in m._parameters.values():
@@ -451,11 +455,7 @@ class Module:
                 if b is not None and b.dtype.kind == "f" and b.dtype != dt:
                     setattr(m, name, b.astype(dt))
             m._release_saved()
-            m._on_dtype_change(dt)
         return self
-
-    def _on_dtype_change(self, dtype):
-        """Hook for modules that cache dtype-dependent state."""
 
     def float(self):
         return self.astype(np.float32)
