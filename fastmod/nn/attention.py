@@ -59,7 +59,8 @@ class MultiheadAttention(Module):
       * `m(x)` returns the output array, not torch's `(output, weights)` tuple. With
         `need_weights=True` it returns `(output, weights)`, weights averaged over heads
         (N, T, S) (or per head (N, H, T, S) with average_attn_weights=False), taken before
-        dropout; backward then takes the output's gradient only (weights get no gradient).
+        dropout; backward then takes the output's gradient dy, or (dy, None) (the weights
+        get no gradient).
       * `is_causal=True` alone applies the causal mask (torch requires attn_mask with it).
         With add_bias_kv / add_zero_attn the appended key positions stay visible to every
         query (torch's result when it merges masks; its fused path hides them).
@@ -272,8 +273,9 @@ class MultiheadAttention(Module):
         _ka.attention_forward(ctx, P, q, k, v, am, am_stride, kpm, N, H, T, S, D, ld, ld, ld, E,
                               1.0 / math.sqrt(D), causal, drop, seed)
         out = self.out_proj(ctx)
-        # for backward: the projection inputs, Q/K/V (packed or separate), P, dropout's seed
-        self._save(inputs, q, k, v, ld, P, drop, seed, S0)
+        # for backward: the projection inputs, Q/K/V (packed or separate), P, dropout's seed,
+        # whether forward returned (output, weights)
+        self._save(inputs, q, k, v, ld, P, drop, seed, S0, need_weights)
         if not self.batch_first:
             out = np.ascontiguousarray(out.transpose(1, 0, 2))
         if need_weights:
@@ -298,15 +300,23 @@ class MultiheadAttention(Module):
         return am, stride, kpm
 
     def backward(self, dy, need_input_grad=True):
-        inputs, q, k, v, ld, P, drop, seed, S0 = self._saved()
-        if isinstance(dy, tuple):                               # (d out, d weights) from need_weights
-            dy = dy[0]
+        inputs, q, k, v, ld, P, drop, seed, S0, need_weights = self._saved()
         E, H, D = self.embed_dim, self.num_heads, self.head_dim
         N, _, T, S = P.shape
         dt = P.dtype
+        if need_weights and isinstance(dy, tuple):              # (d out, None) for (out, weights)
+            if len(dy) != 2:
+                raise ValueError(f"{self._short_repr()}.backward: expected (dy, None) for the two "
+                                 f"outputs (output, weights), got a tuple of {len(dy)}")
+            if dy[1] is not None:
+                raise TypeError(f"{self._short_repr()}.backward: expected None as the attention "
+                                f"weights' gradient (they take none), got {type(dy[1]).__name__}")
+            dy = dy[0]
         if not self.batch_first:
             dy = self._check_grad(dy, (T, N, E), dt)
             dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
+        else:
+            dy = self._check_grad(dy, (N, T, E), dt)
         dctx = self.out_proj.backward(dy)
         packed = ld == 3 * E
         if packed:                                              # views of one (N*T, 3E)
