@@ -602,3 +602,14 @@ def test_options_bad_input(rng):
     m2 = nn.MultiheadAttention(8, 2, add_bias_kv=True)
     with pytest.raises(ValueError, match=r"expected key_padding_mask of shape \(2, 3\)"):
         m2(x, key_padding_mask=np.zeros((2, 4), bool))          # masks cover the given keys
+
+
+@pytest.mark.parametrize("T, bad", [(40, 3), (40, 37), (13, 12)])   # a vector lane, the tail
+def test_nan_scores_propagate_in_every_lane(T, bad):
+    """A NaN key makes every output of its batch NaN (as torch) whether the softmax meets it in
+    a vector lane or the scalar tail: exp of NaN is NaN at every level, never 0 or a cast to int."""
+    att = nn.MultiheadAttention(16, 2)
+    x = np.random.default_rng(0).standard_normal((2, T, 16)).astype(np.float32)
+    x[0, bad, 5] = np.nan
+    y = att(x)
+    assert np.isnan(y[0]).all() and np.isfinite(y[1]).all()

@@ -10,8 +10,9 @@
 #include "fm_vec.h"
 
 /* exp(x) for x <= 0 (softmax arguments after the max is subtracted); exactly 0 below -87.33,
-   -inf included (masked scores) */
+   -inf included (masked scores); NaN stays NaN, as in fm_vexp_hilo */
 static inline float fm_expf_nonpos(float x) {
+    if (x != x) return x;                         /* NaN: no float -> int conversion of it */
     float t = x * 1.44269504088896341f;
     t = t < -126.0f ? -126.0f : t;
     int n = (int)(t + 126.5f) - 126;              /* round(t): t + 126.5 > 0 */

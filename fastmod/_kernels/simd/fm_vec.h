@@ -261,7 +261,7 @@ static inline void fm_vsqr_split(fm_vf x, fm_vf* h, fm_vf* l) {
 /* exp(hi + lo), for hi + lo <= 0 (softmax after the max is subtracted; GELU's -x^2/2 split
    exactly into hi + lo, |lo| < 4): n = round((hi + lo) / ln 2), r = hi + lo - n ln 2 with
    hi - n*C1 exact (C1 has 9 significant bits), a degree-6 polynomial (relative error < 2e-7),
-   times 2^n. Exactly 0 where hi < -87.33 or is NaN (-inf included: masked scores). */
+   times 2^n. Exactly 0 where hi < -87.33 (-inf included: masked scores); NaN stays NaN. */
 static inline fm_vf fm_vexp_hilo(fm_vf hi, fm_vf lo) {
     fm_vf s = fm_vadd(hi, lo);
     fm_vf t = fm_vmax(fm_vmul(s, fm_vset1(1.44269504088896341f)), fm_vset1(-126.0f));
@@ -278,7 +278,7 @@ static inline fm_vf fm_vexp_hilo(fm_vf hi, fm_vf lo) {
     y = fm_vfma(y, r, fm_vset1(1.6666665459e-1f));
     y = fm_vfma(y, r, fm_vset1(5.0000001201e-1f));
     y = fm_vfma(fm_vmul(y, r), r, fm_vadd(r, fm_vset1(1.0f)));
-    return fm_vkeep(fm_vmul(y, fm_vpow2i(n)), fm_vge(hi, fm_vset1(-87.33f)));
+    return fm_vselect(fm_vlt(hi, fm_vset1(-87.33f)), fm_vzero(), fm_vmul(y, fm_vpow2i(n)));
 }
 
 #endif /* FM_VEC_H */
