@@ -58,6 +58,7 @@ cdef extern from *:
     /* exp(x) for x <= 0 (softmax arguments after the max is subtracted); exactly 0 below
        -87.33, -inf included (masked scores) */
     static inline float fm_expf_nonpos(float x) {
+        if (x != x) return x;                         /* NaN: no float -> int conversion of it */
         float t = x * FM_LOG2E;
         t = t < -126.0f ? -126.0f : t;
         int n = (int)(t + 126.5f) - 126;              /* round(t): t + 126.5 > 0 */
