@@ -19,7 +19,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-__all__ = ["save", "load", "load_into", "Checkpoint", "CheckpointError"]
+__all__ = ["save", "load", "load_into", "Checkpoint", "CheckpointError", "CheckpointDtypeError"]
 
 FORMAT = "fastmod-checkpoint"
 VERSION = 1
@@ -28,6 +28,11 @@ HEADER = "__fastmod__"
 
 class CheckpointError(ValueError):
     """A file that is not a readable fastmod checkpoint, or one that does not fit the model."""
+
+
+class CheckpointDtypeError(CheckpointError, TypeError):
+    """A checkpoint that fits the model except for the dtypes of its arrays: a CheckpointError
+    that is also a TypeError (a dtype mismatch is a TypeError, SPEC §4)."""
 
 
 class Checkpoint:
@@ -278,6 +283,13 @@ def load(path):
     return Checkpoint(path, state_dict, optimizer, opt_type, header.get("meta", {}), version)
 
 
+def _fit_error(e):
+    """CheckpointError, or CheckpointDtypeError when load_state_dict's error `e` was about dtypes
+    only (a TypeError that is no ValueError)."""
+    return CheckpointDtypeError if isinstance(e, TypeError) and not isinstance(e, ValueError) \
+        else CheckpointError
+
+
 def load_into(path, module, optimizer=None, strict=True):
     """Load a checkpoint into `module` (and `optimizer`); returns the `Checkpoint` (for meta).
 
@@ -307,11 +319,11 @@ def load_into(path, module, optimizer=None, strict=True):
         try:
             optimizer.load_state_dict(ckpt.optimizer)
         except (ValueError, TypeError) as e:
-            raise CheckpointError(f"{ckpt.path}: optimizer state does not fit: {e}") from e
+            raise _fit_error(e)(f"{ckpt.path}: optimizer state does not fit: {e}") from e
     try:
         module.load_state_dict(ckpt.state_dict, strict=strict)
     except (ValueError, TypeError) as e:
         if previous is not None:
             optimizer.load_state_dict(previous)
-        raise CheckpointError(f"{ckpt.path}: does not fit {type(module).__name__}: {e}") from e
+        raise _fit_error(e)(f"{ckpt.path}: does not fit {type(module).__name__}: {e}") from e
     return ckpt

@@ -29,6 +29,7 @@ import numpy as np
 
 from fastmod import _runtime
 from fastmod.data.loader import DataLoader
+from fastmod.nn.embedding import Embedding
 from fastmod.nn.module import Module
 
 __all__ = ["fit", "evaluate", "History", "TrainingDiverged", "TrainingInterrupted",
@@ -101,6 +102,14 @@ def _check_xy(data, who):
     return x, y
 
 
+def _input_dtype(model, x):
+    """The dtype x is fed to the model in: the model's, except integer token ids for a model
+    with an Embedding (cast to floats they would be refused: Embedding takes integers)."""
+    if x.dtype.kind in "iu" and any(isinstance(m, Embedding) for m in model.modules()):
+        return x.dtype
+    return model.dtype
+
+
 def _is_classification(out, y):
     return out.ndim == 2 and y.ndim == 1 and y.dtype.kind in "iu"
 
@@ -113,7 +122,7 @@ def evaluate(model, loss, data, batch_size=512):
     """(mean loss, accuracy or None) of `model` on data (x, y), in eval mode under no_grad;
     the model's training mode is restored afterwards."""
     x, y = _check_xy(data, "data")
-    dt = model.dtype
+    dt = _input_dtype(model, x)
     was_training = model.training
     model.eval()
     total, correct, acc_ok = 0.0, 0, True
@@ -279,7 +288,8 @@ def fit(model, loss, optimizer, train, val=None, epochs=1, *, batch_size=64, see
     `val`, a scheduler step (scheduler_interval='epoch') and a checkpoint.
 
     Args:
-        model: a fastmod Module taking x batches (cast to the model's dtype).
+        model: a fastmod Module taking x batches (cast to the model's dtype, except integer
+            token ids for a model with an Embedding).
         loss: e.g. fastmod.losses.CrossEntropyLoss(); `loss(out, y)` -> float, `loss.backward()`.
         optimizer: a fastmod.optim optimizer over model's parameters.
         train, val: pairs (x, y) of arrays with samples along axis 0 (val may be None).
@@ -336,7 +346,7 @@ def fit(model, loss, optimizer, train, val=None, epochs=1, *, batch_size=64, see
     root = dist is None or dist.root
     seed = int(seed)
     n = len(x)
-    dt = model.dtype
+    dt = _input_dtype(model, x)
     x = np.ascontiguousarray(x, dtype=dt) if x.dtype != dt else x
     loader = DataLoader((x, y), batch_size=batch_size, shuffle=bool(shuffle), seed=seed,
                         drop_last=bool(drop_last))

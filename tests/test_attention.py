@@ -420,6 +420,21 @@ def test_bad_inputs(rng):
         m.backward(np.zeros((2, 4, 7), np.float32))
 
 
+def test_astype_converts_everything_the_forward_checks(rng):
+    """The module reads its dtype from its projections at every call (issue #13: a dtype cached
+    at construction refused float64 queries after astype(np.float64))."""
+    m = nn.MultiheadAttention(8, 2).astype(np.float64)
+    x = rng.standard_normal((2, 3, 8))
+    ref, _ = ref_mha(x, x, x, *_params(m), 2)
+    np.testing.assert_allclose(m(x), ref, rtol=1e-12, atol=1e-12)
+    assert m.backward(np.ones_like(x)).dtype == np.float64
+    with pytest.raises(TypeError, match="expected float64 query like its weights, got float32"):
+        m(x.astype(np.float32))
+    m.out_proj.astype(np.float32)                   # converted alone: refused cleanly
+    with pytest.raises(TypeError, match=r"Linear\(8, 8\): expected float32 input like its weights, got float64"):
+        m(x)
+
+
 def test_non_contiguous_input_is_copied(rng):
     m = nn.MultiheadAttention(8, 2)
     x = rng.standard_normal((4, 2, 8)).astype(np.float32)

@@ -214,6 +214,12 @@ def test_denseblock_bad_input():
                         ((4, 2, -1), "num_layers")]:
         with pytest.raises(ValueError, match=match + " must be a positive integer"):
             nn.DenseBlock(*args)
+    # one layer converted alone: its weights would be read as the block's dtype by the kernels
+    m.layers[1].astype(np.float64)
+    with pytest.raises(TypeError, match=r"DenseBlock\(4, 2, 2\): layers.1 is float64, layers.0 float32"):
+        m(np.zeros((2, 4, 5, 5), np.float32))
+    m.astype(np.float64)
+    assert m(np.zeros((2, 4, 5, 5))).dtype == np.float64
 
 
 # ------------------------------------------------------------------ model constructors

@@ -21,7 +21,13 @@ def test_identity(rng):
     assert m(x) is x
     dy = rng.standard_normal((2, 3))
     assert m.backward(dy) is dy
+    m(x)
     assert m.backward(dy, need_input_grad=False) is None
+    m(x)
+    with pytest.raises(ValueError, match=r"Identity\(\)\.backward: expected a gradient of shape \(2, 3\)"):
+        m.backward(dy[:, :2])           # checked like every module's (was returned as given)
+    tokens = np.arange(3)
+    assert m(tokens) is tokens and m.backward(None) is None     # non-float input: passed through
     assert fastmod.gradcheck(m, x)
     assert m.num_parameters() == 0 and m.state_dict() == {}
 

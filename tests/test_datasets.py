@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fastmod.data.datasets import load_dataset, load_digits, scale_to_unit
-from fastmod.data.idx import (DataError, check_xy, read_idx, read_idx_dir, read_idx_pair,
+from fastmod.data.idx import (DataDtypeError, DataError, check_xy, read_idx, read_idx_dir, read_idx_pair,
                               read_npz, write_idx)
 
 
@@ -209,6 +209,19 @@ def test_npz_bad(tmp_path, arrays, problem):
     with pytest.raises(DataError, match=problem) as e:
         load_dataset(p)
     assert str(p) in str(e.value)
+
+
+def test_dtype_problems_are_type_errors_too():
+    """A dtype problem in a data set is a DataDtypeError: a DataError (ValueError) that is also
+    a TypeError, as every dtype error in fastmod."""
+    for x, y, match in [(np.array([["a", "b"]]), np.zeros(1, int), "x must be numeric, got dtype <U1"),
+                        (np.zeros((2, 2)), np.array(["a", "b"]), "integer class labels, got dtype <U1")]:
+        with pytest.raises(DataDtypeError, match=match) as e:
+            check_xy(x, y, "data.npz")
+        assert isinstance(e.value, TypeError) and isinstance(e.value, DataError)
+    with pytest.raises(DataError) as e:                   # other problems stay ValueErrors only
+        check_xy(np.zeros(3), np.zeros(3, int), "data.npz")
+    assert not isinstance(e.value, TypeError)
 
 
 def test_npz_not_an_archive(tmp_path):

@@ -290,3 +290,20 @@ def test_fit_skips_the_input_gradient():
     assert set(plain.calls) == {"plain"}               # backward(dy) alone still works
     _assert_same_state(model, model2)
     assert h1["train_loss"] == h2["train_loss"]
+
+
+def test_fit_and_evaluate_feed_token_ids_as_integers():
+    """A token model (Embedding first) gets its integer ids as they are; casting them to the
+    model's float dtype made every fit of a token model fail in Embedding."""
+    model = fastmod.models.transformer_classifier(2, vocab_size=10, d_model=8, nhead=2,
+                                                  num_layers=1, max_len=8, dropout=0.0)
+    x = np.random.default_rng(0).integers(0, 10, (16, 5))
+    y = (x[:, 0] > 4).astype(np.int64)
+    h = fit(model, losses.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=1e-2), (x, y),
+            epochs=2, batch_size=8, progress=False, handle_sigint=False)
+    assert len(h["train_loss"]) == 2
+    loss, acc = evaluate(model, losses.CrossEntropyLoss(), (x, y))
+    assert np.isfinite(loss) and 0 <= acc <= 1
+    # integer pixels for a float model are still converted (no Embedding)
+    mlp = fastmod.models.mlp([5, 4, 2])
+    assert np.isfinite(evaluate(mlp, losses.CrossEntropyLoss(), (x, y))[0])

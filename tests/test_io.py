@@ -202,8 +202,10 @@ def test_mismatched_model_or_optimizer_rejected_all_or_nothing(tmp_path):
     with pytest.raises(CheckpointError, match="missing keys: 6.weight, 6.bias"):
         fastmod.load_into(path, deeper)
     f64 = _model(dtype=np.float64)
-    with pytest.raises(CheckpointError, match="expected dtype float64, got float32"):
+    with pytest.raises(CheckpointError, match="expected dtype float64, got float32") as err:
         fastmod.load_into(path, f64)
+    assert isinstance(err.value, TypeError)          # dtypes only: also a TypeError
+    assert not isinstance(CheckpointError("x"), TypeError)
     # optimizer of another type, or a checkpoint without optimizer state
     fresh = _model(seed=5)
     with pytest.raises(CheckpointError, match="holds SGD state, cannot load it into Adam"):

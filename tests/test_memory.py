@@ -403,6 +403,15 @@ def test_misaligned_ids_targets_masks_and_parameters():
     assert lin.weight.data.flags.aligned
     np.testing.assert_array_equal(lin.weight.data, w)
     assert nn.Parameter(_misaligned(w)).data.flags.aligned
+    bn = nn.BatchNorm1d(3)
+    bn.running_mean, bn.running_var = _misaligned(np.zeros(3, np.float32)), \
+        _misaligned(np.ones(3, np.float32))
+    xb = rng.standard_normal((5, 3)).astype(np.float32)
+    bn(xb)
+    assert bn.running_mean.flags.aligned and bn.running_var.flags.aligned
+    ref = nn.BatchNorm1d(3)
+    ref(xb)
+    np.testing.assert_array_equal(bn.running_mean, ref.running_mean)
 
 
 # ------------------------------------------------------------------ sanitizer findings

@@ -218,10 +218,12 @@ def test_parameter_basics():
     np.testing.assert_array_equal(p.grad, np.zeros((2, 3)))
     p.grad = np.ones((2, 3))
     np.testing.assert_array_equal(p.grad, 1)
-    with pytest.raises(ValueError, match=r"expected float64 array of shape \(2, 3\), got float32 \(2, 3\)"):
+    with pytest.raises(TypeError, match=r"expected float64 array of shape \(2, 3\), got float32 \(2, 3\)"):
         p.grad = np.ones((2, 3), np.float32)
     with pytest.raises(ValueError, match=r"got float64 \(3, 2\)"):
         p.grad = np.ones((3, 2))
+    with pytest.raises(ValueError, match=r"got float32 \(3, 2\)"):      # both: the shape first
+        p.grad = np.ones((3, 2), np.float32)
     p.grad = None
     np.testing.assert_array_equal(p.grad, 0)
     with pytest.raises(TypeError, match="expected float32 or float64 data, got int64"):
@@ -364,6 +366,37 @@ def test_load_state_dict_errors_name_every_problem_and_change_nothing():
     assert wb.running[1] == -np.inf
     with pytest.raises(TypeError, match="expected a dict of arrays, got list"):
         m.load_state_dict([1, 2])
+
+
+def test_dtype_mismatches_are_type_errors(rng):
+    """SPEC §4: a dtype mismatch is a TypeError naming both dtypes; a shape mismatch stays a
+    ValueError, and when both differ the shape is reported (ValueError, naming both)."""
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    good = m.state_dict()
+    with pytest.raises(TypeError, match="0.bias: expected dtype float32, got float64; "
+                                        "2.weight: expected dtype float32, got float64"):
+        m.load_state_dict({**good, "0.bias": np.zeros(4), "2.weight": np.zeros((2, 4))})
+    with pytest.raises(ValueError, match="0.weight: expected shape") as err:   # mixed: ValueError
+        m.load_state_dict({**good, "0.bias": np.zeros(4), "0.weight": np.zeros((3, 4), np.float32)})
+    assert not isinstance(err.value, TypeError)
+    with pytest.raises(ValueError, match="missing keys: 2.bias"):
+        m.load_state_dict({k: v.astype(np.float64) for k, v in good.items() if k != "2.bias"})
+    p = m[0].weight
+    for setter in (lambda v: setattr(p, "grad", v), lambda v: setattr(p, "data", v),
+                   lambda v: setattr(m[0], "weight", nn.Parameter(v))):
+        with pytest.raises(TypeError, match=r"float32.*got float64"):
+            setter(np.zeros((4, 3)))
+        with pytest.raises(ValueError, match=r"\(4, 3\).*got .*\(3, 4\)"):
+            setter(np.zeros((3, 4), np.float32))
+        with pytest.raises(ValueError, match=r"\(4, 3\).*got .*\(3, 4\)"):
+            setter(np.zeros((3, 4)))
+    m(np.zeros((2, 3), np.float32))
+    with pytest.raises(TypeError, match=r"Linear\(4, 2\)\.backward: expected a gradient of shape "
+                                        r"\(2, 2\) and dtype float32 .*got \(2, 2\) float64"):
+        m.backward(np.zeros((2, 2)))
+    with pytest.raises(TypeError, match=r"Linear\(3, 4\): expected float32 input like its weights, "
+                                        r"got float64"):
+        m(np.zeros((2, 3)))
 
 
 def test_load_state_dict_non_strict():

@@ -705,6 +705,46 @@ def test_one_value_per_channel_torch_agrees(cls, shape, track, torch):
         getattr(torch.nn, cls.__name__)(3, track_running_stats=False).eval()(torch.ones(shape))
 
 
+def test_running_statistics_are_checked_before_the_kernel(dtype):
+    """running_mean / running_var are plain attributes: a reassigned one of another shape or
+    dtype (the kernel would read and write it as a (C,) array of the input's dtype) or a lone
+    None is refused, naming the module; read-only or non-contiguous ones are replaced by
+    copies (as torch's in-place update needs a writeable buffer)."""
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(dtype)
+    other = np.float32 if dtype == np.float64 else np.float64
+    for train in (True, False):
+        for name in ("running_mean", "running_var"):
+            m = nn.BatchNorm1d(3, dtype=dtype).train(train)
+            setattr(m, name, np.zeros(2, dtype))
+            with pytest.raises(ValueError, match=rf"BatchNorm1d\(3\): expected {name} of shape \(3,\), got \(2,\)"):
+                m(x)
+            setattr(m, name, np.zeros(3, other))
+            with pytest.raises(TypeError, match=rf"BatchNorm1d\(3\): expected {name} of dtype {np.dtype(dtype)}.*got {np.dtype(other)}"):
+                m(x)
+            setattr(m, name, None)
+            with pytest.raises(TypeError, match=rf"expected {name} to be a \(3,\) .*got NoneType"):
+                m(x)
+    m = nn.BatchNorm1d(3, dtype=dtype)
+    m.running_mean = np.zeros(6, dtype)[::2]                # non-contiguous: replaced by a copy
+    m.running_var = np.ones(3, dtype)
+    m.running_var.flags.writeable = False
+    m(x)
+    assert m.running_mean.flags.c_contiguous and m.running_var.flags.writeable
+    np.testing.assert_allclose(m.running_mean, 0.1 * x.astype(np.float64).mean(0), rtol=1e-5)
+    m.running_mean = m.running_var = None                   # both None: batch statistics, as torch
+    m.eval()
+    np.testing.assert_allclose(m(x), nn.BatchNorm1d(3, track_running_stats=False, dtype=dtype)(x))
+
+
+def test_batchnorm_without_state_takes_either_dtype():
+    """No parameters and no running statistics: nothing holds a dtype, so both are accepted (as
+    LayerNorm and GroupNorm without affine); the constructor's dtype is not cached."""
+    m = nn.BatchNorm2d(3, affine=False, track_running_stats=False)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4))
+    np.testing.assert_allclose(m(x), m(x.astype(np.float32)), rtol=1e-5, atol=1e-5)
+    assert m(x).dtype == np.float64 and m.backward(np.ones_like(x)).dtype == np.float64
+
+
 @pytest.mark.parametrize("eps", [0, 0.0, -1e-5, float("nan"), float("inf"), "1e-5", None])
 def test_bad_eps(eps):
     for make in (lambda: nn.LayerNorm(4, eps=eps), lambda: nn.BatchNorm1d(4, eps=eps),

@@ -331,6 +331,16 @@ def test_load_state_dict_rejects_mismatches():
     np.testing.assert_array_equal(opt.state[ps[0]]["momentum_buffer"], sd["state"][0]["momentum_buffer"])
 
 
+def test_load_state_dict_non_float_state_is_a_type_error():
+    p = Parameter(np.ones(3, np.float32))
+    opt = SGD([p], lr=0.1, momentum=0.9)
+    groups = [dict(opt.state_dict()["param_groups"][0])]
+    with pytest.raises(TypeError, match=r"state 0\['momentum_buffer'\] has dtype int64, expected a float"):
+        opt.load_state_dict({"state": {0: {"momentum_buffer": np.ones(3, np.int64)}}, "param_groups": groups})
+    with pytest.raises(ValueError, match=r"has shape \(2,\), its parameter \(3,\)"):
+        opt.load_state_dict({"state": {0: {"momentum_buffer": np.ones(2, np.int64)}}, "param_groups": groups})
+
+
 def test_state_converted_to_parameter_dtype_and_astype_after_creation_is_reported():
     p = Parameter(np.ones(3, np.float32))
     opt = SGD([p], lr=0.1, momentum=0.9)

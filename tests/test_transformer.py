@@ -286,6 +286,10 @@ def test_transformer_classifier_vectors_and_padding(rng):
     np.testing.assert_allclose(tok(a), tok(b), rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="longer than max_len"):
         tok(np.ones((1, 11), np.int64))
+    with pytest.raises(TypeError, match="expected a bool numpy.ndarray as key_padding_mask, got float64"):
+        tok(a, key_padding_mask=np.zeros((1, 5)))             # a dtype error: TypeError
+    with pytest.raises(ValueError, match=r"expected key_padding_mask of shape \(1, 5\), got \(1, 4\)"):
+        tok(a, key_padding_mask=np.zeros((1, 4), bool))
     with pytest.raises(ValueError, match="exactly one of vocab_size"):
         transformer_classifier(num_classes=3)
 

@@ -9,7 +9,9 @@ big-endian, row-major. Files may be gzip-compressed (recognized by content, not 
 `allow_pickle=False`, so loading a file never runs code.
 
 Every problem -- a corrupt header, a truncated file, wrong shapes, labels out of range, x and y
-of different lengths -- is a `DataError` (a ValueError) whose message starts with the file.
+of different lengths -- is a `DataError` (a ValueError) whose message starts with the file; one
+about dtypes (non-numeric x, non-integer labels) is a `DataDtypeError`, a DataError that is also a
+TypeError.
 
 Example:
     >>> x, y = read_idx_pair("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")  # doctest: +SKIP
@@ -24,7 +26,7 @@ import zipfile
 
 import numpy as np
 
-__all__ = ["DataError", "read_idx", "write_idx", "read_idx_pair", "read_idx_dir", "read_npz",
+__all__ = ["DataError", "DataDtypeError", "read_idx", "write_idx", "read_idx_pair", "read_idx_dir", "read_npz",
            "check_xy"]
 
 # IDX type code -> big-endian dtype
@@ -36,6 +38,10 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 class DataError(ValueError):
     """A data file that cannot be used, with the file and the problem in the message."""
+
+
+class DataDtypeError(DataError, TypeError):
+    """A DataError about the dtype of the arrays (also a TypeError, as every dtype error)."""
 
 
 def _open(path):
@@ -140,7 +146,7 @@ def check_xy(x, y, source, num_classes=None):
     x = np.asarray(x)
     y = np.asarray(y)
     if x.dtype.kind not in "biuf":
-        raise DataError(f"{source}: x must be numeric, got dtype {x.dtype}")
+        raise DataDtypeError(f"{source}: x must be numeric, got dtype {x.dtype}")
     if x.ndim < 2:
         raise DataError(f"{source}: x must have shape (N, features...) with one row per sample, "
                         f"got shape {x.shape}")
@@ -166,7 +172,7 @@ def check_xy(x, y, source, num_classes=None):
             raise DataError(f"{source}: y must hold integer class labels, got non-integer "
                             f"values of dtype {y.dtype}")
     elif y.dtype.kind not in "iu":
-        raise DataError(f"{source}: y must hold integer class labels, got dtype {y.dtype}")
+        raise DataDtypeError(f"{source}: y must hold integer class labels, got dtype {y.dtype}")
     lo, hi = y.min(), y.max()
     if lo < 0 or (num_classes is not None and hi >= num_classes):
         i = int(np.flatnonzero((y < 0) | ((y >= num_classes) if num_classes is not None else False))[0])

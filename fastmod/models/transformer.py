@@ -76,10 +76,13 @@ class TransformerClassifier(Module):
         if key_padding_mask is None and self.padding_idx is not None:
             key_padding_mask = x == self.padding_idx
         if key_padding_mask is not None:
-            if not isinstance(key_padding_mask, np.ndarray) or key_padding_mask.dtype != np.bool_ \
-                    or key_padding_mask.shape != (N, T):
-                raise ValueError(f"{self._short_repr()}: expected a bool key_padding_mask of shape "
-                                 f"{(N, T)}, got {getattr(key_padding_mask, 'shape', key_padding_mask)!r}")
+            kpm = key_padding_mask
+            if not isinstance(kpm, np.ndarray) or kpm.dtype != np.bool_:
+                raise TypeError(f"{self._short_repr()}: expected a bool numpy.ndarray as "
+                                f"key_padding_mask, got {getattr(kpm, 'dtype', type(kpm).__name__)}")
+            if kpm.shape != (N, T):
+                raise ValueError(f"{self._short_repr()}: expected key_padding_mask of shape "
+                                 f"{(N, T)}, got {kpm.shape}")
         h = self.embed(x)
         h += self.pos_embedding.data[:T]
         for layer in self.layers:

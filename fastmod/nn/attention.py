@@ -59,7 +59,8 @@ class MultiheadAttention(Module):
       * `m(x)` returns the output array, not torch's `(output, weights)` tuple. With
         `need_weights=True` it returns `(output, weights)`, weights averaged over heads
         (N, T, S) (or per head (N, H, T, S) with average_attn_weights=False), taken before
-        dropout; backward then takes the output's gradient only (weights get no gradient).
+        dropout; backward then takes the output's gradient dy, or (dy, None) (the weights
+        get no gradient).
       * `is_causal=True` alone applies the causal mask (torch requires attn_mask with it).
         With add_bias_kv / add_zero_attn the appended key positions stay visible to every
         query (torch's result when it merges masks; its fused path hides them).
@@ -111,7 +112,7 @@ class MultiheadAttention(Module):
         self.vdim = E if vdim is None else positive_int(vdim, f"{who}: vdim")
         self._qkv_same_embed_dim = self.kdim == E and self.vdim == E
         self.add_zero_attn = boolean(add_zero_attn, f"{who}: add_zero_attn")
-        dt = self._dtype = as_float_dtype(dtype, f"{who}: dtype")
+        dt = as_float_dtype(dtype, f"{who}: dtype")
         self.generator = generator
         if self._qkv_same_embed_dim:
             self.in_proj_weight = Parameter(np.empty((3 * E, E), dt))
@@ -173,11 +174,16 @@ class MultiheadAttention(Module):
                 (self.v_proj_weight, None)]
 
     # -- input checks ---------------------------------------------------------------------------
-    def _check_seq(self, x, name, n=None, E=None):
+    def _dtype(self):
+        """The dtype of the input projections (read at each call: astype converts them)."""
+        p = self.in_proj_weight if self._qkv_same_embed_dim else self.q_proj_weight
+        return p.data.dtype
+
+    def _check_seq(self, x, name, dt, n=None, E=None):
         if isinstance(x, np.ndarray) and x.dtype == np.bool_:
             raise TypeError(f"{self._short_repr()}: got a bool array as {name}; masks are "
                             f"keyword arguments (attn_mask=..., key_padding_mask=...)")
-        x = self._check_dtype(x, self._dtype, name)
+        x = self._check_dtype(x, dt, name)
         E = self.embed_dim if E is None else E
         lead = "N, L" if self.batch_first else "L, N"
         if x.ndim != 3 or x.shape[2] != E:
@@ -201,7 +207,7 @@ class MultiheadAttention(Module):
     def forward(self, query, key=None, value=None, *, attn_mask=None, is_causal=False,
                 key_padding_mask=None, need_weights=False, average_attn_weights=True):
         E, H, D = self.embed_dim, self.num_heads, self.head_dim
-        dt = self._dtype
+        dt = self._dtype()
         b = None if self.in_proj_bias is None else self.in_proj_bias.data
         boolean(is_causal, f"{self._short_repr()}: is_causal")
         for name, a in (("key", key), ("value", value)):
@@ -215,7 +221,7 @@ class MultiheadAttention(Module):
         if self_attn and not self._qkv_same_embed_dim:
             raise ValueError(f"{self._short_repr()}: kdim={self.kdim} and vdim={self.vdim} are "
                              f"not embed_dim={E}: pass key and value")
-        x = self._check_seq(query, "query")
+        x = self._check_seq(query, "query", dt)
         N, T = x.shape[0], x.shape[1]
         extra = (self.bias_k is not None) + self.add_zero_attn      # appended key positions
         if self_attn and extra == 0:
@@ -229,8 +235,8 @@ class MultiheadAttention(Module):
                 kx = vx = x
                 inputs = (x,)
             else:
-                kx = self._check_seq(key, "key", N, self.kdim)
-                vx = self._check_seq(value, "value", N, self.vdim)
+                kx = self._check_seq(key, "key", dt, N, self.kdim)
+                vx = self._check_seq(value, "value", dt, N, self.vdim)
                 if vx.shape[1] != kx.shape[1]:
                     raise ValueError(f"{self._short_repr()}: key and value must have the same "
                                      f"length, got {kx.shape[1]} and {vx.shape[1]}")
@@ -267,8 +273,9 @@ class MultiheadAttention(Module):
         _ka.attention_forward(ctx, P, q, k, v, am, am_stride, kpm, N, H, T, S, D, ld, ld, ld, E,
                               1.0 / math.sqrt(D), causal, drop, seed)
         out = self.out_proj(ctx)
-        # for backward: the projection inputs, Q/K/V (packed or separate), P, dropout's seed
-        self._save(inputs, q, k, v, ld, P, drop, seed, S0)
+        # for backward: the projection inputs, Q/K/V (packed or separate), P, dropout's seed,
+        # whether forward returned (output, weights)
+        self._save(inputs, q, k, v, ld, P, drop, seed, S0, need_weights)
         if not self.batch_first:
             out = np.ascontiguousarray(out.transpose(1, 0, 2))
         if need_weights:
@@ -293,15 +300,23 @@ class MultiheadAttention(Module):
         return am, stride, kpm
 
     def backward(self, dy, need_input_grad=True):
-        inputs, q, k, v, ld, P, drop, seed, S0 = self._saved()
-        if isinstance(dy, tuple):                               # (d out, d weights) from need_weights
-            dy = dy[0]
+        inputs, q, k, v, ld, P, drop, seed, S0, need_weights = self._saved()
         E, H, D = self.embed_dim, self.num_heads, self.head_dim
         N, _, T, S = P.shape
         dt = P.dtype
+        if need_weights and isinstance(dy, tuple):              # (d out, None) for (out, weights)
+            if len(dy) != 2:
+                raise ValueError(f"{self._short_repr()}.backward: expected (dy, None) for the two "
+                                 f"outputs (output, weights), got a tuple of {len(dy)}")
+            if dy[1] is not None:
+                raise TypeError(f"{self._short_repr()}.backward: expected None as the attention "
+                                f"weights' gradient (they take none), got {type(dy[1]).__name__}")
+            dy = dy[0]
         if not self.batch_first:
             dy = self._check_grad(dy, (T, N, E), dt)
             dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
+        else:
+            dy = self._check_grad(dy, (N, T, E), dt)
         dctx = self.out_proj.backward(dy)
         packed = ld == 3 * E
         if packed:                                              # views of one (N*T, 3E)

@@ -127,6 +127,12 @@ class DenseBlock(Module):
 
     def forward(self, x):
         x = self._check_dtype(x, self.layers[0].weight.data.dtype)
+        for i, conv in enumerate(self.layers):
+            # the kernels are called directly on one buffer: every layer must have its dtype
+            # (a layer converted alone with astype would be read as the wrong type)
+            if conv.weight.data.dtype != x.dtype:
+                raise TypeError(f"{self._short_repr()}: layers.{i} is {conv.weight.data.dtype}, "
+                                f"layers.0 {x.dtype}; convert the whole block with astype")
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"{self._short_repr()}: expected input of shape "
                              f"(N, {self.in_channels}, H, W), got {x.shape}")

@@ -31,18 +31,29 @@ def _linear_relu_backward(lin, relu, dy, need_input_grad):
     return lin._backward(dy, True, relu_out=y)
 
 
+def _like(x):
+    """(shape, dtype) of a float array, to check a gradient against in backward; (None, None)
+    for anything else (e.g. integer tokens: their gradient, None, is passed through)."""
+    return (x.shape, x.dtype) if isinstance(x, np.ndarray) and x.dtype.kind == "f" else (None, None)
+
+
 def _backward_first(m, dy, need_input_grad):
     # only pass the flag when it matters, so user modules with backward(dy) keep working
     return m.backward(dy) if need_input_grad else m.backward(dy, need_input_grad=False)
 
 
 class Identity(Module):
-    """y = x. Shape: any -> same."""
+    """y = x. Shape: any -> same. Backward checks that dy has x's shape and dtype (when x is an
+    array) and returns it."""
 
     def forward(self, x):
+        self._save(*_like(x))
         return x
 
     def backward(self, dy, need_input_grad=True):
+        shape, dtype = self._saved()
+        if shape is not None:
+            dy = self._check_grad(dy, shape, dtype)
         return dy if need_input_grad else None
 
 
@@ -76,6 +87,9 @@ class Sequential(Module):
         # 2 us of ~65 us per pair). With grad enabled only Linear does so, and the output is
         # pushed as the ReLU's saved state, exactly what ReLU.forward would have saved.
         mods = tuple(self._modules.values())
+        if not mods:                                # empty: the identity (checked as Identity)
+            self._save(*_like(x))
+            return x
         grad = STATE.grad_enabled
         fuses = (Linear,) if grad else _FUSES_RELU
         i, n = 0, len(mods)
@@ -94,7 +108,10 @@ class Sequential(Module):
     def backward(self, dy, need_input_grad=True):
         mods = tuple(self._modules.values())
         if not mods:
-            return dy
+            shape, dtype = self._saved()
+            if shape is not None:
+                dy = self._check_grad(dy, shape, dtype)
+            return dy if need_input_grad else None
         # A Linear preceded by a ReLU: the ReLU's backward is fused into the Linear's kernel
         # (its input gradient masked block by block while in cache: no extra pass or array).
         i = len(mods) - 1

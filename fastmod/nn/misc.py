@@ -59,7 +59,7 @@ class Dropout(Module):
     def forward(self, x):
         x = self._check_array(x)
         if not self.training or self.p == 0.0:
-            self._save(None)
+            self._save(None, x.shape, x.dtype)      # identity: the shape and dtype for backward
             return x
         if self.p == 1.0:
             mask = np.zeros_like(x)
@@ -68,17 +68,15 @@ class Dropout(Module):
             keep = g.random(x.shape, dtype=np.float32 if x.dtype == np.float32 else np.float64) >= self.p
             mask = keep.astype(x.dtype)
             mask *= 1.0 / (1.0 - self.p)
-        self._save(mask)
+        self._save(mask, x.shape, x.dtype)
         if self.inplace and x.flags.writeable:
             x *= mask
             return x
         return x * mask
 
     def backward(self, dy, need_input_grad=True):
-        (mask,) = self._saved()
+        mask, shape, dtype = self._saved()
+        dy = self._check_grad(dy, shape, dtype)
         if not need_input_grad:
             return None
-        if mask is None:
-            return dy
-        dy = self._check_grad(dy, mask.shape, mask.dtype)
-        return dy * mask
+        return dy if mask is None else dy * mask

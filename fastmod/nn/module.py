@@ -21,6 +21,13 @@ F32, F64 = FLOAT_DTYPES
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
+def _mismatch_error(got_shape, want_shape):
+    """The exception class for an array that does not match the one expected (SPEC §4-5): a
+    shape mismatch is a ValueError, a dtype mismatch (with the right shape) a TypeError; when
+    both differ the shape is reported first (ValueError), the message naming both."""
+    return ValueError if tuple(got_shape) != tuple(want_shape) else TypeError
+
+
 def as_float_dtype(dtype, who="dtype"):
     """np.float32 / np.float64 (any spelling) -> np.dtype; anything else -> TypeError."""
     try:
@@ -64,8 +71,7 @@ class Parameter:
             return
         value = np.asarray(value)
         if value.shape != cur.shape or value.dtype != cur.dtype:
-            err = ValueError if value.shape != cur.shape else TypeError
-            raise err(f"Parameter.data: expected a {cur.dtype} array of shape {cur.shape} "
+            raise _mismatch_error(value.shape, cur.shape)(f"Parameter.data: expected a {cur.dtype} array of shape {cur.shape} "
                       f"(the parameter's), got {value.dtype} {value.shape}; assign into "
                       "p.data[...] to change values, use Module.astype to change the dtype")
         self._data = c_array(value)
@@ -95,8 +101,9 @@ class Parameter:
             return
         value = np.asarray(value)
         if value.shape != self.data.shape or value.dtype != self.data.dtype:
-            raise ValueError(f"Parameter.grad: expected {self.data.dtype} array of shape "
-                             f"{self.data.shape}, got {value.dtype} {value.shape}")
+            raise _mismatch_error(value.shape, self.data.shape)(
+                f"Parameter.grad: expected {self.data.dtype} array of shape {self.data.shape}, "
+                f"got {value.dtype} {value.shape}")
         self._grad = np.ascontiguousarray(value).copy()
         self._grad_zero = False
 
@@ -194,8 +201,7 @@ class Module:
             old = params.get(name)
             if old is not None and (old.shape != value.shape or old.dtype != value.dtype):
                 # the module's kernels size their loops from its constructor arguments
-                err = ValueError if old.shape != value.shape else TypeError
-                raise err(f"{type(self).__name__}: cannot replace parameter {name!r} "
+                raise _mismatch_error(value.shape, old.shape)(f"{type(self).__name__}: cannot replace parameter {name!r} "
                           f"({old.dtype} {old.shape}) with a {value.dtype} {value.shape} one")
             d["_modules"].pop(name, None)
             d["_buffers"].pop(name, None)
@@ -347,8 +353,9 @@ class Module:
             raise TypeError(f"{self._short_repr()}.backward: expected a numpy.ndarray gradient, "
                             f"got {type(dy).__name__}")
         if dy.shape != shape or (dy.dtype is not dtype and dy.dtype != dtype):
-            raise ValueError(f"{self._short_repr()}.backward: expected a gradient of shape {shape} "
-                             f"and dtype {dtype} (the forward output's), got {dy.shape} {dy.dtype}")
+            raise _mismatch_error(dy.shape, shape)(
+                f"{self._short_repr()}.backward: expected a gradient of shape {shape} and dtype "
+                f"{dtype} (the forward output's), got {dy.shape} {dy.dtype}")
         return c_array(dy)
 
     # -- traversal ------------------------------------------------------------------------------
@@ -445,7 +452,11 @@ class Module:
         return F32
 
     def astype(self, dtype):
-        """Convert every parameter and floating buffer to `dtype` (float32 or float64), in place."""
+        """Convert every parameter and floating buffer to `dtype` (float32 or float64), in place.
+
+        Modules keep no dtype of their own: each reads it from its parameters (or buffers) at
+        every call, so nothing else has to follow the conversion. Saved forward state is
+        released (a backward needs a new forward)."""
         dt = as_float_dtype(dtype, f"{type(self).__name__}.astype")
         for m in self.modules():
             for p in m._parameters.values():
@@ -455,11 +466,7 @@ class Module:
                 if b is not None and b.dtype.kind == "f" and b.dtype != dt:
                     setattr(m, name, b.astype(dt))
             m._release_saved()
-            m._on_dtype_change(dt)
         return self
-
-    def _on_dtype_change(self, dtype):
-        """Hook for modules that cache dtype-dependent state."""
 
     def float(self):
         return self.astype(np.float32)
@@ -499,12 +506,14 @@ class Module:
 
         Keys, shapes and dtypes are checked first and every mismatch is named in one error
         (missing and unexpected keys only when strict); nothing is modified when any check fails.
+        The error is a TypeError when every problem is a dtype mismatch, else a ValueError (as
+        for one array: a shape mismatch is reported before a dtype mismatch).
         Values may be NumPy arrays or anything with .numpy() (e.g. torch tensors).
         """
         if not hasattr(state_dict, "items"):
             raise TypeError(f"load_state_dict: expected a dict of arrays, got {type(state_dict).__name__}")
         targets = self._state_targets()
-        problems, arrays = [], {}
+        problems, arrays, dtype_only = [], {}, True
         missing = [k for k in targets if k not in state_dict]
         unexpected = [k for k in state_dict if k not in targets]
         if strict:
@@ -512,6 +521,7 @@ class Module:
                 problems.append("missing keys: " + ", ".join(missing))
             if unexpected:
                 problems.append("unexpected keys: " + ", ".join(map(str, unexpected)))
+            dtype_only = not problems
         for key, (_, name, cur) in targets.items():
             if key not in state_dict:
                 continue
@@ -521,15 +531,18 @@ class Module:
             v = np.asarray(v)
             if v.shape != cur.shape:
                 problems.append(f"{key}: expected shape {cur.shape}, got {v.shape}")
+                dtype_only = False
             elif v.dtype != cur.dtype:
                 problems.append(f"{key}: expected dtype {cur.dtype}, got {v.dtype}")
             elif name is None and not np.all(np.isfinite(v)):
                 # parameters only: a buffer may hold -inf on purpose (e.g. an attention mask)
                 problems.append(f"{key}: contains NaN or infinite values")
+                dtype_only = False
             else:
                 arrays[key] = v
         if problems:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: " + "; ".join(problems))
+            raise (TypeError if dtype_only else ValueError)(
+                f"{type(self).__name__}.load_state_dict: " + "; ".join(problems))
         for key, v in arrays.items():
             owner, name, cur = targets[key]
             if not cur.flags.writeable:

@@ -179,7 +179,6 @@ class _BatchNorm(Module):
         dt = as_float_dtype(dtype, f"{who}: dtype")
         c = self.num_features
         init_batchnorm_state(self, c, dt)
-        self._dt = dt
 
     def reset_running_stats(self):
         if self.track_running_stats:
@@ -193,8 +192,38 @@ class _BatchNorm(Module):
             self.weight.data.fill(1)
             self.bias.data.fill(0)
 
-    def _on_dtype_change(self, dtype):
-        self._dt = dtype
+    def _dtype(self):
+        """The parameters' dtype, else the running statistics', else None (any float input)."""
+        if self.weight is not None:
+            return self.weight.data.dtype
+        rm = self.running_mean
+        return rm.dtype if isinstance(rm, np.ndarray) else None
+
+    def _running_stats(self, dtype):
+        """(running_mean, running_var), checked before a kernel reads or updates them (they are
+        plain attributes a user may reassign): both None, or both (C,) arrays of the input's
+        dtype; a read-only, non-contiguous or misaligned pair is replaced by copies."""
+        rm, rv = self.running_mean, self.running_var
+        if rm is None and rv is None:
+            return None, None
+        c = self.num_features
+        if type(rm) is np.ndarray and type(rv) is np.ndarray and rm.dtype == dtype and \
+                rv.dtype == dtype and rm.shape == (c,) and rv.shape == (c,) and \
+                rm.flags.carray and rv.flags.carray:            # the usual case
+            return rm, rv
+        for name, a in (("running_mean", rm), ("running_var", rv)):
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"{self._short_repr()}: expected {name} to be a ({c},) {dtype} "
+                                f"array (or both running statistics None), got {type(a).__name__}")
+            if a.shape != (c,):
+                raise ValueError(f"{self._short_repr()}: expected {name} of shape ({c},), got {a.shape}")
+            if a.dtype != dtype:
+                raise TypeError(f"{self._short_repr()}: expected {name} of dtype {dtype} like the "
+                                f"input, got {a.dtype}")
+        if not (rm.flags.carray and rv.flags.carray):    # C-contiguous, aligned, writeable
+            rm, rv = self.running_mean, self.running_var = \
+                np.ascontiguousarray(rm).copy(), np.ascontiguousarray(rv).copy()
+        return rm, rv
 
     def extra_repr(self):
         s = f"{self.num_features}"
@@ -209,16 +238,18 @@ class _BatchNorm(Module):
         return s
 
     def forward(self, x):
-        x = self._check_dtype(x, self._dt)
+        dt = self._dtype()
+        x = self._check_array(x) if dt is None else self._check_dtype(x, dt)
         c = self.num_features
         if x.ndim not in self._ranks or x.shape[1] != c:
             raise ValueError(f"{self._short_repr()}: expected input of shape "
                              f"{self._shape_text.format(c=c)}, got {x.shape}")
         n = x.shape[0]
         s = x.size // (n * c)
+        rm, rv = self._running_stats(x.dtype)
         # torch: batch statistics when training, or when there are no running ones
-        batch_stats = self.training or self.running_mean is None
-        update = self.training and self.track_running_stats
+        batch_stats = self.training or rm is None
+        update = self.training and rm is not None
         if batch_stats and n * s == 1:      # torch raises here too (eval without running stats)
             raise ValueError(f"{self._short_repr()}: expected more than 1 value per channel "
                              f"when using batch statistics, got input of shape {x.shape}")
@@ -226,9 +257,6 @@ class _BatchNorm(Module):
         if update:      # num_batches_tracked counts after the kernel (it may raise MemoryError)
             factor = (1.0 / float(self.num_batches_tracked + 1) if self.momentum is None
                       else self.momentum)
-        rm, rv = self.running_mean, self.running_var
-        if rm is not None and (not rm.flags.writeable or not rv.flags.writeable):
-            rm, rv = self.running_mean, self.running_var = rm.copy(), rv.copy()
         y = np.empty_like(x)
         mean, rstd = np.empty(c), np.empty(c)
         w, b = self.weight, self.bias
@@ -236,7 +264,7 @@ class _BatchNorm(Module):
                              rv if (update or not batch_stats) else None, x,
                              None if w is None else w.data, None if b is None else b.data,
                              n, c, s, self.eps, factor, batch_stats)
-        if update:
+        if update and self.num_batches_tracked is not None:
             self.num_batches_tracked += 1
         self._save(x, mean, rstd, batch_stats)   # x, mean / rstd (C,) float64, which statistics
         return y

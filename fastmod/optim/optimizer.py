@@ -227,7 +227,7 @@ class Optimizer:
                     raise ValueError(f"{name}.load_state_dict: state {key}['{k}'] has shape "
                                      f"{a.shape}, its parameter {p.data.shape}")
                 if a.dtype.kind != "f":
-                    raise ValueError(f"{name}.load_state_dict: state {key}['{k}'] has dtype "
+                    raise TypeError(f"{name}.load_state_dict: state {key}['{k}'] has dtype "
                                      f"{a.dtype}, expected a float array")
                 out[k] = np.array(a, dtype=p.data.dtype, order="C", copy=True)
             elif k == "step":
