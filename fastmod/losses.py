@@ -4,7 +4,7 @@ import numpy as np
 
 from fastmod._kernels import losses as _k
 from fastmod.nn._validate import finite_float
-from fastmod.nn.module import FLOAT_DTYPES
+from fastmod.nn.module import FLOAT_DTYPES, c_array
 
 
 def _check_reduction(reduction, who):
@@ -20,7 +20,7 @@ def _check_float_array(x, who, name):
         raise TypeError(f"{who}: expected a float32 or float64 {name}, got {x.dtype}")
     if x.size == 0:
         raise ValueError(f"{who}: expected a non-empty {name}, got shape {x.shape}")
-    return np.ascontiguousarray(x)
+    return c_array(x)
 
 
 class CrossEntropyLoss:
@@ -65,7 +65,7 @@ class CrossEntropyLoss:
         if target.shape != (n,):
             raise ValueError(f"{who}: expected target of shape ({n},) for logits {logits.shape}, "
                              f"got {target.shape}")
-        target = np.ascontiguousarray(target, dtype=np.int64)
+        target = c_array(target, np.int64)
         count, bad = _k.check_targets(target, c, self.ignore_index)
         if bad is not None:
             raise ValueError(f"{who}: target {bad} is out of range for {c} classes")

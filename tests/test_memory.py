@@ -339,3 +339,94 @@ def test_huge_output_raises_memory_error():
         nn.Linear(1 << 22, 1 << 22)
     with pytest.raises(MemoryError):
         nn.Embedding(1 << 30, 1 << 14)
+
+
+# ------------------------------------------------------------------ misaligned arrays
+def _misaligned(a):
+    """A C-contiguous copy of a whose data pointer is not a multiple of its itemsize (NumPy
+    allows it: np.frombuffer at an odd offset). Kernels read raw typed pointers, so the module
+    layer must copy such arrays (UBSan: 'load of misaligned address' otherwise)."""
+    buf = bytearray(a.nbytes + 1)
+    out = np.frombuffer(buf, dtype=a.dtype, count=a.size, offset=1).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned and out.flags.c_contiguous
+    return out
+
+
+MISALIGNED_MODULES = {
+    "linear": (lambda dt: nn.Linear(16, 24, dtype=dt), (8, 16)),
+    "linear-skinny": (lambda dt: nn.Linear(16, 10, dtype=dt), (40, 16)),
+    "relu": (lambda dt: nn.ReLU(), (3, 37)),
+    "gelu": (lambda dt: nn.GELU(), (3, 37)),
+    "softmax": (lambda dt: nn.Softmax(-1), (5, 37)),
+    "layernorm": (lambda dt: nn.LayerNorm(20, dtype=dt), (6, 20)),
+    "batchnorm": (lambda dt: nn.BatchNorm2d(4, dtype=dt), (3, 4, 5, 5)),
+    "groupnorm": (lambda dt: nn.GroupNorm(2, 4, dtype=dt), (3, 4, 5, 5)),
+    "conv": (lambda dt: nn.Conv2d(3, 8, 3, padding=1, dtype=dt), (2, 3, 9, 9)),
+    "maxpool": (lambda dt: nn.MaxPool2d(2), (2, 3, 8, 8)),
+    "avgpool": (lambda dt: nn.AdaptiveAvgPool2d(1), (2, 3, 8, 8)),
+    "attention": (lambda dt: nn.MultiheadAttention(16, 2, dtype=dt), (2, 7, 16)),
+}
+
+
+@pytest.mark.parametrize("name", list(MISALIGNED_MODULES))
+def test_misaligned_inputs_are_copied(name, dtype):
+    mk, shape = MISALIGNED_MODULES[name]
+    m = mk(dtype)
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    y = m(x)
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    dx = m.backward(dy)
+    assert m._check_array(_misaligned(x)).flags.aligned
+    assert m._check_grad(_misaligned(dy), dy.shape, dy.dtype).flags.aligned
+    y2 = m(_misaligned(x))
+    dx2 = m.backward(_misaligned(dy))
+    np.testing.assert_array_equal(y2, y)
+    np.testing.assert_array_equal(dx2, dx)
+
+
+def test_misaligned_ids_targets_masks_and_parameters():
+    rng = np.random.default_rng(0)
+    emb = nn.Embedding(10, 4)
+    ids = rng.integers(0, 10, (3, 5))
+    np.testing.assert_array_equal(emb(_misaligned(ids)), emb(ids))
+    crit = fastmod.losses.CrossEntropyLoss()
+    logits = rng.standard_normal((6, 5)).astype(np.float32)
+    target = rng.integers(0, 5, 6)
+    want = crit(logits, target)
+    assert crit(_misaligned(logits), _misaligned(target)) == want
+    att = nn.MultiheadAttention(8, 2)
+    x = rng.standard_normal((2, 5, 8)).astype(np.float32)
+    mask = np.triu(np.full((5, 5), -np.inf, np.float32), 1)
+    np.testing.assert_array_equal(att(x, attn_mask=_misaligned(mask)), att(x, attn_mask=mask))
+    lin = nn.Linear(4, 3)
+    w = rng.standard_normal((3, 4)).astype(np.float32)
+    lin.weight.data = _misaligned(w)
+    assert lin.weight.data.flags.aligned
+    np.testing.assert_array_equal(lin.weight.data, w)
+    assert nn.Parameter(_misaligned(w)).data.flags.aligned
+    bn = nn.BatchNorm1d(3)
+    bn.running_mean, bn.running_var = _misaligned(np.zeros(3, np.float32)), \
+        _misaligned(np.ones(3, np.float32))
+    xb = rng.standard_normal((5, 3)).astype(np.float32)
+    bn(xb)
+    assert bn.running_mean.flags.aligned and bn.running_var.flags.aligned
+    ref = nn.BatchNorm1d(3)
+    ref(xb)
+    np.testing.assert_array_equal(bn.running_mean, ref.running_mean)
+
+
+# ------------------------------------------------------------------ sanitizer findings
+# (each found by the suite or /tmp edge-value runs under FASTMOD_SANITIZE=1, see CONTRIBUTING.md)
+@pytest.mark.parametrize("T", [5, 13])         # scalar exp only / AVX2 body and scalar tail
+def test_attention_nan_scores_propagate(T, dtype):
+    """attention.pyx fm_expf_nonpos converted NaN to int ((int)(NaN + 126.5f), then INT_MIN -
+    126: UBSan float-cast-overflow and signed-integer-overflow) for a NaN score; now NaN in, NaN
+    out, as torch."""
+    att = nn.MultiheadAttention(8, 2, dtype=dtype)
+    x = np.random.default_rng(0).standard_normal((2, T, 8)).astype(dtype)
+    x[0, T - 1, 0] = np.nan                   # one key of batch 0 (the scalar tail for T=13)
+    y = att(x)
+    assert np.isnan(y[0]).all() and np.isfinite(y[1]).all()
+    dx = att.backward(np.ones_like(y))
+    assert np.isfinite(dx[1]).all()

@@ -11,7 +11,7 @@ from fastmod._runtime import STATE
 from fastmod.nn import init
 from fastmod.nn._validate import boolean, finite_float, positive_int
 from fastmod.nn.linear import Linear
-from fastmod.nn.module import Module, Parameter, as_float_dtype, grad_buffer_of
+from fastmod.nn.module import Module, Parameter, as_float_dtype, c_array, grad_buffer_of
 
 
 def _additive_mask(mask, dtype, shapes, who, name, bool_true_masks=True):
@@ -36,7 +36,7 @@ def _additive_mask(mask, dtype, shapes, who, name, bool_true_masks=True):
         return out
     if mask.dtype != dtype:
         raise TypeError(f"{who}: expected a bool or {dtype} {name} (like the query), got {mask.dtype}")
-    return np.ascontiguousarray(mask)
+    return c_array(mask)
 
 
 def _drop_seed(generator):
@@ -393,7 +393,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                             f"{getattr(a, 'dtype', type(a).__name__)}")
         if a.ndim != 4 or a.size == 0:
             raise ValueError(f"{who}: expected a non-empty {name} of shape (N, H, L, D), got {a.shape}")
-        arrs.append(np.ascontiguousarray(a))
+        arrs.append(c_array(a))
     q, k, v = arrs
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"{who}: query, key and value must share a dtype, got {q.dtype}, "

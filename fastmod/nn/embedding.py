@@ -7,7 +7,7 @@ import numpy as np
 from fastmod._kernels import embedding as _k
 from fastmod.nn import init
 from fastmod.nn._validate import boolean, finite_float, positive_int
-from fastmod.nn.module import Module, Parameter, as_float_dtype
+from fastmod.nn.module import Module, Parameter, as_float_dtype, c_array
 
 
 class Embedding(Module):
@@ -119,7 +119,7 @@ class Embedding(Module):
             raise TypeError(f"{self._short_repr()}: expected integer token ids, got {x.dtype}")
         if x.size == 0:
             raise ValueError(f"{self._short_repr()}: expected non-empty token ids, got shape {x.shape}")
-        idx = np.ascontiguousarray(x, dtype=np.int64).reshape(-1)
+        idx = c_array(x, np.int64).reshape(-1)
         lo, hi = int(idx.min()), int(idx.max())
         if lo < 0 or hi >= self.num_embeddings:
             bad = lo if lo < 0 else hi

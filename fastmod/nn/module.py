@@ -52,7 +52,7 @@ class Parameter:
         data = np.asarray(data)
         if data.dtype not in FLOAT_DTYPES:
             raise TypeError(f"Parameter: expected float32 or float64 data, got {data.dtype}")
-        self._data = np.ascontiguousarray(data)
+        self._data = c_array(data)
         self._grad = None
         self._grad_zero = True
         self.requires_grad = bool(requires_grad)
@@ -74,11 +74,11 @@ class Parameter:
             raise _mismatch_error(value.shape, cur.shape)(f"Parameter.data: expected a {cur.dtype} array of shape {cur.shape} "
                       f"(the parameter's), got {value.dtype} {value.shape}; assign into "
                       "p.data[...] to change values, use Module.astype to change the dtype")
-        self._data = np.ascontiguousarray(value)
+        self._data = c_array(value)
 
     def _set_data(self, value):
         """Replace data with an array of another dtype (Module.astype); the gradient is dropped."""
-        self._data = np.ascontiguousarray(value)
+        self._data = c_array(value)
         self._grad = None
         self._grad_zero = True
 
@@ -149,6 +149,14 @@ class Parameter:
 
     def __repr__(self):
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+def c_array(a, dtype=None):
+    """a as a C-contiguous, aligned ndarray, copied only when it is not one: the kernels read
+    raw pointers, and a misaligned one (np.frombuffer at an odd offset, a packed record field)
+    is undefined behaviour that vectorized loops may fault on."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return a if a.flags.aligned else a.copy()
 
 
 def grad_buffer_of(p):
@@ -308,7 +316,7 @@ class Module:
         """x must be a non-empty float32/float64 ndarray; returns it C-contiguous."""
         if type(x) is np.ndarray:               # hot path: one test for the usual input
             dt = x.dtype
-            if (dt is F32 or dt is F64) and x.flags.c_contiguous and x.size:
+            if (dt is F32 or dt is F64) and x.flags.carray and x.size:
                 return x
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{self._short_repr()}: expected a numpy.ndarray {name}, "
@@ -318,14 +326,12 @@ class Module:
             raise TypeError(f"{self._short_repr()}: expected a float32 or float64 {name}, got {dt}")
         if x.size == 0:
             raise ValueError(f"{self._short_repr()}: expected a non-empty {name}, got shape {x.shape}")
-        if not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x)
-        return x
+        return c_array(x)
 
     def _check_dtype(self, x, dtype, name="input"):
         """x must be an ndarray of exactly `dtype` (the module's parameters' dtype)."""
-        if type(x) is np.ndarray and x.dtype is dtype and x.flags.c_contiguous and x.size:
-            return x                            # hot path: every layer's forward
+        if type(x) is np.ndarray and x.dtype is dtype and x.flags.carray and x.size:
+            return x                            # hot path: every layer's forward (carray: C-contiguous, aligned, writeable)
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{self._short_repr()}: expected a numpy.ndarray {name}, "
                             f"got {type(x).__name__}")
@@ -337,13 +343,11 @@ class Module:
                             f"{x.dtype} ({hint})")
         if x.size == 0:
             raise ValueError(f"{self._short_repr()}: expected a non-empty {name}, got shape {x.shape}")
-        if not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x)
-        return x
+        return c_array(x)
 
     def _check_grad(self, dy, shape, dtype):
         """The output gradient must match the forward output's shape and dtype."""
-        if type(dy) is np.ndarray and dy.dtype is dtype and dy.shape == shape and dy.flags.c_contiguous:
+        if type(dy) is np.ndarray and dy.dtype is dtype and dy.shape == shape and dy.flags.carray:
             return dy                           # hot path: every layer's backward
         if not isinstance(dy, np.ndarray):
             raise TypeError(f"{self._short_repr()}.backward: expected a numpy.ndarray gradient, "
@@ -352,9 +356,7 @@ class Module:
             raise _mismatch_error(dy.shape, shape)(
                 f"{self._short_repr()}.backward: expected a gradient of shape {shape} and dtype "
                 f"{dtype} (the forward output's), got {dy.shape} {dy.dtype}")
-        if not dy.flags.c_contiguous:
-            dy = np.ascontiguousarray(dy)
-        return dy
+        return c_array(dy)
 
     # -- traversal ------------------------------------------------------------------------------
     def named_modules(self, memo=None, prefix="", remove_duplicate=True):
