@@ -202,15 +202,14 @@ class _BatchNorm(Module):
     def _running_stats(self, dtype):
         """(running_mean, running_var), checked before a kernel reads or updates them (they are
         plain attributes a user may reassign): both None, or both (C,) arrays of the input's
-        dtype; a read-only or non-contiguous pair is replaced by copies."""
+        dtype; a read-only, non-contiguous or misaligned pair is replaced by copies."""
         rm, rv = self.running_mean, self.running_var
         if rm is None and rv is None:
             return None, None
         c = self.num_features
         if type(rm) is np.ndarray and type(rv) is np.ndarray and rm.dtype == dtype and \
                 rv.dtype == dtype and rm.shape == (c,) and rv.shape == (c,) and \
-                rm.flags.writeable and rv.flags.writeable and rm.flags.c_contiguous and \
-                rv.flags.c_contiguous:                          # the usual case
+                rm.flags.carray and rv.flags.carray:            # the usual case
             return rm, rv
         for name, a in (("running_mean", rm), ("running_var", rv)):
             if not isinstance(a, np.ndarray):
@@ -221,8 +220,7 @@ class _BatchNorm(Module):
             if a.dtype != dtype:
                 raise TypeError(f"{self._short_repr()}: expected {name} of dtype {dtype} like the "
                                 f"input, got {a.dtype}")
-        if not (rm.flags.writeable and rv.flags.writeable and rm.flags.c_contiguous
-                and rv.flags.c_contiguous):
+        if not (rm.flags.carray and rv.flags.carray):    # C-contiguous, aligned, writeable
             rm, rv = self.running_mean, self.running_var = \
                 np.ascontiguousarray(rm).copy(), np.ascontiguousarray(rv).copy()
         return rm, rv
