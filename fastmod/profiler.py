@@ -484,24 +484,28 @@ def profile(model, x, target=None, *, loss=None, repeats=5, file=None, trace=Non
         t3 = clock()
         backward(dy)
         t4 = clock()
-        timing.update(fwd=t1 - t0, loss_fwd=t2 - t1, loss_bwd=t3 - t2, loss=t3 - t1,
-                      bwd=t4 - t3, step=t4 - t0)
+        timing.update(fwd=t1 - t0, loss_fwd=t2 - t1, loss_bwd=t3 - t2, bwd=t4 - t3, step=t4 - t0)
         if rec.events is not None:              # the loss in the trace (index None)
             rec.events += [(None, "fwd", t1, t2 - t1), (None, "bwd", t2, t3 - t2)]
 
     def runs(n, per_run=None):
-        seen = defaultdict(list)
+        """Median inference time and the parts of the median train step (one run's, so that
+        they add up), in ms."""
+        infers, steps = [], []
         for _ in range(n):
             rec.reset()
             infer()
-            seen["infer"].append(timing["infer"])
+            infers.append(timing["infer"])
             if train:
                 step()
-                for k in ("fwd", "loss_fwd", "loss_bwd", "loss", "bwd", "step"):
-                    seen[k].append(timing[k])
+                steps.append({k: timing[k] for k in ("fwd", "loss_fwd", "loss_bwd", "bwd", "step")})
             if per_run is not None:
                 per_run()
-        return {k: statistics.median(v) / 1e6 for k, v in seen.items()}
+        out = {"infer": statistics.median(infers) / 1e6}
+        if steps:
+            mid = sorted(steps, key=lambda t: t["step"])[(len(steps) - 1) // 2]
+            out.update({k: v / 1e6 for k, v in mid.items()})
+        return out
 
     try:
         # un-instrumented: warm-up, then the reference times
@@ -630,7 +634,7 @@ def profile(model, x, target=None, *, loss=None, repeats=5, file=None, trace=Non
         "threads": threads, "peak_gflops": peak,
         "infer_ms": inst["infer"], "infer_ms_uninstrumented": plain["infer"],
         "step_ms": inst.get("step"), "step_ms_uninstrumented": plain.get("step"),
-        "fwd_ms": inst.get("fwd"), "loss_ms": inst.get("loss"), "bwd_ms": inst.get("bwd"),
+        "fwd_ms": inst.get("fwd"), "loss_ms": inst["loss_fwd"] + inst["loss_bwd"] if train else None, "bwd_ms": inst.get("bwd"),
         "infer_flops": total["infer_flops"], "train_flops": total["train_flops"] if train else None,
         "infer_peak_bytes": infer_peak, "step_peak_bytes": step_peak,
         "saved_bytes": total["saved_bytes"], "total_row": total,
