@@ -323,3 +323,25 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
     exec(compile(code, "README.md Profiling", "exec"), {})
     assert "fastmod.profile:" in capsys.readouterr().out
     assert json.loads((tmp_path / "step.json").read_text())["traceEvents"]
+
+
+def test_flops_agree_with_the_benchmark_counts():
+    """The profile's GEMM FLOPs of each reference workload = bench/workloads.py's count (an
+    independent one, per GEMM shape)."""
+    import importlib.util
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("bench_workloads",
+                                                  os.path.join(root, "bench", "workloads.py"))
+    wl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wl)
+    fastmod.set_num_threads(1)
+    for name, w in wl.WORKLOADS.items():
+        fastmod.manual_seed(0)
+        model = w.fastmod_model(nn)
+        x, y = wl.make_data(w)
+        train = "train" in w.modes
+        t = fastmod.profile(model, x, y if train else None, repeats=1).totals
+        assert t["infer_flops"] == w.flops("infer"), name
+        if train:
+            assert t["train_flops"] == w.flops("train"), name
