@@ -116,6 +116,15 @@ class _Converter:
         if fn is None:
             self.problems.unsupported(path, tm)
             return None
+        hooks = [kind for kind, attr in (("forward pre-", "_forward_pre_hooks"),
+                                         ("forward ", "_forward_hooks"),
+                                         ("backward pre-", "_backward_pre_hooks"),
+                                         ("backward ", "_backward_hooks"))
+                 if getattr(tm, attr, None)]
+        if hooks:                               # code fastmod would silently not run
+            self.problems.option(path, tm, "has " + " and ".join(f"{k}hooks" for k in hooks)
+                                 + ", which a fastmod module cannot run (remove them first)")
+            return None
         n_problems = len(self.problems)
         try:
             fm = fn(tm, path)
@@ -406,7 +415,8 @@ def from_torch(module, *, custom=None):
         TypeError: naming the dotted path and class of *every* submodule with no fastmod
             equivalent (e.g. ``model.3 (torch.nn.LSTM) has no fastmod equivalent``) or an
             unsupported dtype; ValueError: as well when any option has no fastmod equivalent
-            (an activation function other than relu/gelu, Softmax(dim=None), ...), naming it.
+            (an activation function other than relu/gelu, Softmax(dim=None), forward or
+            backward hooks, ...), naming it.
         ImportError: torch is not installed.
 
     Example:

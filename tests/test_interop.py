@@ -503,3 +503,13 @@ def test_readme_example_runs():
     ns = {}
     exec(compile(code, "README.md From PyTorch", "exec"), ns)
     assert not ns["model"].training
+
+
+def test_hooks_are_refused():
+    tm = tnn.Sequential(tnn.Linear(3, 3), tnn.ReLU(), tnn.utils.spectral_norm(tnn.Linear(3, 2)))
+    tm[0].register_forward_hook(lambda m, i, o: o * 2)
+    with pytest.raises(ValueError) as e:
+        fastmod.from_torch(tm)
+    msg = str(e.value)
+    assert "model.0 (torch.nn.Linear): has forward hooks, which a fastmod module cannot run" in msg
+    assert "model.2 (torch.nn.Linear): has forward pre-hooks" in msg
