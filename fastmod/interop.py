@@ -255,9 +255,6 @@ class _Converter:
             dt = self.dtype(tm, path)
             if dt is None:
                 return None
-            if getattr(tm, "transposed", False):
-                self.problems.unsupported(path, tm, "is a transposed convolution, which fastmod lacks")
-                return None
             pad = tm.padding if isinstance(tm.padding, str) else tuple(tm.padding)
             fm = cls(tm.in_channels, tm.out_channels, tuple(tm.kernel_size), stride=tuple(tm.stride),
                      padding=pad, dilation=tuple(tm.dilation), groups=tm.groups,
