@@ -13,10 +13,13 @@ from fastmod.gradcheck import gradcheck, GradcheckError
 from fastmod import optim, data, models
 from fastmod.io import save, load, load_into
 from fastmod.training import fit, evaluate
+from fastmod.interop import from_torch
+from fastmod.profiler import profile
 
 __version__ = "0.1.0"
 
 __all__ = ["nn", "losses", "gradcheck", "GradcheckError", "set_num_threads", "get_num_threads", "have_openmp", "no_grad",
            "set_isa", "get_isa", "supported_isas", "show_config",
            "enable_grad", "is_grad_enabled", "manual_seed", "default_generator",
-           "optim", "data", "models", "save", "load", "load_into", "fit", "evaluate"]
+           "optim", "data", "models", "save", "load", "load_into", "fit", "evaluate",
+           "from_torch", "profile"]

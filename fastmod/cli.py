@@ -5,6 +5,7 @@
     fastmod train --data mnist/            # your data: a directory of MNIST IDX files, or an .npz
     fastmod train --resume runs/cnn/checkpoint.npz
     fastmod train --eval-only runs/cnn/checkpoint.npz
+    fastmod train --model mlp --profile    # + a per-layer profile of one batch (fastmod.profile)
     fastmod bench                          # bench/compare.py's workloads (needs the source tree)
 
 `fastmod train` runs fastmod.fit: it shows a progress bar, prints the test accuracy, the parameter
@@ -315,6 +316,8 @@ def cmd_train(args):
         _out(f"{config['model']} from {args.eval_only} on {data_name} ({len(test[1])} test "
              f"samples): test accuracy {100 * test_acc:.2f}%, loss {test_loss:.4f}, "
              f"{nparams:,} parameters, {time.perf_counter() - t0:.2f} s")
+        if args.profile:
+            _print_profile(model, crit, train, config["batch_size"])
         return 0
 
     os.makedirs(out, exist_ok=True)
@@ -368,7 +371,20 @@ def cmd_train(args):
     _out(f"test accuracy {100 * test_acc:.2f}% (loss {test_loss:.4f}) | {nparams:,} parameters | "
          f"wall time {wall:.1f} s on {_threads_text(ranks)}")
     _out(f"checkpoint: {ckpt_path}" + (f" | curves: {png}" if png else ""))
+    if args.profile:
+        _print_profile(model, crit, train, config["batch_size"])
     return 0
+
+
+def _print_profile(model, crit, train, batch_size):
+    """`--profile`: fastmod.profile's table for one batch of the training data (the first
+    batch_size samples) through the trained model."""
+    import fastmod
+    from fastmod.training import _input_dtype
+    x, y = train[0][:batch_size], train[1][:batch_size]
+    x = np.ascontiguousarray(x, dtype=_input_dtype(model, x))
+    _out("")
+    _out(str(fastmod.profile(model, x, y, loss=crit)))
 
 
 def _threads_text(ranks):
@@ -459,6 +475,9 @@ def make_parser():
                          "y_train, x_test, y_test), or a directory of MNIST-format IDX files "
                          "(train-images-idx3-ubyte[.gz], ...); default: the bundled digits")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.add_argument("--profile", action="store_true",
+                    help="after training, print the per-layer time, GFLOP/s and memory of one "
+                         "inference and one train step on a batch (fastmod.profile)")
     tr.add_argument("--distributed", action="store_true",
                     help="data-parallel over MPI ranks: mpirun -n N fastmod train --distributed "
                          "(needs mpi4py: pip install \".[mpi]\"); N ranks follow one process's "
