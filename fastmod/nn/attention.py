@@ -305,13 +305,7 @@ class MultiheadAttention(Module):
         N, _, T, S = P.shape
         dt = P.dtype
         if need_weights and isinstance(dy, tuple):              # (d out, None) for (out, weights)
-            if len(dy) != 2:
-                raise ValueError(f"{self._short_repr()}.backward: expected (dy, None) for the two "
-                                 f"outputs (output, weights), got a tuple of {len(dy)}")
-            if dy[1] is not None:
-                raise TypeError(f"{self._short_repr()}.backward: expected None as the attention "
-                                f"weights' gradient (they take none), got {type(dy[1]).__name__}")
-            dy = dy[0]
+            dy = self._first_output_grad(dy, ("output", "attention weights"), "they take none")
         if not self.batch_first:
             dy = self._check_grad(dy, (T, N, E), dt)
             dy = np.ascontiguousarray(dy.transpose(1, 0, 2))

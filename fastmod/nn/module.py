@@ -345,6 +345,17 @@ class Module:
             raise ValueError(f"{self._short_repr()}: expected a non-empty {name}, got shape {x.shape}")
         return c_array(x)
 
+    def _first_output_grad(self, dys, outputs, why):
+        """dy from backward's (dy, None), for a module with two outputs whose second takes no
+        gradient (`outputs` names both, `why` says why the second takes none)."""
+        if len(dys) != 2:
+            raise ValueError(f"{self._short_repr()}.backward: expected (dy, None) for the two "
+                             f"outputs ({outputs[0]}, {outputs[1]}), got a tuple of {len(dys)}")
+        if dys[1] is not None:
+            raise TypeError(f"{self._short_repr()}.backward: expected None as the {outputs[1]}' "
+                            f"gradient ({why}), got {type(dys[1]).__name__}")
+        return dys[0]
+
     def _check_grad(self, dy, shape, dtype):
         """The output gradient must match the forward output's shape and dtype."""
         if type(dy) is np.ndarray and dy.dtype is dtype and dy.shape == shape and dy.flags.carray:

@@ -22,18 +22,6 @@ def _pool_out(size, k, s, p, d, ceil_mode):
     return out
 
 
-def _values_grad(m, dys):
-    """dy from backward's (dy, None) for the outputs (values, indices) of return_indices=True:
-    the indices are integers and take no gradient."""
-    if len(dys) != 2:
-        raise ValueError(f"{m._short_repr()}.backward: expected (dy, None) for the two outputs "
-                         f"(values, indices), got a tuple of {len(dys)}")
-    if dys[1] is not None:
-        raise TypeError(f"{m._short_repr()}.backward: expected None as the indices' gradient "
-                        f"(integers take none), got {type(dys[1]).__name__}")
-    return dys[0]
-
-
 class _PoolNd(Module):
     """Shared geometry and checks; subclasses set _nd and implement _forward/_backward on
     (planes, H, W) arrays."""
@@ -109,7 +97,7 @@ class _PoolNd(Module):
     def backward(self, dy, need_input_grad=True):
         shape3, xshape, out_shape, dtype, geom, saved = self._saved()
         if self.return_indices and isinstance(dy, tuple):
-            dy = _values_grad(self, dy)
+            dy = self._first_output_grad(dy, ("values", "indices"), "integers take none")
         dy = self._check_grad(dy, out_shape, dtype)
         if not need_input_grad:
             return None
@@ -292,7 +280,7 @@ class _AdaptivePoolNd(Module):
     def backward(self, dy, need_input_grad=True):
         shape3, xshape, out_shape, dtype, idx = self._saved()
         if self.return_indices and isinstance(dy, tuple):
-            dy = _values_grad(self, dy)
+            dy = self._first_output_grad(dy, ("values", "indices"), "integers take none")
         dy = self._check_grad(dy, out_shape, dtype)
         if not need_input_grad:
             return None

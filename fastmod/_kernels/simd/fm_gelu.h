@@ -9,8 +9,8 @@
  * of the two-part argument (fm_vexp_hilo): relative error < 1e-6 down to x = -13; the backward
  * reuses exp(-x^2 / 2) for phi(x). x is clamped to [-1e4, 1e4] with NaN kept.
  *
- * Each function does the leading multiple-of-FM_W elements of [lo, hi) and returns where it
- * stopped; the caller's scalar loop does the rest (the scalar level does everything there).
+ * The vector levels do every element (partial vectors at the end); the scalar level leaves
+ * them to the caller's scalar loop (libm's erfc, in double).
  */
 #ifndef FM_GELU_H
 #define FM_GELU_H
@@ -42,19 +42,35 @@ static inline fm_vf fm_gelu_erfc(fm_vf xc, fm_vf* e_out) {
     return fm_vmul(fm_vmul(t, p), e);
 }
 
+/* y = GELU(x) on FM_W lanes */
+static inline fm_vf fm_gelu_fwd_v(fm_vf v) {
+    fm_vf e, xc = fm_gelu_clamp(v), q = fm_gelu_erfc(xc, &e);
+    /* x < 0: 0.5 xc q (xc: -inf -> -1e4, so the product is -0, not NaN);
+       else 0.5 x (2 - q) (+inf and NaN pass through) */
+    fm_vf f = fm_vselect(fm_vlt(v, fm_vzero()), fm_vmul(xc, q), fm_vmul(v, fm_vsub(fm_vset1(2.0f), q)));
+    return fm_vmul(fm_vset1(0.5f), f);
+}
+
+/* dx = dy * GELU'(x) on FM_W lanes */
+static inline fm_vf fm_gelu_bwd_v(fm_vf g, fm_vf v) {
+    fm_vf e, xc = fm_gelu_clamp(v), q = fm_gelu_erfc(xc, &e);
+    /* Phi(x) = q / 2 (x < 0) or 1 - q / 2; phi(x) = e / sqrt(2 pi); d = Phi + xc phi */
+    fm_vf hq = fm_vmul(fm_vset1(0.5f), q);
+    fm_vf cdf = fm_vselect(fm_vlt(v, fm_vzero()), hq, fm_vsub(fm_vset1(1.0f), hq));
+    return fm_vmul(g, fm_vfma(fm_vmul(xc, fm_vset1(0.39894228040143268f)), e, cdf));
+}
+
+/* Both do all of [lo, hi) at the vector levels (the last partial vector with partial loads and
+   stores, so every element takes the same arithmetic) and return hi; at the scalar level they
+   do nothing and return lo (the caller's scalar loop does it). */
 static ptrdiff_t fma_gelu_fwd_f32(float* y, const float* x, ptrdiff_t lo, ptrdiff_t hi) {
     ptrdiff_t i = lo;
 #if FM_LEVEL >= 1
-    fm_vf e;
-    for (; i + FM_W <= hi; i += FM_W) {
-        fm_vf v = fm_vload(x + i);
-        fm_vf xc = fm_gelu_clamp(v);
-        fm_vf q = fm_gelu_erfc(xc, &e);
-        /* x < 0: 0.5 xc q (xc: -inf -> -1e4, so the product is -0, not NaN);
-           else 0.5 x (2 - q) (+inf and NaN pass through) */
-        fm_vf f = fm_vselect(fm_vlt(v, fm_vzero()), fm_vmul(xc, q),
-                             fm_vmul(v, fm_vsub(fm_vset1(2.0f), q)));
-        fm_vstore(y + i, fm_vmul(fm_vset1(0.5f), f));
+    for (; i + FM_W <= hi; i += FM_W)
+        fm_vstore(y + i, fm_gelu_fwd_v(fm_vload(x + i)));
+    if (i < hi) {
+        fm_vstore_n(y + i, fm_gelu_fwd_v(fm_vload_n(x + i, (int)(hi - i))), (int)(hi - i));
+        i = hi;
     }
 #else
     (void)y; (void)x; (void)hi;
@@ -65,16 +81,12 @@ static ptrdiff_t fma_gelu_fwd_f32(float* y, const float* x, ptrdiff_t lo, ptrdif
 static ptrdiff_t fma_gelu_bwd_f32(float* dx, const float* dy, const float* x, ptrdiff_t lo, ptrdiff_t hi) {
     ptrdiff_t i = lo;
 #if FM_LEVEL >= 1
-    fm_vf e;
-    for (; i + FM_W <= hi; i += FM_W) {
-        fm_vf v = fm_vload(x + i);
-        fm_vf xc = fm_gelu_clamp(v);
-        fm_vf q = fm_gelu_erfc(xc, &e);
-        /* Phi(x) = q / 2 (x < 0) or 1 - q / 2; phi(x) = e / sqrt(2 pi); d = Phi + xc phi */
-        fm_vf hq = fm_vmul(fm_vset1(0.5f), q);
-        fm_vf cdf = fm_vselect(fm_vlt(v, fm_vzero()), hq, fm_vsub(fm_vset1(1.0f), hq));
-        fm_vf d = fm_vfma(fm_vmul(xc, fm_vset1(0.39894228040143268f)), e, cdf);
-        fm_vstore(dx + i, fm_vmul(fm_vload(dy + i), d));
+    for (; i + FM_W <= hi; i += FM_W)
+        fm_vstore(dx + i, fm_gelu_bwd_v(fm_vload(dy + i), fm_vload(x + i)));
+    if (i < hi) {
+        int n = (int)(hi - i);
+        fm_vstore_n(dx + i, fm_gelu_bwd_v(fm_vload_n(dy + i, n), fm_vload_n(x + i, n)), n);
+        i = hi;
     }
 #else
     (void)dx; (void)dy; (void)x; (void)hi;
