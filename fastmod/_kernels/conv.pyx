@@ -33,6 +33,9 @@ Paths chosen per layer, each measured against the plain one (ratios where they a
     would take one (Geom.dxfwd): no col2im scatter.
   * one input channel per group (depthwise): direct loops, no GEMM (Geom.dwise).
   * im2col in tiles of output rows, bounding the per-thread scratch (Geom.rows).
+The position-major copies of x (and dy) that the im2row, shifted and Winograd paths read, and
+their transposing epilogue, are FM_W x FM_W register transposes (simd/fm_conv.h, _pack_nhwc,
+_transpose_add).
 
 Threads (measured on the 2-core dev box, bench/bench_conv.py --only recipe): the batch is split
 into one contiguous chunk of images per thread; each thread im2cols one image at a time into its
@@ -70,6 +73,10 @@ cdef extern from "fm_vec.h":
     fm_vf fm_vadd(fm_vf a, fm_vf b) noexcept nogil
     fm_vf fm_vload_n(const float* p, int n) noexcept nogil
     void fm_vstore_n(float* p, fm_vf a, int n) noexcept nogil
+
+cdef extern from "fm_conv.h":
+    void fm_transpose_add(float* dst, Py_ssize_t ldd, const float* src, Py_ssize_t lds,
+                          int rows, int cols, const float* bias, int acc, int relu) noexcept nogil
 
 cdef enum:
     SERIAL_MACS = 1 << 17       # a whole conv below this many multiply-adds runs on one thread
@@ -151,6 +158,45 @@ cdef void col2im_2d(floating* x, const floating* col, int C, int H, int W, int o
                             for ow in range(lo, hi):
                                 dst[ow * SW] += row[ow]
                     row += OW
+
+
+# ---------------------------------------------------------------- position-major copies
+cdef inline void _transpose_add(floating* dst, Py_ssize_t ldd, const floating* src,
+                                Py_ssize_t lds, int rows, int cols, const floating* bias,
+                                bint acc, bint relu) noexcept nogil:
+    # dst[j*ldd + i] (+= when acc) src[i*lds + j] (+ bias[j]) for i < rows, j < cols, then
+    # max(., 0) when relu (NaN stays NaN): float32 in FM_W x FM_W register blocks (fm_conv.h)
+    cdef int i, j
+    cdef floating v
+    if floating is float:
+        fm_transpose_add(dst, ldd, src, lds, rows, cols, bias, acc, relu)
+    else:
+        for j in range(cols):
+            for i in range(rows):
+                v = src[i * lds + j]
+                if bias != NULL:
+                    v = v + bias[j]
+                if acc:
+                    v = dst[j * ldd + i] + v
+                if relu and v < 0:
+                    v = 0
+                dst[j * ldd + i] = v
+
+
+cdef inline void _pack_nhwc(floating* xp, const floating* x, int C, int H, int W, int Hq,
+                            int Wq, int PH, int PW) noexcept nogil:
+    # x (C, H, W) copied position-major into the zero-padded (Hq, Wq, C) plane xp:
+    # xp[i, iw, c] = x[c, i - PH, iw - PW] (0 outside x)
+    cdef int ih0 = max(0, PH), ih1 = min(Hq, H + PH)
+    cdef int iw0 = max(0, PW), iw1 = min(Wq, W + PW)
+    cdef int i
+    memset(xp, 0, <Py_ssize_t>Hq * Wq * C * sizeof(floating))
+    if iw1 <= iw0:
+        return
+    for i in range(ih0, ih1):
+        _transpose_add(xp + (<Py_ssize_t>i * Wq + iw0) * C, C,
+                       x + <Py_ssize_t>(i - PH) * W + iw0 - PW, <Py_ssize_t>H * W,
+                       C, iw1 - iw0, <const floating*>NULL, False, False)
 
 
 # ---------------------------------------------------------------- geometry of one call
@@ -559,24 +605,8 @@ cdef inline void _relu_inplace(floating* y, Py_ssize_t n) noexcept nogil:
 cdef inline void _store_transposed(floating* y, const floating* yt, const floating* b, Geom* g,
                                    Py_ssize_t p0, Py_ssize_t pt, bint relu) noexcept nogil:
     # y[o, p0 + p] (+= when g.acc) yt[p, o] + b[o] for p < pt, yt (pt, OC) position-major (the
-    # epilogue of the paths that compute y^T), then max(., 0) over all of y (OC, P) when relu
-    cdef int o
-    cdef Py_ssize_t p
-    cdef floating bo
-    cdef const floating* tcol
-    cdef floating* yrow
-    for o in range(g.OC):
-        bo = b[o] if b != NULL else 0
-        tcol = yt + o
-        yrow = y + <Py_ssize_t>o * g.P + p0
-        if g.acc:
-            for p in range(pt):
-                yrow[p] += tcol[p * g.OC] + bo
-        else:
-            for p in range(pt):
-                yrow[p] = tcol[p * g.OC] + bo
-    if relu:
-        _relu_inplace(y, <Py_ssize_t>g.OC * g.P)
+    # epilogue of the paths that compute y^T), then max(., 0) when relu
+    _transpose_add(y + p0, g.P, yt, g.OC, <int>pt, g.OC, b, g.acc, relu)
 
 
 cdef void _shifted_forward_image(floating* y, const floating* x, const floating* wr,
@@ -594,26 +624,13 @@ cdef void _shifted_forward_image(floating* y, const floating* x, const floating*
     cdef floating* xp = buf
     cdef floating* x3 = buf + npad * g.C
     cdef floating* yt = x3 + <Py_ssize_t>CK * plane
-    cdef int c, i, kh, kw, o, oh, ow, iw, PPr = g.OH * g.Wp
-    cdef int ih0 = max(0, g.PH), ih1 = min(g.Hp, g.H + g.PH)
-    cdef int iw0 = max(0, g.PW), iw1 = min(g.Wp, g.W + g.PW)
+    cdef int kh, kw, oh, PPr = g.OH * g.Wp
     cdef Py_ssize_t p
-    cdef floating bo
-    cdef floating* yrow
-    cdef floating* dst
-    cdef const floating* src
-    cdef const floating* tcol
     # position-major ("NHWC") layout, so that both GEMM operands are untransposed for BLAS
     # (measured, one core: (OC, P, K) = (12, 1088, 144) 38 vs 21 GF/s, (64, 288, 192) 70 vs 60):
     # xp (npad, C) the padded plane, x3 (plane, KW*C) with x3[p, kw*C + c] = xp[p + kw*DW, c]
-    memset(xp, 0, npad * g.C * sizeof(floating))
-    if iw1 > iw0:
-        for c in range(g.C):
-            for i in range(ih0, ih1):
-                src = x + (<Py_ssize_t>c * g.H + i - g.PH) * g.W - g.PW
-                dst = xp + <Py_ssize_t>i * g.Wp * g.C + c
-                for iw in range(iw0, iw1):
-                    dst[<Py_ssize_t>iw * g.C] = src[iw]
+    _pack_nhwc(xp, x, g.C, g.H, g.W, g.Hp, g.Wp, g.PH, g.PW)
+    memset(xp + plane * g.C, 0, (npad - plane) * g.C * sizeof(floating))
     for p in range(plane):
         if g.DW == 1:
             memcpy(x3 + p * CK, xp + p * g.C, CK * sizeof(floating))
@@ -625,17 +642,9 @@ cdef void _shifted_forward_image(floating* y, const floating* x, const floating*
               x3 + <Py_ssize_t>kh * g.DH * g.Wp * CK, CK,
               wr + <Py_ssize_t>kh * CK * g.OC, g.OC,
               <floating>(1 if kh > 0 else 0), yt, g.OC, gemm_nt)
-    for o in range(g.OC):
-        bo = b[o] if b != NULL else 0
-        tcol = yt + o
-        for oh in range(g.OH):
-            yrow = y + (<Py_ssize_t>o * g.OH + oh) * g.OW
-            if g.acc:
-                for ow in range(g.OW):
-                    yrow[ow] += tcol[(<Py_ssize_t>oh * g.Wp + ow) * g.OC] + bo
-            else:
-                for ow in range(g.OW):
-                    yrow[ow] = tcol[(<Py_ssize_t>oh * g.Wp + ow) * g.OC] + bo
+    for oh in range(g.OH):
+        _transpose_add(y + <Py_ssize_t>oh * g.OW, g.P, yt + <Py_ssize_t>oh * g.Wp * g.OC, g.OC,
+                       g.OW, g.OC, b, g.acc, False)
 
 
 cdef void _im2row_forward_images(floating* y, const floating* x, const floating* wr,
@@ -654,25 +663,12 @@ cdef void _im2row_forward_images(floating* y, const floating* x, const floating*
     cdef floating* xp = buf
     cdef floating* rows = buf + plane * g.C
     cdef floating* yt = rows + <Py_ssize_t>cnt * g.P * g.K
-    cdef int c, i, kh, kw, o, oh, ow, iw, p, im
-    cdef int ih0 = max(0, g.PH), ih1 = min(g.Hq, g.H + g.PH)
-    cdef int iw0 = max(0, g.PW), iw1 = min(g.Wq, g.W + g.PW)
+    cdef int kh, kw, oh, ow, im
     cdef int KWC = g.KW * g.C
-    cdef floating bo
-    cdef floating* dst
-    cdef floating* yrow
     cdef const floating* src
-    cdef const floating* tcol
     cdef floating* rdst = rows
     for im in range(cnt):
-        memset(xp, 0, plane * g.C * sizeof(floating))
-        if iw1 > iw0:
-            for c in range(g.C):
-                for i in range(ih0, ih1):
-                    src = x + im * g.xs + (<Py_ssize_t>c * g.H + i - g.PH) * g.W - g.PW
-                    dst = xp + <Py_ssize_t>i * g.Wq * g.C + c
-                    for iw in range(iw0, iw1):
-                        dst[<Py_ssize_t>iw * g.C] = src[iw]
+        _pack_nhwc(xp, x + im * g.xs, g.C, g.H, g.W, g.Hq, g.Wq, g.PH, g.PW)
         for oh in range(g.OH):
             for ow in range(g.OW):
                 for kh in range(g.KH):
@@ -758,21 +754,7 @@ cdef void _wino_weights(floating* U, const floating* w, int C, int OC) noexcept 
 cdef inline void _wino_pack(floating* xp, const floating* x, Geom* g) noexcept nogil:
     # one image x (C, H, W) copied position-major into the zero-padded (2TH+2, 2TW+2, C)
     # plane xp (the forward's and dW's input transform read 4x4 windows of it)
-    cdef int Hw = 2 * g.TH + 2, Ww = 2 * g.TW + 2, C = g.C
-    cdef int ih0 = max(0, g.PH), ih1 = min(Hw, g.H + g.PH)
-    cdef int iw0 = max(0, g.PW), iw1 = min(Ww, g.W + g.PW)
-    cdef int c, i, iw
-    cdef const floating* src
-    cdef floating* dst
-    memset(xp, 0, <Py_ssize_t>Hw * Ww * C * sizeof(floating))
-    if iw1 <= iw0:
-        return
-    for c in range(C):
-        for i in range(ih0, ih1):
-            src = x + (<Py_ssize_t>c * g.H + i - g.PH) * g.W - g.PW
-            dst = xp + <Py_ssize_t>i * Ww * C + c
-            for iw in range(iw0, iw1):
-                dst[<Py_ssize_t>iw * C] = src[iw]
+    _pack_nhwc(xp, x, g.C, g.H, g.W, 2 * g.TH + 2, 2 * g.TW + 2, g.PH, g.PW)
 
 
 cdef inline void _wino_input_tile(floating* Vt, Py_ssize_t TC, const floating* xp, Geom* g,
@@ -814,12 +796,9 @@ cdef void _wino_forward_images(floating* y, const floating* x, const floating* U
     cdef floating* M = V + 16 * TC
     cdef floating* yt = M + 16 * TO
     cdef floating* sr = yt + <Py_ssize_t>g.P * OC
-    cdef int im, i, th, tw, r, q, o, p, oh, ow
+    cdef int im, i, th, tw, r, q, oh
     cdef Py_ssize_t t
-    cdef floating bo
     cdef const floating* m
-    cdef floating* yrow
-    cdef const floating* tcol
     for im in range(cnt):
         _wino_pack(xp, x + im * g.xs, g)
         for th in range(g.TH):
@@ -1052,22 +1031,14 @@ cdef void _wino_dw_images(floating* dU, const floating* dy, const floating* x, f
     cdef floating* DM = V + 16 * TC
     cdef floating* dyp = DM + 16 * TO
     cdef int W2 = 2 * g.TW
-    cdef int im, th, tw, r, q, o, oh, ow
+    cdef int im, th, tw, r, q
     cdef Py_ssize_t t
-    cdef const floating* src
     cdef const floating* e0
     cdef const floating* e1
-    cdef floating* dst
     for im in range(cnt):
         _wino_pack(xp, x + im * g.xs, g)
         # dy_n position-major, zero past the output: dyp (2TH, 2TW, OC)
-        memset(dyp, 0, <Py_ssize_t>4 * tpi * OC * sizeof(floating))
-        for o in range(OC):
-            for oh in range(g.OH):
-                src = dy + im * g.ys + (<Py_ssize_t>o * g.OH + oh) * g.OW
-                dst = dyp + <Py_ssize_t>oh * W2 * OC + o
-                for ow in range(g.OW):
-                    dst[<Py_ssize_t>ow * OC] = src[ow]
+        _pack_nhwc(dyp, dy + im * g.ys, OC, g.OH, g.OW, 2 * g.TH, W2, 0, 0)
         for th in range(g.TH):
             for tw in range(g.TW):
                 t = <Py_ssize_t>im * tpi + th * g.TW + tw
@@ -1190,23 +1161,10 @@ cdef void _wino5_forward_images(floating* y, const floating* x, const floating* 
     cdef floating* V = xp + plane * C
     cdef floating* M = V + 6 * TC
     cdef floating* yt = M + 6 * TO
-    cdef int iw0 = max(0, g.PW), iw1 = min(Ww, g.W + g.PW)
-    cdef int im, c, i, iw, tw, xi, o, p, ow
+    cdef int im, i, tw, xi, ow
     cdef Py_ssize_t t
-    cdef floating bo
-    cdef const floating* src
-    cdef floating* dst
-    cdef floating* yrow
-    cdef const floating* tcol
     for im in range(cnt):
-        memset(xp, 0, plane * C * sizeof(floating))
-        if iw1 > iw0:
-            for c in range(C):
-                for i in range(g.OH):
-                    src = x + im * g.xs + (<Py_ssize_t>c * g.H + i) * g.W - g.PW
-                    dst = xp + <Py_ssize_t>i * Ww * C + c
-                    for iw in range(iw0, iw1):
-                        dst[<Py_ssize_t>iw * C] = src[iw]
+        _pack_nhwc(xp, x + im * g.xs, C, g.H, g.W, g.OH, Ww, 0, g.PW)
         for i in range(g.OH):
             for tw in range(g.TW):
                 t = <Py_ssize_t>im * tpi + i * g.TW + tw
