@@ -275,6 +275,23 @@ static int check_transpose(int rows, int cols, int use_bias, int acc, int relu) 
         if (!(dst[i] == want[i] || (isnan(dst[i]) && isnan(want[i])))) bad++;
     return bad;
 }
+/* fm_gather2 / fm_scatter2_add on a row of m floats guarded on both sides: exact values, and
+   nothing outside the row touched */
+static int check_stride2(int n, int m) {
+    float buf[120], out[60], add[60];
+    int i, bad = 0;
+    for (i = 0; i < 120; i++) buf[i] = (float)i - 0.5f;
+    for (i = 0; i < 60; i++) { out[i] = -7.0f; add[i] = 0.125f * (float)i; }
+    fm_gather2(out, buf + 10, n, m);
+    for (i = 0; i < 60; i++) bad += out[i] != (i < n ? buf[10 + 2 * i] : -7.0f);
+    fm_scatter2_add(buf + 10, add, n, m);
+    for (i = 0; i < 120; i++) {
+        float w = (float)i - 0.5f;
+        if (i >= 10 && i < 10 + 2 * n && (i - 10) % 2 == 0) w += add[(i - 10) / 2];
+        bad += buf[i] != w;
+    }
+    return bad;
+}
 int main(void) {
     static const int sizes[] = {1, 3, 7, 8, 9, 12, 15, 16, 17, 24, 31, 32, 33, 40};
     int a, b, f, bad = 0;
@@ -282,6 +299,9 @@ int main(void) {
         for (b = 0; b < 14; b++)
             for (f = 0; f < 8; f++)
                 bad += check_transpose(sizes[a], sizes[b], f & 1, (f >> 1) & 1, (f >> 2) & 1);
+    for (a = 0; a <= 45; a++)
+        for (b = 2 * a - 1; b <= 2 * a + 2; b++)
+            if (b >= 0) bad += check_stride2(a, b);
     printf("%d %d\n", FM_LEVEL, bad);
     return 0;
 }
@@ -292,7 +312,9 @@ int main(void) {
 @pytest.mark.parametrize("level", LEVELS)
 def test_layout_primitives_match_their_scalar_definitions(tmp_path, level):
     """fm_vtranspose (through fm_transpose_add: ragged blocks, bias, accumulate, ReLU keeping
-    NaN) gives exactly the scalar loop's values at every level this CPU runs."""
+    NaN) and fm_vdeinterleave2 / fm_vinterleave2 (through the stride-2 row copies, every length
+    with its row end right after the last element or a little further, nothing outside touched)
+    give exactly the scalar loop's values at every level this CPU runs."""
     flags = {"scalar": ["-DFM_LEVEL=0"],
              "avx2": ["-DFM_LEVEL=1", "-mavx2", "-mfma", "-mf16c"],
              "avx512": ["-DFM_LEVEL=2", "-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw",

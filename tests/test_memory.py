@@ -100,9 +100,9 @@ def test_conv_cases_cover_every_path():
         seen.update(paths.split())
     want = {"forward=" + f for f in ("depthwise", "small", "wino", "wino5", "shifted", "im2row",
                                      "gemm-1x1", "im2col", "im2col-t")}
-    want |= {"dW=" + f for f in ("depthwise", "wino", "im2col", "im2col-t")}
+    want |= {"dW=" + f for f in ("depthwise", "wino", "im2col", "im2col-t", "im2row")}
     want |= {"dx=" + f for f in ("depthwise", "dxconv", "col2im", "fwd:small", "fwd:wino",
-                                 "fwd:wino5", "fwd:im2row")}
+                                 "fwd:wino5", "fwd:im2row", "im2row")}
     if fastmod.get_isa() == "scalar":      # the direct few-channel path needs vectors to pay
         want -= {"forward=small", "dx=fwd:small"}
     assert want <= seen, want - seen

@@ -24,6 +24,9 @@ Paths chosen per layer, each measured against the plain one (ratios where they a
     (P, KH*KW*C) from a position-major copy, several small images per GEMM (Geom.im2row).
   * forward with relu: max(y, 0) on each image in the same call (Sequential Conv+ReLU, blocks).
   * stride-1 dx with OC < C: a convolution of dy with the flipped weights (Geom.dxconv).
+  * strided backward with C >= 16: dW = dy @ rows and drows = dy^T @ W on the forward's patch
+    rows (position-major), drows added into a padded position-major plane in contiguous runs
+    and transposed into dx (Geom.rbwd): no strided gather or scatter.
   * 3x3 stride-1 forward with C >= 32: Winograd F(2x2, 3x3), 16 GEMMs of depth C over blocks of
     2x2-output tiles (Geom.wino); dW likewise with C >= 48 (Geom.wdw, dU = V^T (A dY A^T)).
   * 1-D k5 stride-1 forward with C >= 32: Winograd F(2, 5), 6 GEMMs of depth C (Geom.wino5).
@@ -32,7 +35,8 @@ Paths chosen per layer, each measured against the plain one (ratios where they a
   * stride-1 dx as a forward convolution of dy through one of the forward paths above when it
     would take one (Geom.dxfwd): no col2im scatter.
   * one input channel per group (depthwise): direct loops, no GEMM (Geom.dwise).
-  * im2col in tiles of output rows, bounding the per-thread scratch (Geom.rows).
+  * im2col in tiles of output rows, bounding the per-thread scratch (Geom.rows); its stride-2
+    rows (and col2im's) through vector deinterleaves (fm_gather2 / fm_scatter2_add).
 The position-major copies of x (and dy) that the im2row, shifted and Winograd paths read, and
 their transposing epilogue, are FM_W x FM_W register transposes (simd/fm_conv.h, _pack_nhwc,
 _transpose_add).
@@ -77,6 +81,8 @@ cdef extern from "fm_vec.h":
 cdef extern from "fm_conv.h":
     void fm_transpose_add(float* dst, Py_ssize_t ldd, const float* src, Py_ssize_t lds,
                           int rows, int cols, const float* bias, int acc, int relu) noexcept nogil
+    void fm_gather2(float* dst, const float* src, int n, int m) noexcept nogil
+    void fm_scatter2_add(float* dst, const float* src, int n, int m) noexcept nogil
 
 cdef enum:
     SERIAL_MACS = 1 << 17       # a whole conv below this many multiply-adds runs on one thread
@@ -123,6 +129,8 @@ cdef void im2col_2d(floating* col, const floating* x, int C, int H, int W, int o
                             row[ow] = 0
                         if SW == 1:
                             memcpy(row + lo, src + lo + off, (hi - lo) * sizeof(floating))
+                        elif floating is float and SW == 2:
+                            fm_gather2(row + lo, src + 2 * lo + off, hi - lo, W - 2 * lo - off)
                         else:
                             for ow in range(lo, hi):
                                 row[ow] = src[ow * SW + off]
@@ -154,6 +162,8 @@ cdef void col2im_2d(floating* x, const floating* col, int C, int H, int W, int o
                         if SW == 1:
                             for ow in range(lo, hi):
                                 dst[ow] += row[ow]
+                        elif floating is float and SW == 2:
+                            fm_scatter2_add(dst + 2 * lo, row + lo, hi - lo, W - 2 * lo - off)
                         else:
                             for ow in range(lo, hi):
                                 dst[ow * SW] += row[ow]
@@ -186,17 +196,37 @@ cdef inline void _transpose_add(floating* dst, Py_ssize_t ldd, const floating* s
 cdef inline void _pack_nhwc(floating* xp, const floating* x, int C, int H, int W, int Hq,
                             int Wq, int PH, int PW) noexcept nogil:
     # x (C, H, W) copied position-major into the zero-padded (Hq, Wq, C) plane xp:
-    # xp[i, iw, c] = x[c, i - PH, iw - PW] (0 outside x)
+    # xp[i, iw, c] = x[c, i - PH, iw - PW] (0 outside x); only the padding is zeroed (the whole
+    # plane was 3.5% of the 32->64 stride-2 forward)
     cdef int ih0 = max(0, PH), ih1 = min(Hq, H + PH)
     cdef int iw0 = max(0, PW), iw1 = min(Wq, W + PW)
     cdef int i
-    memset(xp, 0, <Py_ssize_t>Hq * Wq * C * sizeof(floating))
-    if iw1 <= iw0:
+    cdef Py_ssize_t rs = <Py_ssize_t>Wq * C
+    if iw1 <= iw0 or ih1 <= ih0:
+        memset(xp, 0, Hq * rs * sizeof(floating))
         return
+    memset(xp, 0, ih0 * rs * sizeof(floating))
+    memset(xp + ih1 * rs, 0, (Hq - ih1) * rs * sizeof(floating))
     for i in range(ih0, ih1):
-        _transpose_add(xp + (<Py_ssize_t>i * Wq + iw0) * C, C,
+        memset(xp + i * rs, 0, <Py_ssize_t>iw0 * C * sizeof(floating))
+        memset(xp + i * rs + <Py_ssize_t>iw1 * C, 0, <Py_ssize_t>(Wq - iw1) * C * sizeof(floating))
+        _transpose_add(xp + i * rs + <Py_ssize_t>iw0 * C, C,
                        x + <Py_ssize_t>(i - PH) * W + iw0 - PW, <Py_ssize_t>H * W,
                        C, iw1 - iw0, <const floating*>NULL, False, False)
+
+
+cdef inline void _copy_run(floating* dst, const floating* src, int n) noexcept nogil:
+    # dst[:n] = src[:n] for the short runs of the patch copies (an inline vector loop: memcpy
+    # calls of 96 floats were 8% of the 32->64 stride-2 forward)
+    cdef int i = 0
+    if floating is float:
+        while i + FM_W <= n:
+            fm_vstore(dst + i, fm_vload(src + i))
+            i = i + FM_W
+        if i < n:
+            fm_vstore_n(dst + i, fm_vload_n(src + i, n - i), n - i)
+    else:
+        memcpy(dst, src, n * sizeof(floating))
 
 
 # ---------------------------------------------------------------- geometry of one call
@@ -225,6 +255,7 @@ cdef struct Geom:
     bint wdw                # dW through Winograd: dU_xi (C, OC) += V_xi^T (C, T) @ (A dY A^T)_xi
     bint wino5              # 1-D k5 stride-1 forward as Winograd F(2, 5): 6 GEMMs of depth C
     bint small              # few input channels, stride 1 (float32): direct 8-wide FMA loops
+    bint rbwd               # dW and dx through the im2row patch rows (position-major backward)
     int Ws                  # its padded row length, OW rounded up to 2*FM_W plus DW*(KW-1)
 
 
@@ -240,7 +271,7 @@ cdef inline Py_ssize_t _col_size(Geom* g) noexcept nogil:
     cdef Py_ssize_t tiles = <Py_ssize_t>g.wimb * g.TH * g.TW
     if g.small:
         sh = max(sh, <Py_ssize_t>g.C * g.Hp * g.Ws)
-    if g.im2row:
+    if g.im2row or g.rbwd:
         sh = max(sh, <Py_ssize_t>g.Hq * g.Wq * g.C + <Py_ssize_t>g.imb * g.P * (g.K + g.OC))
     if g.shifted:
         sh = max(sh, (<Py_ssize_t>g.Hp * g.Wp + (g.KW - 1) * g.DW) * g.C
@@ -293,6 +324,14 @@ cdef Py_ssize_t _wino_tiles = 256
 cdef int _dw_wino = 0
 cdef int _fwd_small = 0
 cdef int _fwd_wino5 = 0
+cdef int _bwd_im2row = 0
+
+
+def set_backward_im2row(int mode):
+    """dW and dx through the im2row patch rows, position-major (Geom.rbwd; groups 1): 0 auto,
+    1 never, 2 wherever possible."""
+    global _bwd_im2row
+    _bwd_im2row = mode
 
 
 def set_forward_winograd5(int mode):
@@ -647,22 +686,12 @@ cdef void _shifted_forward_image(floating* y, const floating* x, const floating*
                        g.OW, g.OC, b, g.acc, False)
 
 
-cdef void _im2row_forward_images(floating* y, const floating* x, const floating* wr,
-                                 const floating* b, floating* buf, Geom* g, int cnt,
-                                 int gemm_nt) noexcept nogil:
-    # Groups 1, any stride: x_n copied once, position-major, into a zero-padded (Hq, Wq, C)
-    # plane xp; the patch of output position p = (oh, ow) is then KH runs of KW*C contiguous
-    # values (DW = 1), rows[p, (kh*KW + kw)*C + c] = xp[oh*SH + kh*DH, ow*SW + kw*DW, c], and
-    #   yt (P, OC) = rows (P, K) @ wr (K, OC);  y[o, p] = yt[p, o] + b[o]
-    # for cnt consecutive images at once (their rows stacked: one GEMM of cnt*P rows; measured,
-    # one core, (OC, P, K) = (64, 64, 576) 47 GF/s vs (64, 256, 576) 60; 64->64 stride 2 at
-    # 16x16: 512 positions per GEMM 0.83x the time of one image per GEMM, 256 0.86x)
-    # both BLAS operands untransposed (measured, one core, (OC, P, K) = (32, 256, 288): 63 vs
-    # 44-48 GF/s for the im2col orientations)
-    cdef Py_ssize_t plane = <Py_ssize_t>g.Hq * g.Wq
-    cdef floating* xp = buf
-    cdef floating* rows = buf + plane * g.C
-    cdef floating* yt = rows + <Py_ssize_t>cnt * g.P * g.K
+cdef inline void _im2row_rows(floating* rows, floating* xp, const floating* x, Geom* g,
+                              int cnt) noexcept nogil:
+    # the patch rows of cnt consecutive images, (cnt*P, K) position-major:
+    # rows[p, (kh*KW + kw)*C + c] = x_n[c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW] (0 outside),
+    # through the zero-padded position-major copy xp (Hq, Wq, C) of each image: KH runs of KW*C
+    # contiguous values per position (DW = 1)
     cdef int kh, kw, oh, ow, im
     cdef int KWC = g.KW * g.C
     cdef const floating* src
@@ -674,17 +703,126 @@ cdef void _im2row_forward_images(floating* y, const floating* x, const floating*
                 for kh in range(g.KH):
                     src = xp + (<Py_ssize_t>(oh * g.SH + kh * g.DH) * g.Wq + ow * g.SW) * g.C
                     if g.DW == 1:
-                        memcpy(rdst, src, KWC * sizeof(floating))
+                        _copy_run(rdst, src, KWC)
                     else:
                         for kw in range(g.KW):
-                            memcpy(rdst + kw * g.C, src + <Py_ssize_t>kw * g.DW * g.C,
-                                   g.C * sizeof(floating))
+                            _copy_run(rdst + kw * g.C, src + <Py_ssize_t>kw * g.DW * g.C, g.C)
                     rdst += KWC
+
+
+cdef void _im2row_forward_images(floating* y, const floating* x, const floating* wr,
+                                 const floating* b, floating* buf, Geom* g, int cnt,
+                                 int gemm_nt) noexcept nogil:
+    # Groups 1, any stride: the patch rows (_im2row_rows) of cnt consecutive images, then
+    #   yt (P, OC) = rows (P, K) @ wr (K, OC);  y[o, p] = yt[p, o] + b[o]
+    # (their rows stacked: one GEMM of cnt*P rows; measured,
+    # one core, (OC, P, K) = (64, 64, 576) 47 GF/s vs (64, 256, 576) 60; 64->64 stride 2 at
+    # 16x16: 512 positions per GEMM 0.83x the time of one image per GEMM, 256 0.86x)
+    # both BLAS operands untransposed (measured, one core, (OC, P, K) = (32, 256, 288): 63 vs
+    # 44-48 GF/s for the im2col orientations)
+    cdef Py_ssize_t plane = <Py_ssize_t>g.Hq * g.Wq
+    cdef floating* xp = buf
+    cdef floating* rows = buf + plane * g.C
+    cdef floating* yt = rows + <Py_ssize_t>cnt * g.P * g.K
+    cdef int im
+    _im2row_rows(rows, xp, x, g, cnt)
     pgemm(False, False, cnt * g.P, g.OC, g.K, <floating>1, rows, g.K, wr, g.OC,
           <floating>0, yt, g.OC, gemm_nt)
     for im in range(cnt):
         _store_transposed(y + im * g.ys, yt + <Py_ssize_t>im * g.P * g.OC, b, g, 0, g.P, g.relu)
 
+
+cdef inline void _add_run(floating* dst, const floating* src, int n) noexcept nogil:
+    # dst[:n] += src[:n]
+    cdef int i = 0
+    if floating is float:
+        while i + FM_W <= n:
+            fm_vstore(dst + i, fm_vadd(fm_vload(dst + i), fm_vload(src + i)))
+            i = i + FM_W
+        if i < n:
+            fm_vstore_n(dst + i, fm_vadd(fm_vload_n(dst + i, n - i), fm_vload_n(src + i, n - i)),
+                        n - i)
+    else:
+        for i in range(n):
+            dst[i] += src[i]
+
+
+cdef void _im2row_backward_images(floating* dx, floating* dwr, const floating* dy,
+                                  const floating* x, const floating* wr, floating* buf, Geom* g,
+                                  int cnt, bint beta1, bint acc_dx, int gemm_nt) noexcept nogil:
+    # The backward of the im2row forward for cnt consecutive images (groups 1, any stride),
+    # position-major throughout, so that no step gathers or scatters with a stride:
+    #   dWr (OC, K) (+)= dy (OC, cnt*P) @ rows (cnt*P, K)      dWr[o, (kh*KW + kw)*C + c] (dwr)
+    #   drows (cnt*P, K) = dy^T (cnt*P, OC) @ wr^T (OC, K)     then each image's drows added,
+    #     KW*C contiguous values per (position, kernel row), into a zero-padded position-major
+    #     plane (Hq, Wq, C) whose interior is transposed into dx_n (C, H, W) (+= when acc_dx)
+    # dwr or dx may be NULL (skipped); beta1: add into dwr (else overwrite it)
+    cdef Py_ssize_t plane = <Py_ssize_t>g.Hq * g.Wq
+    cdef Py_ssize_t CP = <Py_ssize_t>cnt * g.P
+    cdef floating* xp = buf
+    cdef floating* rows = buf + plane * g.C
+    cdef floating* t2 = rows + CP * g.K              # (OC, cnt*P) or (cnt*P, OC)
+    cdef int im, o, oh, ow, kh, kw, i
+    cdef int KWC = g.KW * g.C
+    cdef int ih0 = max(0, g.PH), ih1 = min(g.Hq, g.H + g.PH)
+    cdef int iw0 = max(0, g.PW), iw1 = min(g.Wq, g.W + g.PW)
+    cdef int xr1 = max(0, min(g.H, ih1 - g.PH)), xc1 = max(0, min(g.W, iw1 - g.PW))
+    cdef const floating* a
+    cdef const floating* src
+    cdef floating* dst
+    cdef floating* dxn
+    cdef int lda
+    if dwr != NULL:
+        _im2row_rows(rows, xp, x, g, cnt)
+        if cnt == 1:
+            a = dy
+            lda = g.P
+        else:
+            # dy of the cnt images side by side: (OC, cnt*P)
+            for o in range(g.OC):
+                for im in range(cnt):
+                    memcpy(t2 + o * CP + <Py_ssize_t>im * g.P, dy + im * g.ys + <Py_ssize_t>o * g.P,
+                           g.P * sizeof(floating))
+            a = t2
+            lda = <int>CP
+        pgemm(False, False, g.OC, g.K, <int>CP, <floating>1, a, lda, rows, g.K,
+              <floating>(1 if beta1 else 0), dwr, g.K, gemm_nt)
+    if dx == NULL:
+        return
+    for im in range(cnt):
+        _transpose_add(t2 + <Py_ssize_t>im * g.P * g.OC, g.OC, dy + im * g.ys, g.P, g.OC, g.P,
+                       <const floating*>NULL, False, False)
+    pgemm(False, True, <int>CP, g.K, g.OC, <floating>1, t2, g.OC, wr, g.OC, <floating>0, rows,
+          g.K, gemm_nt)
+    src = rows
+    for im in range(cnt):
+        memset(xp, 0, plane * g.C * sizeof(floating))
+        for oh in range(g.OH):
+            for ow in range(g.OW):
+                for kh in range(g.KH):
+                    dst = xp + (<Py_ssize_t>(oh * g.SH + kh * g.DH) * g.Wq + ow * g.SW) * g.C
+                    if g.DW == 1:
+                        _add_run(dst, src, KWC)
+                    else:
+                        for kw in range(g.KW):
+                            _add_run(dst + <Py_ssize_t>kw * g.DW * g.C, src + kw * g.C, g.C)
+                    src += KWC
+        # the plane's interior is x_n's rows [0, xr1) and columns [0, xc1) (PH, PW >= 0); the
+        # rest of dx_n (past the last window) gets no gradient
+        dxn = dx + im * g.xs
+        if not acc_dx:
+            for o in range(g.C):
+                memset(dxn + (<Py_ssize_t>o * g.H + xr1) * g.W, 0,
+                       <Py_ssize_t>(g.H - xr1) * g.W * sizeof(floating))
+                if xc1 < g.W:
+                    for i in range(xr1):
+                        memset(dxn + (<Py_ssize_t>o * g.H + i) * g.W + xc1, 0,
+                               (g.W - xc1) * sizeof(floating))
+        if iw1 > iw0:
+            for i in range(ih0, ih1):
+                _transpose_add(dxn + <Py_ssize_t>(i - g.PH) * g.W + iw0 - g.PW, <Py_ssize_t>g.H * g.W,
+                               xp + (<Py_ssize_t>i * g.Wq + iw0) * g.C, g.C, iw1 - iw0, g.C,
+                               <const floating*>NULL, acc_dx, False)
 
 
 # ---------------------------------------------------------------- Winograd F(2x2, 3x3)
@@ -1361,7 +1499,7 @@ cdef bint _pick_dxfwd(Geom* g, Geom* gt) noexcept nogil:
     # 1.04 for the 1-D 64->64 k5 and 1.2-1.3 for the 1-D 32->64 k5 (col2im of one kernel row
     # is cheap), so 2-D kernels only; dy with 12 channels (DenseBlock) stays on Geom.dxconv
     # 1-D k5 layers through Winograd F(2, 5): 0.88 for 64->64, 1.0 for 32->64 (dx 32 channels)
-    if _dx_fwd == 1 or g.G != 1 or g.SH != 1 or g.SW != 1 or g.direct or g.dwise:
+    if _dx_fwd == 1 or g.G != 1 or g.SH != 1 or g.SW != 1 or g.direct or g.dwise or g.rbwd:
         return False
     if g.PHt < 0 or g.PWt < 0:
         return False
@@ -1396,11 +1534,11 @@ cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating
     cdef floating* dxi = NULL if g.dxfwd else dx      # the per-image loop's dx
     # dW goes through per-thread partials (summed in thread order below) when several threads
     # share it, or when it is accumulated transposed
-    cdef bint partials = dw != NULL and (nt > 1 or g.tdw) and not g.wdw
+    cdef bint partials = dw != NULL and (nt > 1 or g.tdw or g.rbwd) and not g.wdw
     cdef floating* dU = NULL
     cdef Py_ssize_t usize = 16 * <Py_ssize_t>g.C * g.OC
     cdef bint oom = False
-    if dx != NULL and (g.dxconv or g.dxfwd):
+    if dx != NULL and (g.dxconv or g.dxfwd or g.rbwd):
         wt = <floating*>fm_malloc(wsize * sizeof(floating))
         oom = oom or wt == NULL
     if partials:
@@ -1428,6 +1566,12 @@ cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating
                             wt[(((<Py_ssize_t>gr * g.Cg + c) * g.OCg + o) * g.KH + kh) * g.KW + kw] = \
                                 w[(((<Py_ssize_t>gr * g.OCg + o) * g.Cg + c) * g.KH + g.KH - 1 - kh) * g.KW
                                   + g.KW - 1 - kw]
+    elif dx != NULL and g.rbwd:
+        # the forward's wr (K, OC): wt[(tap*C + c)*OC + o] = w[o, c, tap] (groups 1)
+        for k in range(KK):
+            for c in range(g.C):
+                for o in range(g.OC):
+                    wt[(<Py_ssize_t>k * g.C + c) * g.OC + o] = w[(<Py_ssize_t>o * g.C + c) * KK + k]
     if db != NULL:
         memset(dbpart, 0, nt * g.OC * sizeof(double))
     if g.dxfwd:
@@ -1462,6 +1606,29 @@ cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating
                     n = n + g.wimb
         _wino_dw_finish(dw, dU, nt if nt > 1 else 1, usize, g.C, g.OC, acc_w)
         free(dU)
+    if g.rbwd and (dw != NULL or dx != NULL):
+        # dW (into the per-thread partials, (OC, KH*KW*C)) and dx through the patch rows in
+        # blocks of g.imb images; the per-image loop below then does db only
+        dwi = NULL
+        dxi = NULL
+        if nt <= 1:
+            n = 0
+            while n < g.N:
+                _im2row_backward_images(dx + n * g.xs if dx != NULL else NULL, dwpart,
+                                        dy + n * g.ys, x + n * g.xs, wt, colbuf, g,
+                                        min(g.imb, g.N - n), n > 0, acc_dx, num_threads())
+                n = n + g.imb
+        else:
+            for t in prange(nt, num_threads=nt, schedule='static'):
+                lo = t * chunk
+                hi = min(g.N, lo + chunk)
+                n = lo
+                while n < hi:
+                    _im2row_backward_images(dx + n * g.xs if dx != NULL else NULL,
+                                            dwpart + t * wsize if dwpart != NULL else NULL,
+                                            dy + n * g.ys, x + n * g.xs, wt, colbuf + t * cs, g,
+                                            min(g.imb, hi - n), n > lo, acc_dx, 1)
+                    n = n + g.imb
     if dwi == NULL and dxi == NULL and db == NULL:
         pass
     elif nt <= 1:
@@ -1480,14 +1647,17 @@ cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating
                                 dbpart + t * g.OC if dbpart != NULL else NULL,
                                 dy + n * g.ys, x + n * g.xs, w, wt, colbuf + t * cs, g,
                                 n > lo, acc_dx, 1)
-    if partials and dwi != NULL:
+    if partials and (dwi != NULL or g.rbwd):
         # fixed-order sum of the per-thread partials (threads with no image left none)
         for gr in range(g.G):
             for o in range(g.OCg):
                 for k in range(g.K):
                     i = (<Py_ssize_t>gr * g.OCg + o) * g.K + k
-                    j = <Py_ssize_t>gr * g.OCg * g.K + (<Py_ssize_t>k * g.OCg + o if g.tdw
-                                                         else <Py_ssize_t>o * g.K + k)
+                    if g.rbwd:      # (OC, KH*KW*C), groups 1
+                        j = <Py_ssize_t>o * g.K + (k % KK) * g.C + k // KK
+                    else:
+                        j = <Py_ssize_t>gr * g.OCg * g.K + (<Py_ssize_t>k * g.OCg + o if g.tdw
+                                                             else <Py_ssize_t>o * g.K + k)
                     acc = dw[i] if acc_w else 0
                     for t in range(nt):
                         if t * chunk < g.N:
@@ -1658,6 +1828,11 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
         g.tout = False
     g.wdw = (_dw_wino == 2 or (_dw_wino == 0 and g.C >= 48)) and (
         G == 1 and g.KH == 3 and g.KW == 3 and SH == 1 and SW == 1 and DH == 1 and DW == 1)
+    g.rbwd = (_bwd_im2row == 2 or (_bwd_im2row == 0 and g.C >= 16 and (SH > 1 or SW > 1))) and (
+        G == 1 and not g.direct and not g.dwise and g.rows == g.OH and PH >= 0 and PW >= 0)
+    if g.rbwd:
+        g.wdw = False
+        g.dxconv = False
 
 
 def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
@@ -1721,8 +1896,11 @@ def conv2d_paths(cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int SH, int SW, in
     cdef Geom g, gt
     _geom(&g, x, y, w, SH, SW, PH, PW, DH, DW, G)
     fw = _fwd_name(&g)
-    dwn = "depthwise" if g.dwise else ("wino" if g.wdw else ("im2col-t" if g.tdw else "im2col"))
-    if _pick_dxfwd(&g, &gt):
+    dwn = "depthwise" if g.dwise else ("wino" if g.wdw else ("im2row" if g.rbwd else (
+        "im2col-t" if g.tdw else "im2col")))
+    if g.rbwd:
+        dxn = "im2row"
+    elif _pick_dxfwd(&g, &gt):
         dxn = "fwd:" + _fwd_name(&gt)
     else:
         dxn = "depthwise" if g.dwise else ("dxconv" if g.dxconv else "col2im")

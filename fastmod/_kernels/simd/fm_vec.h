@@ -21,6 +21,8 @@
  *   fm_vhsum adds the lanes in a fixed order: the same bits on every call.
  *   fm_vload_n / fm_vstore_n touch only the first n lanes (0 <= n <= FM_W).
  *   fm_vtranspose(r): r[i] lane j <-> r[j] lane i for an array of FM_W vectors (a square block).
+ *   fm_vdeinterleave2(a, b, &even, &odd): of the 2*FM_W floats p = a then b, even = p[0], p[2],
+ *     ..., odd = p[1], p[3], ...;  fm_vinterleave2(even, odd, &a, &b) is its inverse.
  */
 #ifndef FM_VEC_H
 #define FM_VEC_H
@@ -139,6 +141,18 @@ static inline void fm_vtranspose(fm_vf r[16]) {
         r[12 + k] = _mm512_shuffle_f32x4(y0, y1, 0xDD);
     }
 }
+static inline void fm_vdeinterleave2(fm_vf a, fm_vf b, fm_vf* even, fm_vf* odd) {
+    const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    *even = _mm512_permutex2var_ps(a, ie, b);
+    *odd = _mm512_permutex2var_ps(a, io, b);
+}
+static inline void fm_vinterleave2(fm_vf even, fm_vf odd, fm_vf* a, fm_vf* b) {
+    const __m512i il = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i ih = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    *a = _mm512_permutex2var_ps(even, il, odd);
+    *b = _mm512_permutex2var_ps(even, ih, odd);
+}
 
 /* ------------------------------------------------------------------ AVX2 + FMA: 8 floats */
 #elif FM_LEVEL == 1
@@ -212,6 +226,16 @@ static inline void fm_vtranspose(fm_vf r[8]) {
     r[4] = _mm256_permute2f128_ps(s0, s4, 0x31); r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
     r[6] = _mm256_permute2f128_ps(s2, s6, 0x31); r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
+static inline void fm_vdeinterleave2(fm_vf a, fm_vf b, fm_vf* even, fm_vf* odd) {
+    /* a0 a2 b0 b2 | a4 a6 b4 b6, then the 64-bit pairs reordered 0 2 1 3 */
+    *even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xD8));
+    *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD)), 0xD8));
+}
+static inline void fm_vinterleave2(fm_vf even, fm_vf odd, fm_vf* a, fm_vf* b) {
+    __m256 lo = _mm256_unpacklo_ps(even, odd), hi = _mm256_unpackhi_ps(even, odd);
+    *a = _mm256_permute2f128_ps(lo, hi, 0x20);
+    *b = _mm256_permute2f128_ps(lo, hi, 0x31);
+}
 
 /* ------------------------------------------------------------------ scalar: 1 float */
 #else
@@ -260,6 +284,8 @@ static inline double fm_vdhsum(fm_vd a) { return a; }
 static inline fm_vd fm_vdadd(fm_vd a, fm_vd b) { return a + b; }
 static inline fm_vd fm_vdfma(fm_vd a, fm_vd b, fm_vd c) { return a * b + c; }
 static inline void fm_vtranspose(fm_vf r[1]) { (void)r; }     /* a 1 x 1 block */
+static inline void fm_vdeinterleave2(fm_vf a, fm_vf b, fm_vf* even, fm_vf* odd) { *even = a; *odd = b; }
+static inline void fm_vinterleave2(fm_vf even, fm_vf odd, fm_vf* a, fm_vf* b) { *a = even; *b = odd; }
 #endif
 
 /* ------------------------------------------------------------------ written once, every level */
