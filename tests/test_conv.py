@@ -444,6 +444,11 @@ SMALL_CASES = CASES + [
     ("2d", 3, 13, 3, dict(padding=1), (2, 3, 17, 33)),                # OC % 4, OW % 16 != 0
     ("2d", 2, 5, (2, 4), dict(padding=(1, 2), dilation=(2, 1)), (2, 2, 9, 20)),
     ("2d", 3, 4, 3, dict(padding=1), (1, 3, 16, 16)),                 # OW = 16 exactly
+    # the register-block shapes of simd/fm_tuning.h: one vector of outputs with a partial
+    # channel block, NO = 8 with 7 channels, NO = 6 (avx2) / 8 (avx512) with a ragged row
+    ("2d", 3, 13, 3, dict(padding=1), (2, 3, 9, 16)),
+    ("2d", 5, 7, 3, dict(padding=1), (1, 5, 6, 5)),
+    ("2d", 12, 30, 3, dict(padding=1), (2, 12, 7, 40)),
 ]
 SMALL_IDS = [f"{c[0]}-{i}" for i, c in enumerate(SMALL_CASES)]
 

@@ -30,8 +30,9 @@ Paths chosen per layer, each measured against the plain one (ratios where they a
   * 3x3 stride-1 forward with C >= 32: Winograd F(2x2, 3x3), 16 GEMMs of depth C over blocks of
     2x2-output tiles (Geom.wino); dW likewise with C >= 48 (Geom.wdw, dU = V^T (A dY A^T)).
   * 1-D k5 stride-1 forward with C >= 32: Winograd F(2, 5), 6 GEMMs of depth C (Geom.wino5).
-  * stride-1 float32 forward with C <= 8 or OC <= 24 (RGB stems, DenseBlock's 12-channel
-    layers): direct 8-wide FMA loops, 16 outputs x 4 channels per register block (Geom.small).
+  * stride-1 float32 forward with few input or output channels (RGB stems, DenseBlock's
+    12-channel layers; thresholds per level in simd/fm_tuning.h): direct FMA loops over
+    register blocks of NV vectors x NO channels chosen per level (simd/fm_direct.h, Geom.small).
   * stride-1 dx as a forward convolution of dy through one of the forward paths above when it
     would take one (Geom.dxfwd): no col2im scatter.
   * one input channel per group (depthwise): direct loops, no GEMM (Geom.dwise).
@@ -77,6 +78,21 @@ cdef extern from "fm_vec.h":
     fm_vf fm_vadd(fm_vf a, fm_vf b) noexcept nogil
     fm_vf fm_vload_n(const float* p, int n) noexcept nogil
     void fm_vstore_n(float* p, fm_vf a, int n) noexcept nogil
+
+cdef extern from "fm_tuning.h":
+    # the per-level path thresholds (measurements next to each in simd/fm_tuning.h)
+    int FM_SMALL_C
+    int FM_SMALL_C_OC
+    int FM_SMALL_OC
+    int FM_DXFWD5_C
+
+cdef extern from "fm_direct.h":
+    int fm_direct_fwd_no(int OW, int OC) noexcept nogil
+    void fm_direct_pack(float* wp, float* bp, const float* w, const float* b, int OC, int CKK,
+                        int NO) noexcept nogil
+    void fm_direct_fwd(float* y, const float* xp, const float* wp, const float* bp, int OC,
+                       int OH, int OW, int C, int Hp, int Ws, int KH, int KW, int DH, int DW,
+                       int acc, int relu) noexcept nogil
 
 cdef extern from "fm_conv.h":
     void fm_transpose_add(float* dst, Py_ssize_t ldd, const float* src, Py_ssize_t lds,
@@ -254,7 +270,7 @@ cdef struct Geom:
     int wimb                # images per block (their tiles stacked in each of the 16 GEMMs)
     bint wdw                # dW through Winograd: dU_xi (C, OC) += V_xi^T (C, T) @ (A dY A^T)_xi
     bint wino5              # 1-D k5 stride-1 forward as Winograd F(2, 5): 6 GEMMs of depth C
-    bint small              # few input channels, stride 1 (float32): direct 8-wide FMA loops
+    bint small              # few channels, stride 1 (float32): direct FMA loops (fm_direct.h)
     bint rbwd               # dW and dx through the im2row patch rows (position-major backward)
     int Ws                  # its padded row length, OW rounded up to 2*FM_W plus DW*(KW-1)
 
@@ -342,7 +358,7 @@ def set_forward_winograd5(int mode):
 
 
 def set_forward_small(int mode):
-    """Stride-1 float32 forwards with few input channels through direct 8-wide FMA loops
+    """Stride-1 float32 forwards with few input or output channels through direct FMA loops
     (Geom.small; groups 1): 0 auto, 1 never, 2 wherever possible."""
     global _fwd_small
     _fwd_small = mode
@@ -974,36 +990,22 @@ cdef void _wino_forward_images(floating* y, const floating* x, const floating* U
 
 # ---------------------------------------------------------------- few input channels: direct
 # With C = 3 (an RGB stem) the GEMM depth is C*KH*KW = 27: im2col copies every input 9 times
-# for 2*OC flops per copied value and the GEMM runs far from its peak. Direct loops instead:
-# 8 consecutive outputs of a row for 4 output channels in 4 vector accumulators, summed over the
-# C*KH*KW taps (one 8-wide load of the zero-padded input row and 4 FMAs per tap).
-cdef inline void _store_tail(float* yr, fm_vf a, int nv, bint relu, bint acc) noexcept nogil:
-    # yr[0:nv] (+)= a (then max(., 0) when relu; NaN stays NaN)
-    if relu:
-        a = fm_vrelu(a)
-    if acc:
-        a = fm_vadd(fm_vload_n(yr, nv), a)
-    if nv == FM_W:
-        fm_vstore(yr, a)
-    else:
-        fm_vstore_n(yr, a, nv)
-
-
-cdef void _small_forward_image(float* y, const float* x, const float* w, const float* b,
-                               float* buf, Geom* g) noexcept nogil:
-    cdef int Ws = g.Ws, Hp = g.Hp, KK = g.KH * g.KW, CKK = g.C * KK
-    cdef Py_ssize_t plane = <Py_ssize_t>Hp * Ws, P = g.P
+# for 2*OC flops per copied value and the GEMM runs far from its peak; with OC = 12 (DenseBlock)
+# OpenBLAS reaches a quarter of the FMA peak. Direct loops instead (simd/fm_direct.h): NV*FM_W
+# consecutive outputs of a row for NO output channels in registers, summed over the C*KH*KW taps
+# (NV loads of the zero-padded input row and NO broadcasts per tap; NV, NO per level).
+cdef void _small_forward_image(float* y, const float* x, const float* wp, float* buf,
+                               Geom* g) noexcept nogil:
+    # x_n into zero-padded planes (C, Hp, Ws), then fm_direct_fwd's register blocks (wp: the
+    # weights and bias packed by fm_direct_pack, see _conv_forward)
+    cdef int Ws = g.Ws, Hp = g.Hp, CKK = g.C * g.KH * g.KW
+    cdef int NO = fm_direct_fwd_no(g.OW, g.OC)
+    cdef Py_ssize_t plane = <Py_ssize_t>Hp * Ws
     cdef float* xp = buf
-    cdef int c, i, o4, oh, ow0, kh, kw, tap, nv
+    cdef int c, i
     cdef int ih0 = max(0, g.PH), ih1 = min(Hp, g.H + g.PH)
     cdef int iw0 = max(0, g.PW), iw1 = min(Ws, g.W + g.PW)
-    cdef Py_ssize_t s1, s2, s3
-    cdef fm_vf a0, a1, a2, a3, e0, e1, e2, e3, v, u, wv
-    cdef int half
-    cdef float b0, b1, b2, b3
-    cdef const float* src
-    cdef const float* wo
-    cdef float* yr
+    cdef Py_ssize_t nw = <Py_ssize_t>(g.OC + NO - 1) // NO * NO * CKK
     memset(xp, 0, g.C * plane * sizeof(float))
     if iw1 > iw0:
         for c in range(g.C):
@@ -1011,64 +1013,8 @@ cdef void _small_forward_image(float* y, const float* x, const float* w, const f
                 memcpy(xp + c * plane + <Py_ssize_t>i * Ws + iw0,
                        x + (<Py_ssize_t>c * g.H + i - g.PH) * g.W + iw0 - g.PW,
                        (iw1 - iw0) * sizeof(float))
-    o4 = 0
-    while o4 < g.OC:
-        # 4 output channels (the last block repeats channel OC-1 where OC % 4 != 0)
-        wo = w + <Py_ssize_t>o4 * CKK
-        s1 = (min(o4 + 1, g.OC - 1) - o4) * CKK
-        s2 = (min(o4 + 2, g.OC - 1) - o4) * CKK
-        s3 = (min(o4 + 3, g.OC - 1) - o4) * CKK
-        b0 = b[o4] if b != NULL else 0
-        b1 = b[min(o4 + 1, g.OC - 1)] if b != NULL else 0
-        b2 = b[min(o4 + 2, g.OC - 1)] if b != NULL else 0
-        b3 = b[min(o4 + 3, g.OC - 1)] if b != NULL else 0
-        for oh in range(g.OH):
-            ow0 = 0
-            while ow0 < g.OW:
-                # 2*FM_W outputs (two vectors) x 4 channels: 8 independent FMA chains, enough to
-                # hide the FMA latency (4 chains ran at half the rate)
-                a0 = fm_vset1(b0)
-                a1 = fm_vset1(b1)
-                a2 = fm_vset1(b2)
-                a3 = fm_vset1(b3)
-                e0 = a0
-                e1 = a1
-                e2 = a2
-                e3 = a3
-                for c in range(g.C):
-                    for kh in range(g.KH):
-                        src = xp + c * plane + <Py_ssize_t>(oh + kh * g.DH) * Ws + ow0
-                        tap = (c * g.KH + kh) * g.KW
-                        for kw in range(g.KW):
-                            v = fm_vload(src + kw * g.DW)
-                            u = fm_vload(src + kw * g.DW + FM_W)
-                            wv = fm_vset1(wo[tap + kw])
-                            a0 = fm_vfma(wv, v, a0)
-                            e0 = fm_vfma(wv, u, e0)
-                            wv = fm_vset1(wo[s1 + tap + kw])
-                            a1 = fm_vfma(wv, v, a1)
-                            e1 = fm_vfma(wv, u, e1)
-                            wv = fm_vset1(wo[s2 + tap + kw])
-                            a2 = fm_vfma(wv, v, a2)
-                            e2 = fm_vfma(wv, u, e2)
-                            wv = fm_vset1(wo[s3 + tap + kw])
-                            a3 = fm_vfma(wv, v, a3)
-                            e3 = fm_vfma(wv, u, e3)
-                yr = y + (<Py_ssize_t>o4 * g.OH + oh) * g.OW + ow0
-                for half in range(2):
-                    nv = min(FM_W, g.OW - ow0 - FM_W * half)
-                    if nv <= 0:
-                        break
-                    _store_tail(yr, a0 if half == 0 else e0, nv, g.relu, g.acc)
-                    if o4 + 1 < g.OC:
-                        _store_tail(yr + P, a1 if half == 0 else e1, nv, g.relu, g.acc)
-                    if o4 + 2 < g.OC:
-                        _store_tail(yr + 2 * P, a2 if half == 0 else e2, nv, g.relu, g.acc)
-                    if o4 + 3 < g.OC:
-                        _store_tail(yr + 3 * P, a3 if half == 0 else e3, nv, g.relu, g.acc)
-                    yr = yr + FM_W
-                ow0 = ow0 + 2 * FM_W
-        o4 = o4 + 4
+    fm_direct_fwd(y, xp, wp, wp + nw, g.OC, g.OH, g.OW, g.C, Hp, Ws, g.KH, g.KW, g.DH, g.DW,
+                  g.acc, g.relu)
 
 
 cdef void _forward_image(floating* y, const floating* x, const floating* w, const floating* wr,
@@ -1098,7 +1044,7 @@ cdef void _forward_image_body(floating* y, const floating* x, const floating* w,
         return
     if floating is float:
         if g.small:
-            _small_forward_image(y, x, w, b, col, g)
+            _small_forward_image(y, x, wr, col, g)
             return
     if g.shifted:
         _shifted_forward_image(y, x, wr, b, col, g, gemm_nt)
@@ -1343,8 +1289,20 @@ cdef int _conv_forward(floating* y, const floating* x, const floating* w, const 
     cdef floating* colbuf = <floating*>fm_malloc(nt * cs * sizeof(floating))
     cdef floating* wr = NULL
     cdef int c, o, tap, KK = g.KH * g.KW
+    cdef int NO
+    cdef Py_ssize_t nwp
     if colbuf == NULL:
         return -1
+    if floating is float:
+        if g.small:
+            # fm_direct_pack's layout: ceil(OC/NO)*NO*C*KH*KW weights, then the bias
+            NO = fm_direct_fwd_no(g.OW, g.OC)
+            nwp = <Py_ssize_t>(g.OC + NO - 1) // NO * NO
+            wr = <floating*>fm_malloc(nwp * (g.C * KK + 1) * sizeof(floating))
+            if wr == NULL:
+                free(colbuf)
+                return -1
+            fm_direct_pack(wr, wr + nwp * g.C * KK, w, b, g.OC, g.C * KK, NO)
     if g.wino:
         wr = <floating*>fm_malloc(16 * <Py_ssize_t>g.C * g.OC * sizeof(floating))
     elif g.wino5:
@@ -1498,7 +1456,9 @@ cdef bint _pick_dxfwd(Geom* g, Geom* gt) noexcept nogil:
     # measured (one core, CPU time, dx alone, dxfwd / the other path): 0.93 for 64->64 at 16x16;
     # 1.04 for the 1-D 64->64 k5 and 1.2-1.3 for the 1-D 32->64 k5 (col2im of one kernel row
     # is cheap), so 2-D kernels only; dy with 12 channels (DenseBlock) stays on Geom.dxconv
-    # 1-D k5 layers through Winograd F(2, 5): 0.88 for 64->64, 1.0 for 32->64 (dx 32 channels)
+    # 1-D k5 layers through Winograd F(2, 5): 0.88 for 64->64; from FM_DXFWD5_C input channels
+    # (fm_tuning.h); DenseBlock's dy with 12 channels takes the direct path where fm_tuning.h's
+    # FM_SMALL_* say so (else Geom.dxconv)
     if _dx_fwd == 1 or g.G != 1 or g.SH != 1 or g.SW != 1 or g.direct or g.dwise or g.rbwd:
         return False
     if g.PHt < 0 or g.PWt < 0:
@@ -1506,7 +1466,7 @@ cdef bint _pick_dxfwd(Geom* g, Geom* gt) noexcept nogil:
     _geom_set(gt, g.N, g.OC, g.OH, g.OW, g.C, g.H, g.W, g.KH, g.KW, 1, 1, g.PHt, g.PWt,
               g.DH, g.DW, 1, g.ys, g.xs)
     if _dx_fwd == 0 and g.KH == 1:
-        return gt.wino5 and g.C >= 64
+        return gt.wino5 and g.C >= FM_DXFWD5_C
     if _dx_fwd == 2 and not (gt.shifted or gt.wino or gt.small or gt.wino5):
         gt.im2row = True
     return gt.im2row or gt.shifted or gt.wino or gt.small or gt.wino5
@@ -1813,12 +1773,10 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
         g.wino = False
         g.wimb = <int>max(1, min(<Py_ssize_t>g.N, _wino_tiles // max(1, g.OH * g.TW)))
     g.Ws = (g.OW + 2 * FM_W - 1) // (2 * FM_W) * (2 * FM_W) + g.DW * (g.KW - 1)
-    # measured (one core, CPU time, float32 forward, direct / the path it replaces): 0.70 for
-    # 3->32 at 32x32, 0.90 for 3->64 at 16x16, 0.65 for 3->24, 0.73 for 8->24; with 12 output
-    # channels 0.62 (24), 0.72 (36), 0.80 (48), 0.92 (60 input channels, against Winograd);
-    # 1.12 for 16->32, 1.36-1.64 for 32->64, 64->64 and the 1-D 32->64 k5: so 2-D kernels with
-    # C <= 8 or OC <= 24
-    g.small = (_fwd_small == 2 or (_fwd_small == 0 and FM_LEVEL >= 1 and g.KH > 1 and (g.C <= 8 or g.OC <= 24))) and (
+    # the direct loops (simd/fm_direct.h) for 2-D kernels with few input or output channels:
+    # the per-level thresholds and their measurements are in simd/fm_tuning.h
+    g.small = (_fwd_small == 2 or (_fwd_small == 0 and g.KH > 1 and (
+        (g.C <= FM_SMALL_C and g.OC <= FM_SMALL_C_OC) or g.OC <= FM_SMALL_OC))) and (
         G == 1 and SH == 1 and SW == 1 and not g.direct and not g.wino5)
     if g.small:
         # (float64 takes the plain im2col path these leave)
