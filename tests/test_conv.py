@@ -459,11 +459,14 @@ def test_small_direct_matches_reference(case, mode, dtype, threads):
     # stride-1 float32 forwards through the direct 8-wide FMA loops (Geom.small) wherever the
     # layer allows it (float64 falls back to im2col), plain and with the fused ReLU, and the
     # stride-1 dx computed as such a forward (accumulating into dx where the kernel is asked to)
+    # and the stride-1 weight gradient through the direct loops (Geom.ddw), overwritten and
+    # accumulated into
     from fastmod._kernels import conv as _k
     m, x, geo = make_case(case, dtype)
     dy = np.random.default_rng(1).standard_normal(m.output_shape(x.shape)).astype(dtype)
     _k.set_forward_small(mode)
     _k.set_dx_forward(mode)
+    _k.set_dw_direct(mode)
     try:
         y = m(x)
         dx = m.backward(dy)
@@ -471,14 +474,22 @@ def test_small_direct_matches_reference(case, mode, dtype, threads):
             yr = nn.Sequential(m, nn.ReLU())(x)
         H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = m._geometry(x.shape[2:])
         x4 = x.reshape(x.shape[0], -1, H, W)
+        dy4 = dy.reshape(dy.shape[0], -1, OH, OW)
+        w4 = m.weight.data.reshape(m.out_channels, -1, KH, KW)
         dx0 = np.random.default_rng(2).standard_normal(x4.shape).astype(dtype)
-        dxa = dx0.copy()
-        _k.conv2d_backward(dxa, None, None, dy.reshape(dy.shape[0], -1, OH, OW), x4,
-                           m.weight.data.reshape(m.out_channels, -1, KH, KW), SH, SW, PH, PW,
-                           DH, DW, m.groups, False, False, True)
+        dw0 = np.random.default_rng(3).standard_normal(w4.shape).astype(dtype)
+        dxa, dwa = dx0.copy(), dw0.copy()
+        _k.conv2d_backward(dxa, None, None, dy4, x4, w4, SH, SW, PH, PW, DH, DW, m.groups,
+                           False, False, True)
+        _k.conv2d_backward(None, dwa, None, dy4, x4, w4, SH, SW, PH, PW, DH, DW, m.groups,
+                           True, False, False)
+        paths = _k.conv2d_paths(x4, dy4, w4, SH, SW, PH, PW, DH, DW, m.groups)
     finally:
         _k.set_forward_small(0)
         _k.set_dx_forward(0)
+        _k.set_dw_direct(0)
+    if mode == 2 and SH == SW == 1 and m.groups == 1 and KH * KW > 1:
+        assert "forward=small" in paths and "dW=direct" in paths, paths
     want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
     assert_close(y, want, dtype)
     assert_close(yr, np.maximum(want, 0), dtype)
@@ -486,6 +497,7 @@ def test_small_direct_matches_reference(case, mode, dtype, threads):
     assert_close(dx, rdx, dtype)
     assert_close(m.weight.grad, rdw, dtype)
     assert_close(dxa.reshape(x.shape), dx0.reshape(x.shape) + rdx, dtype)
+    assert_close(dwa.reshape(m.weight.shape), dw0.reshape(m.weight.shape) + rdw, dtype)
 
 
 def test_small_direct_keeps_nan_under_fused_relu():

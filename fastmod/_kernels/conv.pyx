@@ -84,7 +84,12 @@ cdef extern from "fm_tuning.h":
     int FM_SMALL_C
     int FM_SMALL_C_OC
     int FM_SMALL_OC
+    int FM_SMALL_OC_C
     int FM_DXFWD5_C
+    int FM_DWD_C
+    int FM_DWD_C_OC
+    int FM_DWD_OC
+    int FM_DWD_OC_C
 
 cdef extern from "fm_direct.h":
     int fm_direct_fwd_no(int OW, int OC) noexcept nogil
@@ -93,6 +98,13 @@ cdef extern from "fm_direct.h":
     void fm_direct_fwd(float* y, const float* xp, const float* wp, const float* bp, int OC,
                        int OH, int OW, int C, int Hp, int Ws, int KH, int KW, int DH, int DW,
                        int acc, int relu) noexcept nogil
+    Py_ssize_t fm_direct_dw_size(int OC, int CKK) noexcept nogil
+    Py_ssize_t fm_direct_dw_scratch(int OC, int OH, int OW) noexcept nogil
+    void fm_direct_dw_image(float* vacc, const float* dy, const float* xp, float* scratch,
+                            int OC, int OH, int OW, int C, int Hp, int Ws, int KH, int KW,
+                            int DH, int DW) noexcept nogil
+    void fm_direct_dw_finish(float* dw, const float* vacc, int nt, Py_ssize_t psize, int OC,
+                             int CKK, int acc) noexcept nogil
 
 cdef extern from "fm_conv.h":
     void fm_transpose_add(float* dst, Py_ssize_t ldd, const float* src, Py_ssize_t lds,
@@ -272,6 +284,7 @@ cdef struct Geom:
     bint wino5              # 1-D k5 stride-1 forward as Winograd F(2, 5): 6 GEMMs of depth C
     bint small              # few channels, stride 1 (float32): direct FMA loops (fm_direct.h)
     bint rbwd               # dW and dx through the im2row patch rows (position-major backward)
+    bint ddw                # dW through the direct loops (fm_direct.h; float32, stride 1)
     int Ws                  # its padded row length, OW rounded up to 2*FM_W plus DW*(KW-1)
 
 
@@ -287,6 +300,8 @@ cdef inline Py_ssize_t _col_size(Geom* g) noexcept nogil:
     cdef Py_ssize_t tiles = <Py_ssize_t>g.wimb * g.TH * g.TW
     if g.small:
         sh = max(sh, <Py_ssize_t>g.C * g.Hp * g.Ws)
+    if g.ddw:
+        sh = max(sh, <Py_ssize_t>g.C * g.Hp * g.Ws + fm_direct_dw_scratch(g.OC, g.OH, g.OW))
     if g.im2row or g.rbwd:
         sh = max(sh, <Py_ssize_t>g.Hq * g.Wq * g.C + <Py_ssize_t>g.imb * g.P * (g.K + g.OC))
     if g.shifted:
@@ -341,6 +356,14 @@ cdef int _dw_wino = 0
 cdef int _fwd_small = 0
 cdef int _fwd_wino5 = 0
 cdef int _bwd_im2row = 0
+cdef int _dw_direct = 0
+
+
+def set_dw_direct(int mode):
+    """Stride-1 float32 weight gradients through the direct loops (Geom.ddw; groups 1):
+    0 auto, 1 never, 2 wherever possible."""
+    global _dw_direct
+    _dw_direct = mode
 
 
 def set_backward_im2row(int mode):
@@ -994,27 +1017,38 @@ cdef void _wino_forward_images(floating* y, const floating* x, const floating* U
 # OpenBLAS reaches a quarter of the FMA peak. Direct loops instead (simd/fm_direct.h): NV*FM_W
 # consecutive outputs of a row for NO output channels in registers, summed over the C*KH*KW taps
 # (NV loads of the zero-padded input row and NO broadcasts per tap; NV, NO per level).
+cdef void _small_plane(float* xp, const float* x, Geom* g) noexcept nogil:
+    # x_n copied into the direct loops' zero-padded planes (C, Hp, Ws)
+    cdef int Ws = g.Ws, Hp = g.Hp
+    cdef Py_ssize_t plane = <Py_ssize_t>Hp * Ws
+    cdef int c, i
+    cdef int ih0 = max(0, g.PH), ih1 = min(Hp, g.H + g.PH)
+    cdef int iw0 = max(0, g.PW), iw1 = min(Ws, g.W + g.PW)
+    cdef float* row
+    if iw1 <= iw0 or ih1 <= ih0:
+        memset(xp, 0, g.C * plane * sizeof(float))
+        return
+    # only the padding is zeroed (the whole plane was 4% of the DenseBlock layers' forward)
+    for c in range(g.C):
+        memset(xp + c * plane, 0, <Py_ssize_t>ih0 * Ws * sizeof(float))
+        memset(xp + c * plane + <Py_ssize_t>ih1 * Ws, 0, <Py_ssize_t>(Hp - ih1) * Ws * sizeof(float))
+        for i in range(ih0, ih1):
+            row = xp + c * plane + <Py_ssize_t>i * Ws
+            memset(row, 0, iw0 * sizeof(float))
+            memcpy(row + iw0, x + (<Py_ssize_t>c * g.H + i - g.PH) * g.W + iw0 - g.PW,
+                   (iw1 - iw0) * sizeof(float))
+            memset(row + iw1, 0, (Ws - iw1) * sizeof(float))
+
+
 cdef void _small_forward_image(float* y, const float* x, const float* wp, float* buf,
                                Geom* g) noexcept nogil:
     # x_n into zero-padded planes (C, Hp, Ws), then fm_direct_fwd's register blocks (wp: the
     # weights and bias packed by fm_direct_pack, see _conv_forward)
-    cdef int Ws = g.Ws, Hp = g.Hp, CKK = g.C * g.KH * g.KW
     cdef int NO = fm_direct_fwd_no(g.OW, g.OC)
-    cdef Py_ssize_t plane = <Py_ssize_t>Hp * Ws
-    cdef float* xp = buf
-    cdef int c, i
-    cdef int ih0 = max(0, g.PH), ih1 = min(Hp, g.H + g.PH)
-    cdef int iw0 = max(0, g.PW), iw1 = min(Ws, g.W + g.PW)
-    cdef Py_ssize_t nw = <Py_ssize_t>(g.OC + NO - 1) // NO * NO * CKK
-    memset(xp, 0, g.C * plane * sizeof(float))
-    if iw1 > iw0:
-        for c in range(g.C):
-            for i in range(ih0, ih1):
-                memcpy(xp + c * plane + <Py_ssize_t>i * Ws + iw0,
-                       x + (<Py_ssize_t>c * g.H + i - g.PH) * g.W + iw0 - g.PW,
-                       (iw1 - iw0) * sizeof(float))
-    fm_direct_fwd(y, xp, wp, wp + nw, g.OC, g.OH, g.OW, g.C, Hp, Ws, g.KH, g.KW, g.DH, g.DW,
-                  g.acc, g.relu)
+    cdef Py_ssize_t nw = <Py_ssize_t>(g.OC + NO - 1) // NO * NO * g.C * g.KH * g.KW
+    _small_plane(buf, x, g)
+    fm_direct_fwd(y, buf, wp, wp + nw, g.OC, g.OH, g.OW, g.C, g.Hp, g.Ws, g.KH, g.KW, g.DH,
+                  g.DW, g.acc, g.relu)
 
 
 cdef void _forward_image(floating* y, const floating* x, const floating* w, const floating* wr,
@@ -1477,6 +1511,11 @@ cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating
                         bint acc_w, bint acc_b, bint acc_dx) noexcept nogil:
     # 0, or -1 when out of memory (every buffer is allocated before dx, dw or db is written)
     cdef Geom gt
+    if floating is double:
+        g.ddw = False       # (float32 only: float64 takes the GEMM paths)
+    if g.ddw:
+        g.wdw = False
+        g.tdw = False
     if dx != NULL and _pick_dxfwd(g, &gt):
         g.dxfwd = True
         g.dxconv = False
@@ -1494,7 +1533,7 @@ cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating
     cdef floating* dxi = NULL if g.dxfwd else dx      # the per-image loop's dx
     # dW goes through per-thread partials (summed in thread order below) when several threads
     # share it, or when it is accumulated transposed
-    cdef bint partials = dw != NULL and (nt > 1 or g.tdw or g.rbwd) and not g.wdw
+    cdef bint partials = dw != NULL and (nt > 1 or g.tdw or g.rbwd) and not g.wdw and not g.ddw
     cdef floating* dU = NULL
     cdef Py_ssize_t usize = 16 * <Py_ssize_t>g.C * g.OC
     cdef bint oom = False
@@ -1511,6 +1550,11 @@ cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating
         colbuf = <floating*>fm_malloc(nt * cs * sizeof(floating))
         oom = oom or colbuf == NULL
     if dw != NULL and g.wdw:
+        dU = <floating*>fm_malloc(nt * usize * sizeof(floating))
+        oom = oom or dU == NULL
+    if dw != NULL and g.ddw:
+        # the direct loops' vector accumulators, one set per thread (fm_direct.h)
+        usize = fm_direct_dw_size(g.OC, g.C * KK)
         dU = <floating*>fm_malloc(nt * usize * sizeof(floating))
         oom = oom or dU == NULL
     if oom:
@@ -1566,6 +1610,31 @@ cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating
                     n = n + g.wimb
         _wino_dw_finish(dw, dU, nt if nt > 1 else 1, usize, g.C, g.OC, acc_w)
         free(dU)
+    if floating is float:
+        if dw != NULL and g.ddw:
+            # dW first, through the direct loops (per-thread vector accumulators summed at the
+            # end in thread order); the per-image loop below then does db and dx only
+            dwi = NULL
+            memset(dU, 0, nt * usize * sizeof(floating))
+            if nt <= 1:
+                for n in range(g.N):
+                    _small_plane(colbuf, x + n * g.xs, g)
+                    fm_direct_dw_image(dU, dy + n * g.ys, colbuf,
+                                       colbuf + <Py_ssize_t>g.C * g.Hp * g.Ws, g.OC, g.OH, g.OW,
+                                       g.C, g.Hp, g.Ws, g.KH, g.KW, g.DH, g.DW)
+            else:
+                for t in prange(nt, num_threads=nt, schedule='static'):
+                    lo = t * chunk
+                    hi = min(g.N, lo + chunk)
+                    for n in range(lo, hi):
+                        _small_plane(colbuf + t * cs, x + n * g.xs, g)
+                        fm_direct_dw_image(dU + t * usize, dy + n * g.ys, colbuf + t * cs,
+                                           colbuf + t * cs + <Py_ssize_t>g.C * g.Hp * g.Ws,
+                                           g.OC, g.OH, g.OW, g.C, g.Hp, g.Ws, g.KH, g.KW,
+                                           g.DH, g.DW)
+            fm_direct_dw_finish(dw, dU, nt if nt > 1 else 1, usize, g.OC, g.C * KK, acc_w)
+            free(dU)
+            dU = NULL
     if g.rbwd and (dw != NULL or dx != NULL):
         # dW (into the per-thread partials, (OC, KH*KW*C)) and dx through the patch rows in
         # blocks of g.imb images; the per-image loop below then does db only
@@ -1776,7 +1845,8 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
     # the direct loops (simd/fm_direct.h) for 2-D kernels with few input or output channels:
     # the per-level thresholds and their measurements are in simd/fm_tuning.h
     g.small = (_fwd_small == 2 or (_fwd_small == 0 and g.KH > 1 and (
-        (g.C <= FM_SMALL_C and g.OC <= FM_SMALL_C_OC) or g.OC <= FM_SMALL_OC))) and (
+        (g.C <= FM_SMALL_C and g.OC <= FM_SMALL_C_OC)
+        or (g.OC <= FM_SMALL_OC and g.C <= FM_SMALL_OC_C)))) and (
         G == 1 and SH == 1 and SW == 1 and not g.direct and not g.wino5)
     if g.small:
         # (float64 takes the plain im2col path these leave)
@@ -1791,6 +1861,9 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
     if g.rbwd:
         g.wdw = False
         g.dxconv = False
+    g.ddw = (_dw_direct == 2 or (_dw_direct == 0 and g.KH > 1 and (
+        (g.C <= FM_DWD_C and g.OC <= FM_DWD_C_OC) or (g.OC <= FM_DWD_OC and g.C <= FM_DWD_OC_C)))) and (
+        G == 1 and SH == 1 and SW == 1 and not g.direct and not g.dwise and not g.rbwd)
 
 
 def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
@@ -1854,8 +1927,8 @@ def conv2d_paths(cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int SH, int SW, in
     cdef Geom g, gt
     _geom(&g, x, y, w, SH, SW, PH, PW, DH, DW, G)
     fw = _fwd_name(&g)
-    dwn = "depthwise" if g.dwise else ("wino" if g.wdw else ("im2row" if g.rbwd else (
-        "im2col-t" if g.tdw else "im2col")))
+    dwn = "depthwise" if g.dwise else ("direct" if g.ddw else ("wino" if g.wdw else (
+        "im2row" if g.rbwd else ("im2col-t" if g.tdw else "im2col"))))
     if g.rbwd:
         dxn = "im2row"
     elif _pick_dxfwd(&g, &gt):

@@ -8,6 +8,13 @@
  * output channels: NV*NO accumulators in registers, summed over the C*KH*KW taps (NV loads of
  * the input row and NO broadcasts of packed weights per tap). The block functions take NV and
  * NO as constants (always inlined), so the accumulator arrays live in registers.
+ *
+ * Weight gradient: dW[o, c, kh, kw] = sum over images and outputs of dy[o, oh, ow] *
+ * xp[c, oh + kh*DH, ow + kw*DW]. A block is NO output channels x KB consecutive kw of one
+ * (c, kh): NO*KB vector accumulators (one lane per output column), FM_W outputs of a row at a
+ * time (NO loads of dy, KB of the input row, NO*KB FMAs). The accumulators of every block stay
+ * in memory between images (vacc, FM_W floats each) and are summed across their lanes once,
+ * at the end of the call (fm_direct_dw_finish): no horizontal sum per image.
  */
 #ifndef FM_DIRECT_H
 #define FM_DIRECT_H
@@ -20,6 +27,14 @@
 #else
 #  define FM_ALWAYS_INLINE static inline
 #  define FM_UNROLL_ALL
+#endif
+
+/* keep a loaded vector in a register: GCC otherwise folds the load into each of its KB FMAs
+   (memory operands: KB loads of dy per vector, the loop became load-bound) */
+#if defined(__GNUC__) && FM_LEVEL >= 1
+#  define FM_IN_REGISTER(v) __asm__("" : "+v"(v))
+#else
+#  define FM_IN_REGISTER(v) (void)0
 #endif
 
 #define FM_DMAX_NO 24
@@ -152,6 +167,146 @@ static void fm_direct_fwd(float* y, const float* xp, const float* wp, const floa
         FM__DFWD(2, 12) FM__DFWD(2, 8) FM__DFWD(2, 6) FM__DFWD(2, 4)
     }
 #undef FM__DFWD
+}
+
+/* ---------------------------------------------------------------- weight gradient */
+
+/* the channel block of the weight gradient for OC channels (fm_tuning.h's candidates, chosen
+   as the forward's); its kw block is 3 consecutive taps (or what is left of KW) */
+static inline int fm_direct_dw_no(int OC) {
+    static const int cand[] = FM_DW_NO;
+    int n = (int)(sizeof(cand) / sizeof(int)), i, best = cand[0];
+    int pad = (OC + cand[0] - 1) / cand[0] * cand[0];
+    for (i = 1; i < n; i++) {
+        int p = (OC + cand[i] - 1) / cand[i] * cand[i];
+        if (p < pad) {
+            pad = p;
+            best = cand[i];
+        }
+    }
+    return best;
+}
+
+/* floats of vacc for OC channels and C*KH*KW taps */
+static inline ptrdiff_t fm_direct_dw_size(int OC, int CKK) {
+    int NO = fm_direct_dw_no(OC);
+    return (ptrdiff_t)(OC + NO - 1) / NO * NO * CKK * FM_W;
+}
+
+/* floats of the scratch fm_direct_dw_image packs dy into (64 bytes of alignment slack included) */
+static inline ptrdiff_t fm_direct_dw_scratch(int OC, int OH, int OW) {
+    int NO = fm_direct_dw_no(OC);
+    return (ptrdiff_t)(OC + NO - 1) / NO * NO * OH * ((OW + FM_W - 1) / FM_W) * FM_W + 16;
+}
+
+/* va[(k*NO + o)*FM_W + lane] += sum over the rows and column blocks of one image of
+   dyp[o] * x[k*DW + column]: dyp the packed dy of the block's channels ([oh][ow block][o][lane],
+   zeros past OW and OC), xr the input plane at (kh*DH, kw0*DW), rows Ws apart */
+FM_ALWAYS_INLINE void fm__ddw_block(const int NO, const int KB, float* va, const float* dyp,
+                                    const float* xr, int Ws, int DW, int OH, int nb) {
+    fm_vf a[FM_DMAX_NO][3];
+    int o, k, oh, b;
+    FM_UNROLL_ALL
+    for (k = 0; k < KB; k++) {
+        FM_UNROLL_ALL
+        for (o = 0; o < NO; o++)
+            a[o][k] = fm_vload(va + (k * NO + o) * FM_W);
+    }
+    for (oh = 0; oh < OH; oh++) {
+        const float* xo = xr + (ptrdiff_t)oh * Ws;
+        for (b = 0; b < nb; b++, xo += FM_W, dyp += NO * FM_W) {
+            fm_vf xv[3];
+            FM_UNROLL_ALL
+            for (k = 0; k < KB; k++)
+                xv[k] = fm_vload(xo + k * DW);
+            FM_UNROLL_ALL
+            for (o = 0; o < NO; o++) {
+                fm_vf d = fm_vload(dyp + o * FM_W);
+                FM_IN_REGISTER(d);
+                FM_UNROLL_ALL
+                for (k = 0; k < KB; k++)
+                    a[o][k] = fm_vfma(d, xv[k], a[o][k]);
+            }
+        }
+    }
+    FM_UNROLL_ALL
+    for (k = 0; k < KB; k++) {
+        FM_UNROLL_ALL
+        for (o = 0; o < NO; o++)
+            fm_vstore(va + (k * NO + o) * FM_W, a[o][k]);
+    }
+}
+
+FM_ALWAYS_INLINE void fm__ddw_image(const int NO, float* vacc, const float* dy, const float* xp,
+                                    float* scratch, int OC, int OH, int OW, int C, int Hp, int Ws,
+                                    int KH, int KW, int DH, int DW) {
+    ptrdiff_t P = (ptrdiff_t)OH * OW, plane = (ptrdiff_t)Hp * Ws;
+    int CKK = C * KH * KW, nb = (OW + FM_W - 1) / FM_W, nob = (OC + NO - 1) / NO;
+    int ob, c, kh, kw, o, oh, b;
+    ptrdiff_t bs = (ptrdiff_t)OH * nb * NO * FM_W;         /* packed floats per channel block */
+    float* dyp = (float*)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    /* dy packed per channel block: dyp[ob][oh][b][o][lane] (zeros past OW and OC) */
+    for (ob = 0; ob < nob; ob++)
+        for (oh = 0; oh < OH; oh++)
+            for (b = 0; b < nb; b++) {
+                float* d = dyp + ob * bs + ((ptrdiff_t)oh * nb + b) * NO * FM_W;
+                int n = OW - b * FM_W < FM_W ? OW - b * FM_W : FM_W;
+                for (o = 0; o < NO; o++) {
+                    int oc = ob * NO + o;
+                    fm_vf v = fm_vzero();
+                    if (oc < OC)
+                        v = fm_vload_n(dy + oc * P + (ptrdiff_t)oh * OW + b * FM_W, n);
+                    fm_vstore(d + o * FM_W, v);
+                }
+            }
+    for (ob = 0; ob < nob; ob++)
+        for (c = 0; c < C; c++)
+            for (kh = 0; kh < KH; kh++) {
+                const float* xr = xp + c * plane + (ptrdiff_t)kh * DH * Ws;
+                float* va = vacc + ((ptrdiff_t)ob * CKK + (c * KH + kh) * KW) * NO * FM_W;
+                for (kw = 0; kw < KW; kw += 3) {
+                    float* v = va + (ptrdiff_t)kw * NO * FM_W;
+                    const float* x = xr + kw * DW;
+                    if (KW - kw >= 3)
+                        fm__ddw_block(NO, 3, v, dyp + ob * bs, x, Ws, DW, OH, nb);
+                    else if (KW - kw == 2)
+                        fm__ddw_block(NO, 2, v, dyp + ob * bs, x, Ws, DW, OH, nb);
+                    else
+                        fm__ddw_block(NO, 1, v, dyp + ob * bs, x, Ws, DW, OH, nb);
+                }
+            }
+}
+
+/* vacc (fm_direct_dw_size floats, zeroed before the first image) += the weight gradient of one
+   image: dy (OC, OH, OW), xp its input as the forward's zero-padded planes (C, Hp, Ws; Ws at
+   least OW rounded up to FM_W plus DW*(KW-1)); scratch fm_direct_dw_scratch floats */
+static void fm_direct_dw_image(float* vacc, const float* dy, const float* xp, float* scratch,
+                               int OC, int OH, int OW, int C, int Hp, int Ws, int KH, int KW,
+                               int DH, int DW) {
+    int NO = fm_direct_dw_no(OC);
+#define FM__DDW(no) \
+    if (NO == (no)) { \
+        fm__ddw_image(no, vacc, dy, xp, scratch, OC, OH, OW, C, Hp, Ws, KH, KW, DH, DW); \
+        return; \
+    }
+    FM__DDW(8) FM__DDW(6) FM__DDW(4) FM__DDW(3)
+#undef FM__DDW
+}
+
+/* dw[o, tap] (+)= sum over the nt partials and the lanes of vacc_t[o, tap] (partials psize
+   floats apart; in double, in partial then lane order) */
+static void fm_direct_dw_finish(float* dw, const float* vacc, int nt, ptrdiff_t psize, int OC,
+                                int CKK, int acc) {
+    int NO = fm_direct_dw_no(OC), o, t, tap, l;
+    for (o = 0; o < OC; o++)
+        for (tap = 0; tap < CKK; tap++) {
+            const float* v = vacc + (((ptrdiff_t)(o / NO) * CKK + tap) * NO + o % NO) * FM_W;
+            double s = acc ? (double)dw[(ptrdiff_t)o * CKK + tap] : 0.0;
+            for (t = 0; t < nt; t++)
+                for (l = 0; l < FM_W; l++)
+                    s += (double)v[t * psize + l];
+            dw[(ptrdiff_t)o * CKK + tap] = (float)s;
+        }
 }
 
 #endif /* FM_DIRECT_H */

@@ -21,7 +21,8 @@
 #  define FM_DF_NV2_NO {12, 8, 4}
 #  define FM_DF_NV1_NO {16, 8, 4}
 /* the direct path (Geom.small, 2-D kernels, stride 1) when C <= FM_SMALL_C and
- * OC <= FM_SMALL_C_OC, or OC <= FM_SMALL_OC; A/B direct / the path it replaces, forward:
+ * OC <= FM_SMALL_C_OC, or OC <= FM_SMALL_OC and C <= FM_SMALL_OC_C; A/B direct / the path it
+ * replaces, forward:
  * 3->32 at 32x32 0.51, 3->64 at 16x16 0.67, 3->24 0.48, 24..60->12 at 32x32 0.40-0.54 (vs the
  * shifted path and Winograd); 64->64 at 16x16 1.30 (vs Winograd). The stride-1 dx computed
  * as such a forward (DenseBlock: dy with 12 channels -> 36, 48, 60): 0.52, 0.55, 0.62 of
@@ -29,6 +30,18 @@
 #  define FM_SMALL_C 12
 #  define FM_SMALL_C_OC 64
 #  define FM_SMALL_OC 24
+#  define FM_SMALL_OC_C 64
+/* direct weight gradient (fm_direct_dw_image): NO channels x 3 kw per block (up to 24
+ * accumulators, 3 input vectors, one dy vector in a register: 0.81-0.88 of the same loop
+ * with the dy load folded into each FMA). Geom.ddw (2-D kernels, stride 1) when
+ * C <= FM_DWD_C and OC <= FM_DWD_C_OC, or OC <= FM_DWD_OC and C <= FM_DWD_OC_C; A/B direct /
+ * the path it replaces: dense.l0-l3 0.36, 0.35 (vs im2col-t), 0.59, 0.56 (vs Winograd);
+ * bnres.stem 0.66, dense.stem 0.63, cnn.conv1 0.95 (vs im2col); 64->64 at 16x16 1.71 */
+#  define FM_DW_NO {8, 6, 4}
+#  define FM_DWD_C 12
+#  define FM_DWD_C_OC 64
+#  define FM_DWD_OC 24
+#  define FM_DWD_OC_C 64
 #elif FM_LEVEL == 1
 /* 16 ymm registers: 2 x 6 (12 accumulators, 2 input vectors, one broadcast: 15 registers) or
  * 2 x 4; A/B 2 x 6 / 2 x 4: 0.83-0.86 for 3->24 and the DenseBlock layers (OC 12). Against the
@@ -42,6 +55,16 @@
 #  define FM_SMALL_C 12
 #  define FM_SMALL_C_OC 36
 #  define FM_SMALL_OC 24
+#  define FM_SMALL_OC_C 64
+/* direct weight gradient: 3 x 3 (9 accumulators, 3 input vectors, one dy vector); A/B direct
+ * / the path it replaces: dense.l0 0.58, l1 0.53 (vs im2col-t), l2 1.00, l3 1.00 (vs
+ * Winograd); stems: 3->64 at 16x16 0.91, 3->32 1.53, 3->24 1.24 (vs im2col): the DenseBlock
+ * layers (12 output channels) up to 36 input channels only */
+#  define FM_DW_NO {3}
+#  define FM_DWD_C 0
+#  define FM_DWD_C_OC 0
+#  define FM_DWD_OC 12
+#  define FM_DWD_OC_C 36
 #else
 #  define FM_DF_NV2_NO {4}
 #  define FM_DF_NV1_NO {4}
@@ -49,6 +72,12 @@
 #  define FM_SMALL_C 0
 #  define FM_SMALL_C_OC 0
 #  define FM_SMALL_OC 0
+#  define FM_SMALL_OC_C 0
+#  define FM_DW_NO {4}
+#  define FM_DWD_C 0
+#  define FM_DWD_C_OC 0
+#  define FM_DWD_OC 0
+#  define FM_DWD_OC_C 0
 #endif
 
 /* Every level: 1-D k5 stride-1 dx as a forward through Winograd F(2, 5) (Geom.dxfwd) when the
