@@ -88,6 +88,7 @@ CASES_2D = [
     (4, 4, 4, dict(padding="same", dilation=2, groups=4), (2, 4, 7, 6)),   # depthwise, dilated
     (4, 8, 3, dict(stride=2, padding=1, groups=4), (2, 4, 7, 6)),          # depthwise, strided
     (3, 3, (1, 5), dict(padding=(0, 3), groups=3, bias=False), (2, 3, 4, 3)),
+    (3, 4, 3, dict(stride=2, padding=1), (2, 3, 5, 71)),             # stride-2 rows: vector blocks + tails
 ]
 CASES_1D = [
     (1, 1, 3, dict(padding=1, bias=False), (2, 1, 9)),               # Conv1D-S
@@ -95,6 +96,7 @@ CASES_1D = [
     (4, 6, 3, dict(stride=4, padding=2, groups=2), (2, 4, 11)),
     (3, 5, 1, {}, (1, 3, 7)),
     (3, 3, 5, dict(padding=3, groups=3), (2, 3, 2)),                 # L < kernel, depthwise
+    (2, 3, 3, dict(stride=2, padding=2, dilation=2), (2, 2, 66)),     # stride 2, dilated, even L
 ]
 CASES = [("2d",) + c for c in CASES_2D] + [("1d",) + c for c in CASES_1D]
 IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]
@@ -197,6 +199,52 @@ def test_forward_im2row_matches_reference(case, mode, positions, dtype, threads)
     want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
     assert y.shape == want.shape and y.dtype == dtype
     assert_close(y, want, dtype)
+
+
+@pytest.mark.parametrize("accumulate", [False, True], ids=["overwrite", "accumulate"])
+@pytest.mark.parametrize("positions", [1, 1 << 20], ids=["image-per-gemm", "batch-per-gemm"])
+@pytest.mark.parametrize("mode", [1, 2], ids=["other", "im2row"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_backward_im2row_matches_reference(case, mode, positions, accumulate, dtype, threads):
+    # dW and dx through the position-major patch rows (Geom.rbwd, groups 1) wherever possible,
+    # or never; one image or the whole batch (split over threads) per GEMM; dW, dx and db alone
+    # and together, overwritten or accumulated into (dx, dW and db in turn)
+    from fastmod._kernels import conv as _k
+    m, x, geo = make_case(case, dtype)
+    y = m(x)
+    m._saved()
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = m._geometry(x.shape[2:])
+    x4 = x.reshape(x.shape[0], -1, H, W)
+    dy4 = dy.reshape(dy.shape[0], -1, OH, OW)
+    w4 = m.weight.data.reshape(m.out_channels, -1, KH, KW)
+    rng = np.random.default_rng(2)
+    dx0 = rng.standard_normal(x4.shape).astype(dtype)
+    dw0 = rng.standard_normal(w4.shape).astype(dtype)
+    db0 = rng.standard_normal(m.out_channels).astype(dtype)
+    rdx, rdw, rdb = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
+    rdx, rdw = rdx.reshape(x4.shape), rdw.reshape(w4.shape)
+    args = (dy4, x4, w4, SH, SW, PH, PW, DH, DW, m.groups)
+    _k.set_backward_im2row(mode)
+    _k.set_im2row_positions(positions)
+    try:
+        paths = _k.conv2d_paths(x4, dy4, w4, SH, SW, PH, PW, DH, DW, m.groups)
+        init = (lambda a: a.copy()) if accumulate else (lambda a: np.full_like(a, np.nan))
+        dx, dw, db = init(dx0), init(dw0), init(db0)
+        _k.conv2d_backward(dx, dw, db, *args, accumulate, accumulate, accumulate)
+        dx1, dw1 = init(dx0), init(dw0)
+        _k.conv2d_backward(dx1, None, None, *args, False, False, accumulate)
+        _k.conv2d_backward(None, dw1, None, *args, accumulate, False, False)
+    finally:
+        _k.set_backward_im2row(0)
+        _k.set_im2row_positions(512)
+    if mode == 2 and m.groups == 1 and "dwise" not in paths and KH * KW > 1:
+        assert "dW=im2row" in paths and "dx=im2row" in paths, paths
+    base = (lambda a: a) if accumulate else (lambda a: 0)
+    for got_dx, got_dw in ((dx, dw), (dx1, dw1)):
+        assert_close(got_dx, rdx + base(dx0), dtype)
+        assert_close(got_dw, rdw + base(dw0), dtype)
+    assert_close(db, rdb + base(db0), dtype)
 
 
 @pytest.mark.parametrize("accumulate", [False, True], ids=["overwrite", "accumulate"])
@@ -396,6 +444,11 @@ SMALL_CASES = CASES + [
     ("2d", 3, 13, 3, dict(padding=1), (2, 3, 17, 33)),                # OC % 4, OW % 16 != 0
     ("2d", 2, 5, (2, 4), dict(padding=(1, 2), dilation=(2, 1)), (2, 2, 9, 20)),
     ("2d", 3, 4, 3, dict(padding=1), (1, 3, 16, 16)),                 # OW = 16 exactly
+    # the register-block shapes of simd/fm_tuning.h: one vector of outputs with a partial
+    # channel block, NO = 8 with 7 channels, NO = 6 (avx2) / 8 (avx512) with a ragged row
+    ("2d", 3, 13, 3, dict(padding=1), (2, 3, 9, 16)),
+    ("2d", 5, 7, 3, dict(padding=1), (1, 5, 6, 5)),
+    ("2d", 12, 30, 3, dict(padding=1), (2, 12, 7, 40)),
 ]
 SMALL_IDS = [f"{c[0]}-{i}" for i, c in enumerate(SMALL_CASES)]
 
@@ -406,11 +459,14 @@ def test_small_direct_matches_reference(case, mode, dtype, threads):
     # stride-1 float32 forwards through the direct 8-wide FMA loops (Geom.small) wherever the
     # layer allows it (float64 falls back to im2col), plain and with the fused ReLU, and the
     # stride-1 dx computed as such a forward (accumulating into dx where the kernel is asked to)
+    # and the stride-1 weight gradient through the direct loops (Geom.ddw), overwritten and
+    # accumulated into
     from fastmod._kernels import conv as _k
     m, x, geo = make_case(case, dtype)
     dy = np.random.default_rng(1).standard_normal(m.output_shape(x.shape)).astype(dtype)
     _k.set_forward_small(mode)
     _k.set_dx_forward(mode)
+    _k.set_dw_direct(mode)
     try:
         y = m(x)
         dx = m.backward(dy)
@@ -418,14 +474,22 @@ def test_small_direct_matches_reference(case, mode, dtype, threads):
             yr = nn.Sequential(m, nn.ReLU())(x)
         H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = m._geometry(x.shape[2:])
         x4 = x.reshape(x.shape[0], -1, H, W)
+        dy4 = dy.reshape(dy.shape[0], -1, OH, OW)
+        w4 = m.weight.data.reshape(m.out_channels, -1, KH, KW)
         dx0 = np.random.default_rng(2).standard_normal(x4.shape).astype(dtype)
-        dxa = dx0.copy()
-        _k.conv2d_backward(dxa, None, None, dy.reshape(dy.shape[0], -1, OH, OW), x4,
-                           m.weight.data.reshape(m.out_channels, -1, KH, KW), SH, SW, PH, PW,
-                           DH, DW, m.groups, False, False, True)
+        dw0 = np.random.default_rng(3).standard_normal(w4.shape).astype(dtype)
+        dxa, dwa = dx0.copy(), dw0.copy()
+        _k.conv2d_backward(dxa, None, None, dy4, x4, w4, SH, SW, PH, PW, DH, DW, m.groups,
+                           False, False, True)
+        _k.conv2d_backward(None, dwa, None, dy4, x4, w4, SH, SW, PH, PW, DH, DW, m.groups,
+                           True, False, False)
+        paths = _k.conv2d_paths(x4, dy4, w4, SH, SW, PH, PW, DH, DW, m.groups)
     finally:
         _k.set_forward_small(0)
         _k.set_dx_forward(0)
+        _k.set_dw_direct(0)
+    if mode == 2 and SH == SW == 1 and m.groups == 1 and KH * KW > 1:
+        assert "forward=small" in paths and "dW=direct" in paths, paths
     want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
     assert_close(y, want, dtype)
     assert_close(yr, np.maximum(want, 0), dtype)
@@ -433,6 +497,7 @@ def test_small_direct_matches_reference(case, mode, dtype, threads):
     assert_close(dx, rdx, dtype)
     assert_close(m.weight.grad, rdw, dtype)
     assert_close(dxa.reshape(x.shape), dx0.reshape(x.shape) + rdx, dtype)
+    assert_close(dwa.reshape(m.weight.shape), dw0.reshape(m.weight.shape) + rdw, dtype)
 
 
 def test_small_direct_keeps_nan_under_fused_relu():

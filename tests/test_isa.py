@@ -201,7 +201,8 @@ def test_every_level_computes_the_same_model():
 
 
 # ---------------------------------------------------------------- the headers compile anywhere
-HEADERS = ["fm_vec.h", "fm_linear.h", "fm_gelu.h", "fm_softmax.h", "fm_reduce.h", "fm_peak.h", "fm_cpu.h"]
+HEADERS = ["fm_vec.h", "fm_linear.h", "fm_gelu.h", "fm_softmax.h", "fm_reduce.h", "fm_peak.h",
+           "fm_cpu.h", "fm_conv.h", "fm_tuning.h", "fm_direct.h"]
 DRIVER = "".join(f'#include "{h}"\n' for h in HEADERS) + r"""
 #include <stdio.h>
 int main(int argc, char** argv) {
@@ -248,6 +249,88 @@ def test_simd_headers_compile_warning_free(tmp_path, cc, flags):
     if level == 0 or _cpu.supports(("scalar", "avx2", "avx512")[level]):
         out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30).stdout.split()
         assert out[0] == str(level)
+
+
+# the layout primitives of fm_vec.h / fm_conv.h against their scalar definitions, at each level
+PRIMITIVES = r"""
+#include <math.h>
+#include <stdio.h>
+#include "fm_conv.h"
+static float src[40 * 40], dst[40 * 40], want[40 * 40], bias[40];
+static int check_transpose(int rows, int cols, int use_bias, int acc, int relu) {
+    int i, j, bad = 0;
+    const int lds = 41 - 1, ldd = 40;
+    for (i = 0; i < 40 * 40; i++) {
+        src[i] = (float)((i * 37) % 101) / 17.0f - 3.0f;
+        dst[i] = want[i] = (float)((i * 11) % 23) - 11.0f;
+    }
+    src[3] = NAN;
+    for (j = 0; j < 40; j++) bias[j] = 0.25f * (float)j - 2.0f;
+    for (j = 0; j < cols; j++)
+        for (i = 0; i < rows; i++) {
+            float v = src[i * lds + j];
+            if (use_bias) v = v + bias[j];
+            if (acc) v = want[j * ldd + i] + v;
+            if (relu && v < 0) v = 0;
+            want[j * ldd + i] = v;
+        }
+    fm_transpose_add(dst, ldd, src, lds, rows, cols, use_bias ? bias : NULL, acc, relu);
+    for (i = 0; i < 40 * 40; i++)
+        if (!(dst[i] == want[i] || (isnan(dst[i]) && isnan(want[i])))) bad++;
+    return bad;
+}
+/* fm_gather2 / fm_scatter2_add on a row of m floats guarded on both sides: exact values, and
+   nothing outside the row touched */
+static int check_stride2(int n, int m) {
+    float buf[120], out[60], add[60];
+    int i, bad = 0;
+    for (i = 0; i < 120; i++) buf[i] = (float)i - 0.5f;
+    for (i = 0; i < 60; i++) { out[i] = -7.0f; add[i] = 0.125f * (float)i; }
+    fm_gather2(out, buf + 10, n, m);
+    for (i = 0; i < 60; i++) bad += out[i] != (i < n ? buf[10 + 2 * i] : -7.0f);
+    fm_scatter2_add(buf + 10, add, n, m);
+    for (i = 0; i < 120; i++) {
+        float w = (float)i - 0.5f;
+        if (i >= 10 && i < 10 + 2 * n && (i - 10) % 2 == 0) w += add[(i - 10) / 2];
+        bad += buf[i] != w;
+    }
+    return bad;
+}
+int main(void) {
+    static const int sizes[] = {1, 3, 7, 8, 9, 12, 15, 16, 17, 24, 31, 32, 33, 40};
+    int a, b, f, bad = 0;
+    for (a = 0; a < 14; a++)
+        for (b = 0; b < 14; b++)
+            for (f = 0; f < 8; f++)
+                bad += check_transpose(sizes[a], sizes[b], f & 1, (f >> 1) & 1, (f >> 2) & 1);
+    for (a = 0; a <= 45; a++)
+        for (b = 2 * a - 1; b <= 2 * a + 2; b++)
+            if (b >= 0) bad += check_stride2(a, b);
+    printf("%d %d\n", FM_LEVEL, bad);
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(_cc() is None, reason="no C compiler")
+@pytest.mark.parametrize("level", LEVELS)
+def test_layout_primitives_match_their_scalar_definitions(tmp_path, level):
+    """fm_vtranspose (through fm_transpose_add: ragged blocks, bias, accumulate, ReLU keeping
+    NaN) and fm_vdeinterleave2 / fm_vinterleave2 (through the stride-2 row copies, every length
+    with its row end right after the last element or a little further, nothing outside touched)
+    give exactly the scalar loop's values at every level this CPU runs."""
+    flags = {"scalar": ["-DFM_LEVEL=0"],
+             "avx2": ["-DFM_LEVEL=1", "-mavx2", "-mfma", "-mf16c"],
+             "avx512": ["-DFM_LEVEL=2", "-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw",
+                        "-mavx512dq", "-mavx512vl"]}[level]
+    src = tmp_path / "p.c"
+    src.write_text(PRIMITIVES)
+    exe = tmp_path / "p"
+    r = subprocess.run([_cc(), "-std=c99", "-O2", "-ffp-contract=off", "-I", SIMD, *flags,
+                        str(src), "-o", str(exe), "-lm"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30).stdout.split()
+    assert out == [str(("scalar", "avx2", "avx512").index(level)), "0"]
 
 
 CROSS = shutil.which("aarch64-linux-gnu-gcc")

@@ -73,8 +73,9 @@ CONV_CASES = {
     "gemm-1x1": (4, 8, (6, 6), 16, 1, 1, 0, 1),
     "im2col": (2, 12, (9, 9), 32, 3, 2, 1, 1),
     "im2col-t": (2, 8, (9, 9), 8, 3, 2, 0, 1),
-    "dxconv": (2, 32, (8, 8), 12, 3, 1, 1, 1),
+    "dxconv": (2, 72, (6, 6), 14, 3, 1, 1, 1),
     "groups": (2, 8, (8, 8), 8, 3, 1, 1, 2),
+    "direct-dw": (2, 24, (8, 8), 12, 3, 1, 1, 1),
 }
 
 
@@ -100,11 +101,11 @@ def test_conv_cases_cover_every_path():
         seen.update(paths.split())
     want = {"forward=" + f for f in ("depthwise", "small", "wino", "wino5", "shifted", "im2row",
                                      "gemm-1x1", "im2col", "im2col-t")}
-    want |= {"dW=" + f for f in ("depthwise", "wino", "im2col", "im2col-t")}
+    want |= {"dW=" + f for f in ("depthwise", "wino", "im2col", "im2col-t", "im2row", "direct")}
     want |= {"dx=" + f for f in ("depthwise", "dxconv", "col2im", "fwd:small", "fwd:wino",
-                                 "fwd:wino5", "fwd:im2row")}
+                                 "fwd:wino5", "fwd:im2row", "im2row")}
     if fastmod.get_isa() == "scalar":      # the direct few-channel path needs vectors to pay
-        want -= {"forward=small", "dx=fwd:small"}
+        want -= {"forward=small", "dx=fwd:small", "dW=direct"}
     assert want <= seen, want - seen
 
 

@@ -24,15 +24,23 @@ Paths chosen per layer, each measured against the plain one (ratios where they a
     (P, KH*KW*C) from a position-major copy, several small images per GEMM (Geom.im2row).
   * forward with relu: max(y, 0) on each image in the same call (Sequential Conv+ReLU, blocks).
   * stride-1 dx with OC < C: a convolution of dy with the flipped weights (Geom.dxconv).
+  * strided backward with C >= 16: dW = dy @ rows and drows = dy^T @ W on the forward's patch
+    rows (position-major), drows added into a padded position-major plane in contiguous runs
+    and transposed into dx (Geom.rbwd): no strided gather or scatter.
   * 3x3 stride-1 forward with C >= 32: Winograd F(2x2, 3x3), 16 GEMMs of depth C over blocks of
     2x2-output tiles (Geom.wino); dW likewise with C >= 48 (Geom.wdw, dU = V^T (A dY A^T)).
   * 1-D k5 stride-1 forward with C >= 32: Winograd F(2, 5), 6 GEMMs of depth C (Geom.wino5).
-  * stride-1 float32 forward with C <= 8 or OC <= 24 (RGB stems, DenseBlock's 12-channel
-    layers): direct 8-wide FMA loops, 16 outputs x 4 channels per register block (Geom.small).
+  * stride-1 float32 forward with few input or output channels (RGB stems, DenseBlock's
+    12-channel layers; thresholds per level in simd/fm_tuning.h): direct FMA loops over
+    register blocks of NV vectors x NO channels chosen per level (simd/fm_direct.h, Geom.small).
   * stride-1 dx as a forward convolution of dy through one of the forward paths above when it
     would take one (Geom.dxfwd): no col2im scatter.
   * one input channel per group (depthwise): direct loops, no GEMM (Geom.dwise).
-  * im2col in tiles of output rows, bounding the per-thread scratch (Geom.rows).
+  * im2col in tiles of output rows, bounding the per-thread scratch (Geom.rows); its stride-2
+    rows (and col2im's) through vector deinterleaves (fm_gather2 / fm_scatter2_add).
+The position-major copies of x (and dy) that the im2row, shifted and Winograd paths read, and
+their transposing epilogue, are FM_W x FM_W register transposes (simd/fm_conv.h, _pack_nhwc,
+_transpose_add).
 
 Threads (measured on the 2-core dev box, bench/bench_conv.py --only recipe): the batch is split
 into one contiguous chunk of images per thread; each thread im2cols one image at a time into its
@@ -70,6 +78,39 @@ cdef extern from "fm_vec.h":
     fm_vf fm_vadd(fm_vf a, fm_vf b) noexcept nogil
     fm_vf fm_vload_n(const float* p, int n) noexcept nogil
     void fm_vstore_n(float* p, fm_vf a, int n) noexcept nogil
+
+cdef extern from "fm_tuning.h":
+    # the per-level path thresholds (measurements next to each in simd/fm_tuning.h)
+    int FM_SMALL_C
+    int FM_SMALL_C_OC
+    int FM_SMALL_OC
+    int FM_SMALL_OC_C
+    int FM_DXFWD5_C
+    int FM_DWD_C
+    int FM_DWD_C_OC
+    int FM_DWD_OC
+    int FM_DWD_OC_C
+
+cdef extern from "fm_direct.h":
+    int fm_direct_fwd_no(int OW, int OC) noexcept nogil
+    void fm_direct_pack(float* wp, float* bp, const float* w, const float* b, int OC, int CKK,
+                        int NO) noexcept nogil
+    void fm_direct_fwd(float* y, const float* xp, const float* wp, const float* bp, int OC,
+                       int OH, int OW, int C, int Hp, int Ws, int KH, int KW, int DH, int DW,
+                       int acc, int relu) noexcept nogil
+    Py_ssize_t fm_direct_dw_size(int OC, int CKK) noexcept nogil
+    Py_ssize_t fm_direct_dw_scratch(int OC, int OH, int OW) noexcept nogil
+    void fm_direct_dw_image(float* vacc, const float* dy, const float* xp, float* scratch,
+                            int OC, int OH, int OW, int C, int Hp, int Ws, int KH, int KW,
+                            int DH, int DW) noexcept nogil
+    void fm_direct_dw_finish(float* dw, const float* vacc, int nt, Py_ssize_t psize, int OC,
+                             int CKK, int acc) noexcept nogil
+
+cdef extern from "fm_conv.h":
+    void fm_transpose_add(float* dst, Py_ssize_t ldd, const float* src, Py_ssize_t lds,
+                          int rows, int cols, const float* bias, int acc, int relu) noexcept nogil
+    void fm_gather2(float* dst, const float* src, int n, int m) noexcept nogil
+    void fm_scatter2_add(float* dst, const float* src, int n, int m) noexcept nogil
 
 cdef enum:
     SERIAL_MACS = 1 << 17       # a whole conv below this many multiply-adds runs on one thread
@@ -116,6 +157,8 @@ cdef void im2col_2d(floating* col, const floating* x, int C, int H, int W, int o
                             row[ow] = 0
                         if SW == 1:
                             memcpy(row + lo, src + lo + off, (hi - lo) * sizeof(floating))
+                        elif floating is float and SW == 2:
+                            fm_gather2(row + lo, src + 2 * lo + off, hi - lo, W - 2 * lo - off)
                         else:
                             for ow in range(lo, hi):
                                 row[ow] = src[ow * SW + off]
@@ -147,10 +190,71 @@ cdef void col2im_2d(floating* x, const floating* col, int C, int H, int W, int o
                         if SW == 1:
                             for ow in range(lo, hi):
                                 dst[ow] += row[ow]
+                        elif floating is float and SW == 2:
+                            fm_scatter2_add(dst + 2 * lo, row + lo, hi - lo, W - 2 * lo - off)
                         else:
                             for ow in range(lo, hi):
                                 dst[ow * SW] += row[ow]
                     row += OW
+
+
+# ---------------------------------------------------------------- position-major copies
+cdef inline void _transpose_add(floating* dst, Py_ssize_t ldd, const floating* src,
+                                Py_ssize_t lds, int rows, int cols, const floating* bias,
+                                bint acc, bint relu) noexcept nogil:
+    # dst[j*ldd + i] (+= when acc) src[i*lds + j] (+ bias[j]) for i < rows, j < cols, then
+    # max(., 0) when relu (NaN stays NaN): float32 in FM_W x FM_W register blocks (fm_conv.h)
+    cdef int i, j
+    cdef floating v
+    if floating is float:
+        fm_transpose_add(dst, ldd, src, lds, rows, cols, bias, acc, relu)
+    else:
+        for j in range(cols):
+            for i in range(rows):
+                v = src[i * lds + j]
+                if bias != NULL:
+                    v = v + bias[j]
+                if acc:
+                    v = dst[j * ldd + i] + v
+                if relu and v < 0:
+                    v = 0
+                dst[j * ldd + i] = v
+
+
+cdef inline void _pack_nhwc(floating* xp, const floating* x, int C, int H, int W, int Hq,
+                            int Wq, int PH, int PW) noexcept nogil:
+    # x (C, H, W) copied position-major into the zero-padded (Hq, Wq, C) plane xp:
+    # xp[i, iw, c] = x[c, i - PH, iw - PW] (0 outside x); only the padding is zeroed (the whole
+    # plane was 3.5% of the 32->64 stride-2 forward)
+    cdef int ih0 = max(0, PH), ih1 = min(Hq, H + PH)
+    cdef int iw0 = max(0, PW), iw1 = min(Wq, W + PW)
+    cdef int i
+    cdef Py_ssize_t rs = <Py_ssize_t>Wq * C
+    if iw1 <= iw0 or ih1 <= ih0:
+        memset(xp, 0, Hq * rs * sizeof(floating))
+        return
+    memset(xp, 0, ih0 * rs * sizeof(floating))
+    memset(xp + ih1 * rs, 0, (Hq - ih1) * rs * sizeof(floating))
+    for i in range(ih0, ih1):
+        memset(xp + i * rs, 0, <Py_ssize_t>iw0 * C * sizeof(floating))
+        memset(xp + i * rs + <Py_ssize_t>iw1 * C, 0, <Py_ssize_t>(Wq - iw1) * C * sizeof(floating))
+        _transpose_add(xp + i * rs + <Py_ssize_t>iw0 * C, C,
+                       x + <Py_ssize_t>(i - PH) * W + iw0 - PW, <Py_ssize_t>H * W,
+                       C, iw1 - iw0, <const floating*>NULL, False, False)
+
+
+cdef inline void _copy_run(floating* dst, const floating* src, int n) noexcept nogil:
+    # dst[:n] = src[:n] for the short runs of the patch copies (an inline vector loop: memcpy
+    # calls of 96 floats were 8% of the 32->64 stride-2 forward)
+    cdef int i = 0
+    if floating is float:
+        while i + FM_W <= n:
+            fm_vstore(dst + i, fm_vload(src + i))
+            i = i + FM_W
+        if i < n:
+            fm_vstore_n(dst + i, fm_vload_n(src + i, n - i), n - i)
+    else:
+        memcpy(dst, src, n * sizeof(floating))
 
 
 # ---------------------------------------------------------------- geometry of one call
@@ -178,7 +282,9 @@ cdef struct Geom:
     int wimb                # images per block (their tiles stacked in each of the 16 GEMMs)
     bint wdw                # dW through Winograd: dU_xi (C, OC) += V_xi^T (C, T) @ (A dY A^T)_xi
     bint wino5              # 1-D k5 stride-1 forward as Winograd F(2, 5): 6 GEMMs of depth C
-    bint small              # few input channels, stride 1 (float32): direct 8-wide FMA loops
+    bint small              # few channels, stride 1 (float32): direct FMA loops (fm_direct.h)
+    bint rbwd               # dW and dx through the im2row patch rows (position-major backward)
+    bint ddw                # dW through the direct loops (fm_direct.h; float32, stride 1)
     int Ws                  # its padded row length, OW rounded up to 2*FM_W plus DW*(KW-1)
 
 
@@ -194,7 +300,9 @@ cdef inline Py_ssize_t _col_size(Geom* g) noexcept nogil:
     cdef Py_ssize_t tiles = <Py_ssize_t>g.wimb * g.TH * g.TW
     if g.small:
         sh = max(sh, <Py_ssize_t>g.C * g.Hp * g.Ws)
-    if g.im2row:
+    if g.ddw:
+        sh = max(sh, <Py_ssize_t>g.C * g.Hp * g.Ws + fm_direct_dw_scratch(g.OC, g.OH, g.OW))
+    if g.im2row or g.rbwd:
         sh = max(sh, <Py_ssize_t>g.Hq * g.Wq * g.C + <Py_ssize_t>g.imb * g.P * (g.K + g.OC))
     if g.shifted:
         sh = max(sh, (<Py_ssize_t>g.Hp * g.Wp + (g.KW - 1) * g.DW) * g.C
@@ -247,6 +355,22 @@ cdef Py_ssize_t _wino_tiles = 256
 cdef int _dw_wino = 0
 cdef int _fwd_small = 0
 cdef int _fwd_wino5 = 0
+cdef int _bwd_im2row = 0
+cdef int _dw_direct = 0
+
+
+def set_dw_direct(int mode):
+    """Stride-1 float32 weight gradients through the direct loops (Geom.ddw; groups 1):
+    0 auto, 1 never, 2 wherever possible."""
+    global _dw_direct
+    _dw_direct = mode
+
+
+def set_backward_im2row(int mode):
+    """dW and dx through the im2row patch rows, position-major (Geom.rbwd; groups 1): 0 auto,
+    1 never, 2 wherever possible."""
+    global _bwd_im2row
+    _bwd_im2row = mode
 
 
 def set_forward_winograd5(int mode):
@@ -257,7 +381,7 @@ def set_forward_winograd5(int mode):
 
 
 def set_forward_small(int mode):
-    """Stride-1 float32 forwards with few input channels through direct 8-wide FMA loops
+    """Stride-1 float32 forwards with few input or output channels through direct FMA loops
     (Geom.small; groups 1): 0 auto, 1 never, 2 wherever possible."""
     global _fwd_small
     _fwd_small = mode
@@ -559,24 +683,8 @@ cdef inline void _relu_inplace(floating* y, Py_ssize_t n) noexcept nogil:
 cdef inline void _store_transposed(floating* y, const floating* yt, const floating* b, Geom* g,
                                    Py_ssize_t p0, Py_ssize_t pt, bint relu) noexcept nogil:
     # y[o, p0 + p] (+= when g.acc) yt[p, o] + b[o] for p < pt, yt (pt, OC) position-major (the
-    # epilogue of the paths that compute y^T), then max(., 0) over all of y (OC, P) when relu
-    cdef int o
-    cdef Py_ssize_t p
-    cdef floating bo
-    cdef const floating* tcol
-    cdef floating* yrow
-    for o in range(g.OC):
-        bo = b[o] if b != NULL else 0
-        tcol = yt + o
-        yrow = y + <Py_ssize_t>o * g.P + p0
-        if g.acc:
-            for p in range(pt):
-                yrow[p] += tcol[p * g.OC] + bo
-        else:
-            for p in range(pt):
-                yrow[p] = tcol[p * g.OC] + bo
-    if relu:
-        _relu_inplace(y, <Py_ssize_t>g.OC * g.P)
+    # epilogue of the paths that compute y^T), then max(., 0) when relu
+    _transpose_add(y + p0, g.P, yt, g.OC, <int>pt, g.OC, b, g.acc, relu)
 
 
 cdef void _shifted_forward_image(floating* y, const floating* x, const floating* wr,
@@ -594,26 +702,13 @@ cdef void _shifted_forward_image(floating* y, const floating* x, const floating*
     cdef floating* xp = buf
     cdef floating* x3 = buf + npad * g.C
     cdef floating* yt = x3 + <Py_ssize_t>CK * plane
-    cdef int c, i, kh, kw, o, oh, ow, iw, PPr = g.OH * g.Wp
-    cdef int ih0 = max(0, g.PH), ih1 = min(g.Hp, g.H + g.PH)
-    cdef int iw0 = max(0, g.PW), iw1 = min(g.Wp, g.W + g.PW)
+    cdef int kh, kw, oh, PPr = g.OH * g.Wp
     cdef Py_ssize_t p
-    cdef floating bo
-    cdef floating* yrow
-    cdef floating* dst
-    cdef const floating* src
-    cdef const floating* tcol
     # position-major ("NHWC") layout, so that both GEMM operands are untransposed for BLAS
     # (measured, one core: (OC, P, K) = (12, 1088, 144) 38 vs 21 GF/s, (64, 288, 192) 70 vs 60):
     # xp (npad, C) the padded plane, x3 (plane, KW*C) with x3[p, kw*C + c] = xp[p + kw*DW, c]
-    memset(xp, 0, npad * g.C * sizeof(floating))
-    if iw1 > iw0:
-        for c in range(g.C):
-            for i in range(ih0, ih1):
-                src = x + (<Py_ssize_t>c * g.H + i - g.PH) * g.W - g.PW
-                dst = xp + <Py_ssize_t>i * g.Wp * g.C + c
-                for iw in range(iw0, iw1):
-                    dst[<Py_ssize_t>iw * g.C] = src[iw]
+    _pack_nhwc(xp, x, g.C, g.H, g.W, g.Hp, g.Wp, g.PH, g.PW)
+    memset(xp + plane * g.C, 0, (npad - plane) * g.C * sizeof(floating))
     for p in range(plane):
         if g.DW == 1:
             memcpy(x3 + p * CK, xp + p * g.C, CK * sizeof(floating))
@@ -625,27 +720,41 @@ cdef void _shifted_forward_image(floating* y, const floating* x, const floating*
               x3 + <Py_ssize_t>kh * g.DH * g.Wp * CK, CK,
               wr + <Py_ssize_t>kh * CK * g.OC, g.OC,
               <floating>(1 if kh > 0 else 0), yt, g.OC, gemm_nt)
-    for o in range(g.OC):
-        bo = b[o] if b != NULL else 0
-        tcol = yt + o
+    for oh in range(g.OH):
+        _transpose_add(y + <Py_ssize_t>oh * g.OW, g.P, yt + <Py_ssize_t>oh * g.Wp * g.OC, g.OC,
+                       g.OW, g.OC, b, g.acc, False)
+
+
+cdef inline void _im2row_rows(floating* rows, floating* xp, const floating* x, Geom* g,
+                              int cnt) noexcept nogil:
+    # the patch rows of cnt consecutive images, (cnt*P, K) position-major:
+    # rows[p, (kh*KW + kw)*C + c] = x_n[c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW] (0 outside),
+    # through the zero-padded position-major copy xp (Hq, Wq, C) of each image: KH runs of KW*C
+    # contiguous values per position (DW = 1)
+    cdef int kh, kw, oh, ow, im
+    cdef int KWC = g.KW * g.C
+    cdef const floating* src
+    cdef floating* rdst = rows
+    for im in range(cnt):
+        _pack_nhwc(xp, x + im * g.xs, g.C, g.H, g.W, g.Hq, g.Wq, g.PH, g.PW)
         for oh in range(g.OH):
-            yrow = y + (<Py_ssize_t>o * g.OH + oh) * g.OW
-            if g.acc:
-                for ow in range(g.OW):
-                    yrow[ow] += tcol[(<Py_ssize_t>oh * g.Wp + ow) * g.OC] + bo
-            else:
-                for ow in range(g.OW):
-                    yrow[ow] = tcol[(<Py_ssize_t>oh * g.Wp + ow) * g.OC] + bo
+            for ow in range(g.OW):
+                for kh in range(g.KH):
+                    src = xp + (<Py_ssize_t>(oh * g.SH + kh * g.DH) * g.Wq + ow * g.SW) * g.C
+                    if g.DW == 1:
+                        _copy_run(rdst, src, KWC)
+                    else:
+                        for kw in range(g.KW):
+                            _copy_run(rdst + kw * g.C, src + <Py_ssize_t>kw * g.DW * g.C, g.C)
+                    rdst += KWC
 
 
 cdef void _im2row_forward_images(floating* y, const floating* x, const floating* wr,
                                  const floating* b, floating* buf, Geom* g, int cnt,
                                  int gemm_nt) noexcept nogil:
-    # Groups 1, any stride: x_n copied once, position-major, into a zero-padded (Hq, Wq, C)
-    # plane xp; the patch of output position p = (oh, ow) is then KH runs of KW*C contiguous
-    # values (DW = 1), rows[p, (kh*KW + kw)*C + c] = xp[oh*SH + kh*DH, ow*SW + kw*DW, c], and
+    # Groups 1, any stride: the patch rows (_im2row_rows) of cnt consecutive images, then
     #   yt (P, OC) = rows (P, K) @ wr (K, OC);  y[o, p] = yt[p, o] + b[o]
-    # for cnt consecutive images at once (their rows stacked: one GEMM of cnt*P rows; measured,
+    # (their rows stacked: one GEMM of cnt*P rows; measured,
     # one core, (OC, P, K) = (64, 64, 576) 47 GF/s vs (64, 256, 576) 60; 64->64 stride 2 at
     # 16x16: 512 positions per GEMM 0.83x the time of one image per GEMM, 256 0.86x)
     # both BLAS operands untransposed (measured, one core, (OC, P, K) = (32, 256, 288): 63 vs
@@ -654,41 +763,105 @@ cdef void _im2row_forward_images(floating* y, const floating* x, const floating*
     cdef floating* xp = buf
     cdef floating* rows = buf + plane * g.C
     cdef floating* yt = rows + <Py_ssize_t>cnt * g.P * g.K
-    cdef int c, i, kh, kw, o, oh, ow, iw, p, im
-    cdef int ih0 = max(0, g.PH), ih1 = min(g.Hq, g.H + g.PH)
-    cdef int iw0 = max(0, g.PW), iw1 = min(g.Wq, g.W + g.PW)
-    cdef int KWC = g.KW * g.C
-    cdef floating bo
-    cdef floating* dst
-    cdef floating* yrow
-    cdef const floating* src
-    cdef const floating* tcol
-    cdef floating* rdst = rows
-    for im in range(cnt):
-        memset(xp, 0, plane * g.C * sizeof(floating))
-        if iw1 > iw0:
-            for c in range(g.C):
-                for i in range(ih0, ih1):
-                    src = x + im * g.xs + (<Py_ssize_t>c * g.H + i - g.PH) * g.W - g.PW
-                    dst = xp + <Py_ssize_t>i * g.Wq * g.C + c
-                    for iw in range(iw0, iw1):
-                        dst[<Py_ssize_t>iw * g.C] = src[iw]
-        for oh in range(g.OH):
-            for ow in range(g.OW):
-                for kh in range(g.KH):
-                    src = xp + (<Py_ssize_t>(oh * g.SH + kh * g.DH) * g.Wq + ow * g.SW) * g.C
-                    if g.DW == 1:
-                        memcpy(rdst, src, KWC * sizeof(floating))
-                    else:
-                        for kw in range(g.KW):
-                            memcpy(rdst + kw * g.C, src + <Py_ssize_t>kw * g.DW * g.C,
-                                   g.C * sizeof(floating))
-                    rdst += KWC
+    cdef int im
+    _im2row_rows(rows, xp, x, g, cnt)
     pgemm(False, False, cnt * g.P, g.OC, g.K, <floating>1, rows, g.K, wr, g.OC,
           <floating>0, yt, g.OC, gemm_nt)
     for im in range(cnt):
         _store_transposed(y + im * g.ys, yt + <Py_ssize_t>im * g.P * g.OC, b, g, 0, g.P, g.relu)
 
+
+cdef inline void _add_run(floating* dst, const floating* src, int n) noexcept nogil:
+    # dst[:n] += src[:n]
+    cdef int i = 0
+    if floating is float:
+        while i + FM_W <= n:
+            fm_vstore(dst + i, fm_vadd(fm_vload(dst + i), fm_vload(src + i)))
+            i = i + FM_W
+        if i < n:
+            fm_vstore_n(dst + i, fm_vadd(fm_vload_n(dst + i, n - i), fm_vload_n(src + i, n - i)),
+                        n - i)
+    else:
+        for i in range(n):
+            dst[i] += src[i]
+
+
+cdef void _im2row_backward_images(floating* dx, floating* dwr, const floating* dy,
+                                  const floating* x, const floating* wr, floating* buf, Geom* g,
+                                  int cnt, bint beta1, bint acc_dx, int gemm_nt) noexcept nogil:
+    # The backward of the im2row forward for cnt consecutive images (groups 1, any stride),
+    # position-major throughout, so that no step gathers or scatters with a stride:
+    #   dWr (OC, K) (+)= dy (OC, cnt*P) @ rows (cnt*P, K)      dWr[o, (kh*KW + kw)*C + c] (dwr)
+    #   drows (cnt*P, K) = dy^T (cnt*P, OC) @ wr^T (OC, K)     then each image's drows added,
+    #     KW*C contiguous values per (position, kernel row), into a zero-padded position-major
+    #     plane (Hq, Wq, C) whose interior is transposed into dx_n (C, H, W) (+= when acc_dx)
+    # dwr or dx may be NULL (skipped); beta1: add into dwr (else overwrite it)
+    cdef Py_ssize_t plane = <Py_ssize_t>g.Hq * g.Wq
+    cdef Py_ssize_t CP = <Py_ssize_t>cnt * g.P
+    cdef floating* xp = buf
+    cdef floating* rows = buf + plane * g.C
+    cdef floating* t2 = rows + CP * g.K              # (OC, cnt*P) or (cnt*P, OC)
+    cdef int im, o, oh, ow, kh, kw, i
+    cdef int KWC = g.KW * g.C
+    cdef int ih0 = max(0, g.PH), ih1 = min(g.Hq, g.H + g.PH)
+    cdef int iw0 = max(0, g.PW), iw1 = min(g.Wq, g.W + g.PW)
+    cdef int xr1 = max(0, min(g.H, ih1 - g.PH)), xc1 = max(0, min(g.W, iw1 - g.PW))
+    cdef const floating* a
+    cdef const floating* src
+    cdef floating* dst
+    cdef floating* dxn
+    cdef int lda
+    if dwr != NULL:
+        _im2row_rows(rows, xp, x, g, cnt)
+        if cnt == 1:
+            a = dy
+            lda = g.P
+        else:
+            # dy of the cnt images side by side: (OC, cnt*P)
+            for o in range(g.OC):
+                for im in range(cnt):
+                    memcpy(t2 + o * CP + <Py_ssize_t>im * g.P, dy + im * g.ys + <Py_ssize_t>o * g.P,
+                           g.P * sizeof(floating))
+            a = t2
+            lda = <int>CP
+        pgemm(False, False, g.OC, g.K, <int>CP, <floating>1, a, lda, rows, g.K,
+              <floating>(1 if beta1 else 0), dwr, g.K, gemm_nt)
+    if dx == NULL:
+        return
+    for im in range(cnt):
+        _transpose_add(t2 + <Py_ssize_t>im * g.P * g.OC, g.OC, dy + im * g.ys, g.P, g.OC, g.P,
+                       <const floating*>NULL, False, False)
+    pgemm(False, True, <int>CP, g.K, g.OC, <floating>1, t2, g.OC, wr, g.OC, <floating>0, rows,
+          g.K, gemm_nt)
+    src = rows
+    for im in range(cnt):
+        memset(xp, 0, plane * g.C * sizeof(floating))
+        for oh in range(g.OH):
+            for ow in range(g.OW):
+                for kh in range(g.KH):
+                    dst = xp + (<Py_ssize_t>(oh * g.SH + kh * g.DH) * g.Wq + ow * g.SW) * g.C
+                    if g.DW == 1:
+                        _add_run(dst, src, KWC)
+                    else:
+                        for kw in range(g.KW):
+                            _add_run(dst + <Py_ssize_t>kw * g.DW * g.C, src + kw * g.C, g.C)
+                    src += KWC
+        # the plane's interior is x_n's rows [0, xr1) and columns [0, xc1) (PH, PW >= 0); the
+        # rest of dx_n (past the last window) gets no gradient
+        dxn = dx + im * g.xs
+        if not acc_dx:
+            for o in range(g.C):
+                memset(dxn + (<Py_ssize_t>o * g.H + xr1) * g.W, 0,
+                       <Py_ssize_t>(g.H - xr1) * g.W * sizeof(floating))
+                if xc1 < g.W:
+                    for i in range(xr1):
+                        memset(dxn + (<Py_ssize_t>o * g.H + i) * g.W + xc1, 0,
+                               (g.W - xc1) * sizeof(floating))
+        if iw1 > iw0:
+            for i in range(ih0, ih1):
+                _transpose_add(dxn + <Py_ssize_t>(i - g.PH) * g.W + iw0 - g.PW, <Py_ssize_t>g.H * g.W,
+                               xp + (<Py_ssize_t>i * g.Wq + iw0) * g.C, g.C, iw1 - iw0, g.C,
+                               <const floating*>NULL, acc_dx, False)
 
 
 # ---------------------------------------------------------------- Winograd F(2x2, 3x3)
@@ -758,21 +931,7 @@ cdef void _wino_weights(floating* U, const floating* w, int C, int OC) noexcept 
 cdef inline void _wino_pack(floating* xp, const floating* x, Geom* g) noexcept nogil:
     # one image x (C, H, W) copied position-major into the zero-padded (2TH+2, 2TW+2, C)
     # plane xp (the forward's and dW's input transform read 4x4 windows of it)
-    cdef int Hw = 2 * g.TH + 2, Ww = 2 * g.TW + 2, C = g.C
-    cdef int ih0 = max(0, g.PH), ih1 = min(Hw, g.H + g.PH)
-    cdef int iw0 = max(0, g.PW), iw1 = min(Ww, g.W + g.PW)
-    cdef int c, i, iw
-    cdef const floating* src
-    cdef floating* dst
-    memset(xp, 0, <Py_ssize_t>Hw * Ww * C * sizeof(floating))
-    if iw1 <= iw0:
-        return
-    for c in range(C):
-        for i in range(ih0, ih1):
-            src = x + (<Py_ssize_t>c * g.H + i - g.PH) * g.W - g.PW
-            dst = xp + <Py_ssize_t>i * Ww * C + c
-            for iw in range(iw0, iw1):
-                dst[<Py_ssize_t>iw * C] = src[iw]
+    _pack_nhwc(xp, x, g.C, g.H, g.W, 2 * g.TH + 2, 2 * g.TW + 2, g.PH, g.PW)
 
 
 cdef inline void _wino_input_tile(floating* Vt, Py_ssize_t TC, const floating* xp, Geom* g,
@@ -814,12 +973,9 @@ cdef void _wino_forward_images(floating* y, const floating* x, const floating* U
     cdef floating* M = V + 16 * TC
     cdef floating* yt = M + 16 * TO
     cdef floating* sr = yt + <Py_ssize_t>g.P * OC
-    cdef int im, i, th, tw, r, q, o, p, oh, ow
+    cdef int im, i, th, tw, r, q, oh
     cdef Py_ssize_t t
-    cdef floating bo
     cdef const floating* m
-    cdef floating* yrow
-    cdef const floating* tcol
     for im in range(cnt):
         _wino_pack(xp, x + im * g.xs, g)
         for th in range(g.TH):
@@ -857,101 +1013,42 @@ cdef void _wino_forward_images(floating* y, const floating* x, const floating* U
 
 # ---------------------------------------------------------------- few input channels: direct
 # With C = 3 (an RGB stem) the GEMM depth is C*KH*KW = 27: im2col copies every input 9 times
-# for 2*OC flops per copied value and the GEMM runs far from its peak. Direct loops instead:
-# 8 consecutive outputs of a row for 4 output channels in 4 vector accumulators, summed over the
-# C*KH*KW taps (one 8-wide load of the zero-padded input row and 4 FMAs per tap).
-cdef inline void _store_tail(float* yr, fm_vf a, int nv, bint relu, bint acc) noexcept nogil:
-    # yr[0:nv] (+)= a (then max(., 0) when relu; NaN stays NaN)
-    if relu:
-        a = fm_vrelu(a)
-    if acc:
-        a = fm_vadd(fm_vload_n(yr, nv), a)
-    if nv == FM_W:
-        fm_vstore(yr, a)
-    else:
-        fm_vstore_n(yr, a, nv)
-
-
-cdef void _small_forward_image(float* y, const float* x, const float* w, const float* b,
-                               float* buf, Geom* g) noexcept nogil:
-    cdef int Ws = g.Ws, Hp = g.Hp, KK = g.KH * g.KW, CKK = g.C * KK
-    cdef Py_ssize_t plane = <Py_ssize_t>Hp * Ws, P = g.P
-    cdef float* xp = buf
-    cdef int c, i, o4, oh, ow0, kh, kw, tap, nv
+# for 2*OC flops per copied value and the GEMM runs far from its peak; with OC = 12 (DenseBlock)
+# OpenBLAS reaches a quarter of the FMA peak. Direct loops instead (simd/fm_direct.h): NV*FM_W
+# consecutive outputs of a row for NO output channels in registers, summed over the C*KH*KW taps
+# (NV loads of the zero-padded input row and NO broadcasts per tap; NV, NO per level).
+cdef void _small_plane(float* xp, const float* x, Geom* g) noexcept nogil:
+    # x_n copied into the direct loops' zero-padded planes (C, Hp, Ws)
+    cdef int Ws = g.Ws, Hp = g.Hp
+    cdef Py_ssize_t plane = <Py_ssize_t>Hp * Ws
+    cdef int c, i
     cdef int ih0 = max(0, g.PH), ih1 = min(Hp, g.H + g.PH)
     cdef int iw0 = max(0, g.PW), iw1 = min(Ws, g.W + g.PW)
-    cdef Py_ssize_t s1, s2, s3
-    cdef fm_vf a0, a1, a2, a3, e0, e1, e2, e3, v, u, wv
-    cdef int half
-    cdef float b0, b1, b2, b3
-    cdef const float* src
-    cdef const float* wo
-    cdef float* yr
-    memset(xp, 0, g.C * plane * sizeof(float))
-    if iw1 > iw0:
-        for c in range(g.C):
-            for i in range(ih0, ih1):
-                memcpy(xp + c * plane + <Py_ssize_t>i * Ws + iw0,
-                       x + (<Py_ssize_t>c * g.H + i - g.PH) * g.W + iw0 - g.PW,
-                       (iw1 - iw0) * sizeof(float))
-    o4 = 0
-    while o4 < g.OC:
-        # 4 output channels (the last block repeats channel OC-1 where OC % 4 != 0)
-        wo = w + <Py_ssize_t>o4 * CKK
-        s1 = (min(o4 + 1, g.OC - 1) - o4) * CKK
-        s2 = (min(o4 + 2, g.OC - 1) - o4) * CKK
-        s3 = (min(o4 + 3, g.OC - 1) - o4) * CKK
-        b0 = b[o4] if b != NULL else 0
-        b1 = b[min(o4 + 1, g.OC - 1)] if b != NULL else 0
-        b2 = b[min(o4 + 2, g.OC - 1)] if b != NULL else 0
-        b3 = b[min(o4 + 3, g.OC - 1)] if b != NULL else 0
-        for oh in range(g.OH):
-            ow0 = 0
-            while ow0 < g.OW:
-                # 2*FM_W outputs (two vectors) x 4 channels: 8 independent FMA chains, enough to
-                # hide the FMA latency (4 chains ran at half the rate)
-                a0 = fm_vset1(b0)
-                a1 = fm_vset1(b1)
-                a2 = fm_vset1(b2)
-                a3 = fm_vset1(b3)
-                e0 = a0
-                e1 = a1
-                e2 = a2
-                e3 = a3
-                for c in range(g.C):
-                    for kh in range(g.KH):
-                        src = xp + c * plane + <Py_ssize_t>(oh + kh * g.DH) * Ws + ow0
-                        tap = (c * g.KH + kh) * g.KW
-                        for kw in range(g.KW):
-                            v = fm_vload(src + kw * g.DW)
-                            u = fm_vload(src + kw * g.DW + FM_W)
-                            wv = fm_vset1(wo[tap + kw])
-                            a0 = fm_vfma(wv, v, a0)
-                            e0 = fm_vfma(wv, u, e0)
-                            wv = fm_vset1(wo[s1 + tap + kw])
-                            a1 = fm_vfma(wv, v, a1)
-                            e1 = fm_vfma(wv, u, e1)
-                            wv = fm_vset1(wo[s2 + tap + kw])
-                            a2 = fm_vfma(wv, v, a2)
-                            e2 = fm_vfma(wv, u, e2)
-                            wv = fm_vset1(wo[s3 + tap + kw])
-                            a3 = fm_vfma(wv, v, a3)
-                            e3 = fm_vfma(wv, u, e3)
-                yr = y + (<Py_ssize_t>o4 * g.OH + oh) * g.OW + ow0
-                for half in range(2):
-                    nv = min(FM_W, g.OW - ow0 - FM_W * half)
-                    if nv <= 0:
-                        break
-                    _store_tail(yr, a0 if half == 0 else e0, nv, g.relu, g.acc)
-                    if o4 + 1 < g.OC:
-                        _store_tail(yr + P, a1 if half == 0 else e1, nv, g.relu, g.acc)
-                    if o4 + 2 < g.OC:
-                        _store_tail(yr + 2 * P, a2 if half == 0 else e2, nv, g.relu, g.acc)
-                    if o4 + 3 < g.OC:
-                        _store_tail(yr + 3 * P, a3 if half == 0 else e3, nv, g.relu, g.acc)
-                    yr = yr + FM_W
-                ow0 = ow0 + 2 * FM_W
-        o4 = o4 + 4
+    cdef float* row
+    if iw1 <= iw0 or ih1 <= ih0:
+        memset(xp, 0, g.C * plane * sizeof(float))
+        return
+    # only the padding is zeroed (the whole plane was 4% of the DenseBlock layers' forward)
+    for c in range(g.C):
+        memset(xp + c * plane, 0, <Py_ssize_t>ih0 * Ws * sizeof(float))
+        memset(xp + c * plane + <Py_ssize_t>ih1 * Ws, 0, <Py_ssize_t>(Hp - ih1) * Ws * sizeof(float))
+        for i in range(ih0, ih1):
+            row = xp + c * plane + <Py_ssize_t>i * Ws
+            memset(row, 0, iw0 * sizeof(float))
+            memcpy(row + iw0, x + (<Py_ssize_t>c * g.H + i - g.PH) * g.W + iw0 - g.PW,
+                   (iw1 - iw0) * sizeof(float))
+            memset(row + iw1, 0, (Ws - iw1) * sizeof(float))
+
+
+cdef void _small_forward_image(float* y, const float* x, const float* wp, float* buf,
+                               Geom* g) noexcept nogil:
+    # x_n into zero-padded planes (C, Hp, Ws), then fm_direct_fwd's register blocks (wp: the
+    # weights and bias packed by fm_direct_pack, see _conv_forward)
+    cdef int NO = fm_direct_fwd_no(g.OW, g.OC)
+    cdef Py_ssize_t nw = <Py_ssize_t>(g.OC + NO - 1) // NO * NO * g.C * g.KH * g.KW
+    _small_plane(buf, x, g)
+    fm_direct_fwd(y, buf, wp, wp + nw, g.OC, g.OH, g.OW, g.C, g.Hp, g.Ws, g.KH, g.KW, g.DH,
+                  g.DW, g.acc, g.relu)
 
 
 cdef void _forward_image(floating* y, const floating* x, const floating* w, const floating* wr,
@@ -981,7 +1078,7 @@ cdef void _forward_image_body(floating* y, const floating* x, const floating* w,
         return
     if floating is float:
         if g.small:
-            _small_forward_image(y, x, w, b, col, g)
+            _small_forward_image(y, x, wr, col, g)
             return
     if g.shifted:
         _shifted_forward_image(y, x, wr, b, col, g, gemm_nt)
@@ -1052,22 +1149,14 @@ cdef void _wino_dw_images(floating* dU, const floating* dy, const floating* x, f
     cdef floating* DM = V + 16 * TC
     cdef floating* dyp = DM + 16 * TO
     cdef int W2 = 2 * g.TW
-    cdef int im, th, tw, r, q, o, oh, ow
+    cdef int im, th, tw, r, q
     cdef Py_ssize_t t
-    cdef const floating* src
     cdef const floating* e0
     cdef const floating* e1
-    cdef floating* dst
     for im in range(cnt):
         _wino_pack(xp, x + im * g.xs, g)
         # dy_n position-major, zero past the output: dyp (2TH, 2TW, OC)
-        memset(dyp, 0, <Py_ssize_t>4 * tpi * OC * sizeof(floating))
-        for o in range(OC):
-            for oh in range(g.OH):
-                src = dy + im * g.ys + (<Py_ssize_t>o * g.OH + oh) * g.OW
-                dst = dyp + <Py_ssize_t>oh * W2 * OC + o
-                for ow in range(g.OW):
-                    dst[<Py_ssize_t>ow * OC] = src[ow]
+        _pack_nhwc(dyp, dy + im * g.ys, OC, g.OH, g.OW, 2 * g.TH, W2, 0, 0)
         for th in range(g.TH):
             for tw in range(g.TW):
                 t = <Py_ssize_t>im * tpi + th * g.TW + tw
@@ -1190,23 +1279,10 @@ cdef void _wino5_forward_images(floating* y, const floating* x, const floating* 
     cdef floating* V = xp + plane * C
     cdef floating* M = V + 6 * TC
     cdef floating* yt = M + 6 * TO
-    cdef int iw0 = max(0, g.PW), iw1 = min(Ww, g.W + g.PW)
-    cdef int im, c, i, iw, tw, xi, o, p, ow
+    cdef int im, i, tw, xi, ow
     cdef Py_ssize_t t
-    cdef floating bo
-    cdef const floating* src
-    cdef floating* dst
-    cdef floating* yrow
-    cdef const floating* tcol
     for im in range(cnt):
-        memset(xp, 0, plane * C * sizeof(floating))
-        if iw1 > iw0:
-            for c in range(C):
-                for i in range(g.OH):
-                    src = x + im * g.xs + (<Py_ssize_t>c * g.H + i) * g.W - g.PW
-                    dst = xp + <Py_ssize_t>i * Ww * C + c
-                    for iw in range(iw0, iw1):
-                        dst[<Py_ssize_t>iw * C] = src[iw]
+        _pack_nhwc(xp, x + im * g.xs, C, g.H, g.W, g.OH, Ww, 0, g.PW)
         for i in range(g.OH):
             for tw in range(g.TW):
                 t = <Py_ssize_t>im * tpi + i * g.TW + tw
@@ -1247,8 +1323,20 @@ cdef int _conv_forward(floating* y, const floating* x, const floating* w, const 
     cdef floating* colbuf = <floating*>fm_malloc(nt * cs * sizeof(floating))
     cdef floating* wr = NULL
     cdef int c, o, tap, KK = g.KH * g.KW
+    cdef int NO
+    cdef Py_ssize_t nwp
     if colbuf == NULL:
         return -1
+    if floating is float:
+        if g.small:
+            # fm_direct_pack's layout: ceil(OC/NO)*NO*C*KH*KW weights, then the bias
+            NO = fm_direct_fwd_no(g.OW, g.OC)
+            nwp = <Py_ssize_t>(g.OC + NO - 1) // NO * NO
+            wr = <floating*>fm_malloc(nwp * (g.C * KK + 1) * sizeof(floating))
+            if wr == NULL:
+                free(colbuf)
+                return -1
+            fm_direct_pack(wr, wr + nwp * g.C * KK, w, b, g.OC, g.C * KK, NO)
     if g.wino:
         wr = <floating*>fm_malloc(16 * <Py_ssize_t>g.C * g.OC * sizeof(floating))
     elif g.wino5:
@@ -1402,15 +1490,17 @@ cdef bint _pick_dxfwd(Geom* g, Geom* gt) noexcept nogil:
     # measured (one core, CPU time, dx alone, dxfwd / the other path): 0.93 for 64->64 at 16x16;
     # 1.04 for the 1-D 64->64 k5 and 1.2-1.3 for the 1-D 32->64 k5 (col2im of one kernel row
     # is cheap), so 2-D kernels only; dy with 12 channels (DenseBlock) stays on Geom.dxconv
-    # 1-D k5 layers through Winograd F(2, 5): 0.88 for 64->64, 1.0 for 32->64 (dx 32 channels)
-    if _dx_fwd == 1 or g.G != 1 or g.SH != 1 or g.SW != 1 or g.direct or g.dwise:
+    # 1-D k5 layers through Winograd F(2, 5): 0.88 for 64->64; from FM_DXFWD5_C input channels
+    # (fm_tuning.h); DenseBlock's dy with 12 channels takes the direct path where fm_tuning.h's
+    # FM_SMALL_* say so (else Geom.dxconv)
+    if _dx_fwd == 1 or g.G != 1 or g.SH != 1 or g.SW != 1 or g.direct or g.dwise or g.rbwd:
         return False
     if g.PHt < 0 or g.PWt < 0:
         return False
     _geom_set(gt, g.N, g.OC, g.OH, g.OW, g.C, g.H, g.W, g.KH, g.KW, 1, 1, g.PHt, g.PWt,
               g.DH, g.DW, 1, g.ys, g.xs)
     if _dx_fwd == 0 and g.KH == 1:
-        return gt.wino5 and g.C >= 64
+        return gt.wino5 and g.C >= FM_DXFWD5_C
     if _dx_fwd == 2 and not (gt.shifted or gt.wino or gt.small or gt.wino5):
         gt.im2row = True
     return gt.im2row or gt.shifted or gt.wino or gt.small or gt.wino5
@@ -1421,6 +1511,11 @@ cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating
                         bint acc_w, bint acc_b, bint acc_dx) noexcept nogil:
     # 0, or -1 when out of memory (every buffer is allocated before dx, dw or db is written)
     cdef Geom gt
+    if floating is double:
+        g.ddw = False       # (float32 only: float64 takes the GEMM paths)
+    if g.ddw:
+        g.wdw = False
+        g.tdw = False
     if dx != NULL and _pick_dxfwd(g, &gt):
         g.dxfwd = True
         g.dxconv = False
@@ -1438,11 +1533,11 @@ cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating
     cdef floating* dxi = NULL if g.dxfwd else dx      # the per-image loop's dx
     # dW goes through per-thread partials (summed in thread order below) when several threads
     # share it, or when it is accumulated transposed
-    cdef bint partials = dw != NULL and (nt > 1 or g.tdw) and not g.wdw
+    cdef bint partials = dw != NULL and (nt > 1 or g.tdw or g.rbwd) and not g.wdw and not g.ddw
     cdef floating* dU = NULL
     cdef Py_ssize_t usize = 16 * <Py_ssize_t>g.C * g.OC
     cdef bint oom = False
-    if dx != NULL and (g.dxconv or g.dxfwd):
+    if dx != NULL and (g.dxconv or g.dxfwd or g.rbwd):
         wt = <floating*>fm_malloc(wsize * sizeof(floating))
         oom = oom or wt == NULL
     if partials:
@@ -1455,6 +1550,11 @@ cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating
         colbuf = <floating*>fm_malloc(nt * cs * sizeof(floating))
         oom = oom or colbuf == NULL
     if dw != NULL and g.wdw:
+        dU = <floating*>fm_malloc(nt * usize * sizeof(floating))
+        oom = oom or dU == NULL
+    if dw != NULL and g.ddw:
+        # the direct loops' vector accumulators, one set per thread (fm_direct.h)
+        usize = fm_direct_dw_size(g.OC, g.C * KK)
         dU = <floating*>fm_malloc(nt * usize * sizeof(floating))
         oom = oom or dU == NULL
     if oom:
@@ -1470,6 +1570,12 @@ cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating
                             wt[(((<Py_ssize_t>gr * g.Cg + c) * g.OCg + o) * g.KH + kh) * g.KW + kw] = \
                                 w[(((<Py_ssize_t>gr * g.OCg + o) * g.Cg + c) * g.KH + g.KH - 1 - kh) * g.KW
                                   + g.KW - 1 - kw]
+    elif dx != NULL and g.rbwd:
+        # the forward's wr (K, OC): wt[(tap*C + c)*OC + o] = w[o, c, tap] (groups 1)
+        for k in range(KK):
+            for c in range(g.C):
+                for o in range(g.OC):
+                    wt[(<Py_ssize_t>k * g.C + c) * g.OC + o] = w[(<Py_ssize_t>o * g.C + c) * KK + k]
     if db != NULL:
         memset(dbpart, 0, nt * g.OC * sizeof(double))
     if g.dxfwd:
@@ -1504,6 +1610,54 @@ cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating
                     n = n + g.wimb
         _wino_dw_finish(dw, dU, nt if nt > 1 else 1, usize, g.C, g.OC, acc_w)
         free(dU)
+    if floating is float:
+        if dw != NULL and g.ddw:
+            # dW first, through the direct loops (per-thread vector accumulators summed at the
+            # end in thread order); the per-image loop below then does db and dx only
+            dwi = NULL
+            memset(dU, 0, nt * usize * sizeof(floating))
+            if nt <= 1:
+                for n in range(g.N):
+                    _small_plane(colbuf, x + n * g.xs, g)
+                    fm_direct_dw_image(dU, dy + n * g.ys, colbuf,
+                                       colbuf + <Py_ssize_t>g.C * g.Hp * g.Ws, g.OC, g.OH, g.OW,
+                                       g.C, g.Hp, g.Ws, g.KH, g.KW, g.DH, g.DW)
+            else:
+                for t in prange(nt, num_threads=nt, schedule='static'):
+                    lo = t * chunk
+                    hi = min(g.N, lo + chunk)
+                    for n in range(lo, hi):
+                        _small_plane(colbuf + t * cs, x + n * g.xs, g)
+                        fm_direct_dw_image(dU + t * usize, dy + n * g.ys, colbuf + t * cs,
+                                           colbuf + t * cs + <Py_ssize_t>g.C * g.Hp * g.Ws,
+                                           g.OC, g.OH, g.OW, g.C, g.Hp, g.Ws, g.KH, g.KW,
+                                           g.DH, g.DW)
+            fm_direct_dw_finish(dw, dU, nt if nt > 1 else 1, usize, g.OC, g.C * KK, acc_w)
+            free(dU)
+            dU = NULL
+    if g.rbwd and (dw != NULL or dx != NULL):
+        # dW (into the per-thread partials, (OC, KH*KW*C)) and dx through the patch rows in
+        # blocks of g.imb images; the per-image loop below then does db only
+        dwi = NULL
+        dxi = NULL
+        if nt <= 1:
+            n = 0
+            while n < g.N:
+                _im2row_backward_images(dx + n * g.xs if dx != NULL else NULL, dwpart,
+                                        dy + n * g.ys, x + n * g.xs, wt, colbuf, g,
+                                        min(g.imb, g.N - n), n > 0, acc_dx, num_threads())
+                n = n + g.imb
+        else:
+            for t in prange(nt, num_threads=nt, schedule='static'):
+                lo = t * chunk
+                hi = min(g.N, lo + chunk)
+                n = lo
+                while n < hi:
+                    _im2row_backward_images(dx + n * g.xs if dx != NULL else NULL,
+                                            dwpart + t * wsize if dwpart != NULL else NULL,
+                                            dy + n * g.ys, x + n * g.xs, wt, colbuf + t * cs, g,
+                                            min(g.imb, hi - n), n > lo, acc_dx, 1)
+                    n = n + g.imb
     if dwi == NULL and dxi == NULL and db == NULL:
         pass
     elif nt <= 1:
@@ -1522,14 +1676,17 @@ cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating
                                 dbpart + t * g.OC if dbpart != NULL else NULL,
                                 dy + n * g.ys, x + n * g.xs, w, wt, colbuf + t * cs, g,
                                 n > lo, acc_dx, 1)
-    if partials and dwi != NULL:
+    if partials and (dwi != NULL or g.rbwd):
         # fixed-order sum of the per-thread partials (threads with no image left none)
         for gr in range(g.G):
             for o in range(g.OCg):
                 for k in range(g.K):
                     i = (<Py_ssize_t>gr * g.OCg + o) * g.K + k
-                    j = <Py_ssize_t>gr * g.OCg * g.K + (<Py_ssize_t>k * g.OCg + o if g.tdw
-                                                         else <Py_ssize_t>o * g.K + k)
+                    if g.rbwd:      # (OC, KH*KW*C), groups 1
+                        j = <Py_ssize_t>o * g.K + (k % KK) * g.C + k // KK
+                    else:
+                        j = <Py_ssize_t>gr * g.OCg * g.K + (<Py_ssize_t>k * g.OCg + o if g.tdw
+                                                             else <Py_ssize_t>o * g.K + k)
                     acc = dw[i] if acc_w else 0
                     for t in range(nt):
                         if t * chunk < g.N:
@@ -1685,12 +1842,11 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
         g.wino = False
         g.wimb = <int>max(1, min(<Py_ssize_t>g.N, _wino_tiles // max(1, g.OH * g.TW)))
     g.Ws = (g.OW + 2 * FM_W - 1) // (2 * FM_W) * (2 * FM_W) + g.DW * (g.KW - 1)
-    # measured (one core, CPU time, float32 forward, direct / the path it replaces): 0.70 for
-    # 3->32 at 32x32, 0.90 for 3->64 at 16x16, 0.65 for 3->24, 0.73 for 8->24; with 12 output
-    # channels 0.62 (24), 0.72 (36), 0.80 (48), 0.92 (60 input channels, against Winograd);
-    # 1.12 for 16->32, 1.36-1.64 for 32->64, 64->64 and the 1-D 32->64 k5: so 2-D kernels with
-    # C <= 8 or OC <= 24
-    g.small = (_fwd_small == 2 or (_fwd_small == 0 and FM_LEVEL >= 1 and g.KH > 1 and (g.C <= 8 or g.OC <= 24))) and (
+    # the direct loops (simd/fm_direct.h) for 2-D kernels with few input or output channels:
+    # the per-level thresholds and their measurements are in simd/fm_tuning.h
+    g.small = (_fwd_small == 2 or (_fwd_small == 0 and g.KH > 1 and (
+        (g.C <= FM_SMALL_C and g.OC <= FM_SMALL_C_OC)
+        or (g.OC <= FM_SMALL_OC and g.C <= FM_SMALL_OC_C)))) and (
         G == 1 and SH == 1 and SW == 1 and not g.direct and not g.wino5)
     if g.small:
         # (float64 takes the plain im2col path these leave)
@@ -1700,6 +1856,14 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
         g.tout = False
     g.wdw = (_dw_wino == 2 or (_dw_wino == 0 and g.C >= 48)) and (
         G == 1 and g.KH == 3 and g.KW == 3 and SH == 1 and SW == 1 and DH == 1 and DW == 1)
+    g.rbwd = (_bwd_im2row == 2 or (_bwd_im2row == 0 and g.C >= 16 and (SH > 1 or SW > 1))) and (
+        G == 1 and not g.direct and not g.dwise and g.rows == g.OH and PH >= 0 and PW >= 0)
+    if g.rbwd:
+        g.wdw = False
+        g.dxconv = False
+    g.ddw = (_dw_direct == 2 or (_dw_direct == 0 and g.KH > 1 and (
+        (g.C <= FM_DWD_C and g.OC <= FM_DWD_C_OC) or (g.OC <= FM_DWD_OC and g.C <= FM_DWD_OC_C)))) and (
+        G == 1 and SH == 1 and SW == 1 and not g.direct and not g.dwise and not g.rbwd)
 
 
 def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
@@ -1763,8 +1927,11 @@ def conv2d_paths(cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int SH, int SW, in
     cdef Geom g, gt
     _geom(&g, x, y, w, SH, SW, PH, PW, DH, DW, G)
     fw = _fwd_name(&g)
-    dwn = "depthwise" if g.dwise else ("wino" if g.wdw else ("im2col-t" if g.tdw else "im2col"))
-    if _pick_dxfwd(&g, &gt):
+    dwn = "depthwise" if g.dwise else ("direct" if g.ddw else ("wino" if g.wdw else (
+        "im2row" if g.rbwd else ("im2col-t" if g.tdw else "im2col"))))
+    if g.rbwd:
+        dxn = "im2row"
+    elif _pick_dxfwd(&g, &gt):
         dxn = "fwd:" + _fwd_name(&gt)
     else:
         dxn = "depthwise" if g.dwise else ("dxconv" if g.dxconv else "col2im")

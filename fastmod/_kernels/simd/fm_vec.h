@@ -20,6 +20,9 @@
  *   fm_vselect(m, t, f) = m ? t : f;   fm_vkeep(v, m) = m ? v : 0
  *   fm_vhsum adds the lanes in a fixed order: the same bits on every call.
  *   fm_vload_n / fm_vstore_n touch only the first n lanes (0 <= n <= FM_W).
+ *   fm_vtranspose(r): r[i] lane j <-> r[j] lane i for an array of FM_W vectors (a square block).
+ *   fm_vdeinterleave2(a, b, &even, &odd): of the 2*FM_W floats p = a then b, even = p[0], p[2],
+ *     ..., odd = p[1], p[3], ...;  fm_vinterleave2(even, odd, &a, &b) is its inverse.
  */
 #ifndef FM_VEC_H
 #define FM_VEC_H
@@ -114,6 +117,44 @@ static inline double fm_vdhsum(fm_vd a) {
 }
 static inline fm_vd fm_vdadd(fm_vd a, fm_vd b) { return _mm512_add_pd(a, b); }
 static inline fm_vd fm_vdfma(fm_vd a, fm_vd b, fm_vd c) { return _mm512_fmadd_pd(a, b, c); }
+/* 16 x 16 in registers: pairs of rows interleaved, then groups of 4 rows within 128-bit lanes,
+   then the lanes gathered (64 shuffles for 256 values) */
+static inline void fm_vtranspose(fm_vf r[16]) {
+    __m512 t[16], u[16];
+    int i, k;
+    for (i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);      /* per lane: r_i[0] r_i+1[0] r_i[1] r_i+1[1] */
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);  /*           r_i[2] r_i+1[2] r_i[3] r_i+1[3] */
+    }
+    for (i = 0; i < 16; i += 4) {                        /* u[i + k]: rows i..i+3 at column 4L + k */
+        u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (k = 0; k < 4; k++) {
+        __m512 x0 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0x88);     /* lanes 0, 2 of rows 0-7 */
+        __m512 y0 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0xDD);     /* lanes 1, 3 */
+        __m512 x1 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0x88);
+        __m512 y1 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0xDD);
+        r[k] = _mm512_shuffle_f32x4(x0, x1, 0x88);
+        r[8 + k] = _mm512_shuffle_f32x4(x0, x1, 0xDD);
+        r[4 + k] = _mm512_shuffle_f32x4(y0, y1, 0x88);
+        r[12 + k] = _mm512_shuffle_f32x4(y0, y1, 0xDD);
+    }
+}
+static inline void fm_vdeinterleave2(fm_vf a, fm_vf b, fm_vf* even, fm_vf* odd) {
+    const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    *even = _mm512_permutex2var_ps(a, ie, b);
+    *odd = _mm512_permutex2var_ps(a, io, b);
+}
+static inline void fm_vinterleave2(fm_vf even, fm_vf odd, fm_vf* a, fm_vf* b) {
+    const __m512i il = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i ih = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    *a = _mm512_permutex2var_ps(even, il, odd);
+    *b = _mm512_permutex2var_ps(even, ih, odd);
+}
 
 /* ------------------------------------------------------------------ AVX2 + FMA: 8 floats */
 #elif FM_LEVEL == 1
@@ -172,6 +213,31 @@ static inline double fm_vdhsum(fm_vd a) {
 }
 static inline fm_vd fm_vdadd(fm_vd a, fm_vd b) { return _mm256_add_pd(a, b); }
 static inline fm_vd fm_vdfma(fm_vd a, fm_vd b, fm_vd c) { return _mm256_fmadd_pd(a, b, c); }
+/* 8 x 8 in registers (24 shuffles for 64 values) */
+static inline void fm_vtranspose(fm_vf r[8]) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20); r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20); r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31); r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31); r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+static inline void fm_vdeinterleave2(fm_vf a, fm_vf b, fm_vf* even, fm_vf* odd) {
+    /* a0 a2 b0 b2 | a4 a6 b4 b6, then the 64-bit pairs reordered 0 2 1 3 */
+    *even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xD8));
+    *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD)), 0xD8));
+}
+static inline void fm_vinterleave2(fm_vf even, fm_vf odd, fm_vf* a, fm_vf* b) {
+    __m256 lo = _mm256_unpacklo_ps(even, odd), hi = _mm256_unpackhi_ps(even, odd);
+    *a = _mm256_permute2f128_ps(lo, hi, 0x20);
+    *b = _mm256_permute2f128_ps(lo, hi, 0x31);
+}
 
 /* ------------------------------------------------------------------ scalar: 1 float */
 #else
@@ -219,6 +285,9 @@ static inline fm_vd fm__hi_d(fm_vf v) { (void)v; return 0.0; }
 static inline double fm_vdhsum(fm_vd a) { return a; }
 static inline fm_vd fm_vdadd(fm_vd a, fm_vd b) { return a + b; }
 static inline fm_vd fm_vdfma(fm_vd a, fm_vd b, fm_vd c) { return a * b + c; }
+static inline void fm_vtranspose(fm_vf r[1]) { (void)r; }     /* a 1 x 1 block */
+static inline void fm_vdeinterleave2(fm_vf a, fm_vf b, fm_vf* even, fm_vf* odd) { *even = a; *odd = b; }
+static inline void fm_vinterleave2(fm_vf even, fm_vf odd, fm_vf* a, fm_vf* b) { *a = even; *b = odd; }
 #endif
 
 /* ------------------------------------------------------------------ written once, every level */

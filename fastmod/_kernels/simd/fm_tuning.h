@@ -1,0 +1,88 @@
+/* Per-level tuning of the convolution kernels (fastmod/_kernels/conv.pyx, simd/fm_direct.h):
+ * register-block shapes of the direct loops and the thresholds that choose a path per layer.
+ * One table per instruction-set level, each number next to the measurement that chose it (one
+ * core, CPU time; "A/B": two builds or two settings alternating in one process, new / old;
+ * layer names as in bench/bench_conv.py). conv.pyx reads these names (cdef extern) and uses no
+ * other per-level constant.
+ */
+#ifndef FM_TUNING_H
+#define FM_TUNING_H
+#include "fm_vec.h"
+
+#if FM_LEVEL == 2
+/* direct forward (fm_direct_fwd): NV vectors of outputs x NO channels per register block; NO
+ * is the largest of the candidates that computes the fewest padding channels (OC = 3: 4;
+ * 12, 24: 12; 32, 64: 8 at NV = 2, 16 at NV = 1).
+ * 32 zmm registers: rows wider than one vector take 2 vectors x up to 12 channels (24
+ * accumulators, 2 input vectors, one broadcast: 14 loads per 24 FMAs); rows of at most 16
+ * outputs 1 x up to 16. Measured against the 2 x 4 block of the AVX2 kernel (A/B, forward):
+ * 0.50-0.54 for the DenseBlock layers (OC 12) and dense.stem (3->24), 0.62 for 3->32 at
+ * 32x32, 0.28 for 3->64 at 16x16 (one vector: half of a 2 x 16 block was padding) */
+#  define FM_DF_NV2_NO {12, 8, 4}
+#  define FM_DF_NV1_NO {16, 8, 4}
+/* the direct path (Geom.small, 2-D kernels, stride 1) when C <= FM_SMALL_C and
+ * OC <= FM_SMALL_C_OC, or OC <= FM_SMALL_OC and C <= FM_SMALL_OC_C; A/B direct / the path it
+ * replaces, forward:
+ * 3->32 at 32x32 0.51, 3->64 at 16x16 0.67, 3->24 0.48, 24..60->12 at 32x32 0.40-0.54 (vs the
+ * shifted path and Winograd); 64->64 at 16x16 1.30 (vs Winograd). The stride-1 dx computed
+ * as such a forward (DenseBlock: dy with 12 channels -> 36, 48, 60): 0.52, 0.55, 0.62 of
+ * Geom.dxconv */
+#  define FM_SMALL_C 12
+#  define FM_SMALL_C_OC 64
+#  define FM_SMALL_OC 24
+#  define FM_SMALL_OC_C 64
+/* direct weight gradient (fm_direct_dw_image): NO channels x 3 kw per block (up to 24
+ * accumulators, 3 input vectors, one dy vector in a register: 0.81-0.88 of the same loop
+ * with the dy load folded into each FMA). Geom.ddw (2-D kernels, stride 1) when
+ * C <= FM_DWD_C and OC <= FM_DWD_C_OC, or OC <= FM_DWD_OC and C <= FM_DWD_OC_C; A/B direct /
+ * the path it replaces: dense.l0-l3 0.36, 0.35 (vs im2col-t), 0.59, 0.56 (vs Winograd);
+ * bnres.stem 0.66, dense.stem 0.63, cnn.conv1 0.95 (vs im2col); 64->64 at 16x16 1.71 */
+#  define FM_DW_NO {8, 6, 4}
+#  define FM_DWD_C 12
+#  define FM_DWD_C_OC 64
+#  define FM_DWD_OC 24
+#  define FM_DWD_OC_C 64
+#elif FM_LEVEL == 1
+/* 16 ymm registers: 2 x 6 (12 accumulators, 2 input vectors, one broadcast: 15 registers) or
+ * 2 x 4; A/B 2 x 6 / 2 x 4: 0.83-0.86 for 3->24 and the DenseBlock layers (OC 12). Against the
+ * Cython loop it replaces (2 x 4, weights broadcast from 4 rows): 0.50 */
+#  define FM_DF_NV2_NO {6, 4}
+#  define FM_DF_NV1_NO {8, 4}
+/* A/B direct / the path it replaces, forward: 3->32 at 32x32 0.95, 3->64 at 16x16 1.25 (vs
+ * im2col), 3->24 0.78, 24->12 0.66, 36->12 0.83, 48->12 0.97, 60->12 0.95 (vs Winograd);
+ * dx computed as a forward, dy with 12 channels -> 36: 0.92, -> 48: 1.03, -> 60: 1.12 of
+ * Geom.dxconv */
+#  define FM_SMALL_C 12
+#  define FM_SMALL_C_OC 36
+#  define FM_SMALL_OC 24
+#  define FM_SMALL_OC_C 64
+/* direct weight gradient: 3 x 3 (9 accumulators, 3 input vectors, one dy vector); A/B direct
+ * / the path it replaces: dense.l0 0.58, l1 0.53 (vs im2col-t), l2 1.00, l3 1.00 (vs
+ * Winograd); stems: 3->64 at 16x16 0.91, 3->32 1.53, 3->24 1.24 (vs im2col): the DenseBlock
+ * layers (12 output channels) up to 36 input channels only */
+#  define FM_DW_NO {3}
+#  define FM_DWD_C 0
+#  define FM_DWD_C_OC 0
+#  define FM_DWD_OC 12
+#  define FM_DWD_OC_C 36
+#else
+#  define FM_DF_NV2_NO {4}
+#  define FM_DF_NV1_NO {4}
+/* one float at a time: the direct loops do not pay (forced by the tests only) */
+#  define FM_SMALL_C 0
+#  define FM_SMALL_C_OC 0
+#  define FM_SMALL_OC 0
+#  define FM_SMALL_OC_C 0
+#  define FM_DW_NO {4}
+#  define FM_DWD_C 0
+#  define FM_DWD_C_OC 0
+#  define FM_DWD_OC 0
+#  define FM_DWD_OC_C 0
+#endif
+
+/* Every level: 1-D k5 stride-1 dx as a forward through Winograd F(2, 5) (Geom.dxfwd) when the
+ * input has at least FM_DXFWD5_C channels: A/B dxfwd / col2im, 32->64 at L 256: avx512 0.76,
+ * avx2 0.81 (1.0 before the position-major copies became register transposes) */
+#define FM_DXFWD5_C 32
+
+#endif /* FM_TUNING_H */
