@@ -312,7 +312,7 @@ int main(void) {
 """
 
 
-@pytest.mark.skipif(_cc() is None, reason="no C compiler")
+@pytest.mark.skipif(shutil.which(COMPILERS[0]) is None, reason="no C compiler")
 @pytest.mark.parametrize("level", LEVELS)
 def test_layout_primitives_match_their_scalar_definitions(tmp_path, level):
     """fm_vtranspose (through fm_transpose_add: ragged blocks, bias, accumulate, ReLU keeping
@@ -326,7 +326,7 @@ def test_layout_primitives_match_their_scalar_definitions(tmp_path, level):
     src = tmp_path / "p.c"
     src.write_text(PRIMITIVES)
     exe = tmp_path / "p"
-    r = subprocess.run([_cc(), "-std=c99", "-O2", "-ffp-contract=off", "-I", SIMD, *flags,
+    r = subprocess.run([COMPILERS[0], "-std=gnu99", "-O2", "-ffp-contract=off", "-I", SIMD, *flags,
                         str(src), "-o", str(exe), "-lm"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30).stdout.split()
