@@ -289,6 +289,7 @@ def test_dx_as_forward_matches_reference(case, mode, fwd, accumulate, dtype, thr
 # sizes, paddings 0 / 1 / 2 / asymmetric, batch 1, inputs smaller than a tile)
 WINO_CASES = CASES + [
     ("2d", 8, 16, 3, dict(padding=1), (3, 8, 7, 9)),
+    ("2d", 6, 32, 3, dict(padding=1), (2, 6, 5, 7)),              # OC = 32: Geom.wig at every level
     ("2d", 5, 6, 3, dict(padding=2), (2, 5, 4, 5)),
     ("2d", 5, 6, 3, {}, (2, 5, 6, 8)),
     ("2d", 20, 12, 3, dict(padding=(0, 2)), (1, 20, 5, 3)),
@@ -300,18 +301,21 @@ WINO_IDS = [f"{c[0]}-{i}" for i, c in enumerate(WINO_CASES)]
 # the terms of a tile before the GEMM and take differences after it -- as assert_close allows.)
 
 
+@pytest.mark.parametrize("gemm", [1, 2], ids=["blas", "igemm"])
 @pytest.mark.parametrize("tiles", [1, 3, 1 << 20], ids=["tile-blocks", "3-tiles", "batch"])
 @pytest.mark.parametrize("case", WINO_CASES, ids=WINO_IDS)
-def test_winograd_matches_reference(case, tiles, dtype, threads):
+def test_winograd_matches_reference(case, tiles, gemm, dtype, threads):
     # forward, fused ReLU, the stride-1 dx computed as a forward convolution, and dW (16 GEMMs
     # of depth T into per-thread dU partials), all through Winograd wherever the layer allows
     # it; blocks of tiles smaller than an image (partial images per block), or the whole batch
-    # in one block (threads then left without images)
+    # in one block (threads then left without images); the 16 GEMMs through BLAS or (float32,
+    # output channels a whole number of its blocks) the implicit-GEMM kernel (Geom.wig)
     from fastmod._kernels import conv as _k
     m, x, geo = make_case(case, dtype)
     dy = np.random.default_rng(1).standard_normal(m.output_shape(x.shape)).astype(dtype)
     _k.set_forward_winograd(2, tiles)
     _k.set_dw_winograd(2)
+    _k.set_winograd_igemm(gemm)
     try:
         y = m(x)
         dx = m.backward(dy)
@@ -320,6 +324,7 @@ def test_winograd_matches_reference(case, tiles, dtype, threads):
     finally:
         _k.set_forward_winograd(0)
         _k.set_dw_winograd(0)
+        _k.set_winograd_igemm(0)
     want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
     assert_close(y, want, dtype)
     assert_close(yr, np.maximum(want, 0), dtype)

@@ -100,6 +100,7 @@ cdef extern from "fm_tuning.h":
     int FM_IG_DW_WINO_OC
     int FM_IG_DX
     int FM_IG_WITH_BLAS512
+    int FM_IG_WINO
 
 cdef extern from "fm_direct.h":
     int fm_direct_fwd_no(int OW, int OC) noexcept nogil
@@ -307,6 +308,7 @@ cdef struct Geom:
     bint igemm              # forward as an implicit GEMM on position-major planes (fm_igemm.h)
     bint igdw               # dW likewise (float32)
     bint igdx               # Geom.rbwd's dx GEMM through the implicit-GEMM kernel (float32)
+    bint wig                # Winograd's 16 GEMMs (forward and dW) through that kernel (float32)
     int Ws                  # its padded row length, OW rounded up to 2*FM_W plus DW*(KW-1)
     bint f32                # float32 data: the SIMD paths (small, ddw, igemm, igdw, igdx) apply
 
@@ -401,6 +403,15 @@ def _blas_runs_avx512():
 cdef bint _blas512 = _blas_runs_avx512()
 cdef int _dw_igemm = 0
 cdef int _dx_igemm = 0
+cdef int _wino_igemm = 0
+
+
+def set_winograd_igemm(int mode):
+    """Float32 Winograd F(2x2, 3x3) GEMMs (forward and dW) through the implicit-GEMM kernel
+    instead of BLAS (Geom.wig; output channels a whole number of its blocks): 0 auto, 1 never,
+    2 wherever possible."""
+    global _wino_igemm
+    _wino_igemm = mode
 
 
 def set_dx_igemm(int mode):
@@ -1058,6 +1069,12 @@ cdef void _wino_forward_images(floating* y, const floating* x, const floating* U
                 t = <Py_ssize_t>im * tpi + th * g.TW + tw
                 _wino_input_tile(V + t * C, TC, xp, g, th, tw)
     for r in range(16):
+        if floating is float:
+            if g.wig:
+                # M_r (T, OC) = V_r (T, C) @ U_r (C, OC): a 1x1 implicit GEMM over T positions
+                fm_igemm_fwd(M + r * TO, V + r * TC, U + <Py_ssize_t>r * C * OC, OC, 1, <int>T,
+                             C, <int>T, 1, 1, 1, 1, 1, 1)
+                continue
         pgemm(False, False, <int>T, OC, C, <floating>1, V + r * TC, C,
               U + <Py_ssize_t>r * C * OC, OC, <floating>0, M + r * TO, OC, gemm_nt)
     for im in range(cnt):
@@ -1259,6 +1276,12 @@ cdef void _wino_dw_images(floating* dU, const floating* dy, const floating* x, f
                                 _A[r][0] * _A[q][0], _A[r][0] * _A[q][1],
                                 _A[r][1] * _A[q][0], _A[r][1] * _A[q][1], OC)
     for r in range(16):
+        if floating is float:
+            if g.wig:
+                # dU_r (C, OC) (+)= V_r^T (C, T) @ DM_r (T, OC): the implicit GEMM's dW form
+                fm_igemm_dw(dU + <Py_ssize_t>r * C * OC, DM + r * TO, V + r * TC, OC, 1, <int>T,
+                            C, <int>T, 1, 1, 1, 1, 1, 1, beta1)
+                continue
         pgemm(True, False, C, OC, <int>T, <floating>1, V + r * TC, C, DM + r * TO, OC,
               <floating>(1 if beta1 else 0), dU + <Py_ssize_t>r * C * OC, OC, gemm_nt)
 
@@ -2007,7 +2030,11 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
     g.Ws = (g.OW + 2 * FM_W - 1) // (2 * FM_W) * (2 * FM_W) + g.DW * (g.KW - 1)
     # the direct loops (simd/fm_direct.h) for 2-D kernels with few input or output channels:
     # the per-level thresholds and their measurements are in simd/fm_tuning.h
-    g.small = (_fwd_small == 2 or (_fwd_small == 0 and g.KH > 1 and (
+    # (a path forced by a set_* mode wins over the automatic choice of another one)
+    cdef bint forced_fwd = (_fwd_wino == 2 or _fwd_im2row == 2 or _fwd_shifted == 2
+                            or _fwd_wino5 == 2)
+    cdef bint forced_dw = _dw_wino == 2 or _bwd_im2row == 2
+    g.small = (_fwd_small == 2 or (_fwd_small == 0 and not forced_fwd and g.KH > 1 and (
         (g.C <= FM_SMALL_C and g.OC <= FM_SMALL_C_OC)
         or (g.OC <= FM_SMALL_OC and g.C <= FM_SMALL_OC_C)))) and (
         f32 and G == 1 and SH == 1 and SW == 1 and not g.direct and not g.wino5)
@@ -2018,7 +2045,7 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
         g.tout = False
     # the implicit GEMM (simd/fm_igemm.h) where the direct loops do not take the layer and, for
     # 3x3 stride-1 layers, Winograd does not: thresholds per level in simd/fm_tuning.h
-    g.igemm = (_fwd_igemm == 2 or (_fwd_igemm == 0 and g.C >= FM_IG_FWD_C and not g.wino
+    g.igemm = (_fwd_igemm == 2 or (_fwd_igemm == 0 and not forced_fwd and g.C >= FM_IG_FWD_C and not g.wino
                                    and not g.small and (SH > 1 or SW > 1 or FM_IG_FWD_S1)
                                    and (FM_IG_WITH_BLAS512 or not _blas512))) and (
         f32 and G == 1 and not g.direct and not g.dwise and g.KH * g.KW <= 64)
@@ -2038,13 +2065,17 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
         g.dxconv = False
     g.igdx = f32 and g.rbwd and (_dx_igemm == 2 or (_dx_igemm == 0 and FM_IG_DX and (
         FM_IG_WITH_BLAS512 or not _blas512)))
-    g.ddw = (_dw_direct == 2 or (_dw_direct == 0 and g.KH > 1 and (
+    g.ddw = (_dw_direct == 2 or (_dw_direct == 0 and not forced_dw and g.KH > 1 and (
         (g.C <= FM_DWD_C and g.OC <= FM_DWD_C_OC) or (g.OC <= FM_DWD_OC and g.C <= FM_DWD_OC_C)))) and (
         f32 and G == 1 and SH == 1 and SW == 1 and not g.direct and not g.dwise and not g.rbwd)
-    # dW as an implicit GEMM where the direct loops do not take it (and over Winograd's dW for
-    # fewer than FM_IG_DW_WINO_OC output channels): fm_tuning.h
-    g.igdw = (_dw_igemm == 2 or (_dw_igemm == 0 and not g.ddw and g.C >= FM_IG_DW_C and (
-        not g.wdw or g.OC < FM_IG_DW_WINO_OC) and (FM_IG_WITH_BLAS512 or not _blas512))) and (
+    g.wig = (_wino_igemm == 2 or (_wino_igemm == 0 and FM_IG_WINO and (
+        FM_IG_WITH_BLAS512 or not _blas512))) and f32 and fm_igemm_ocp(g.OC) == g.OC
+    # dW as an implicit GEMM where the direct loops do not take it, and over Winograd's dW for
+    # fewer than FM_IG_DW_WINO_OC output channels or where Winograd's GEMMs stay on BLAS
+    # (fm_tuning.h)
+    g.igdw = (_dw_igemm == 2 or (_dw_igemm == 0 and not forced_dw and not g.ddw and g.C >= FM_IG_DW_C and (
+        not g.wdw or g.OC < FM_IG_DW_WINO_OC or not g.wig) and (
+        FM_IG_WITH_BLAS512 or not _blas512))) and (
         f32 and G == 1 and not g.direct and not g.dwise and g.KH * g.KW <= 64)
     if g.igdw:
         g.ddw = False

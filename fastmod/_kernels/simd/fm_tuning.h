@@ -52,8 +52,10 @@
  * Winograd: not taken). Stride-1 dx computed as such a forward: conv1d 0.90, 0.92; 32->64 5x5
  * 0.46. dW (Geom.igdw) from FM_IG_DW_C input channels where the direct dW does not take the
  * layer: cnn.conv2, conv3 0.76, 0.62 (vs im2row rows + BLAS), conv1d 0.79, 0.77 (vs im2col-t),
- * bnres.conv 0.94 (vs Winograd's dW: FM_IG_DW_WINO_OC unbounded). Strided dx (Geom.rbwd) with
- * its dy^T W GEMM through the kernel (FM_IG_DX): cnn.conv2, conv3 0.93, 0.90 */
+ * bnres.conv 0.94 (vs Winograd's dW on BLAS) but 1.27 vs Winograd's dW on the kernel
+ * (FM_IG_WINO: Winograd's 16 GEMMs through it, forward 0.78 and dW 0.76 of them on BLAS for
+ * 64->64 at 16x16), so FM_IG_DW_WINO_OC 0: Winograd's dW where it applies. Strided dx
+ * (Geom.rbwd) with its dy^T W GEMM through the kernel (FM_IG_DX): cnn.conv2, conv3 0.93, 0.90 */
 #  define FM_IG_NR 4
 #  define FM_IG_MR1 16
 #  define FM_IG_MR2 12
@@ -62,9 +64,10 @@
 #  define FM_IG_FWD_C 16
 #  define FM_IG_FWD_S1 1
 #  define FM_IG_DW_C 16
-#  define FM_IG_DW_WINO_OC (1 << 30)
+#  define FM_IG_DW_WINO_OC 0
 #  define FM_IG_DX 1
 #  define FM_IG_WITH_BLAS512 1
+#  define FM_IG_WINO 1
 #elif FM_LEVEL == 1
 /* 16 ymm registers: 2 x 6 (12 accumulators, 2 input vectors, one broadcast: 15 registers) or
  * 2 x 4; A/B 2 x 6 / 2 x 4: 0.83-0.86 for 3->24 and the DenseBlock layers (OC 12). Against the
@@ -96,7 +99,8 @@
  * 0.89 (vs im2row), conv1d.1, conv1d.2 1.01, 1.11 (vs F(2, 5): stride-1 layers stay off),
  * bnres.conv 1.42; dW cnn.conv2, conv3 0.92, 0.74, conv1d 0.92, 0.94, dense.l3 0.80 (vs
  * Winograd's dW), bnres.conv 1.22 (Winograd's dW kept from 32 output channels); strided dx
- * through the kernel 1.02, 1.04 (BLAS kept) */
+ * through the kernel 1.02, 1.04 (BLAS kept); Winograd's GEMMs through the kernel (64->64 at
+ * 16x16): forward 0.93, dW 0.85 */
 #  define FM_IG_NR 2
 #  define FM_IG_MR1 12
 #  define FM_IG_MR2 6
@@ -106,6 +110,7 @@
 #  define FM_IG_DW_WINO_OC 32
 #  define FM_IG_DX 0
 #  define FM_IG_WITH_BLAS512 0
+#  define FM_IG_WINO 1
 #else
 #  define FM_DF_NV2_NO {4}
 #  define FM_DF_NV1_NO {4}
@@ -130,6 +135,7 @@
 #  define FM_IG_DW_WINO_OC 0
 #  define FM_IG_DX 0
 #  define FM_IG_WITH_BLAS512 0
+#  define FM_IG_WINO 0
 #endif
 
 /* Every level: 1-D stride-1 dx as a forward (Geom.dxfwd: through F(2, 5), or the implicit GEMM
