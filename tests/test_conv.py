@@ -289,6 +289,7 @@ def test_dx_as_forward_matches_reference(case, mode, fwd, accumulate, dtype, thr
 # sizes, paddings 0 / 1 / 2 / asymmetric, batch 1, inputs smaller than a tile)
 WINO_CASES = CASES + [
     ("2d", 8, 16, 3, dict(padding=1), (3, 8, 7, 9)),
+    ("2d", 6, 32, 3, dict(padding=1), (2, 6, 5, 7)),              # OC = 32: Geom.wig at every level
     ("2d", 5, 6, 3, dict(padding=2), (2, 5, 4, 5)),
     ("2d", 5, 6, 3, {}, (2, 5, 6, 8)),
     ("2d", 20, 12, 3, dict(padding=(0, 2)), (1, 20, 5, 3)),
@@ -300,18 +301,21 @@ WINO_IDS = [f"{c[0]}-{i}" for i, c in enumerate(WINO_CASES)]
 # the terms of a tile before the GEMM and take differences after it -- as assert_close allows.)
 
 
+@pytest.mark.parametrize("gemm", [1, 2], ids=["blas", "igemm"])
 @pytest.mark.parametrize("tiles", [1, 3, 1 << 20], ids=["tile-blocks", "3-tiles", "batch"])
 @pytest.mark.parametrize("case", WINO_CASES, ids=WINO_IDS)
-def test_winograd_matches_reference(case, tiles, dtype, threads):
+def test_winograd_matches_reference(case, tiles, gemm, dtype, threads):
     # forward, fused ReLU, the stride-1 dx computed as a forward convolution, and dW (16 GEMMs
     # of depth T into per-thread dU partials), all through Winograd wherever the layer allows
     # it; blocks of tiles smaller than an image (partial images per block), or the whole batch
-    # in one block (threads then left without images)
+    # in one block (threads then left without images); the 16 GEMMs through BLAS or (float32,
+    # output channels a whole number of its blocks) the implicit-GEMM kernel (Geom.wig)
     from fastmod._kernels import conv as _k
     m, x, geo = make_case(case, dtype)
     dy = np.random.default_rng(1).standard_normal(m.output_shape(x.shape)).astype(dtype)
     _k.set_forward_winograd(2, tiles)
     _k.set_dw_winograd(2)
+    _k.set_winograd_igemm(gemm)
     try:
         y = m(x)
         dx = m.backward(dy)
@@ -320,6 +324,7 @@ def test_winograd_matches_reference(case, tiles, dtype, threads):
     finally:
         _k.set_forward_winograd(0)
         _k.set_dw_winograd(0)
+        _k.set_winograd_igemm(0)
     want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
     assert_close(y, want, dtype)
     assert_close(yr, np.maximum(want, 0), dtype)
@@ -488,7 +493,7 @@ def test_small_direct_matches_reference(case, mode, dtype, threads):
         _k.set_forward_small(0)
         _k.set_dx_forward(0)
         _k.set_dw_direct(0)
-    if mode == 2 and SH == SW == 1 and m.groups == 1 and KH * KW > 1:
+    if mode == 2 and SH == SW == 1 and m.groups == 1 and KH * KW > 1 and dtype == np.float32:
         assert "forward=small" in paths and "dW=direct" in paths, paths
     want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
     assert_close(y, want, dtype)
@@ -498,6 +503,71 @@ def test_small_direct_matches_reference(case, mode, dtype, threads):
     assert_close(m.weight.grad, rdw, dtype)
     assert_close(dxa.reshape(x.shape), dx0.reshape(x.shape) + rdx, dtype)
     assert_close(dwa.reshape(m.weight.shape), dw0.reshape(m.weight.shape) + rdw, dtype)
+
+
+IGEMM_CASES = CASES + [
+    # the implicit GEMM's blocks: OC 70 (4 vectors + a partial block), a dilated 1-D kernel
+    # (runs of C), a 2x3 kernel with 33 output channels, position tails everywhere
+    ("2d", 20, 70, 3, dict(stride=2, padding=1), (2, 20, 9, 11)),
+    ("1d", 17, 40, 5, dict(padding=4, dilation=2), (2, 17, 23)),
+    ("2d", 16, 33, (2, 3), dict(padding=(1, 0)), (3, 16, 7, 6)),
+]
+IGEMM_IDS = [f"{c[0]}-{i}" for i, c in enumerate(IGEMM_CASES)]
+
+
+@pytest.mark.parametrize("dx_route", ["rows", "forward"])
+@pytest.mark.parametrize("mode", [1, 2], ids=["other", "igemm"])
+@pytest.mark.parametrize("case", IGEMM_CASES, ids=IGEMM_IDS)
+def test_implicit_gemm_matches_reference(case, mode, dx_route, dtype, threads):
+    # float32 forwards (plain, fused ReLU), weight gradients (overwrite, accumulate) and dx
+    # through the implicit GEMM (Geom.igemm / igdw / igdx) wherever possible, or never; dx
+    # through the patch rows with the kernel's dy^T W (Geom.rbwd + igdx) or as a forward of dy
+    # (Geom.dxfwd, stride 1); float64 takes the other paths
+    from fastmod._kernels import conv as _k
+    m, x, geo = make_case(case, dtype)
+    dy = np.random.default_rng(1).standard_normal(m.output_shape(x.shape)).astype(dtype)
+    H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = m._geometry(x.shape[2:])
+    x4 = x.reshape(x.shape[0], -1, H, W)
+    dy4 = dy.reshape(dy.shape[0], -1, OH, OW)
+    w4 = m.weight.data.reshape(m.out_channels, -1, KH, KW)
+    rng = np.random.default_rng(2)
+    dx0 = rng.standard_normal(x4.shape).astype(dtype)
+    dw0 = rng.standard_normal(w4.shape).astype(dtype)
+    args = (dy4, x4, w4, SH, SW, PH, PW, DH, DW, m.groups)
+    _k.set_forward_igemm(mode)
+    _k.set_dw_igemm(mode)
+    _k.set_dx_igemm(mode)
+    if dx_route == "rows":
+        _k.set_backward_im2row(mode)
+    else:
+        _k.set_dx_forward(mode)
+    try:
+        y = m(x)
+        m._saved()
+        with fastmod.no_grad():
+            yr = nn.Sequential(m, nn.ReLU())(x)
+        dxa, dwa = dx0.copy(), dw0.copy()
+        dx, dw = np.full_like(dx0, np.nan), np.full_like(dw0, np.nan)
+        _k.conv2d_backward(dx, dw, None, *args, False, False, False)
+        _k.conv2d_backward(dxa, dwa, None, *args, True, False, True)
+        paths = _k.conv2d_paths(x4, dy4, w4, SH, SW, PH, PW, DH, DW, m.groups)
+    finally:
+        _k.set_forward_igemm(0)
+        _k.set_dw_igemm(0)
+        _k.set_dx_igemm(0)
+        _k.set_backward_im2row(0)
+        _k.set_dx_forward(0)
+    if mode == 2 and dtype == np.float32 and m.groups == 1 and "gemm-1x1" not in paths:
+        assert "forward=igemm" in paths and "dW=igemm" in paths, paths
+    want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
+    assert_close(y, want, dtype)
+    assert_close(yr, np.maximum(want, 0), dtype)
+    rdx, rdw, _ = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
+    rdx, rdw = rdx.reshape(x4.shape), rdw.reshape(w4.shape)
+    assert_close(dx, rdx, dtype)
+    assert_close(dw, rdw, dtype)
+    assert_close(dxa, dx0 + rdx, dtype)
+    assert_close(dwa, dw0 + rdw, dtype)
 
 
 def test_small_direct_keeps_nan_under_fused_relu():

@@ -202,7 +202,7 @@ def test_every_level_computes_the_same_model():
 
 # ---------------------------------------------------------------- the headers compile anywhere
 HEADERS = ["fm_vec.h", "fm_linear.h", "fm_gelu.h", "fm_softmax.h", "fm_reduce.h", "fm_peak.h",
-           "fm_cpu.h", "fm_conv.h", "fm_tuning.h", "fm_direct.h"]
+           "fm_cpu.h", "fm_conv.h", "fm_tuning.h", "fm_direct.h", "fm_igemm.h"]
 DRIVER = "".join(f'#include "{h}"\n' for h in HEADERS) + r"""
 #include <stdio.h>
 int main(int argc, char** argv) {

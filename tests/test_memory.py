@@ -88,24 +88,32 @@ def _conv(case, dtype):
 
 
 def test_conv_cases_cover_every_path():
+    # in float32 and float64 (the SIMD paths -- small, direct dW, implicit GEMM -- are float32's)
     from fastmod._kernels import conv as _k
     seen = set()
     for case in CONV_CASES:
-        m, x = _conv(case, np.float32)
-        y = m(x)
-        x4 = x if x.ndim == 4 else x[:, :, None, :]
-        y4 = y if y.ndim == 4 else y[:, :, None, :]
-        w4 = m.weight.data if x.ndim == 4 else m.weight.data[:, :, None, :]
-        st, pd = (m.stride, m.padding) if x.ndim == 4 else ((1, m.stride[0]), (0, m.padding[0]))
-        paths = _k.conv2d_paths(x4, y4, w4, *st, *pd, 1, 1, m.groups)
-        seen.update(paths.split())
+        for dt in (np.float32, np.float64):
+            m, x = _conv(case, dt)
+            y = m(x)
+            x4 = x if x.ndim == 4 else x[:, :, None, :]
+            y4 = y if y.ndim == 4 else y[:, :, None, :]
+            w4 = m.weight.data if x.ndim == 4 else m.weight.data[:, :, None, :]
+            st, pd = (m.stride, m.padding) if x.ndim == 4 else ((1, m.stride[0]), (0, m.padding[0]))
+            paths = _k.conv2d_paths(x4, y4, w4, *st, *pd, 1, 1, m.groups)
+            seen.update(paths.split())
     want = {"forward=" + f for f in ("depthwise", "small", "wino", "wino5", "shifted", "im2row",
-                                     "gemm-1x1", "im2col", "im2col-t")}
-    want |= {"dW=" + f for f in ("depthwise", "wino", "im2col", "im2col-t", "im2row", "direct")}
+                                     "gemm-1x1", "im2col", "im2col-t", "igemm")}
+    want |= {"dW=" + f for f in ("depthwise", "wino", "im2col", "im2col-t", "im2row", "direct",
+                                 "igemm")}
     want |= {"dx=" + f for f in ("depthwise", "dxconv", "col2im", "fwd:small", "fwd:wino",
-                                 "fwd:wino5", "fwd:im2row", "im2row")}
-    if fastmod.get_isa() == "scalar":      # the direct few-channel path needs vectors to pay
-        want -= {"forward=small", "dx=fwd:small", "dW=direct"}
+                                 "fwd:wino5", "fwd:im2row", "im2row", "fwd:igemm")}
+    if fastmod.get_isa() == "scalar":      # the direct loops and the implicit GEMM need vectors
+        want -= {"forward=small", "dx=fwd:small", "dW=direct", "forward=igemm", "dW=igemm",
+                 "dx=fwd:igemm"}
+    if fastmod.get_isa() == "avx2":        # stride-1 forwards stay off the implicit GEMM
+        want -= {"dx=fwd:igemm"}
+        if _k._blas_runs_avx512():         # and all of it where the BLAS runs AVX-512 kernels
+            want -= {"forward=igemm", "dW=igemm"}
     assert want <= seen, want - seen
 
 

@@ -79,6 +79,10 @@ cdef extern from "fm_vec.h":
     fm_vf fm_vload_n(const float* p, int n) noexcept nogil
     void fm_vstore_n(float* p, fm_vf a, int n) noexcept nogil
 
+cdef extern from "fm_cpu.h":
+    unsigned fm_cpu_features() noexcept nogil
+    unsigned FM_CPU_AVX512F
+
 cdef extern from "fm_tuning.h":
     # the per-level path thresholds (measurements next to each in simd/fm_tuning.h)
     int FM_SMALL_C
@@ -90,6 +94,13 @@ cdef extern from "fm_tuning.h":
     int FM_DWD_C_OC
     int FM_DWD_OC
     int FM_DWD_OC_C
+    int FM_IG_FWD_C
+    int FM_IG_FWD_S1
+    int FM_IG_DW_C
+    int FM_IG_DW_WINO_OC
+    int FM_IG_DX
+    int FM_IG_WITH_BLAS512
+    int FM_IG_WINO
 
 cdef extern from "fm_direct.h":
     int fm_direct_fwd_no(int OW, int OC) noexcept nogil
@@ -105,6 +116,15 @@ cdef extern from "fm_direct.h":
                             int DH, int DW) noexcept nogil
     void fm_direct_dw_finish(float* dw, const float* vacc, int nt, Py_ssize_t psize, int OC,
                              int CKK, int acc) noexcept nogil
+
+cdef extern from "fm_igemm.h":
+    int fm_igemm_ocp(int OC) noexcept nogil
+    void fm_igemm_pack(float* wk, const float* w, int OC, int C, int KH, int KW) noexcept nogil
+    void fm_igemm_fwd(float* yt, const float* xp, const float* wk, int OC, int OH, int OW,
+                      int C, int Wq, int KH, int KW, int SH, int SW, int DH, int DW) noexcept nogil
+    void fm_igemm_dw(float* dwt, const float* dyt, const float* xp, int OC, int OH, int OW,
+                     int C, int Wq, int KH, int KW, int SH, int SW, int DH, int DW,
+                     int beta) noexcept nogil
 
 cdef extern from "fm_conv.h":
     void fm_transpose_add(float* dst, Py_ssize_t ldd, const float* src, Py_ssize_t lds,
@@ -285,7 +305,12 @@ cdef struct Geom:
     bint small              # few channels, stride 1 (float32): direct FMA loops (fm_direct.h)
     bint rbwd               # dW and dx through the im2row patch rows (position-major backward)
     bint ddw                # dW through the direct loops (fm_direct.h; float32, stride 1)
+    bint igemm              # forward as an implicit GEMM on position-major planes (fm_igemm.h)
+    bint igdw               # dW likewise (float32)
+    bint igdx               # Geom.rbwd's dx GEMM through the implicit-GEMM kernel (float32)
+    bint wig                # Winograd's 16 GEMMs (forward and dW) through that kernel (float32)
     int Ws                  # its padded row length, OW rounded up to 2*FM_W plus DW*(KW-1)
+    bint f32                # float32 data: the SIMD paths (small, ddw, igemm, igdw, igdx) apply
 
 
 cdef inline Py_ssize_t _col_size(Geom* g) noexcept nogil:
@@ -303,7 +328,11 @@ cdef inline Py_ssize_t _col_size(Geom* g) noexcept nogil:
     if g.ddw:
         sh = max(sh, <Py_ssize_t>g.C * g.Hp * g.Ws + fm_direct_dw_scratch(g.OC, g.OH, g.OW))
     if g.im2row or g.rbwd:
-        sh = max(sh, <Py_ssize_t>g.Hq * g.Wq * g.C + <Py_ssize_t>g.imb * g.P * (g.K + g.OC))
+        # (the implicit-GEMM dx writes its rows fm_igemm_ocp(K) apart)
+        sh = max(sh, <Py_ssize_t>g.Hq * g.Wq * g.C
+                 + <Py_ssize_t>g.imb * g.P * (max(g.K, fm_igemm_ocp(g.K)) + g.OC))
+    if g.igemm or g.igdw:
+        sh = max(sh, <Py_ssize_t>g.Hq * g.Wq * g.C + <Py_ssize_t>g.P * fm_igemm_ocp(g.OC))
     if g.shifted:
         sh = max(sh, (<Py_ssize_t>g.Hp * g.Wp + (g.KW - 1) * g.DW) * g.C
                  + <Py_ssize_t>g.C * g.KW * g.Hp * g.Wp + <Py_ssize_t>g.OH * g.Wp * g.OC)
@@ -357,6 +386,53 @@ cdef int _fwd_small = 0
 cdef int _fwd_wino5 = 0
 cdef int _bwd_im2row = 0
 cdef int _dw_direct = 0
+cdef int _fwd_igemm = 0
+
+
+def _blas_runs_avx512():
+    # SciPy's OpenBLAS picks its kernels from the CPU (OPENBLAS_CORETYPE overrides it): on an
+    # AVX-512 CPU its sgemm runs AVX-512 kernels whatever level fastmod's kernels run at, and the
+    # crossovers between the BLAS paths and the implicit GEMM depend on that (fm_tuning.h)
+    import os
+    core = os.environ.get("OPENBLAS_CORETYPE", "").strip().lower()
+    if core:
+        return core in ("skylakex", "cooperlake", "sapphirerapids")
+    return bool(fm_cpu_features() & FM_CPU_AVX512F)
+
+
+cdef bint _blas512 = _blas_runs_avx512()
+cdef int _dw_igemm = 0
+cdef int _dx_igemm = 0
+cdef int _wino_igemm = 0
+
+
+def set_winograd_igemm(int mode):
+    """Float32 Winograd F(2x2, 3x3) GEMMs (forward and dW) through the implicit-GEMM kernel
+    instead of BLAS (Geom.wig; output channels a whole number of its blocks): 0 auto, 1 never,
+    2 wherever possible."""
+    global _wino_igemm
+    _wino_igemm = mode
+
+
+def set_dx_igemm(int mode):
+    """Geom.rbwd's float32 dx GEMM (dy^T @ W) through the implicit-GEMM kernel (Geom.igdx)
+    instead of BLAS: 0 auto, 1 never, 2 wherever the rows path runs."""
+    global _dx_igemm
+    _dx_igemm = mode
+
+
+def set_dw_igemm(int mode):
+    """Float32 weight gradients as an implicit GEMM on position-major planes (Geom.igdw;
+    groups 1): 0 auto, 1 never, 2 wherever possible."""
+    global _dw_igemm
+    _dw_igemm = mode
+
+
+def set_forward_igemm(int mode):
+    """Float32 forwards (and the stride-1 dx computed as one) as an implicit GEMM on
+    position-major planes (Geom.igemm; groups 1): 0 auto, 1 never, 2 wherever possible."""
+    global _fwd_igemm
+    _fwd_igemm = mode
 
 
 def set_dw_direct(int mode):
@@ -787,20 +863,23 @@ cdef inline void _add_run(floating* dst, const floating* src, int n) noexcept no
 
 
 cdef void _im2row_backward_images(floating* dx, floating* dwr, const floating* dy,
-                                  const floating* x, const floating* wr, floating* buf, Geom* g,
-                                  int cnt, bint beta1, bint acc_dx, int gemm_nt) noexcept nogil:
+                                  const floating* x, const floating* wr, const floating* wk2,
+                                  floating* buf, Geom* g, int cnt, bint beta1, bint acc_dx,
+                                  int gemm_nt) noexcept nogil:
     # The backward of the im2row forward for cnt consecutive images (groups 1, any stride),
     # position-major throughout, so that no step gathers or scatters with a stride:
     #   dWr (OC, K) (+)= dy (OC, cnt*P) @ rows (cnt*P, K)      dWr[o, (kh*KW + kw)*C + c] (dwr)
     #   drows (cnt*P, K) = dy^T (cnt*P, OC) @ wr^T (OC, K)     then each image's drows added,
     #     KW*C contiguous values per (position, kernel row), into a zero-padded position-major
     #     plane (Hq, Wq, C) whose interior is transposed into dx_n (C, H, W) (+= when acc_dx)
-    # dwr or dx may be NULL (skipped); beta1: add into dwr (else overwrite it)
+    # dwr or dx may be NULL (skipped); beta1: add into dwr (else overwrite it); wk2 (float32,
+    # Geom.igdx): wr packed for fm_igemm_fwd, drows through the implicit GEMM kernel (a 1x1
+    # convolution of dy^T with K output channels; rows KP = fm_igemm_ocp(K) apart), else BLAS
     cdef Py_ssize_t plane = <Py_ssize_t>g.Hq * g.Wq
     cdef Py_ssize_t CP = <Py_ssize_t>cnt * g.P
     cdef floating* xp = buf
     cdef floating* rows = buf + plane * g.C
-    cdef floating* t2 = rows + CP * g.K              # (OC, cnt*P) or (cnt*P, OC)
+    cdef floating* t2 = rows + CP * max(g.K, fm_igemm_ocp(g.K))   # (OC, cnt*P) or (cnt*P, OC)
     cdef int im, o, oh, ow, kh, kw, i
     cdef int KWC = g.KW * g.C
     cdef int ih0 = max(0, g.PH), ih1 = min(g.Hq, g.H + g.PH)
@@ -831,8 +910,14 @@ cdef void _im2row_backward_images(floating* dx, floating* dwr, const floating* d
     for im in range(cnt):
         _transpose_add(t2 + <Py_ssize_t>im * g.P * g.OC, g.OC, dy + im * g.ys, g.P, g.OC, g.P,
                        <const floating*>NULL, False, False)
-    pgemm(False, True, <int>CP, g.K, g.OC, <floating>1, t2, g.OC, wr, g.OC, <floating>0, rows,
-          g.K, gemm_nt)
+    cdef int ldr = g.K
+    if floating is float:
+        if wk2 != NULL:
+            ldr = fm_igemm_ocp(g.K)
+            fm_igemm_fwd(rows, t2, wk2, g.K, 1, <int>CP, g.OC, <int>CP, 1, 1, 1, 1, 1, 1)
+    if wk2 == NULL:
+        pgemm(False, True, <int>CP, g.K, g.OC, <floating>1, t2, g.OC, wr, g.OC, <floating>0,
+              rows, g.K, gemm_nt)
     src = rows
     for im in range(cnt):
         memset(xp, 0, plane * g.C * sizeof(floating))
@@ -846,6 +931,7 @@ cdef void _im2row_backward_images(floating* dx, floating* dwr, const floating* d
                         for kw in range(g.KW):
                             _add_run(dst + <Py_ssize_t>kw * g.DW * g.C, src + kw * g.C, g.C)
                     src += KWC
+                src += ldr - g.K
         # the plane's interior is x_n's rows [0, xr1) and columns [0, xc1) (PH, PW >= 0); the
         # rest of dx_n (past the last window) gets no gradient
         dxn = dx + im * g.xs
@@ -983,6 +1069,12 @@ cdef void _wino_forward_images(floating* y, const floating* x, const floating* U
                 t = <Py_ssize_t>im * tpi + th * g.TW + tw
                 _wino_input_tile(V + t * C, TC, xp, g, th, tw)
     for r in range(16):
+        if floating is float:
+            if g.wig:
+                # M_r (T, OC) = V_r (T, C) @ U_r (C, OC): a 1x1 implicit GEMM over T positions
+                fm_igemm_fwd(M + r * TO, V + r * TC, U + <Py_ssize_t>r * C * OC, OC, 1, <int>T,
+                             C, <int>T, 1, 1, 1, 1, 1, 1)
+                continue
         pgemm(False, False, <int>T, OC, C, <floating>1, V + r * TC, C,
               U + <Py_ssize_t>r * C * OC, OC, <floating>0, M + r * TO, OC, gemm_nt)
     for im in range(cnt):
@@ -1051,10 +1143,21 @@ cdef void _small_forward_image(float* y, const float* x, const float* wp, float*
                   g.DW, g.acc, g.relu)
 
 
+cdef void _igemm_forward_image(float* y, const float* x, const float* wk, const float* b,
+                               float* buf, Geom* g) noexcept nogil:
+    # x_n position-major into the zero-padded plane (Hq, Wq, C), the implicit GEMM into
+    # yt (P, OCP), then y[o, p] (+)= yt[p, o] + b[o] (and the ReLU) as the im2row path
+    cdef float* xp = buf
+    cdef float* yt = buf + <Py_ssize_t>g.Hq * g.Wq * g.C
+    _pack_nhwc(xp, x, g.C, g.H, g.W, g.Hq, g.Wq, g.PH, g.PW)
+    fm_igemm_fwd(yt, xp, wk, g.OC, g.OH, g.OW, g.C, g.Wq, g.KH, g.KW, g.SH, g.SW, g.DH, g.DW)
+    _transpose_add(y, g.P, yt, fm_igemm_ocp(g.OC), g.P, g.OC, b, g.acc, g.relu)
+
+
 cdef void _forward_image(floating* y, const floating* x, const floating* w, const floating* wr,
                          const floating* b, floating* col, Geom* g, int gemm_nt) noexcept nogil:
     _forward_image_body(y, x, w, wr, b, col, g, gemm_nt)
-    if g.relu and not g.im2row and not (g.small and floating is float):   # applied as written
+    if g.relu and not g.im2row and not ((g.small or g.igemm) and floating is float):   # applied as written
         _relu_inplace(y, <Py_ssize_t>g.OC * g.P)
 
 
@@ -1079,6 +1182,9 @@ cdef void _forward_image_body(floating* y, const floating* x, const floating* w,
     if floating is float:
         if g.small:
             _small_forward_image(y, x, wr, col, g)
+            return
+        if g.igemm:
+            _igemm_forward_image(y, x, wr, b, col, g)
             return
     if g.shifted:
         _shifted_forward_image(y, x, wr, b, col, g, gemm_nt)
@@ -1170,6 +1276,12 @@ cdef void _wino_dw_images(floating* dU, const floating* dy, const floating* x, f
                                 _A[r][0] * _A[q][0], _A[r][0] * _A[q][1],
                                 _A[r][1] * _A[q][0], _A[r][1] * _A[q][1], OC)
     for r in range(16):
+        if floating is float:
+            if g.wig:
+                # dU_r (C, OC) (+)= V_r^T (C, T) @ DM_r (T, OC): the implicit GEMM's dW form
+                fm_igemm_dw(dU + <Py_ssize_t>r * C * OC, DM + r * TO, V + r * TC, OC, 1, <int>T,
+                            C, <int>T, 1, 1, 1, 1, 1, 1, beta1)
+                continue
         pgemm(True, False, C, OC, <int>T, <floating>1, V + r * TC, C, DM + r * TO, OC,
               <floating>(1 if beta1 else 0), dU + <Py_ssize_t>r * C * OC, OC, gemm_nt)
 
@@ -1337,6 +1449,12 @@ cdef int _conv_forward(floating* y, const floating* x, const floating* w, const 
                 free(colbuf)
                 return -1
             fm_direct_pack(wr, wr + nwp * g.C * KK, w, b, g.OC, g.C * KK, NO)
+        elif g.igemm:
+            wr = <floating*>fm_malloc(<Py_ssize_t>KK * g.C * fm_igemm_ocp(g.OC) * sizeof(floating))
+            if wr == NULL:
+                free(colbuf)
+                return -1
+            fm_igemm_pack(wr, w, g.OC, g.C, g.KH, g.KW)
     if g.wino:
         wr = <floating*>fm_malloc(16 * <Py_ssize_t>g.C * g.OC * sizeof(floating))
     elif g.wino5:
@@ -1498,12 +1616,49 @@ cdef bint _pick_dxfwd(Geom* g, Geom* gt) noexcept nogil:
     if g.PHt < 0 or g.PWt < 0:
         return False
     _geom_set(gt, g.N, g.OC, g.OH, g.OW, g.C, g.H, g.W, g.KH, g.KW, 1, 1, g.PHt, g.PWt,
-              g.DH, g.DW, 1, g.ys, g.xs)
+              g.DH, g.DW, 1, g.ys, g.xs, g.f32)
     if _dx_fwd == 0 and g.KH == 1:
-        return gt.wino5 and g.C >= FM_DXFWD5_C
-    if _dx_fwd == 2 and not (gt.shifted or gt.wino or gt.small or gt.wino5):
+        return (gt.wino5 or gt.igemm) and g.C >= FM_DXFWD5_C
+    if _dx_fwd == 2 and not (gt.shifted or gt.wino or gt.small or gt.wino5 or gt.igemm):
         gt.im2row = True
-    return gt.im2row or gt.shifted or gt.wino or gt.small or gt.wino5
+    return gt.im2row or gt.shifted or gt.wino or gt.small or gt.wino5 or gt.igemm
+
+
+cdef void _igemm_dw_images(float* dwt, const float* dy, const float* x, float* buf, Geom* g,
+                           int lo, int hi) noexcept nogil:
+    # dwt (K, OCP) = the weight gradient of images lo..hi-1, transposed (patch order): each
+    # image's x position-major into the padded plane, its dy position-major into (P, OCP)
+    # (padding columns zero), then the implicit GEMM
+    cdef int OCP = fm_igemm_ocp(g.OC), n
+    cdef float* xp = buf
+    cdef float* dyt = buf + <Py_ssize_t>g.Hq * g.Wq * g.C
+    if lo >= hi:
+        return
+    if OCP > g.OC:
+        memset(dyt, 0, <Py_ssize_t>g.P * OCP * sizeof(float))
+    for n in range(lo, hi):
+        _pack_nhwc(xp, x + n * g.xs, g.C, g.H, g.W, g.Hq, g.Wq, g.PH, g.PW)
+        _transpose_add(dyt, OCP, dy + n * g.ys, g.P, g.OC, g.P, <const float*>NULL, False, False)
+        fm_igemm_dw(dwt, dyt, xp, g.OC, g.OH, g.OW, g.C, g.Wq, g.KH, g.KW, g.SH, g.SW, g.DH,
+                    g.DW, n > lo)
+
+
+cdef void _igemm_dw_finish(float* dw, const float* part, int nt, int chunk, Py_ssize_t psize,
+                           Geom* g, bint acc_w) noexcept nogil:
+    # dw[o, c, tap] (+)= sum over the threads that had images of part_t[tap*C + c, o], in
+    # double, in thread order
+    cdef int OCP = fm_igemm_ocp(g.OC), o, c, tap, t, KK = g.KH * g.KW
+    cdef double s
+    cdef Py_ssize_t i
+    for o in range(g.OC):
+        for c in range(g.C):
+            for tap in range(KK):
+                i = (<Py_ssize_t>o * g.C + c) * KK + tap
+                s = dw[i] if acc_w else 0
+                for t in range(nt):
+                    if t * chunk < g.N:
+                        s = s + part[t * psize + (<Py_ssize_t>tap * g.C + c) * OCP + o]
+                dw[i] = <float>s
 
 
 cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating* dy,
@@ -1513,7 +1668,8 @@ cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating
     cdef Geom gt
     if floating is double:
         g.ddw = False       # (float32 only: float64 takes the GEMM paths)
-    if g.ddw:
+        g.igdw = False
+    if g.ddw or g.igdw:
         g.wdw = False
         g.tdw = False
     if dx != NULL and _pick_dxfwd(g, &gt):
@@ -1533,12 +1689,18 @@ cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating
     cdef floating* dxi = NULL if g.dxfwd else dx      # the per-image loop's dx
     # dW goes through per-thread partials (summed in thread order below) when several threads
     # share it, or when it is accumulated transposed
-    cdef bint partials = dw != NULL and (nt > 1 or g.tdw or g.rbwd) and not g.wdw and not g.ddw
+    cdef bint partials = dw != NULL and (nt > 1 or g.tdw or g.rbwd) and not (
+        g.wdw or g.ddw or g.igdw)
     cdef floating* dU = NULL
     cdef Py_ssize_t usize = 16 * <Py_ssize_t>g.C * g.OC
     cdef bint oom = False
+    cdef floating* wk2 = NULL
+    if floating is double:
+        g.igdx = False
     if dx != NULL and (g.dxconv or g.dxfwd or g.rbwd):
-        wt = <floating*>fm_malloc(wsize * sizeof(floating))
+        # (Geom.igdx: then wr packed for the implicit GEMM, (OC, fm_igemm_ocp(K)))
+        wt = <floating*>fm_malloc((wsize + (<Py_ssize_t>g.OC * fm_igemm_ocp(g.K)
+                                            if g.rbwd and g.igdx else 0)) * sizeof(floating))
         oom = oom or wt == NULL
     if partials:
         dwpart = <floating*>fm_malloc(nt * wsize * sizeof(floating))
@@ -1555,6 +1717,11 @@ cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating
     if dw != NULL and g.ddw:
         # the direct loops' vector accumulators, one set per thread (fm_direct.h)
         usize = fm_direct_dw_size(g.OC, g.C * KK)
+        dU = <floating*>fm_malloc(nt * usize * sizeof(floating))
+        oom = oom or dU == NULL
+    if dw != NULL and g.igdw:
+        # the implicit GEMM's transposed partials (K, OCP), one per thread
+        usize = <Py_ssize_t>g.K * fm_igemm_ocp(g.OC)
         dU = <floating*>fm_malloc(nt * usize * sizeof(floating))
         oom = oom or dU == NULL
     if oom:
@@ -1576,6 +1743,10 @@ cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating
             for c in range(g.C):
                 for o in range(g.OC):
                     wt[(<Py_ssize_t>k * g.C + c) * g.OC + o] = w[(<Py_ssize_t>o * g.C + c) * KK + k]
+        if floating is float:
+            if g.igdx:
+                wk2 = wt + wsize
+                fm_igemm_pack(wk2, wt, g.K, g.OC, 1, 1)
     if db != NULL:
         memset(dbpart, 0, nt * g.OC * sizeof(double))
     if g.dxfwd:
@@ -1635,6 +1806,19 @@ cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating
             fm_direct_dw_finish(dw, dU, nt if nt > 1 else 1, usize, g.OC, g.C * KK, acc_w)
             free(dU)
             dU = NULL
+        if dw != NULL and g.igdw:
+            # dW first, through the implicit GEMM (per-thread transposed partials summed in
+            # thread order); the per-image loop below then does db and dx only
+            dwi = NULL
+            if nt <= 1:
+                _igemm_dw_images(dU, dy, x, colbuf, g, 0, g.N)
+            else:
+                for t in prange(nt, num_threads=nt, schedule='static'):
+                    _igemm_dw_images(dU + t * usize, dy, x, colbuf + t * cs, g, t * chunk,
+                                     min(g.N, t * chunk + chunk))
+            _igemm_dw_finish(dw, dU, nt if nt > 1 else 1, chunk, usize, g, acc_w)
+            free(dU)
+            dU = NULL
     if g.rbwd and (dw != NULL or dx != NULL):
         # dW (into the per-thread partials, (OC, KH*KW*C)) and dx through the patch rows in
         # blocks of g.imb images; the per-image loop below then does db only
@@ -1644,7 +1828,7 @@ cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating
             n = 0
             while n < g.N:
                 _im2row_backward_images(dx + n * g.xs if dx != NULL else NULL, dwpart,
-                                        dy + n * g.ys, x + n * g.xs, wt, colbuf, g,
+                                        dy + n * g.ys, x + n * g.xs, wt, wk2, colbuf, g,
                                         min(g.imb, g.N - n), n > 0, acc_dx, num_threads())
                 n = n + g.imb
         else:
@@ -1655,7 +1839,7 @@ cdef int _conv_backward(floating* dx, floating* dw, floating* db, const floating
                 while n < hi:
                     _im2row_backward_images(dx + n * g.xs if dx != NULL else NULL,
                                             dwpart + t * wsize if dwpart != NULL else NULL,
-                                            dy + n * g.ys, x + n * g.xs, wt, colbuf + t * cs, g,
+                                            dy + n * g.ys, x + n * g.xs, wt, wk2, colbuf + t * cs, g,
                                             min(g.imb, hi - n), n > lo, acc_dx, 1)
                     n = n + g.imb
     if dwi == NULL and dxi == NULL and db == NULL:
@@ -1753,15 +1937,17 @@ cdef void _geom(Geom* g, cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int SH, in
               <int>cnp.PyArray_DIM(y, 1), <int>cnp.PyArray_DIM(y, 2), <int>cnp.PyArray_DIM(y, 3),
               <int>cnp.PyArray_DIM(w, 2), <int>cnp.PyArray_DIM(w, 3), SH, SW, PH, PW, DH, DW, G,
               cnp.PyArray_STRIDES(x)[0] // cnp.PyArray_ITEMSIZE(x),
-              cnp.PyArray_STRIDES(y)[0] // cnp.PyArray_ITEMSIZE(y))
+              cnp.PyArray_STRIDES(y)[0] // cnp.PyArray_ITEMSIZE(y),
+              cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32)
 
 
 cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW, int KH, int KW,
                     int SH, int SW, int PH, int PW, int DH, int DW, int G, Py_ssize_t xs,
-                    Py_ssize_t ys) noexcept nogil:
+                    Py_ssize_t ys, bint f32) noexcept nogil:
     # every path decision for one call (the forward's, and the backward's on the same numbers)
     g.N, g.C, g.H, g.W, g.OC, g.OH, g.OW, g.KH, g.KW = N, C, H, W, OC, OH, OW, KH, KW
     g.SH, g.SW, g.PH, g.PW, g.DH, g.DW, g.G = SH, SW, PH, PW, DH, DW, G
+    g.f32 = f32
     g.Cg = g.C // G
     g.OCg = g.OC // G
     g.K = g.Cg * g.KH * g.KW
@@ -1844,15 +2030,31 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
     g.Ws = (g.OW + 2 * FM_W - 1) // (2 * FM_W) * (2 * FM_W) + g.DW * (g.KW - 1)
     # the direct loops (simd/fm_direct.h) for 2-D kernels with few input or output channels:
     # the per-level thresholds and their measurements are in simd/fm_tuning.h
-    g.small = (_fwd_small == 2 or (_fwd_small == 0 and g.KH > 1 and (
+    # (a path forced by a set_* mode wins over the automatic choice of another one)
+    cdef bint forced_fwd = (_fwd_wino == 2 or _fwd_im2row == 2 or _fwd_shifted == 2
+                            or _fwd_wino5 == 2)
+    cdef bint forced_dw = _dw_wino == 2 or _bwd_im2row == 2
+    g.small = (_fwd_small == 2 or (_fwd_small == 0 and not forced_fwd and g.KH > 1 and (
         (g.C <= FM_SMALL_C and g.OC <= FM_SMALL_C_OC)
         or (g.OC <= FM_SMALL_OC and g.C <= FM_SMALL_OC_C)))) and (
-        G == 1 and SH == 1 and SW == 1 and not g.direct and not g.wino5)
+        f32 and G == 1 and SH == 1 and SW == 1 and not g.direct and not g.wino5)
     if g.small:
-        # (float64 takes the plain im2col path these leave)
         g.shifted = False
         g.im2row = False
         g.wino = False
+        g.tout = False
+    # the implicit GEMM (simd/fm_igemm.h) where the direct loops do not take the layer and, for
+    # 3x3 stride-1 layers, Winograd does not: thresholds per level in simd/fm_tuning.h
+    g.igemm = (_fwd_igemm == 2 or (_fwd_igemm == 0 and not forced_fwd and g.C >= FM_IG_FWD_C and not g.wino
+                                   and not g.small and (SH > 1 or SW > 1 or FM_IG_FWD_S1)
+                                   and (FM_IG_WITH_BLAS512 or not _blas512))) and (
+        f32 and G == 1 and not g.direct and not g.dwise and g.KH * g.KW <= 64)
+    if g.igemm:
+        g.small = False
+        g.shifted = False
+        g.im2row = False
+        g.wino = False
+        g.wino5 = False
         g.tout = False
     g.wdw = (_dw_wino == 2 or (_dw_wino == 0 and g.C >= 48)) and (
         G == 1 and g.KH == 3 and g.KW == 3 and SH == 1 and SW == 1 and DH == 1 and DW == 1)
@@ -1861,9 +2063,23 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
     if g.rbwd:
         g.wdw = False
         g.dxconv = False
-    g.ddw = (_dw_direct == 2 or (_dw_direct == 0 and g.KH > 1 and (
+    g.igdx = f32 and g.rbwd and (_dx_igemm == 2 or (_dx_igemm == 0 and FM_IG_DX and (
+        FM_IG_WITH_BLAS512 or not _blas512)))
+    g.ddw = (_dw_direct == 2 or (_dw_direct == 0 and not forced_dw and g.KH > 1 and (
         (g.C <= FM_DWD_C and g.OC <= FM_DWD_C_OC) or (g.OC <= FM_DWD_OC and g.C <= FM_DWD_OC_C)))) and (
-        G == 1 and SH == 1 and SW == 1 and not g.direct and not g.dwise and not g.rbwd)
+        f32 and G == 1 and SH == 1 and SW == 1 and not g.direct and not g.dwise and not g.rbwd)
+    g.wig = (_wino_igemm == 2 or (_wino_igemm == 0 and FM_IG_WINO and (
+        FM_IG_WITH_BLAS512 or not _blas512))) and f32 and fm_igemm_ocp(g.OC) == g.OC
+    # dW as an implicit GEMM where the direct loops do not take it, and over Winograd's dW for
+    # fewer than FM_IG_DW_WINO_OC output channels or where Winograd's GEMMs stay on BLAS
+    # (fm_tuning.h)
+    g.igdw = (_dw_igemm == 2 or (_dw_igemm == 0 and not forced_dw and not g.ddw and g.C >= FM_IG_DW_C and (
+        not g.wdw or g.OC < FM_IG_DW_WINO_OC or not g.wig) and (
+        FM_IG_WITH_BLAS512 or not _blas512))) and (
+        f32 and G == 1 and not g.direct and not g.dwise and g.KH * g.KW <= 64)
+    if g.igdw:
+        g.ddw = False
+        g.wdw = False
 
 
 def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
@@ -1907,6 +2123,8 @@ cdef str _fwd_name(Geom* h):
         return "depthwise"
     if h.small:
         return "small"
+    if h.igemm:
+        return "igemm"
     if h.wino:
         return "wino"
     if h.wino5:
@@ -1922,13 +2140,13 @@ cdef str _fwd_name(Geom* h):
 
 def conv2d_paths(cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int SH, int SW, int PH, int PW,
                  int DH, int DW, int G):
-    """'forward=..., dW=..., dx=...': the paths a float32 call with these arrays takes (for
-    benchmarks; the same decisions as conv2d_forward / conv2d_backward)."""
+    """'forward=..., dW=..., dx=...': the paths a call with these arrays (their dtype) takes (for
+    benchmarks and tests; the same decisions as conv2d_forward / conv2d_backward)."""
     cdef Geom g, gt
     _geom(&g, x, y, w, SH, SW, PH, PW, DH, DW, G)
     fw = _fwd_name(&g)
-    dwn = "depthwise" if g.dwise else ("direct" if g.ddw else ("wino" if g.wdw else (
-        "im2row" if g.rbwd else ("im2col-t" if g.tdw else "im2col"))))
+    dwn = "depthwise" if g.dwise else ("direct" if g.ddw else ("igemm" if g.igdw else ("wino" if g.wdw else (
+        "im2row" if g.rbwd else ("im2col-t" if g.tdw else "im2col")))))
     if g.rbwd:
         dxn = "im2row"
     elif _pick_dxfwd(&g, &gt):

@@ -42,6 +42,32 @@
 #  define FM_DWD_C_OC 64
 #  define FM_DWD_OC 24
 #  define FM_DWD_OC_C 64
+/* implicit GEMM (fm_igemm.h): MR positions x NR vectors of output channels (up to 4: OC 64 in
+ * one pass); 24 accumulators, NR weight vectors and one broadcast in registers. The kernel runs
+ * at ~93% of the FMA peak on cnn.conv2 (perf: 68% of the phase; the rest is the two transposes).
+ * Forward (Geom.igemm) from FM_IG_FWD_C input channels, stride 1 too (FM_IG_FWD_S1) except the
+ * 3x3 layers Winograd takes; A/B igemm / the path it replaces: cnn.conv2, cnn.conv3 0.77 (vs
+ * im2row), conv1d.1, conv1d.2 0.91, 0.94 (vs F(2, 5)), 16->28 at 8x8 0.52 (vs shifted), 16->32
+ * at 16x16 0.64, 32->64 5x5 0.69, 16->64 stride 2 0.73 (vs im2row); bnres.conv 1.06 (vs
+ * Winograd: not taken). Stride-1 dx computed as such a forward: conv1d 0.90, 0.92; 32->64 5x5
+ * 0.46. dW (Geom.igdw) from FM_IG_DW_C input channels where the direct dW does not take the
+ * layer: cnn.conv2, conv3 0.76, 0.62 (vs im2row rows + BLAS), conv1d 0.79, 0.77 (vs im2col-t),
+ * bnres.conv 0.94 (vs Winograd's dW on BLAS) but 1.27 vs Winograd's dW on the kernel
+ * (FM_IG_WINO: Winograd's 16 GEMMs through it, forward 0.78 and dW 0.76 of them on BLAS for
+ * 64->64 at 16x16), so FM_IG_DW_WINO_OC 0: Winograd's dW where it applies. Strided dx
+ * (Geom.rbwd) with its dy^T W GEMM through the kernel (FM_IG_DX): cnn.conv2, conv3 0.93, 0.90 */
+#  define FM_IG_NR 4
+#  define FM_IG_MR1 16
+#  define FM_IG_MR2 12
+#  define FM_IG_MR3 8
+#  define FM_IG_MR4 6
+#  define FM_IG_FWD_C 16
+#  define FM_IG_FWD_S1 1
+#  define FM_IG_DW_C 16
+#  define FM_IG_DW_WINO_OC 0
+#  define FM_IG_DX 1
+#  define FM_IG_WITH_BLAS512 1
+#  define FM_IG_WINO 1
 #elif FM_LEVEL == 1
 /* 16 ymm registers: 2 x 6 (12 accumulators, 2 input vectors, one broadcast: 15 registers) or
  * 2 x 4; A/B 2 x 6 / 2 x 4: 0.83-0.86 for 3->24 and the DenseBlock layers (OC 12). Against the
@@ -65,6 +91,26 @@
 #  define FM_DWD_C_OC 0
 #  define FM_DWD_OC 12
 #  define FM_DWD_OC_C 36
+/* implicit GEMM: 6 positions x 2 vectors (12 accumulators, 15 registers), 12 x 1.
+ * Measured against BLAS at its AVX2 kernels (OPENBLAS_CORETYPE=Haswell: what an AVX2-only CPU
+ * runs). When the BLAS runs AVX-512 kernels (this level forced on an AVX-512 CPU; conv.pyx's
+ * _blas_runs_avx512) the BLAS paths win -- igemm 1.2-1.6x: FM_IG_WITH_BLAS512 0 turns the
+ * implicit GEMM off there. With AVX2 BLAS: forward cnn.conv2, conv3 0.88,
+ * 0.89 (vs im2row), conv1d.1, conv1d.2 1.01, 1.11 (vs F(2, 5): stride-1 layers stay off),
+ * bnres.conv 1.42; dW cnn.conv2, conv3 0.92, 0.74, conv1d 0.92, 0.94, dense.l3 0.80 (vs
+ * Winograd's dW), bnres.conv 1.22 (Winograd's dW kept from 32 output channels); strided dx
+ * through the kernel 1.02, 1.04 (BLAS kept); Winograd's GEMMs through the kernel (64->64 at
+ * 16x16): forward 0.93, dW 0.85 */
+#  define FM_IG_NR 2
+#  define FM_IG_MR1 12
+#  define FM_IG_MR2 6
+#  define FM_IG_FWD_C 16
+#  define FM_IG_FWD_S1 0
+#  define FM_IG_DW_C 16
+#  define FM_IG_DW_WINO_OC 32
+#  define FM_IG_DX 0
+#  define FM_IG_WITH_BLAS512 0
+#  define FM_IG_WINO 1
 #else
 #  define FM_DF_NV2_NO {4}
 #  define FM_DF_NV1_NO {4}
@@ -78,11 +124,24 @@
 #  define FM_DWD_C_OC 0
 #  define FM_DWD_OC 0
 #  define FM_DWD_OC_C 0
+#  define FM_IG_NR 4
+#  define FM_IG_MR1 4
+#  define FM_IG_MR2 4
+#  define FM_IG_MR3 4
+#  define FM_IG_MR4 4
+#  define FM_IG_FWD_C (1 << 30)
+#  define FM_IG_FWD_S1 0
+#  define FM_IG_DW_C (1 << 30)
+#  define FM_IG_DW_WINO_OC 0
+#  define FM_IG_DX 0
+#  define FM_IG_WITH_BLAS512 0
+#  define FM_IG_WINO 0
 #endif
 
-/* Every level: 1-D k5 stride-1 dx as a forward through Winograd F(2, 5) (Geom.dxfwd) when the
- * input has at least FM_DXFWD5_C channels: A/B dxfwd / col2im, 32->64 at L 256: avx512 0.76,
- * avx2 0.81 (1.0 before the position-major copies became register transposes) */
+/* Every level: 1-D stride-1 dx as a forward (Geom.dxfwd: through F(2, 5), or the implicit GEMM
+ * where it takes the forward) when the input has at least FM_DXFWD5_C channels: A/B dxfwd /
+ * col2im, 32->64 k5 at L 256 through F(2, 5): avx512 0.76, avx2 0.81 (1.0 before the
+ * position-major copies became register transposes); through the implicit GEMM 0.9 of that */
 #define FM_DXFWD5_C 32
 
 #endif /* FM_TUNING_H */
