@@ -400,3 +400,23 @@ def test_transposed_forward_same_as_direct_path_in_sequential(rng):
     assert_close(m(x), want, np.float32)
     with fastmod.no_grad():
         assert_close(m(x), want, np.float32)
+
+
+# ------------------------------------------------------------------ batch-1 forward (GEMV)
+@pytest.mark.parametrize("i,o", [(784, 512), (37, 23), (16, 17), (5, 33), (1, 20), (130, 1)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_batch1_forward_matches_reference(i, o, bias, threads, rng):
+    """The float32 batch-1 forward (sk_gemv_rows at the vector levels: 4 rows per step, ragged
+    row tails through partial loads, row blocks per thread), with the fused ReLU of Sequential,
+    against float64; NaN in the input propagates to every output."""
+    lin = make(i, o, bias=bias, dtype=np.float32)
+    seq = fastmod.nn.Sequential(make(i, o, bias=bias, dtype=np.float32), fastmod.nn.ReLU())
+    seq[0].load_state_dict(lin.state_dict())
+    x = rng.standard_normal((1, i)).astype(np.float32)
+    want = ref.linear(x.astype(np.float64), lin.weight.data.astype(np.float64),
+                      lin.bias.data.astype(np.float64) if bias else None)
+    with fastmod.no_grad():
+        assert_close(lin(x), want, np.float32)
+        assert_close(seq(x), np.maximum(want, 0), np.float32)
+        x[0, i // 2] = np.nan
+        assert np.isnan(lin(x)).all() and np.isnan(seq(x)).all()

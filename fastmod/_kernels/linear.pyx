@@ -32,10 +32,13 @@ cdef extern from "fm_linear.h":
                     int IN, int OUT, int r0, int r1, int acc_in) noexcept nogil
     void tr_bias_relu(float* y, int ldy, const float* z, int ldz, const float* b,
                       int o0, int o1, int n0, int n1, int relu) noexcept nogil
+    void sk_gemv_rows(float* y, const float* w, const float* x, const float* b, int IN,
+                      int o0, int o1, int relu) noexcept nogil
 
 cdef enum:
     SKINNY_OUT = 16                  # out_features up to this go through the sk_* kernels
     SKINNY_GRAIN = 1 << 18           # multiply-adds per thread before a second thread helps
+    GEMV_GRAIN = 1 << 17             # batch-1 forward: multiply-adds per thread
 
 
 cdef int _skinny_threads(int N, int IN, int OUT) noexcept nogil:
@@ -111,6 +114,22 @@ cdef void _forward_block(floating* y, const floating* x, const floating* w, cons
                 row[c] = 0 if v < 0 else v     # as ReLU's kernel: NaN stays NaN (as torch)
 
 
+cdef void _gemv_forward(float* y, const float* x, const float* w, const float* b, int IN,
+                        int OUT, bint relu) noexcept nogil:
+    # batch 1, float32, vector levels: sk_gemv_rows over row blocks of 8 per thread (measured on
+    # the AVX-512 Xeon, 784 -> 512 + ReLU, one thread: see simd/fm_linear.h)
+    cdef int nt = threads_for(<Py_ssize_t>OUT * IN, GEMV_GRAIN), t, chunk
+    if nt > OUT // 8:
+        nt = max(1, OUT // 8)
+    if nt <= 1:
+        sk_gemv_rows(y, w, x, b, IN, 0, OUT, relu)
+        return
+    chunk = ((OUT + nt - 1) // nt + 7) // 8 * 8
+    for t in prange(nt, num_threads=nt, schedule='static'):
+        if t * chunk < OUT:
+            sk_gemv_rows(y, w, x, b, IN, t * chunk, min(OUT, (t + 1) * chunk), relu)
+
+
 cdef void _linear_forward(floating* y, const floating* x, const floating* w, const floating* b,
                           int N, int IN, int OUT, bint relu) noexcept nogil:
     # y (N, OUT) = x (N, IN) @ w.T (IN, OUT) + b, then y = max(y, 0) when relu. A block's bias,
@@ -123,6 +142,10 @@ cdef void _linear_forward(floating* y, const floating* x, const floating* w, con
             _skinny_forward(y, x, w, b, N, IN, OUT, relu)
             return
     if N == 1:
+        if floating is float:
+            if SK_HAVE:
+                _gemv_forward(y, x, w, b, IN, OUT, relu)
+                return
         if b != NULL:
             memcpy(y, b, OUT * sizeof(floating))
             beta = 1
