@@ -97,6 +97,14 @@ cdef extern from "fm_tuning.h":
     int FM_SMALL_C_OC
     int FM_SMALL_OC
     int FM_SMALL_OC_C
+    int FM_SMALL_C_B512
+    int FM_SMALL_C_OC_B512
+    int FM_SMALL_OC_B512
+    int FM_SMALL_OC_C_B512
+    int FM_DWD_C_B512
+    int FM_DWD_C_OC_B512
+    int FM_DWD_OC_B512
+    int FM_DWD_OC_C_B512
     int FM_DXFWD5_C
     int FM_DWD_C
     int FM_DWD_C_OC
@@ -420,6 +428,15 @@ def _blas_runs_avx512():
 
 
 cdef bint _blas512 = _blas_runs_avx512()
+# the direct loops' thresholds for the BLAS this process runs (fm_tuning.h)
+cdef int _small_c = FM_SMALL_C_B512 if _blas512 else FM_SMALL_C
+cdef int _small_c_oc = FM_SMALL_C_OC_B512 if _blas512 else FM_SMALL_C_OC
+cdef int _small_oc = FM_SMALL_OC_B512 if _blas512 else FM_SMALL_OC
+cdef int _small_oc_c = FM_SMALL_OC_C_B512 if _blas512 else FM_SMALL_OC_C
+cdef int _dwd_c = FM_DWD_C_B512 if _blas512 else FM_DWD_C
+cdef int _dwd_c_oc = FM_DWD_C_OC_B512 if _blas512 else FM_DWD_C_OC
+cdef int _dwd_oc = FM_DWD_OC_B512 if _blas512 else FM_DWD_OC
+cdef int _dwd_oc_c = FM_DWD_OC_C_B512 if _blas512 else FM_DWD_OC_C
 cdef int _dw_igemm = 0
 cdef int _dx_igemm = 0
 cdef int _wino_igemm = 0
@@ -2038,8 +2055,8 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
                             or _fwd_wino5 == 2)
     cdef bint forced_dw = _dw_wino == 2 or _bwd_im2row == 2
     g.small = (_fwd_small == 2 or (_fwd_small == 0 and not forced_fwd and g.KH > 1 and (
-        (g.C <= FM_SMALL_C and g.OC <= FM_SMALL_C_OC)
-        or (g.OC <= FM_SMALL_OC and g.C <= FM_SMALL_OC_C)))) and (
+        (g.C <= _small_c and g.OC <= _small_c_oc)
+        or (g.OC <= _small_oc and g.C <= _small_oc_c)))) and (
         f32 and G == 1 and SH == 1 and SW == 1 and not g.direct and not g.wino5)
     if g.small:
         g.shifted = False
@@ -2069,7 +2086,7 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
     g.igdx = f32 and g.rbwd and (_dx_igemm == 2 or (_dx_igemm == 0 and FM_IG_DX and (
         FM_IG_WITH_BLAS512 or not _blas512)))
     g.ddw = (_dw_direct == 2 or (_dw_direct == 0 and not forced_dw and g.KH > 1 and (
-        (g.C <= FM_DWD_C and g.OC <= FM_DWD_C_OC) or (g.OC <= FM_DWD_OC and g.C <= FM_DWD_OC_C)))) and (
+        (g.C <= _dwd_c and g.OC <= _dwd_c_oc) or (g.OC <= _dwd_oc and g.C <= _dwd_oc_c)))) and (
         f32 and G == 1 and SH == 1 and SW == 1 and not g.direct and not g.dwise and not g.rbwd)
     g.wig = (_wino_igemm == 2 or (_wino_igemm == 0 and FM_IG_WINO and (
         FM_IG_WITH_BLAS512 or not _blas512))) and f32 and fm_igemm_ocp(g.OC) == g.OC

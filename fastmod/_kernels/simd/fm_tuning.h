@@ -80,23 +80,36 @@
  * Cython loop it replaces (2 x 4, weights broadcast from 4 rows): 0.50 */
 #  define FM_DF_NV2_NO {6, 4}
 #  define FM_DF_NV1_NO {8, 4}
-/* A/B direct / the path it replaces, forward: 3->32 at 32x32 0.95, 3->64 at 16x16 1.25 (vs
- * im2col), 3->24 0.78, 24->12 0.66, 36->12 0.83, 48->12 0.97, 60->12 0.95 (vs Winograd);
- * dx computed as a forward, dy with 12 channels -> 36: 0.92, -> 48: 1.03, -> 60: 1.12 of
- * Geom.dxconv */
+/* The direct loops compete with BLAS paths, and at this level the BLAS may run either ISA:
+ * the FM_SMALL_* / FM_DWD_* thresholds are measured with OpenBLAS at its AVX2 kernels (an
+ * AVX2-only CPU; OPENBLAS_CORETYPE=Haswell here), the *_B512 ones with OpenBLAS at AVX-512
+ * (this level forced on an AVX-512 CPU; conv.pyx picks by _blas_runs_avx512).
+ * AVX2 BLAS, A/B direct / the path it replaces: forward 3->64 at 16x16 0.79 (vs im2col); dx
+ * computed as a forward, dy with 12 channels -> 48, 60: 0.64, 0.68 (vs Geom.dxconv); dW
+ * 3->32 0.68, 3->64 0.80, 3->24 0.62 (vs im2col), 48->12, 60->12 0.78, 0.85 (vs the implicit
+ * GEMM) -- the avx512 level's thresholds.
+ * AVX-512 BLAS: forward 3->32 at 32x32 0.95, 3->64 at 16x16 1.25 (vs im2col), 3->24 0.78,
+ * 24->12 0.66, 36->12 0.83, 48->12 0.97, 60->12 0.95 (vs Winograd); dx dy 12 -> 36: 0.92,
+ * -> 48: 1.03, -> 60: 1.12 of Geom.dxconv; dW dense.l0 0.58, l1 0.53 (vs im2col-t), l2, l3
+ * 1.00 (vs Winograd), stems 3->64 0.91, 3->32 1.53, 3->24 1.24 (vs im2col) */
 #  define FM_SMALL_C 12
-#  define FM_SMALL_C_OC 36
+#  define FM_SMALL_C_OC 64
 #  define FM_SMALL_OC 24
 #  define FM_SMALL_OC_C 64
-/* direct weight gradient: 3 x 3 (9 accumulators, 3 input vectors, one dy vector); A/B direct
- * / the path it replaces: dense.l0 0.58, l1 0.53 (vs im2col-t), l2 1.00, l3 1.00 (vs
- * Winograd); stems: 3->64 at 16x16 0.91, 3->32 1.53, 3->24 1.24 (vs im2col): the DenseBlock
- * layers (12 output channels) up to 36 input channels only */
+#  define FM_SMALL_C_B512 12
+#  define FM_SMALL_C_OC_B512 36
+#  define FM_SMALL_OC_B512 24
+#  define FM_SMALL_OC_C_B512 64
+/* direct weight gradient: 3 x 3 (9 accumulators, 3 input vectors, one dy vector) */
 #  define FM_DW_NO {3}
-#  define FM_DWD_C 0
-#  define FM_DWD_C_OC 0
-#  define FM_DWD_OC 12
-#  define FM_DWD_OC_C 36
+#  define FM_DWD_C 12
+#  define FM_DWD_C_OC 64
+#  define FM_DWD_OC 24
+#  define FM_DWD_OC_C 64
+#  define FM_DWD_C_B512 0
+#  define FM_DWD_C_OC_B512 0
+#  define FM_DWD_OC_B512 12
+#  define FM_DWD_OC_C_B512 36
 /* implicit GEMM: 6 positions x 2 vectors (12 accumulators, 15 registers), 12 x 1.
  * Measured against BLAS at its AVX2 kernels (OPENBLAS_CORETYPE=Haswell: what an AVX2-only CPU
  * runs). When the BLAS runs AVX-512 kernels (this level forced on an AVX-512 CPU; conv.pyx's
@@ -144,6 +157,18 @@
 #  define FM_IG_WITH_BLAS512 0
 #  define FM_IG_WINO 0
 #  define FM_WINO_COC 0
+#endif
+
+/* (at the levels that do not tell them apart, the same thresholds whatever the BLAS runs) */
+#ifndef FM_SMALL_C_B512
+#  define FM_SMALL_C_B512 FM_SMALL_C
+#  define FM_SMALL_C_OC_B512 FM_SMALL_C_OC
+#  define FM_SMALL_OC_B512 FM_SMALL_OC
+#  define FM_SMALL_OC_C_B512 FM_SMALL_OC_C
+#  define FM_DWD_C_B512 FM_DWD_C
+#  define FM_DWD_C_OC_B512 FM_DWD_C_OC
+#  define FM_DWD_OC_B512 FM_DWD_OC
+#  define FM_DWD_OC_C_B512 FM_DWD_OC_C
 #endif
 
 /* ---------------------------------------------------------------- every level
