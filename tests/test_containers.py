@@ -624,6 +624,32 @@ def test_sequential_fused_linear_relu_training_matches_separate(n, need, dtype, 
     assert all(not m._stack for m in fused.modules())
 
 
+@pytest.mark.parametrize("need", [True, False])
+def test_sequential_fused_conv_relu_training_matches_separate(need, dtype, threads, rng):
+    """With grad on, Sequential fuses Conv + ReLU in the forward (the ReLU applied in the
+    convolution's kernel call, the output saved as the ReLU's state): same outputs, input and
+    parameter gradients as separate modules, on the cnn workload's kinds of layers (a
+    3-channel stem, stride 2, Conv1d), NaN kept."""
+    def build(R):
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, dtype=dtype), R(),
+                             nn.Conv2d(8, 16, 3, stride=2, padding=1, dtype=dtype), R(),
+                             nn.Flatten(), nn.Linear(16 * 4 * 5, 3, dtype=dtype), R())
+    fused, plain = build(nn.ReLU), build(_PlainReLU)
+    _copy_weights(plain, fused)
+    x = rng.standard_normal((4, 3, 7, 9)).astype(dtype)
+    x[1, 0, 3, 3] = np.nan
+    dy = rng.standard_normal((4, 3)).astype(dtype)
+    for _ in range(2):
+        _assert_same_run(_run(fused, x, dy, need), _run(plain, x, dy, need), dtype)
+    assert all(not m._stack for m in fused.modules())
+    c1 = nn.Sequential(nn.Conv1d(4, 6, 5, padding=2, dtype=dtype), nn.ReLU())
+    c1p = nn.Sequential(nn.Conv1d(4, 6, 5, padding=2, dtype=dtype), _PlainReLU())
+    _copy_weights(c1p, c1)
+    x1 = rng.standard_normal((3, 4, 11)).astype(dtype)
+    dy1 = rng.standard_normal((3, 6, 11)).astype(dtype)
+    _assert_same_run(_run(c1, x1, dy1, need), _run(c1p, x1, dy1, need), dtype)
+
+
 def test_sequential_fused_linear_relu_gradcheck(rng):
     m = nn.Sequential(nn.Linear(4, 6, dtype=np.float64), nn.ReLU(), nn.Linear(6, 3, dtype=np.float64),
                       nn.ReLU(), nn.Linear(3, 2, dtype=np.float64))

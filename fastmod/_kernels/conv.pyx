@@ -15,7 +15,8 @@ Per image n and group g (cols = im2col(x_n), (C*KH*KW, P); group g owns rows g*K
     y_n[g]  (OCg, P) = W_g (OCg, K) @ cols_g (K, P) + b_g
     dW_g   (OCg, K) += dy_n[g] (OCg, P) @ cols_g^T (P, K)
     dcols_g (K, P)   = W_g^T (K, OCg) @ dy_n[g] (OCg, P);   dx_n = col2im(dcols)
-Paths chosen per layer, each measured against the plain one (ratios where they are decided):
+Paths chosen per layer (_geom_set), each measured against the one it replaces; every threshold
+is a per-level constant of simd/fm_tuning.h, next to its measurement (one table per level):
   * 1x1 kernel, stride 1, no padding: no im2col at all, cols = x_n (a plain GEMM).
   * GEMM orientation: y^T and dW^T (column-major M = OC) when OC is the small side (_pick).
   * stride-1 2-D forward with C >= 16 and OC < 32: per-kernel-row GEMMs on a zero-padded,
@@ -30,17 +31,24 @@ Paths chosen per layer, each measured against the plain one (ratios where they a
   * 3x3 stride-1 forward with C >= 32: Winograd F(2x2, 3x3), 16 GEMMs of depth C over blocks of
     2x2-output tiles (Geom.wino); dW likewise with C >= 48 (Geom.wdw, dU = V^T (A dY A^T)).
   * 1-D k5 stride-1 forward with C >= 32: Winograd F(2, 5), 6 GEMMs of depth C (Geom.wino5).
-  * stride-1 float32 forward with few input or output channels (RGB stems, DenseBlock's
-    12-channel layers; thresholds per level in simd/fm_tuning.h): direct FMA loops over
-    register blocks of NV vectors x NO channels chosen per level (simd/fm_direct.h, Geom.small).
-  * stride-1 dx as a forward convolution of dy through one of the forward paths above when it
-    would take one (Geom.dxfwd): no col2im scatter.
+  * stride-1 dx as a forward convolution of dy through one of the forward paths when it would
+    take one (Geom.dxfwd): no col2im scatter.
   * one input channel per group (depthwise): direct loops, no GEMM (Geom.dwise).
   * im2col in tiles of output rows, bounding the per-thread scratch (Geom.rows); its stride-2
     rows (and col2im's) through vector deinterleaves (fm_gather2 / fm_scatter2_add).
-The position-major copies of x (and dy) that the im2row, shifted and Winograd paths read, and
-their transposing epilogue, are FM_W x FM_W register transposes (simd/fm_conv.h, _pack_nhwc,
-_transpose_add).
+float32 only (Geom.f32), hand-written SIMD compiled per level, taking precedence over the above
+where fm_tuning.h says so:
+  * few input or output channels, stride 1 (RGB stems, DenseBlock's 12-channel layers): direct
+    FMA loops over register blocks of NV vectors x NO channels (simd/fm_direct.h): the forward
+    (Geom.small) and the weight gradient (Geom.ddw, NO channels x 3 taps per block).
+  * an implicit GEMM on the position-major plane (simd/fm_igemm.h): register blocks of MR
+    output positions x NR vectors of output channels over the patch's contiguous runs, no
+    patch rows and no BLAS packing: the forward (Geom.igemm), dW (Geom.igdw), the strided dx's
+    dy^T W (Geom.igdx) and Winograd's 16 GEMMs (Geom.wig). At the avx2 level not where SciPy's
+    OpenBLAS runs AVX-512 kernels (_blas_runs_avx512: there its GEMMs are faster).
+The position-major copies of x (and dy) and the transposing epilogue are FM_W x FM_W register
+transposes (simd/fm_conv.h, _pack_nhwc, _transpose_add). A path forced by a set_* mode wins
+over the automatic choice of another.
 
 Threads (measured on the 2-core dev box, bench/bench_conv.py --only recipe): the batch is split
 into one contiguous chunk of images per thread; each thread im2cols one image at a time into its
@@ -89,6 +97,14 @@ cdef extern from "fm_tuning.h":
     int FM_SMALL_C_OC
     int FM_SMALL_OC
     int FM_SMALL_OC_C
+    int FM_SMALL_C_B512
+    int FM_SMALL_C_OC_B512
+    int FM_SMALL_OC_B512
+    int FM_SMALL_OC_C_B512
+    int FM_DWD_C_B512
+    int FM_DWD_C_OC_B512
+    int FM_DWD_OC_B512
+    int FM_DWD_OC_C_B512
     int FM_DXFWD5_C
     int FM_DWD_C
     int FM_DWD_C_OC
@@ -101,6 +117,17 @@ cdef extern from "fm_tuning.h":
     int FM_IG_DX
     int FM_IG_WITH_BLAS512
     int FM_IG_WINO
+    int FM_WINO_COC
+    int FM_TOUT_OC
+    int FM_TOUT_K
+    int FM_SHIFTED_C
+    int FM_SHIFTED_OC
+    int FM_IM2ROW_C
+    int FM_IM2ROW_C2
+    int FM_WINO_C
+    int FM_WDW_C
+    int FM_WINO5_C
+    int FM_RBWD_C
 
 cdef extern from "fm_direct.h":
     int fm_direct_fwd_no(int OW, int OC) noexcept nogil
@@ -401,6 +428,15 @@ def _blas_runs_avx512():
 
 
 cdef bint _blas512 = _blas_runs_avx512()
+# the direct loops' thresholds for the BLAS this process runs (fm_tuning.h)
+cdef int _small_c = FM_SMALL_C_B512 if _blas512 else FM_SMALL_C
+cdef int _small_c_oc = FM_SMALL_C_OC_B512 if _blas512 else FM_SMALL_C_OC
+cdef int _small_oc = FM_SMALL_OC_B512 if _blas512 else FM_SMALL_OC
+cdef int _small_oc_c = FM_SMALL_OC_C_B512 if _blas512 else FM_SMALL_OC_C
+cdef int _dwd_c = FM_DWD_C_B512 if _blas512 else FM_DWD_C
+cdef int _dwd_c_oc = FM_DWD_C_OC_B512 if _blas512 else FM_DWD_C_OC
+cdef int _dwd_oc = FM_DWD_OC_B512 if _blas512 else FM_DWD_OC
+cdef int _dwd_oc_c = FM_DWD_OC_C_B512 if _blas512 else FM_DWD_OC_C
 cdef int _dw_igemm = 0
 cdef int _dx_igemm = 0
 cdef int _wino_igemm = 0
@@ -1956,11 +1992,10 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
     g.ys = ys
     g.direct = (g.KH == 1 and g.KW == 1 and SH == 1 and SW == 1 and PH == 0 and PW == 0
                 and g.OH == g.H and g.OW == g.W)
-    # transposed orientation when the output channels are the small side of the GEMM; measured
-    # (one core, CPU time, transposed / plain): forward 0.85 for OC 12 and K 216-540, 1.0 for
-    # OC 64, 1.25-1.45 for K 27 (the transposing copy costs more than a short GEMM gains);
-    # dW 0.85-0.93 whenever K >= 216 > OC, ~1.0 for K 27
-    g.tout = _pick(_fwd_layout, g.OCg < 32 and g.K >= 64 and g.OCg < g.P)
+    # Every threshold below is a per-level constant of simd/fm_tuning.h, next to the
+    # measurement that chose it. Transposed orientation when the output channels are the small
+    # side of the GEMM:
+    g.tout = _pick(_fwd_layout, g.OCg < FM_TOUT_OC and g.K >= FM_TOUT_K and g.OCg < g.P)
     g.tdw = _pick(_dw_layout, g.OCg < g.K)
     g.dwise = _depthwise_direct and g.Cg == 1 and G > 1 and not g.direct
     if g.dwise:
@@ -1971,18 +2006,15 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
         g.rows = <int>max(1, min(<Py_ssize_t>g.OH, _tile_elems // (<Py_ssize_t>g.C * g.KH * g.KW * g.OW)))
     g.PHt = g.DH * (g.KH - 1) - PH
     g.PWt = g.DW * (g.KW - 1) - PW
-    # measured (one core, CPU time, fwd+bwd, dxconv / col2im): 0.81 for 60->12 and 0.88 for
-    # 24->12 at 32x32; 1.05 for 64->64; 2.8 for 3->32 (dy's cols OC/C times x's): so only
-    # when the output has fewer channels than the input
+    # stride-1 dx as a convolution of dy only when the output has fewer channels than the
+    # input (measured, fwd+bwd, dxconv / col2im: 0.81 for 60->12 and 0.88 for 24->12 at 32x32;
+    # 1.05 for 64->64; 2.8 for 3->32: dy's cols OC/C times x's)
     g.dxconv = (_dx_as_force or g.OC < g.C) and (
                 _dx_as_conv and not g.direct and not g.dwise and SH == 1 and SW == 1
                 and g.PHt >= 0 and g.PWt >= 0 and g.rows == g.OH
                 and <Py_ssize_t>g.OC * g.KH * g.KW * g.H * g.W <= _tile_elems)
     g.Hp = g.OH + g.DH * (g.KH - 1)
     g.Wp = g.OW + g.DW * (g.KW - 1)
-    # measured (one core, CPU time, forward, shifted / im2col): 0.80-0.86 for 24..60 -> 12 at
-    # 32x32, 0.88 for 64 -> 64 at 16x16; 1.5-1.7 for 3 input channels (GEMM depth 3 per tap),
-    # 1.27 / 0.99 for the 1-D k5 layers (one kernel row): so 2-D kernels with C >= 16
     g.Hq = (g.OH - 1) * SH + g.DH * (g.KH - 1) + 1
     g.Wq = (g.OW - 1) * SW + g.DW * (g.KW - 1) + 1
     g.im2row = False
@@ -1990,36 +2022,24 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
     g.acc = False
     g.dxfwd = False
     g.imb = <int>max(1, min(<Py_ssize_t>g.N, _im2row_positions // max(1, g.P)))
-    # ... and since the im2row path (below): with OC >= 32 im2row is faster (0.87-0.97 of the
-    # shifted time for 16->32, 32->64, 64->64 at 16x16 and 32x32), with OC 12-16 slower (1.05)
-    g.shifted = (_fwd_shifted == 2 or (_fwd_shifted == 0 and g.C >= 16 and g.KH > 1
-                                       and (g.OC < 32 or _fwd_im2row == 1))) and (
+    g.shifted = (_fwd_shifted == 2 or (_fwd_shifted == 0 and g.C >= FM_SHIFTED_C and g.KH > 1
+                                       and (g.OC < FM_SHIFTED_OC or _fwd_im2row == 1))) and (
         G == 1 and SH == 1 and SW == 1 and not g.direct and g.rows == g.OH
         and <Py_ssize_t>g.C * g.KW * g.Hp * g.Wp <= _tile_elems)
-    # measured (one core, CPU time, forward, im2row / im2col): 0.81 for 32 -> 64 stride 2 at
-    # 32x32, 0.88 for 64 -> 64 stride 2 at 16x16, 0.84 for the 1-D 64 -> 64 k5, 1.02 for the
-    # 1-D 32 -> 64 k5, 1.3-1.4 for 3 input channels: so C >= 64, or C >= 16 with a stride or a
-    # 2-D kernel (where the shifted path, faster for OC < 32, does not take the layer)
     g.im2row = (_fwd_im2row == 2 or (_fwd_im2row == 0 and (
-        g.C >= 64 or (g.C >= 16 and (SH > 1 or SW > 1 or g.KH > 1))))) and (
+        g.C >= FM_IM2ROW_C or (g.C >= FM_IM2ROW_C2 and (SH > 1 or SW > 1 or g.KH > 1))))) and (
         G == 1 and not g.direct and not g.dwise and not g.shifted and g.rows == g.OH)
     g.TH = (g.OH + 1) // 2
     g.TW = (g.OW + 1) // 2
     g.wimb = <int>max(1, min(<Py_ssize_t>g.N, _wino_tiles // max(1, g.TH * g.TW)))
-    # measured (one core, CPU time, forward, Winograd / the path it replaces): 0.69 for 64->64
-    # at 16x16 (and 0.69 for its dx), 0.78 for 60->12 and 0.92 for 36->12 at 32x32, 1.03 for
-    # 24->12, 2.2-2.5 for 3 input channels (the transforms cost more than the GEMM saves), and
-    # 256 tiles per block (64 and 128: 1.04-1.14, 512 and 1024: 1.08-1.24): so C >= 32
-    g.wino = (_fwd_wino == 2 or (_fwd_wino == 0 and g.C >= 32)) and (
+    # (256 tiles per Winograd block: 64 and 128 measured 1.04-1.14, 512 and 1024 1.08-1.24)
+    g.wino = (_fwd_wino == 2 or (_fwd_wino == 0 and g.C >= FM_WINO_C and (
+        not f32 or g.C * g.OC >= FM_WINO_COC))) and (
         G == 1 and g.KH == 3 and g.KW == 3 and SH == 1 and SW == 1 and DH == 1 and DW == 1)
     if g.wino:
         g.shifted = False
         g.im2row = False
-    # measured (one core, CPU time, dW alone, Winograd / im2col): 0.81 for 64->64 at 16x16,
-    # 0.89 for 60->12 and 0.95 for 48->12 at 32x32, 1.0 for 36->12, 1.26 for 24->12: C >= 48
-    # measured (one core, CPU time, forward, F(2, 5) / im2row or im2col): 0.81 for the 1-D
-    # 64->64 k5 at L 256, 0.94-0.97 for 32->64: so C >= 32
-    g.wino5 = (_fwd_wino5 == 2 or (_fwd_wino5 == 0 and g.C >= 32)) and (
+    g.wino5 = (_fwd_wino5 == 2 or (_fwd_wino5 == 0 and g.C >= FM_WINO5_C)) and (
         G == 1 and g.KH == 1 and g.KW == 5 and SH == 1 and SW == 1 and DW == 1 and PH == 0
         and g.OH == g.H)
     if g.wino5:
@@ -2035,8 +2055,8 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
                             or _fwd_wino5 == 2)
     cdef bint forced_dw = _dw_wino == 2 or _bwd_im2row == 2
     g.small = (_fwd_small == 2 or (_fwd_small == 0 and not forced_fwd and g.KH > 1 and (
-        (g.C <= FM_SMALL_C and g.OC <= FM_SMALL_C_OC)
-        or (g.OC <= FM_SMALL_OC and g.C <= FM_SMALL_OC_C)))) and (
+        (g.C <= _small_c and g.OC <= _small_c_oc)
+        or (g.OC <= _small_oc and g.C <= _small_oc_c)))) and (
         f32 and G == 1 and SH == 1 and SW == 1 and not g.direct and not g.wino5)
     if g.small:
         g.shifted = False
@@ -2056,9 +2076,9 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
         g.wino = False
         g.wino5 = False
         g.tout = False
-    g.wdw = (_dw_wino == 2 or (_dw_wino == 0 and g.C >= 48)) and (
+    g.wdw = (_dw_wino == 2 or (_dw_wino == 0 and g.C >= FM_WDW_C)) and (
         G == 1 and g.KH == 3 and g.KW == 3 and SH == 1 and SW == 1 and DH == 1 and DW == 1)
-    g.rbwd = (_bwd_im2row == 2 or (_bwd_im2row == 0 and g.C >= 16 and (SH > 1 or SW > 1))) and (
+    g.rbwd = (_bwd_im2row == 2 or (_bwd_im2row == 0 and g.C >= FM_RBWD_C and (SH > 1 or SW > 1))) and (
         G == 1 and not g.direct and not g.dwise and g.rows == g.OH and PH >= 0 and PW >= 0)
     if g.rbwd:
         g.wdw = False
@@ -2066,7 +2086,7 @@ cdef void _geom_set(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW,
     g.igdx = f32 and g.rbwd and (_dx_igemm == 2 or (_dx_igemm == 0 and FM_IG_DX and (
         FM_IG_WITH_BLAS512 or not _blas512)))
     g.ddw = (_dw_direct == 2 or (_dw_direct == 0 and not forced_dw and g.KH > 1 and (
-        (g.C <= FM_DWD_C and g.OC <= FM_DWD_C_OC) or (g.OC <= FM_DWD_OC and g.C <= FM_DWD_OC_C)))) and (
+        (g.C <= _dwd_c and g.OC <= _dwd_c_oc) or (g.OC <= _dwd_oc and g.C <= _dwd_oc_c)))) and (
         f32 and G == 1 and SH == 1 and SW == 1 and not g.direct and not g.dwise and not g.rbwd)
     g.wig = (_wino_igemm == 2 or (_wino_igemm == 0 and FM_IG_WINO and (
         FM_IG_WITH_BLAS512 or not _blas512))) and f32 and fm_igemm_ocp(g.OC) == g.OC
