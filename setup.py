@@ -148,6 +148,20 @@ BUILD_INFO = [("FM_BUILD_CC", _c_string(os.environ.get("CC") or sysconfig.get_co
               ("FM_BUILD_LEVELS", _c_string(",".join(lv[0] for lv in LEVELS)))]
 BUILD_INFO += [("FM_BUILD_FLAGS_" + lv[0].upper(), _c_string(" ".join(compile_args + lv[2]))) for lv in LEVELS]
 
+def _level_source(c_file, level):
+    """build/fm_levels/<level>/<name>.c: one line including the module's generated C. Each level
+    compiles its own file, so its object file has its own path (compiled from the shared .c,
+    the levels' objects had one path in build_temp: parallel builds raced, and an avx512 module
+    was once linked from the avx2 object)."""
+    path = os.path.join("build", "fm_levels", level, os.path.basename(c_file))
+    text = '#include "%s"\n' % os.path.abspath(c_file).replace(os.sep, "/")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not os.path.exists(path) or open(path).read() != text:
+        with open(path, "w") as f:
+            f.write(text)
+    return path
+
+
 extensions = []
 for ext in cythonize(base, compiler_directives=directives, nthreads=JOBS if JOBS > 1 else 0):
     name = ext.name.rsplit(".", 1)[1]
@@ -158,11 +172,12 @@ for ext in cythonize(base, compiler_directives=directives, nthreads=JOBS if JOBS
         continue
     for level, num, flags in LEVELS:
         extensions.append(Extension(
-            "fastmod._kernels.%s.%s" % (level, name), list(ext.sources),
+            "fastmod._kernels.%s.%s" % (level, name), [_level_source(ext.sources[0], level)],
             include_dirs=list(ext.include_dirs),
             define_macros=list(ext.define_macros) + [("FM_LEVEL", str(num))],
             extra_compile_args=list(ext.extra_compile_args) + flags,
-            extra_link_args=list(ext.extra_link_args), depends=list(ext.depends),
+            extra_link_args=list(ext.extra_link_args),
+            depends=list(ext.depends) + list(ext.sources),
         ))
 
 
