@@ -55,8 +55,11 @@ GEOMEAN_TARGET = 0.65
 
 # --emulate-avx2: what fastmod, ATen, oneDNN and OpenBLAS read when they load (so they must be in
 # the environment before the process starts) to run the code they would run on an AVX2-only CPU
+# torch's float32 GEMMs are MKL's, which ignores the ATen/oneDNN variables: without
+# MKL_ENABLE_INSTRUCTIONS torch's Linear layers kept AVX-512 (mlp_b128 infer 0.59 ms either way)
 EMULATE_AVX2 = (("FASTMOD_ISA", "avx2"), ("ATEN_CPU_CAPABILITY", "avx2"),
-                ("ONEDNN_MAX_CPU_ISA", "AVX2"), ("OPENBLAS_CORETYPE", "Haswell"))
+                ("ONEDNN_MAX_CPU_ISA", "AVX2"), ("MKL_ENABLE_INSTRUCTIONS", "AVX2"),
+                ("OPENBLAS_CORETYPE", "Haswell"))
 # set for a benchmark, these make OpenBLAS run another core's kernels or blocking (SPEC §6: unset)
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
