@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from fastmod._validate import finite_float, positive_int
+
 MODELS = ("mlp", "resnet_s", "cnn", "bn_resnet", "densenet", "transformer")
 DEFAULT_MODEL = "cnn"
 
@@ -261,8 +263,10 @@ def cmd_train(args):
     from fastmod.training import TrainingDiverged, TrainingInterrupted, evaluate, fit
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise CLIError(f"--threads must be a positive integer, got {args.threads}")
+        try:
+            positive_int(args.threads, "--threads")
+        except ValueError as e:
+            raise CLIError(str(e)) from None
         fastmod.set_num_threads(args.threads)
     if args.resume and args.eval_only:
         raise CLIError("--resume and --eval-only cannot be used together")
@@ -395,15 +399,14 @@ def _threads_text(ranks):
 
 
 def _check_hyper(config):
-    e, b, lr, wd = config["epochs"], config["batch_size"], config["lr"], config["weight_decay"]
-    if e < 1:
-        raise CLIError(f"--epochs must be a positive integer, got {e}")
-    if b < 1:
-        raise CLIError(f"--batch-size must be a positive integer, got {b}")
-    if not (math.isfinite(lr) and lr > 0):
-        raise CLIError(f"--lr must be a positive number, got {lr}")
-    if not (math.isfinite(wd) and wd >= 0):
-        raise CLIError(f"--weight-decay must be a non-negative number, got {wd}")
+    """The hyper-parameters' values (argparse checked their types) -> CLIError naming the flag."""
+    try:
+        positive_int(config["epochs"], "--epochs")
+        positive_int(config["batch_size"], "--batch-size")
+        finite_float(config["lr"], "--lr", 0.0, low_open=True)
+        finite_float(config["weight_decay"], "--weight-decay", 0.0)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 # ------------------------------------------------------------------------------ bench

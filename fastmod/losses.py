@@ -3,7 +3,7 @@ d(loss)/d(output). Mean reduction by default, as torch."""
 import numpy as np
 
 from fastmod._kernels import losses as _k
-from fastmod.nn._validate import finite_float
+from fastmod._validate import finite_float
 from fastmod.nn.module import FLOAT_DTYPES, c_array
 
 

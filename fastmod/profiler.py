@@ -5,8 +5,8 @@
     result.to_dict()                                # rows and totals as plain Python values
     fastmod.profile(model, x, y, trace="step.json") # + a Chrome trace (chrome://tracing, Perfetto)
 
-How it measures. For the profile only, every module's bound forward / backward (and the private
-entry points containers call directly: _forward, _backward, _forward_into, _backward_into) is
+How it measures. For the profile only, every module's bound forward / backward (and the
+stateless pair a buffer-sharing container calls: forward_into, backward_into) is
 replaced by a timing wrapper stored as an *instance* attribute; the classes are never touched,
 and the instance attributes are removed afterwards (also when the model raises), so a model
 that is not being profiled runs exactly the code it always runs. A module's time is its *self*
@@ -27,16 +27,18 @@ from collections import defaultdict
 import numpy as np
 
 from fastmod import _runtime
+from fastmod._validate import positive_int
 from fastmod._runtime import STATE, no_grad
 from fastmod.nn import Conv1d, Conv2d, Embedding, Linear, MultiheadAttention
 from fastmod.nn.module import Module
 
 __all__ = ["profile", "ProfileResult", "fma_peak_gflops"]
 
-# methods through which a module's own work runs: the public pair and the private entry points
-# that containers call directly (a Linear/Conv with its ReLU fused, DenseBlock's convolutions)
-_FORWARD = ("forward", "_forward", "_forward_into")
-_BACKWARD = ("backward", "_backward", "_backward_into")
+# methods through which a module's own work runs: the public pair (a container's fusion calls
+# them too, with activation= / input_activation=) and the stateless pair a buffer-sharing
+# container calls (DenseBlock's convolutions: forward_into / backward_into)
+_FORWARD = ("forward", "forward_into")
+_BACKWARD = ("backward", "backward_into")
 
 _PEAK = {}
 
@@ -65,8 +67,8 @@ def _gemm_flops(m, meth, args, kwargs, out):
     (element-wise and normalization work is not counted)."""
     if isinstance(out, tuple):
         out = out[0]
-    if meth == "_forward_into":
-        out = args[0]
+    if meth == "forward_into":
+        out = args[0] if args else kwargs["out"]
     if isinstance(m, Linear):
         rows = out.size // m.out_features
         return 2.0 * rows * m.in_features * m.out_features, 0.0
@@ -91,8 +93,8 @@ def _gemm_flops(m, meth, args, kwargs, out):
 
 
 def _needs_dx(meth, args, kwargs):
-    if meth == "_backward_into":
-        return args[0] is not None
+    if meth == "backward_into":                 # backward_into(dy, x, dx=None, ...)
+        return (args[2] if len(args) > 2 else kwargs.get("dx")) is not None
     return bool(args[1] if len(args) > 1 else kwargs.get("need_input_grad", True))
 
 
@@ -373,16 +375,6 @@ def _bytes(n):
 
 
 # ------------------------------------------------------------------------------ profile
-def _takes_need_input_grad(model):
-    import inspect
-    try:
-        params = inspect.signature(model.backward).parameters
-    except (TypeError, ValueError):
-        return False
-    return "need_input_grad" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD
-                                              for p in params.values())
-
-
 def _peak_bytes(fn):
     """Peak traced memory (tracemalloc: Python objects and NumPy arrays) of fn() above what was
     traced when it started."""
@@ -445,14 +437,12 @@ def profile(model, x, target=None, *, loss=None, repeats=5, file=None, trace=Non
 
     if not isinstance(model, Module):
         raise TypeError(f"profile: expected a fastmod Module, got {type(model).__name__}")
-    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
-        raise ValueError(f"profile: repeats must be a positive integer, got {repeats!r}")
+    repeats = positive_int(repeats, "profile: repeats")
     xs = x if isinstance(x, tuple) else (x,)
     train = target is not None
     if train and loss is None:
         t = np.asarray(target)
         loss = CrossEntropyLoss() if t.dtype.kind in "iu" else MSELoss()
-    skip_dx = _takes_need_input_grad(model)
     entries = list(model.named_modules())
     rec = _Recorder(entries)
     snap = _Snapshot(model, loss)
@@ -467,10 +457,7 @@ def profile(model, x, target=None, *, loss=None, repeats=5, file=None, trace=Non
         timing["infer"] = clock() - t0
 
     def backward(dy):                           # as fastmod.fit: no gradient for the input
-        if skip_dx:
-            model.backward(dy, need_input_grad=False)
-        else:
-            model.backward(dy)
+        model.backward(dy, need_input_grad=False)
 
     def step():
         model.train()

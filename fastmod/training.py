@@ -17,7 +17,6 @@ What it guarantees (SPEC §3, §5):
   `TrainingInterrupted` (a KeyboardInterrupt) is raised; a second Ctrl-C stops at once.
 - `distributed=True` runs the same loop data-parallel over MPI ranks (fastmod.distributed).
 """
-import inspect
 import math
 import os
 import signal
@@ -28,6 +27,7 @@ import time
 import numpy as np
 
 from fastmod import _runtime
+from fastmod._validate import finite_float, nonneg_int, positive_int
 from fastmod.data.loader import DataLoader
 from fastmod.nn.embedding import Embedding
 from fastmod.nn.module import Module
@@ -267,16 +267,6 @@ def _restore(resume, model, optimizer, scheduler):
 
 # ------------------------------------------------------------------------------ fit
 
-def _takes_need_input_grad(net):
-    """Whether net.backward accepts need_input_grad (fastmod's modules do; a user's module may
-    define backward(dy) alone)."""
-    try:
-        params = inspect.signature(net.backward).parameters
-    except (TypeError, ValueError):
-        return False
-    return "need_input_grad" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD
-                                              for p in params.values())
-
 def fit(model, loss, optimizer, train, val=None, epochs=1, *, batch_size=64, seed=0,
         shuffle=True, drop_last=False, scheduler=None, scheduler_interval="epoch",
         clip_grad_norm=None, checkpoint=None, resume=None, meta=None, eval_batch_size=512,
@@ -328,17 +318,14 @@ def fit(model, loss, optimizer, train, val=None, epochs=1, *, batch_size=64, see
     x, y = _check_xy(train, "train")
     if val is not None:
         val = _check_xy(val, "val")
-    for v, what in ((epochs, "epochs"), (batch_size, "batch_size"), (eval_batch_size, "eval_batch_size")):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if what == "epochs" else 1):
-            raise ValueError(f"fit: {what} must be a {'non-negative' if what == 'epochs' else 'positive'} "
-                             f"integer, got {v!r}")
+    epochs = nonneg_int(epochs, "fit: epochs")
+    batch_size = positive_int(batch_size, "fit: batch_size")
+    eval_batch_size = positive_int(eval_batch_size, "fit: eval_batch_size")
     if scheduler_interval not in ("epoch", "step"):
         raise ValueError(f"fit: scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
     if clip_grad_norm is not None:
         from fastmod.optim import clip_grad_norm_
-        clip_value = float(clip_grad_norm)
-        if not (math.isfinite(clip_value) and clip_value > 0):
-            raise ValueError(f"fit: clip_grad_norm must be a positive number, got {clip_grad_norm!r}")
+        clip_value = finite_float(clip_grad_norm, "fit: clip_grad_norm", 0.0, low_open=True)
     dist = None
     if distributed:
         from fastmod.distributed import FitHelper
@@ -397,7 +384,6 @@ def fit(model, loss, optimizer, train, val=None, epochs=1, *, batch_size=64, see
         return where
 
     net = dist.wrap(model) if dist is not None else model     # after resume: rank 0's weights
-    skip_dx = _takes_need_input_grad(net)     # the data needs no gradient: skip layer 1's dx
     bar = _Progress(progress and root, epochs, steps_per_epoch)
     classify = False                       # targets are class labels (accuracy is tracked)
     model.train()
@@ -427,10 +413,8 @@ def fit(model, loss, optimizer, train, val=None, epochs=1, *, batch_size=64, see
                     if not math.isfinite(lval):
                         raise diverged(f"the loss is {lval} at step {step} (epoch {epoch + 1}, "
                                        f"batch {batch + 1} of {steps_per_epoch})", step, lval)
-                    if skip_dx:
-                        net.backward(loss.backward(), need_input_grad=False)
-                    else:
-                        net.backward(loss.backward())
+                    # the data needs no gradient: the first layer skips its input gradient
+                    net.backward(loss.backward(), need_input_grad=False)
                     if clip_grad_norm is not None:
                         clip_grad_norm_(params, clip_value)
                     optimizer.step()

@@ -256,13 +256,11 @@ def test_clip_grad_norm_runs():
 
 
 class _Recorder(nn.Module):
-    """Wraps a model; records how fit calls backward (with or without need_input_grad)."""
+    """Wraps a model; records how fit calls backward (with need_input_grad)."""
 
-    def __init__(self, inner, takes_flag):
+    def __init__(self, inner):
         super().__init__()
         self.inner, self.calls = inner, []
-        if not takes_flag:                       # a user's module with backward(dy) only
-            self.backward = self._backward_plain
 
     def forward(self, x):
         return self.inner(x)
@@ -271,7 +269,11 @@ class _Recorder(nn.Module):
         self.calls.append(need_input_grad)
         return self.inner.backward(dy, need_input_grad=need_input_grad)
 
-    def _backward_plain(self, dy):
+
+class _PlainRecorder(_Recorder):
+    """A user's module with backward(dy) alone (Module adapts it to take need_input_grad)."""
+
+    def backward(self, dy):
         self.calls.append("plain")
         return self.inner.backward(dy)
 
@@ -280,12 +282,12 @@ def test_fit_skips_the_input_gradient():
     """The data needs no gradient: fit asks for none (torch's default), so the first layer's
     dx is never computed -- and the result is the same as computing and dropping it."""
     model, opt, sched = _setup(dropout=0.0)
-    rec = _Recorder(model, takes_flag=True)
+    rec = _Recorder(model)
     h1 = _fit(rec, opt, sched)
     assert rec.calls and set(rec.calls) == {False}
 
     model2, opt2, sched2 = _setup(dropout=0.0)
-    plain = _Recorder(model2, takes_flag=False)
+    plain = _PlainRecorder(model2)
     h2 = _fit(plain, opt2, sched2)
     assert set(plain.calls) == {"plain"}               # backward(dy) alone still works
     _assert_same_state(model, model2)

@@ -278,30 +278,51 @@ def test_replacing_parameters_is_checked():
 
 # ------------------------------------------------------------------ fusions used by the containers
 @pytest.mark.parametrize("n,i,o", SPLIT_CASES + [(300, 70, 40), (7, 5, 3)])
-@pytest.mark.parametrize("mode", ["relu_out", "acc_dx", "both"])
-def test_backward_fusions_match_reference(n, i, o, mode, dtype, threads, rng):
-    """Linear._backward(relu_out=y): dx zeroed where y <= 0 (ReLU's backward, NaN -> 0), block
-    by block in every split; dx=buf: the input gradient added into buf (beta = 1)."""
+def test_backward_input_activation_relu_matches_reference(n, i, o, dtype, threads, rng):
+    """backward(dy, input_activation='relu'): the input was a ReLU's output, and dx is the
+    gradient w.r.t. that ReLU's input -- zeroed where the input <= 0, block by block in every
+    split of the kernel; parameter gradients unchanged."""
+    m = make(i, o, dtype=dtype)
+    x = np.maximum(rng.standard_normal((n, i)), 0).astype(dtype)      # a ReLU's output
+    m(x)
+    dy = rng.standard_normal((n, o)).astype(dtype)
+    rdx, rdw, rdb = ref.linear_backward(dy, x, m.weight.data)
+    dx = m.backward(dy, input_activation="relu")
+    assert_close(dx, np.where(x > 0, rdx, 0), dtype)
+    assert_close(m.weight.grad, rdw, dtype)
+    assert_close(m.bias.grad, rdb, dtype)
+    m(x)
+    assert m.backward(dy, need_input_grad=False, input_activation="relu") is None
+    with pytest.raises(ValueError, match="input_activation must be None or 'relu', got 'gelu'"):
+        m(x)
+        m.backward(dy, input_activation="gelu")
+
+
+@pytest.mark.parametrize("n,i,o", SPLIT_CASES + [(300, 70, 40), (7, 5, 3)])
+@pytest.mark.parametrize("mode", ["mask", "acc_dx", "both"])
+def test_backward_kernel_mask_and_accumulate(n, i, o, mode, dtype, threads, rng):
+    """The kernel's two epilogues: mask (dx zeroed where mask <= 0, NaN -> 0) and acc_dx (the
+    input gradient added into dx, beta = 1)."""
+    from fastmod._kernels import linear as k
     m = make(i, o, dtype=dtype)
     x = rng.standard_normal((n, i)).astype(dtype)
-    m(x)
     dy = rng.standard_normal((n, o)).astype(dtype)
     rdx, rdw, rdb = ref.linear_backward(dy, x, m.weight.data)
     mask = rng.standard_normal((n, i)).astype(dtype)
     mask[0, 0] = np.nan
     buf = rng.standard_normal((n, i)).astype(dtype)
     want = rdx.copy()
-    if mode != "relu_out":
+    if mode != "mask":
         want = want + buf
     if mode != "acc_dx":
         want = np.where(mask > 0, want, 0)
-    kw = dict(relu_out=mask if mode != "acc_dx" else None, dx=buf if mode != "relu_out" else None)
-    dx = m._backward(dy, True, **kw)
-    if kw["dx"] is not None:
-        assert dx is buf
+    dx = buf.copy() if mode != "mask" else np.empty_like(buf)
+    dw, db = np.empty_like(m.weight.data), np.empty_like(m.bias.data)
+    k.linear_backward(dx, dw, db, dy, x, m.weight.data, False, False,
+                      mask if mode != "acc_dx" else None, mode != "mask")
     assert_close(dx, want, dtype)
-    assert_close(m.weight.grad, rdw, dtype)
-    assert_close(m.bias.grad, rdb, dtype)
+    assert_close(dw, rdw, dtype)
+    assert_close(db, rdb, dtype)
 
 
 # ------------------------------------------------------------------ skinny layers (out <= 16)
@@ -321,7 +342,7 @@ def test_skinny_paths_match_reference(n, i, o, bias, dtype, threads, rng):
     b = m.bias.data if bias else None
     assert_close(m(x), ref.linear(x, m.weight.data, b), dtype)
     with fastmod.no_grad():                            # the fused ReLU of Sequential's inference
-        assert_close(m._forward(x, True), np.maximum(ref.linear(x, m.weight.data, b), 0), dtype)
+        assert_close(m.forward(x, activation="relu"), np.maximum(ref.linear(x, m.weight.data, b), 0), dtype)
     m(x)
     dy = rng.standard_normal((n, o)).astype(dtype)
     rdx, rdw, rdb = ref.linear_backward(dy, x, m.weight.data)
@@ -329,13 +350,17 @@ def test_skinny_paths_match_reference(n, i, o, bias, dtype, threads, rng):
     assert_close(m.weight.grad, rdw, dtype)
     if bias:
         assert_close(m.bias.grad, rdb, dtype)
-    m(x)                                               # accumulate into the gradients, mask dx
-    mask = rng.standard_normal((n, i)).astype(dtype)
-    mask[0, 0] = np.nan
-    buf = rng.standard_normal((n, i)).astype(dtype)
-    dx = m._backward(dy, True, relu_out=mask, dx=buf.copy())
-    assert_close(dx, np.where(mask > 0, rdx + buf, 0), dtype)
+    m(x)                                     # accumulate into the gradients, dx masked by x > 0
+    dx = m.backward(dy, input_activation="relu")
+    assert_close(dx, np.where(x > 0, rdx, 0), dtype)
     assert_close(m.weight.grad, 2 * rdw, dtype)
+    k_mask = rng.standard_normal((n, i)).astype(dtype)                # the kernel's two epilogues
+    k_mask[0, 0] = np.nan
+    buf = rng.standard_normal((n, i)).astype(dtype)
+    dx = buf.copy()
+    from fastmod._kernels import linear as k
+    k.linear_backward(dx, None, None, dy, x, m.weight.data, False, False, k_mask, True)
+    assert_close(dx, np.where(k_mask > 0, rdx + buf, 0), dtype)
     m(x)
     assert m.backward(dy, need_input_grad=False) is None
     assert_close(m.weight.grad, 3 * rdw, dtype)
@@ -382,7 +407,7 @@ def test_transposed_forward_matches_reference(n, i, o, bias, threads, rng):
     want = ref.linear(x, m.weight.data, b)
     assert_close(m(x), want, np.float32)
     with fastmod.no_grad():
-        y = m._forward(x, True)
+        y = m.forward(x, activation="relu")
     assert np.isnan(y[1]).all()                               # NaN kept by the fused ReLU
     assert_close(y, np.maximum(want, 0), np.float32)
     assert_close(m(x[:32 if n > 32 else n]), want[:32 if n > 32 else n], np.float32)  # smaller N

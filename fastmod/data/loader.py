@@ -13,30 +13,14 @@ import numbers
 import numpy as np
 
 from fastmod import _runtime
+from fastmod._validate import boolean, positive_int, seed
 
 __all__ = ["DataLoader", "batches", "train_test_split"]
 
 
-def _positive_int(v, what):
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Integral, np.integer)) or v < 1:
-        raise ValueError(f"{what} must be a positive integer, got {v!r}")
-    return int(v)
-
-
-def _seed(seed, who):
+def _seed(value, who):
     """A non-negative int seed; None draws one from fastmod's generator (fastmod.manual_seed)."""
-    if seed is None:
-        return int(_runtime.default_generator().integers(2 ** 63))
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (numbers.Integral, np.integer)) \
-            or seed < 0:
-        raise ValueError(f"{who}: seed must be a non-negative integer or None, got {seed!r}")
-    return int(seed)
-
-
-def _bool(v, what):
-    if not isinstance(v, (bool, np.bool_)):
-        raise ValueError(f"{what} must be a bool, got {v!r}")
-    return bool(v)
+    return seed(value, who, lambda: _runtime.default_generator().integers(2 ** 63))
 
 
 def _as_arrays(arrays, who):
@@ -96,9 +80,9 @@ class DataLoader:
 
     def __init__(self, arrays, batch_size=32, shuffle=False, seed=None, drop_last=False):
         self.arrays, self._single = _as_arrays(arrays, "DataLoader")
-        self.batch_size = _positive_int(batch_size, "DataLoader: batch_size")
-        self.shuffle = _bool(shuffle, "DataLoader: shuffle")
-        self.drop_last = _bool(drop_last, "DataLoader: drop_last")
+        self.batch_size = positive_int(batch_size, "DataLoader: batch_size")
+        self.shuffle = boolean(shuffle, "DataLoader: shuffle")
+        self.drop_last = boolean(drop_last, "DataLoader: drop_last")
         self.seed = _seed(seed, "DataLoader")
         self.epoch = 0
 
@@ -182,7 +166,7 @@ def train_test_split(x, y, test_fraction=0.2, seed=None, shuffle=True):
     if isinstance(test_fraction, (bool, np.bool_)) or not isinstance(test_fraction, numbers.Real) \
             or not 0 < float(test_fraction) < 1:
         raise ValueError(f"train_test_split: test_fraction must be a real in (0, 1), got {test_fraction!r}")
-    _bool(shuffle, "train_test_split: shuffle")
+    boolean(shuffle, "train_test_split: shuffle")
     n = len(x)
     n_test = int(math.ceil(float(test_fraction) * n))
     if n_test >= n:

@@ -1,32 +1,13 @@
 """Synthetic classification problems, generated on the spot (no files, no network) and
 deterministic from a seed: for tests, examples and quick training runs."""
 import math
-import numbers
 
 import numpy as np
 
+from fastmod._validate import finite_float, positive_int, seed as check_seed
 from fastmod.nn.module import as_float_dtype
 
 __all__ = ["make_spirals", "make_classification"]
-
-
-def _positive_int(v, what, minimum=1):
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Integral, np.integer)) or v < minimum:
-        raise ValueError(f"{what} must be an integer >= {minimum}, got {v!r}")
-    return int(v)
-
-
-def _nonneg_real(v, what):
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or \
-            not math.isfinite(float(v)) or v < 0:
-        raise ValueError(f"{what} must be a finite real >= 0, got {v!r}")
-    return float(v)
-
-
-def _seed(v, who):
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Integral, np.integer)) or v < 0:
-        raise ValueError(f"{who}: seed must be a non-negative integer, got {v!r}")
-    return int(v)
 
 
 def _balanced_labels(n, k, rng):
@@ -51,14 +32,14 @@ def make_spirals(n_samples=600, n_classes=3, noise=0.2, turns=1.0, seed=0, dtype
         >>> x.shape, y.shape, sorted(set(y.tolist()))
         ((300, 2), (300,), [0, 1, 2])
     """
-    n = _positive_int(n_samples, "make_spirals: n_samples")
-    k = _positive_int(n_classes, "make_spirals: n_classes", 2)
+    n = positive_int(n_samples, "make_spirals: n_samples")
+    k = positive_int(n_classes, "make_spirals: n_classes", 2)
     if n < k:
         raise ValueError(f"make_spirals: n_samples ({n}) must be at least n_classes ({k})")
-    noise = _nonneg_real(noise, "make_spirals: noise")
-    turns = _nonneg_real(turns, "make_spirals: turns")
+    noise = finite_float(noise, "make_spirals: noise", 0.0)
+    turns = finite_float(turns, "make_spirals: turns", 0.0)
     dt = as_float_dtype(dtype, "make_spirals: dtype")
-    rng = np.random.default_rng(_seed(seed, "make_spirals"))
+    rng = np.random.default_rng(check_seed(seed, "make_spirals"))
     y = _balanced_labels(n, k, rng)
     r = rng.uniform(0.05, 1.0, n)
     angle = 2 * np.pi * (y / k + turns * r) + noise * rng.standard_normal(n)
@@ -85,17 +66,17 @@ def make_classification(n_samples=1000, n_features=20, n_classes=2, n_informativ
         >>> x.shape, int(y.max())
         ((100, 5), 2)
     """
-    n = _positive_int(n_samples, "make_classification: n_samples")
-    d = _positive_int(n_features, "make_classification: n_features")
-    k = _positive_int(n_classes, "make_classification: n_classes", 2)
+    n = positive_int(n_samples, "make_classification: n_samples")
+    d = positive_int(n_features, "make_classification: n_features")
+    k = positive_int(n_classes, "make_classification: n_classes", 2)
     if n < k:
         raise ValueError(f"make_classification: n_samples ({n}) must be at least n_classes ({k})")
-    inf = d if n_informative is None else _positive_int(n_informative, "make_classification: n_informative")
+    inf = d if n_informative is None else positive_int(n_informative, "make_classification: n_informative")
     if inf > d:
         raise ValueError(f"make_classification: n_informative ({inf}) must be <= n_features ({d})")
-    sep = _nonneg_real(class_sep, "make_classification: class_sep")
+    sep = finite_float(class_sep, "make_classification: class_sep", 0.0)
     dt = as_float_dtype(dtype, "make_classification: dtype")
-    rng = np.random.default_rng(_seed(seed, "make_classification"))
+    rng = np.random.default_rng(check_seed(seed, "make_classification"))
     centres = sep * rng.standard_normal((k, inf)) * math.sqrt(0.5 / inf)
     y = _balanced_labels(n, k, rng)
     x = rng.standard_normal((n, d))

@@ -6,7 +6,7 @@ state_dict names match the torch.nn.Sequential of the same layers.
 """
 import numpy as np
 
-from fastmod.nn._validate import positive_int
+from fastmod._validate import positive_int
 from fastmod.nn.activation import make_activation
 from fastmod.nn.blocks import BNResBlock, DenseBlock
 from fastmod.nn.containers import Sequential

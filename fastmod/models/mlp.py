@@ -6,7 +6,7 @@ from fastmod.nn.activation import make_activation
 from fastmod.nn.containers import ResidualBlock, Sequential
 from fastmod.nn.linear import Linear
 from fastmod.nn.module import as_float_dtype
-from fastmod.nn._validate import positive_int
+from fastmod._validate import positive_int
 
 __all__ = ["mlp", "resnet_s"]
 

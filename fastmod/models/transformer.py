@@ -4,7 +4,7 @@ import numpy as np
 
 from fastmod import nn
 from fastmod.nn import init
-from fastmod.nn._validate import boolean, positive_int
+from fastmod._validate import boolean, positive_int
 from fastmod.nn.module import Module, Parameter, as_float_dtype
 
 

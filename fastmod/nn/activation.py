@@ -3,7 +3,7 @@ import numpy as np
 
 from fastmod._kernels import activations as _k
 from fastmod._kernels import softmax as _ks
-from fastmod.nn._validate import boolean
+from fastmod._validate import boolean
 from fastmod.nn.module import Module
 
 
@@ -44,6 +44,23 @@ class _Elementwise(Module):
             _k.activation_backward(self._kind, dx, dy, None, saved)
         return dx
 
+    # -- the fusion interface (modules with elementwise_activation set: ReLU) -----------------
+    def activate(self, x):
+        """forward without saving anything: for a container that has the next layer fold this
+        activation's backward into its own (fuses_input_activation_grad)."""
+        x = self._check_array(x)
+        y = x if self.inplace and x.flags.writeable else np.empty_like(x)
+        _k.activation_forward(self._kind, y, x)
+        return y
+
+    def grad_from_output(self, dy, y):
+        """The input gradient from the output y (for a container that had the layer before this
+        activation apply it: the layer's forward(x, activation=...)); y and dy of one shape and
+        dtype, which the caller guarantees."""
+        dx = np.empty_like(dy)
+        _k.activation_backward(self._kind, dx, self._check_grad(dy, y.shape, y.dtype), None, y)
+        return dx
+
 
 class ReLU(_Elementwise):
     """sigma(z) = max(0, z), element-wise (the seed's ReLU). Shape: any -> same.
@@ -54,6 +71,7 @@ class ReLU(_Elementwise):
         [0.0, 2.0]
     """
     _kind = _k.KIND["relu"]
+    elementwise_activation = "relu"       # Linear / Conv fold it into their kernels (containers)
 
 
 class Sigmoid(_Elementwise):

@@ -9,7 +9,7 @@ from fastmod._kernels import attention as _ka
 from fastmod._kernels import linear as _kl
 from fastmod._runtime import STATE
 from fastmod.nn import init
-from fastmod.nn._validate import boolean, finite_float, positive_int
+from fastmod._validate import boolean, finite_float, positive_int
 from fastmod.nn.linear import Linear
 from fastmod.nn.module import Module, Parameter, as_float_dtype, c_array, grad_buffer_of
 

@@ -2,11 +2,11 @@
 import numpy as np
 
 from fastmod._runtime import STATE
-from fastmod.nn._validate import positive_int
-from fastmod.nn.activation import ReLU, make_activation
+from fastmod._validate import positive_int
+from fastmod.nn.activation import make_activation
 from fastmod.nn.containers import ModuleList
 from fastmod.nn.conv import Conv2d
-from fastmod.nn.module import Module, as_float_dtype
+from fastmod.nn.module import Module, as_float_dtype, elementwise_activation, fuses_output_activation
 from fastmod.nn.normalization import BatchNorm2d
 
 
@@ -56,10 +56,12 @@ class BNResBlock(Module):
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(f"{self._short_repr()}: expected input of shape "
                              f"(N, {self.channels}, H, W), got {x.shape}")
-        if not STATE.grad_enabled and type(self.act1) is ReLU:
-            # inference: each ReLU fused into its convolution's kernel call (same values)
-            h = self.bn1(self.conv1._forward(x, True))
-            y = self.bn2(self.conv2._forward(h, True))
+        a1, a2 = elementwise_activation(self.act1), elementwise_activation(self.act2)
+        if not STATE.grad_enabled and a1 is not None and fuses_output_activation(self.conv1, a1) \
+                and a2 is not None and fuses_output_activation(self.conv2, a2):
+            # inference: each activation applied inside its convolution's call (same values)
+            h = self.bn1(self.conv1(x, activation=a1))
+            y = self.bn2(self.conv2(h, activation=a2))
         else:
             h = self.bn1(self.act1(self.conv1(x)))
             y = self.bn2(self.act2(self.conv2(h)))
@@ -72,10 +74,9 @@ class BNResBlock(Module):
         dy = self._check_grad(dy, shape, dtype)
         g = self.act2.backward(self.bn2.backward(dy))
         g = self.act1.backward(self.bn1.backward(self.conv2.backward(g)))
+        dx = self.conv1.backward(g, need_input_grad=need_input_grad)
         if not need_input_grad:
-            self.conv1.backward(g, need_input_grad=False)
             return None
-        dx = self.conv1.backward(g)
         dx += dy                                # d(skip)/dx = I
         return dx
 
@@ -119,7 +120,6 @@ class DenseBlock(Module):
         self.activation = activation
         acts = [make_activation(activation, "DenseBlock") for _ in range(num_layers)]
         _hidden(self, "_acts", acts)
-        _hidden(self, "_relu", isinstance(acts[0], ReLU))
 
     def extra_repr(self):
         s = f"{self.in_channels}, {self.growth_rate}, {self.num_layers}"
@@ -140,23 +140,24 @@ class DenseBlock(Module):
         g = self.growth_rate
         buf = np.empty((N, self.out_channels, H, W), x.dtype)
         buf[:, :c0] = x
-        geoms = []
+        # each layer reads the channel prefix in place and writes its own slice (forward_into);
+        # an activation the convolutions can apply is applied in their kernel calls
+        acts = [elementwise_activation(a) for a in self._acts]
+        fused = all(a is not None and fuses_output_activation(c, a) for a, c in zip(acts, self.layers))
         for i, conv in enumerate(self.layers):
             cin = c0 + i * g
-            geom = conv._geometry((H, W))
-            geoms.append(geom)
-            if self._relu:
-                # the ReLU fused into the kernel call, in place; relu' is read from the output
-                conv._forward_into(buf[:, cin:cin + g], buf[:, :cin], geom, relu=True)
+            if fused:
+                conv.forward_into(buf[:, cin:cin + g], buf[:, :cin], activation=acts[i])
             else:
                 z = np.empty((N, g, H, W), x.dtype)
-                conv._forward_into(z, buf[:, :cin], geom)
+                conv.forward_into(z, buf[:, :cin])
                 buf[:, cin:cin + g] = self._acts[i](z)
-        self._save(buf, geoms)                      # the concatenation: every layer's input
+        self._save(buf, fused and acts)             # the concatenation: every layer's input
         return buf
 
     def backward(self, dy, need_input_grad=True):
-        buf, geoms = self._saved()
+        buf, acts = self._saved()
+        fused = bool(acts)
         dy = self._check_grad(dy, buf.shape, buf.dtype)
         c0, g = self.in_channels, self.growth_rate
         # dbuf accumulates d(loss)/d(channel block): layer i's output block is complete once
@@ -164,11 +165,14 @@ class DenseBlock(Module):
         dbuf = dy.copy()
         for i in reversed(range(self.num_layers)):
             cin = c0 + i * g
-            conv = self.layers[i]
-            if self._relu:
-                dz = np.multiply(dbuf[:, cin:cin + g], buf[:, cin:cin + g] > 0)
+            out = buf[:, cin:cin + g]
+            if fused and acts[i] == "relu":         # relu' from the output, on the slices
+                dz = np.multiply(dbuf[:, cin:cin + g], out > 0)
+            elif fused:
+                dz = self._acts[i].grad_from_output(np.ascontiguousarray(dbuf[:, cin:cin + g]),
+                                                    np.ascontiguousarray(out))
             else:
                 dz = self._acts[i].backward(np.ascontiguousarray(dbuf[:, cin:cin + g]))
             dprefix = dbuf[:, :cin] if (i > 0 or need_input_grad) else None
-            conv._backward_into(dprefix, dz, buf[:, :cin], geoms[i], acc_dx=True)
+            self.layers[i].backward_into(dz, buf[:, :cin], dx=dprefix, accumulate_dx=True)
         return np.ascontiguousarray(dbuf[:, :c0]) if need_input_grad else None

@@ -3,43 +3,17 @@ from collections import OrderedDict
 
 import numpy as np
 
-from fastmod.nn._validate import positive_int
+from fastmod._validate import positive_int
 from fastmod._runtime import STATE
-from fastmod.nn.activation import ReLU, make_activation
-from fastmod.nn.conv import Conv1d, Conv2d
+from fastmod.nn.activation import make_activation
 from fastmod.nn.linear import Linear
-from fastmod.nn.module import Module
-
-_FUSES_RELU = (Linear, Conv1d, Conv2d)   # classes whose _forward(x, relu) fuses a following ReLU
-
-
-def _linear_relu_backward(lin, relu, dy, need_input_grad):
-    """relu.backward(lin.backward(dy)) in one Linear kernel call (ReLU's mask applied to the
-    input gradient inside it); None when need_input_grad is False."""
-    if not lin._stack:
-        lin._saved()                        # raises the Linear's "no saved forward state"
-    (y,) = relu._saved()
-    if not need_input_grad:
-        lin._backward(dy, False)
-        return None
-    x2, xshape = lin._stack[-1][1] if lin._stack else (None, None)
-    if xshape != y.shape or y.dtype != lin.weight.data.dtype:
-        # not the ReLU that fed this Linear (modules used out of order): the separate steps
-        dx = lin.backward(dy)
-        relu._stack.append((None, (y,)))
-        return relu.backward(dx)
-    return lin._backward(dy, True, relu_out=y)
-
+from fastmod.nn.module import (Module, elementwise_activation, fuses_input_activation_grad,
+                               fuses_output_activation)
 
 def _like(x):
     """(shape, dtype) of a float array, to check a gradient against in backward; (None, None)
     for anything else (e.g. integer tokens: their gradient, None, is passed through)."""
     return (x.shape, x.dtype) if isinstance(x, np.ndarray) and x.dtype.kind == "f" else (None, None)
-
-
-def _backward_first(m, dy, need_input_grad):
-    # only pass the flag when it matters, so user modules with backward(dy) keep working
-    return m.backward(dy) if need_input_grad else m.backward(dy, need_input_grad=False)
 
 
 class Identity(Module):
@@ -81,51 +55,66 @@ class Sequential(Module):
             self.add_module(name, m)
 
     def forward(self, x):
-        # A Linear, Conv1d or Conv2d followed by a ReLU (exactly those classes) is one kernel
-        # call that applies the ReLU to the fresh output in place -- the same values without
-        # the ReLU module's call, check, allocation and pass over the output (mlp_b1_infer:
-        # 2 us of ~65 us per pair). With grad enabled too, the output is pushed as the ReLU's
-        # saved state, exactly what ReLU.forward would have saved (Conv + ReLU in training: the
-        # ReLU's pass over the output saved, 3% of a cnn_b32 step at one thread).
+        # Fusion by capability (Module's protocol), never by class:
+        # - a layer that fuses_output_activation followed by an elementwise_activation module:
+        #   one call, layer(x, activation=name), applies it to the fresh output in place -- the
+        #   activation module's call, check, allocation and pass over the output saved
+        #   (mlp_b1_infer: 2 us of ~65 us per Linear + ReLU; Conv + ReLU in training: 3% of a
+        #   cnn_b32 step at one thread);
+        # - an activation followed by a layer that fuses_input_activation_grad: the layer's
+        #   backward folds the activation's into its input gradient (Linear: ReLU's mask
+        #   applied block by block inside the kernel, no extra pass or array).
+        # The plan is saved with grad enabled, so backward follows exactly what forward did.
         mods = tuple(self._modules.values())
         if not mods:                                # empty: the identity (checked as Identity)
             self._save(*_like(x))
             return x
         grad = STATE.grad_enabled
-        fuses = _FUSES_RELU
+        plan = [] if grad else None   # (module, its input_activation, activation module, its output)
+        absorbed = None               # an activation whose backward the next layer folds in
         i, n = 0, len(mods)
         while i < n:
             m = mods[i]
-            if type(m) in fuses and i + 1 < n and type(mods[i + 1]) is ReLU:
-                x = m._forward(x, True)
+            act = elementwise_activation(mods[i + 1]) if i + 1 < n else None
+            if act is not None and fuses_output_activation(m, act):
+                x = m(x, activation=act)
                 if grad:
-                    mods[i + 1]._save(x)
+                    folded = i + 2 < n and fuses_input_activation_grad(mods[i + 2], act)
+                    plan.append((m, absorbed, mods[i + 1], None if folded else x))
+                    absorbed = act if folded else None
                 i += 2
-            else:
-                x = m(x)
-                i += 1
+                continue
+            if grad:
+                act = elementwise_activation(m)
+                if act is not None and i + 1 < n and fuses_input_activation_grad(mods[i + 1], act):
+                    x = m.activate(x)               # its backward is the next layer's
+                    absorbed = act
+                    i += 1
+                    continue
+                plan.append((m, absorbed, None, None))
+                absorbed = None
+            x = m(x)
+            i += 1
+        if grad:
+            self._save(plan)
         return x
 
     def backward(self, dy, need_input_grad=True):
-        mods = tuple(self._modules.values())
-        if not mods:
+        if not self._modules:
             shape, dtype = self._saved()
             if shape is not None:
                 dy = self._check_grad(dy, shape, dtype)
             return dy if need_input_grad else None
-        # A Linear preceded by a ReLU: the ReLU's backward is fused into the Linear's kernel
-        # (its input gradient masked block by block while in cache: no extra pass or array).
-        i = len(mods) - 1
-        while i > 0:
-            m = mods[i]
-            if type(m) is Linear and type(mods[i - 1]) is ReLU:
-                dy = _linear_relu_backward(m, mods[i - 1], dy, i > 1 or need_input_grad)
-                i -= 2
+        (plan,) = self._saved()
+        for k in range(len(plan) - 1, -1, -1):
+            m, absorbed, act, y = plan[k]
+            if y is not None:                       # the fused activation's backward
+                dy = act.grad_from_output(dy, y)
+            need = need_input_grad or k > 0
+            if absorbed is None:
+                dy = m.backward(dy, need_input_grad=need)
             else:
-                dy = m.backward(dy)
-                i -= 1
-        if i == 0:
-            return _backward_first(mods[0], dy, need_input_grad)
+                dy = m.backward(dy, need_input_grad=need, input_activation=absorbed)
         return dy if need_input_grad else None
 
     def __len__(self):
@@ -206,7 +195,7 @@ class Residual(Module):
     def backward(self, dy, need_input_grad=True):
         shape, dtype = self._saved()
         dy = self._check_grad(dy, shape, dtype)
-        dg = _backward_first(self.fn, dy, need_input_grad)
+        dg = self.fn.backward(dy, need_input_grad=need_input_grad)
         return dy + dg if need_input_grad else None
 
 
@@ -277,7 +266,7 @@ class Parallel(Module):
         # last branch first: a module shared by several branches pops its saved states
         # last-in first-out, so the branches must be visited in the reverse of forward's order
         for b, g in reversed(list(zip(branches, parts))):
-            gi = _backward_first(b, np.ascontiguousarray(g), need_input_grad)
+            gi = b.backward(np.ascontiguousarray(g), need_input_grad=need_input_grad)
             if need_input_grad:
                 dx = gi.copy() if dx is None else dx.__iadd__(gi)
         return dx
@@ -306,40 +295,44 @@ class ResidualBlock(Module):
     def extra_repr(self):
         return f"{self.dim}" + ("" if self.activation == "relu" else f", activation={self.activation!r}")
 
-    def _relu(self):
-        return type(self.act_inner) is ReLU and type(self.act_outer) is ReLU
+    def _fused(self):
+        """The ReLU path by capability: each activation folded into its Linear's kernel."""
+        return (elementwise_activation(self.act_inner) == "relu"
+                and elementwise_activation(self.act_outer) == "relu"
+                and fuses_output_activation(self.mm2, "relu")
+                and fuses_output_activation(self.mm1, "relu")
+                and fuses_input_activation_grad(self.mm1, "relu"))
 
     def forward(self, z):
-        if not self._relu():
+        if not self._fused():
             h = self.act_outer(self.mm1(self.act_inner(self.mm2(z))))
+            self._save(False, None)
             return z + h
-        # ReLU (the default): each ReLU fused into its Linear's kernel call, the outputs saved
-        # as the ReLUs' states (what ReLU.forward saves); same values, two passes and two
-        # arrays fewer. Under no_grad the skip is added in place into the fresh output.
-        a = self.mm2._forward(z, True)
-        h = self.mm1._forward(a, True)
+        # ReLU (the default): each ReLU applied inside its Linear's kernel call; same values,
+        # two passes and two arrays fewer. Under no_grad the skip is added in place into the
+        # fresh output.
+        a = self.mm2(z, activation="relu")
+        h = self.mm1(a, activation="relu")
         if not STATE.grad_enabled:
             if h.shape == np.shape(z):
                 h += z
                 return h
             return z + h
-        self.act_inner._save(a)
-        self.act_outer._save(h)
+        self._save(True, h)                         # the outer ReLU's output, for its mask
         return z + h
 
     def backward(self, dy, need_input_grad=True):
-        if not self._relu():
+        fused, h = self._saved()
+        if not fused:
             g = self.mm1.backward(self.act_outer.backward(dy))
-            g = self.mm2.backward(self.act_inner.backward(g), need_input_grad)
+            g = self.mm2.backward(self.act_inner.backward(g), need_input_grad=need_input_grad)
             if not need_input_grad:
                 return None
             g += dy
             return g
-        g = _linear_relu_backward(self.mm1, self.act_inner, self.act_outer.backward(dy), True)
+        g = self.mm1.backward(self.act_outer.grad_from_output(dy, h), input_activation="relu")
+        dx = self.mm2.backward(g, need_input_grad=need_input_grad)
         if not need_input_grad:
-            self.mm2._backward(g, False)
             return None
-        # dx = dy (the skip) + mm2's input gradient: accumulated by the GEMM (beta = 1) into a
-        # copy of dy instead of a zeroed array plus a separate addition
-        dx = self.act_outer._check_grad(dy, g.shape, g.dtype).copy()
-        return self.mm2._backward(g, True, dx=dx)
+        dx += dy                                    # the skip connection
+        return dx

@@ -15,10 +15,26 @@ import numpy as np
 
 from fastmod._kernels import conv as _k
 from fastmod.nn import init
-from fastmod.nn._validate import boolean, int_tuple, positive_int
-from fastmod.nn.module import Module, Parameter, as_float_dtype, grad_buffer_of, unmark_grad_buffers
+from fastmod._validate import boolean, int_tuple, positive_int
+from fastmod.nn.module import Module, activation_flag, Parameter, as_float_dtype, grad_buffer_of, unmark_grad_buffers
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def _sample_contiguous(a, shape, dtype, writeable=False):
+    """a is a non-empty ndarray of `dtype` (and `shape`, when given) whose samples a[i] are each
+    C-contiguous and aligned (the batch stride may be larger: a channel slice of a buffer)."""
+    if type(a) is not np.ndarray or a.dtype != dtype or a.size == 0 or a.ndim < 2:
+        return False
+    if (shape is not None and a.shape != tuple(shape)) or not a.flags.aligned:
+        return False
+    if writeable and not a.flags.writeable:
+        return False
+    return a[0].flags.c_contiguous and a.strides[0] >= a[0].nbytes
+
+
+def _describe(a):
+    return f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
 
 
 def _out_size(size, k, s, lo, hi, d):
@@ -137,7 +153,53 @@ class _ConvNd(Module):
                              f"{tuple(shape)}")
         return (shape[0], self.out_channels) + out
 
-    # -- the raw calls (DenseBlock uses them on channel views of one buffer) -------------------
+    # -- the stateless interface (DenseBlock's shared buffer) ------------------------------------
+    def forward_into(self, out, x, activation=None):
+        """out <- conv(x) + b (then max(., 0) when activation='relu'), nothing saved: for a
+        container that keeps layers' inputs and outputs as channel slices of one buffer. x
+        (N, C, *spatial) and out (N, C', *out_spatial) may be batch-strided views (contiguous
+        within one sample, e.g. buf[:, :C]); zero padding only. backward_into is its backward."""
+        relu = activation_flag(activation, self)
+        geom = self._raw_geometry(x, "forward_into")
+        if not _sample_contiguous(out, self.output_shape(x.shape), x.dtype, writeable=True):
+            raise ValueError(f"{self._short_repr()}.forward_into: out must be a writeable "
+                             f"{x.dtype} array of shape {self.output_shape(x.shape)}, contiguous "
+                             f"within each sample, got {_describe(out)}")
+        self._forward_into(self._as4(out), self._as4(x), geom, relu)
+
+    def backward_into(self, dy, x, dx=None, accumulate_dx=False):
+        """forward_into's backward: the parameter gradients (+)= those of out = conv(x) + b for
+        the output gradient dy, and dx (+)= (accumulate_dx) the input gradient when dx (x's
+        shape; may be batch-strided like x) is given. An activation's backward is the caller's
+        (e.g. dy masked by out > 0 for 'relu')."""
+        geom = self._raw_geometry(x, "backward_into")
+        if not _sample_contiguous(dy, self.output_shape(x.shape), x.dtype):
+            raise ValueError(f"{self._short_repr()}.backward_into: dy must be a {x.dtype} array "
+                             f"of shape {self.output_shape(x.shape)}, contiguous within each "
+                             f"sample, got {_describe(dy)}")
+        if dx is not None and not _sample_contiguous(dx, x.shape, x.dtype, writeable=True):
+            raise ValueError(f"{self._short_repr()}.backward_into: dx must be a writeable "
+                             f"{x.dtype} array of shape {x.shape}, contiguous within each sample, "
+                             f"got {_describe(dx)}")
+        self._backward_into(None if dx is None else self._as4(dx), self._as4(dy), self._as4(x),
+                            geom, acc_dx=bool(accumulate_dx))
+
+    def _as4(self, a):
+        return a[:, :, None, :] if self._nd == 1 else a
+
+    def _raw_geometry(self, x, who):
+        """The kernels' geometry for forward_into / backward_into's x, checked."""
+        if self.padding_mode != "zeros":
+            raise ValueError(f"{self._short_repr()}.{who}: needs padding_mode='zeros', got "
+                             f"{self.padding_mode!r}")
+        w = self.weight.data
+        if not _sample_contiguous(x, None, w.dtype) or x.ndim != self._nd + 2 \
+                or x.shape[1] != self.in_channels:
+            raise ValueError(f"{self._short_repr()}.{who}: x must be a {w.dtype} array of shape "
+                             f"{self._layout.replace('C', str(self.in_channels), 1)}, contiguous "
+                             f"within each sample, got {_describe(x)}")
+        return self._geometry(x.shape[2:])
+
     def _forward_into(self, y4, x4, geom, relu=False):
         """y4 (N, OC, OH, OW) <- conv(x4 (N, C, H, W)), then max(., 0) in place when relu (in
         the same kernel call); both may have a batch stride > C*H*W."""
@@ -167,12 +229,14 @@ class _ConvNd(Module):
             raise
 
     # -- forward / backward ----------------------------------------------------------------------
-    def forward(self, x):
-        return self._forward(x, False)
+    fused_activations = frozenset({"relu"})
 
-    def _forward(self, x, relu):
-        # relu=True: ReLU applied to the output in the same kernel call (inference paths of
-        # Sequential, BNResBlock: a ReLU module after the convolution; nothing is saved then)
+    def forward(self, x, activation=None):
+        """y = conv(x) + b; activation='relu': max(y, 0) in the same kernel call (a container's
+        fusion of a following ReLU, Module.fused_activations). What is saved for backward is
+        the same either way: backward takes d(loss)/d(conv(x) + b), the activation's backward
+        stays with the caller."""
+        relu = activation_flag(activation, self)
         x = self._check_input(x)
         out_shape = self.output_shape(x.shape)
         xshape = x.shape

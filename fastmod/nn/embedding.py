@@ -6,7 +6,7 @@ import numpy as np
 
 from fastmod._kernels import embedding as _k
 from fastmod.nn import init
-from fastmod.nn._validate import boolean, finite_float, positive_int
+from fastmod._validate import boolean, finite_float, positive_int
 from fastmod.nn.module import Module, Parameter, as_float_dtype, c_array
 
 

@@ -5,8 +5,8 @@ import numpy as np
 
 from fastmod._kernels import linear as _k
 from fastmod.nn import init
-from fastmod.nn._validate import boolean, positive_int
-from fastmod.nn.module import F32, Module, Parameter, as_float_dtype, grad_buffer_of
+from fastmod._validate import boolean, positive_int
+from fastmod.nn.module import F32, Module, Parameter, activation_flag, as_float_dtype, grad_buffer_of
 
 
 _SCRATCH = threading.local()      # .z: the transposed forward's work array (see Linear._scratch)
@@ -64,12 +64,15 @@ class Linear(Module):
         s = f"{self.in_features}, {self.out_features}"
         return s if self.bias is not None else s + ", bias=False"
 
-    def forward(self, x):
-        return self._forward(x, False)
+    fused_activations = frozenset({"relu"})
+    fused_input_activation_grads = frozenset({"relu"})
 
-    def _forward(self, x, relu):
-        # relu=True: ReLU applied to the output in the same kernel call (Sequential's inference
-        # path for Linear followed by ReLU; nothing is saved then, see Sequential.forward)
+    def forward(self, x, activation=None):
+        """y = x W^T + b; activation='relu': max(y, 0) in the same kernel call (a container's
+        fusion of a following ReLU, Module.fused_activations). What is saved for backward is
+        the same either way: backward takes d(loss)/d(x W^T + b), the activation's backward
+        stays with the caller."""
+        relu = activation_flag(activation, self)
         w = self.weight.data
         x = self._check_dtype(x, w.dtype)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
@@ -101,16 +104,12 @@ class Linear(Module):
             z = _SCRATCH.z = np.empty(size, F32)
         return z
 
-    def backward(self, dy, need_input_grad=True):
-        return self._backward(dy, need_input_grad)
-
-    def _backward(self, dy, need_input_grad=True, relu_out=None, dx=None):
-        """backward, plus two fusions for the containers (same values as the separate steps):
-        relu_out -- the saved output of a ReLU applied just before this layer, of the input's
-        shape and dtype (the caller checks): the returned dx is ReLU's input gradient, masked
-        block by block inside the kernel; dx -- an array of the input's shape (C-contiguous,
-        the weights' dtype) to *add* the input gradient into (a skip connection's gradient),
-        returned."""
+    def backward(self, dy, need_input_grad=True, *, input_activation=None):
+        """dx = dy W, dW += dy^T x, db += sum(dy). input_activation='relu' (a container's
+        fusion, Module.fused_input_activation_grads): this layer's input was a ReLU's output,
+        and the returned gradient is w.r.t. that ReLU's input -- masked by input > 0 block by
+        block inside the kernel, the same values as ReLU.backward after this one."""
+        relu_in = activation_flag(input_activation, self, "input_activation")
         x2, xshape = self._saved()
         w = self.weight
         dy = self._check_grad(dy, xshape[:-1] + (self.out_features,), w.data.dtype)
@@ -120,7 +119,8 @@ class Linear(Module):
         if not need_input_grad:
             _k.linear_backward(None, dw, db, dy2, x2, w.data, bool(acc_w), bool(acc_b))
             return None
-        acc_x = dx is not None
-        out = dx if acc_x else np.empty(xshape, x2.dtype)
-        _k.linear_backward(out, dw, db, dy2, x2, w.data, bool(acc_w), bool(acc_b), relu_out, acc_x)
+        out = np.empty(xshape, x2.dtype)
+        mask = x2 if relu_in else None          # the ReLU's output is this layer's input
+        _k.linear_backward(out, dw, db, dy2, x2, w.data, bool(acc_w), bool(acc_b), mask)
         return out
+

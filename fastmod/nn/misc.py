@@ -2,7 +2,7 @@
 import numpy as np
 
 from fastmod import _runtime
-from fastmod.nn._validate import boolean, finite_float
+from fastmod._validate import boolean, finite_float
 from fastmod.nn.module import Module
 
 

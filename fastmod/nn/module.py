@@ -8,7 +8,24 @@ Saved state is a stack per module: a module applied twice within one forward pas
 call) keeps both states and backward pops them in reverse order, which is the order a
 container's backward visits them. A new top-level forward releases what earlier passes left
 (so evaluating in training mode never leaks memory); a backward with nothing to pop raises.
+
+The protocol a module (built-in or a user's) follows -- README "Writing your own module":
+- `forward(*inputs)` computes and, through `self._save(...)`, keeps what backward needs.
+- `backward(dy, need_input_grad=True)` pops it (`self._saved()`), adds parameter gradients into
+  `p.grad` and returns the input gradient, or None when need_input_grad is False (the first
+  layer of a model: nothing needs d(loss)/d(data)). A subclass may define `backward(self, dy)`
+  alone: Module adapts it once, when the class is created, so every caller passes
+  need_input_grad as a keyword and none inspects signatures.
+- Fusion is offered, never assumed: a module may declare capabilities (`fused_activations`,
+  `fused_input_activation_grads`, `elementwise_activation`, below) and containers fuse by
+  capability. A subclass that overrides forward or backward loses the capabilities it does not
+  restate, and a module with forward or full backward hooks is never fused.
+- Hooks: `register_forward_pre_hook`, `register_forward_hook`, `register_full_backward_hook`
+  (torch's signatures) and `register_post_backward_hook` (after each backward of the module,
+  its parameters' gradients accumulated). A module without hooks runs no hook code at all.
 """
+import functools
+import inspect
 from collections import OrderedDict, namedtuple
 
 import numpy as np
@@ -46,7 +63,7 @@ class Parameter:
     backward overwrites it instead of adding (BLAS beta = 0), so zeroing costs nothing and a
     parameter no backward reached is skipped by the optimizers, like torch's `grad=None`.
     """
-    __slots__ = ("_data", "_grad", "_grad_zero", "requires_grad", "__weakref__")
+    __slots__ = ("_data", "_grad", "_grad_zero", "_bound", "requires_grad", "__weakref__")
 
     def __init__(self, data, requires_grad=True):
         data = np.asarray(data)
@@ -55,6 +72,7 @@ class Parameter:
         self._data = c_array(data)
         self._grad = None
         self._grad_zero = True
+        self._bound = False
         self.requires_grad = bool(requires_grad)
 
     # -- data ------------------------------------------------------------------------------
@@ -81,6 +99,7 @@ class Parameter:
         self._data = c_array(value)
         self._grad = None
         self._grad_zero = True
+        self._bound = False                 # a bound gradient view has the old dtype
 
     # -- gradient access -------------------------------------------------------------------
     @property
@@ -104,8 +123,46 @@ class Parameter:
             raise _mismatch_error(value.shape, self.data.shape)(
                 f"Parameter.grad: expected {self.data.dtype} array of shape {self.data.shape}, "
                 f"got {value.dtype} {value.shape}")
-        self._grad = np.ascontiguousarray(value).copy()
+        if self._bound:
+            np.copyto(self._grad, value)    # a bound gradient stays where bind_grad put it
+        else:
+            self._grad = np.ascontiguousarray(value).copy()
         self._grad_zero = False
+
+    def bind_grad(self, view):
+        """Keep this parameter's gradient in `view` from now on: an array of the parameter's shape
+        and dtype, C-contiguous and writeable -- typically a slice of one flat buffer, so that a
+        bucketed all-reduce (DistributedDataParallel) or a fused optimizer sees every gradient
+        in one array. The current gradient, if any, is copied into it; backward then writes and
+        accumulates there, `p.grad` returns it and assigning `p.grad` copies into it. The
+        binding ends when the parameter's dtype changes (Module.astype).
+
+        Example:
+            >>> flat = np.zeros(sum(p.size for p in model.parameters()), np.float32)
+            >>> offset = 0
+            >>> for p in model.parameters():
+            ...     p.bind_grad(flat[offset:offset + p.size].reshape(p.shape)); offset += p.size
+        """
+        if not isinstance(view, np.ndarray):
+            raise TypeError(f"Parameter.bind_grad: expected a numpy.ndarray, got {type(view).__name__}")
+        if view.shape != self.data.shape or view.dtype != self.data.dtype:
+            raise _mismatch_error(view.shape, self.data.shape)(
+                f"Parameter.bind_grad: expected a {self.data.dtype} array of shape "
+                f"{self.data.shape}, got {view.dtype} {view.shape}")
+        if not (view.flags.c_contiguous and view.flags.aligned and view.flags.writeable):
+            raise ValueError("Parameter.bind_grad: the view must be C-contiguous, aligned and "
+                             "writeable (the kernels write gradients through raw pointers)")
+        had = self.has_grad()
+        if had and self._grad is not view:
+            view[...] = self._grad
+        self._grad = view
+        self._grad_zero = not had
+        self._bound = True
+
+    @property
+    def bound_grad(self):
+        """The array bind_grad bound this parameter's gradient to, or None when unbound."""
+        return self._grad if self._bound else None
 
     def grad_buffer(self):
         """(grad array, accumulate) for kernels: write with beta = 0 when accumulate is False."""
@@ -176,10 +233,151 @@ def unmark_grad_buffers(*pairs):
             p.zero_grad()
 
 
+# ------------------------------------------------------------------------------ the protocol
+def _adapt_backward(fn):
+    """fn itself when it takes need_input_grad (or **kwargs); else backward(self, dy,
+    need_input_grad=True) calling fn(self, dy) and dropping its result when no input gradient
+    is wanted (the parameter gradients are still accumulated)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return fn
+    if "need_input_grad" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD
+                                          for p in params.values()):
+        return fn
+
+    @functools.wraps(fn)
+    def backward(self, dy, need_input_grad=True):
+        dx = fn(self, dy)
+        return dx if need_input_grad else None
+    return backward
+
+
+_CAPABILITIES = (("fused_activations", frozenset()), ("fused_input_activation_grads", frozenset()),
+                 ("elementwise_activation", None))
+
+
+def fuses_output_activation(m, name):
+    """Whether `m(x, activation=name)` returns name(m(x)) in one call (a container may then skip
+    the activation module's forward; the activation's backward stays the container's job)."""
+    return name in m.fused_activations and not m.__dict__.get("_observed")
+
+
+def fuses_input_activation_grad(m, name):
+    """Whether `m.backward(dy, need_input_grad, input_activation=name)` returns the gradient
+    w.r.t. the input of an activation `name` that produced m's input (the activation's backward
+    done inside m's: ReLU's mask is m's own saved input > 0)."""
+    return name in m.fused_input_activation_grads and not m.__dict__.get("_observed")
+
+
+def elementwise_activation(m):
+    """The name of the element-wise activation m computes exactly ('relu'), None if m is not
+    one or is observed by hooks. Such a module offers `activate(x)` (forward without saving
+    state) and `grad_from_output(dy, y)` (backward from its output)."""
+    return None if m.__dict__.get("_observed") else m.elementwise_activation
+
+
+def activation_flag(name, module, arg="activation"):
+    """A fused activation argument: None -> False, 'relu' -> True (the one activation fastmod's
+    kernels fuse); anything else -> ValueError naming the module."""
+    if name is None:
+        return False
+    if name == "relu":
+        return True
+    raise ValueError(f"{module._short_repr()}: {arg} must be None or 'relu', got {name!r}")
+
+
+class RemovableHandle:
+    """What register_*_hook returns: `handle.remove()` unregisters the hook."""
+
+    def __init__(self, module, kind, key):
+        self._module, self._kind, self._key = module, kind, key
+
+    def remove(self):
+        m = self._module
+        hooks = m.__dict__.get("_hooks")
+        if hooks is not None and hooks[self._kind].pop(self._key, None) is not None:
+            m._install_hooks()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+class _HookedForward:
+    """The instance-level forward of a module with forward hooks (the class's forward inside)."""
+    __slots__ = ("module",)
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, *args, **kwargs):
+        m = self.module
+        hooks = m.__dict__["_hooks"]
+        for hook in list(hooks["forward_pre"].values()):
+            r = hook(m, args)
+            if r is not None:
+                args = r if isinstance(r, tuple) else (r,)
+        out = type(m).forward(m, *args, **kwargs)
+        for hook in list(hooks["forward"].values()):
+            r = hook(m, args, out)
+            if r is not None:
+                out = r
+        return out
+
+
+class _HookedBackward:
+    """The instance-level backward of a module with backward hooks."""
+    __slots__ = ("module",)
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, dy, need_input_grad=True, **kwargs):
+        m = self.module
+        hooks = m.__dict__["_hooks"]
+        dx = type(m).backward(m, dy, need_input_grad=need_input_grad, **kwargs)
+        full = hooks["backward"]
+        if full:
+            grad_out = dy if isinstance(dy, tuple) else (dy,)
+            single = not isinstance(dx, tuple)
+            grad_in = (dx,) if single else dx
+            for hook in list(full.values()):
+                r = hook(m, grad_in, grad_out)
+                if r is not None:
+                    grad_in = r if isinstance(r, tuple) else (r,)
+            dx = grad_in[0] if single else grad_in
+        for hook in list(hooks["post_backward"].values()):
+            hook(m)
+        return dx
+
+
 class Module:
     """Base class of every layer and container (torch.nn.Module's API on NumPy arrays)."""
 
     training = True
+
+    #: Fusion capabilities (README "Writing your own module"). Containers fuse by these, never by
+    #: class: `fused_activations` -- names `forward(x, activation=name)` applies to its output
+    #: in the same call; `fused_input_activation_grads` -- names
+    #: `backward(dy, need_input_grad, input_activation=name)` can fold into its input gradient;
+    #: `elementwise_activation` -- the activation this module computes exactly (see
+    #: elementwise_activation()). A subclass overriding forward or backward starts with none.
+    fused_activations = frozenset()
+    fused_input_activation_grads = frozenset()
+    elementwise_activation = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        d = cls.__dict__
+        if callable(d.get("backward")):
+            cls.backward = _adapt_backward(d["backward"])
+        if "forward" in d or "backward" in d:
+            for attr, none in _CAPABILITIES:
+                if attr not in d:
+                    setattr(cls, attr, none)
 
     def __init__(self):
         d = self.__dict__
@@ -255,6 +453,58 @@ class Module:
         self.__dict__["_modules"][str(name)] = module
         object.__setattr__(self, str(name), module)
 
+    # -- hooks ----------------------------------------------------------------------------------
+    def _add_hook(self, kind, hook):
+        if not callable(hook):
+            raise TypeError(f"{type(self).__name__}: a hook must be callable, got {type(hook).__name__}")
+        d = self.__dict__
+        hooks = d.get("_hooks")
+        if hooks is None:
+            hooks = d["_hooks"] = {"forward_pre": {}, "forward": {}, "backward": {},
+                                   "post_backward": {}, "next": 0}
+        key = hooks["next"]
+        hooks["next"] = key + 1
+        hooks[kind][key] = hook
+        self._install_hooks()
+        return RemovableHandle(self, kind, key)
+
+    def _install_hooks(self):
+        """Instance-level forward / backward wrappers while hooks of their kind exist (a module
+        without hooks calls its class's methods directly: no cost); `_observed` (forward or full
+        backward hooks) keeps containers from fusing the module, so hooks see its own values."""
+        d = self.__dict__
+        hooks = d["_hooks"]
+        fwd = bool(hooks["forward_pre"] or hooks["forward"])
+        bwd = bool(hooks["backward"] or hooks["post_backward"])
+        for name, on, wrapper in (("forward", fwd, _HookedForward), ("backward", bwd, _HookedBackward)):
+            cur = d.get(name)
+            if on and not isinstance(cur, wrapper):
+                d[name] = wrapper(self)
+            elif not on and isinstance(cur, wrapper):
+                del d[name]
+        d["_observed"] = fwd or bool(hooks["backward"])
+
+    def register_forward_pre_hook(self, hook):
+        """hook(module, args) before each forward; may return new args (a tuple or one value)."""
+        return self._add_hook("forward_pre", hook)
+
+    def register_forward_hook(self, hook):
+        """hook(module, args, output) after each forward; may return a new output."""
+        return self._add_hook("forward", hook)
+
+    def register_full_backward_hook(self, hook):
+        """hook(module, grad_input, grad_output) after each backward, as torch's: tuples of the
+        input gradients (None where not computed) and of the output gradients; may return new
+        grad_input. The module is not fused with its neighbours while the hook is registered."""
+        return self._add_hook("backward", hook)
+
+    def register_post_backward_hook(self, hook):
+        """hook(module) after each backward of this module, once the gradients of every parameter
+        in it (its submodules' included) have been accumulated for that call -- what
+        torch's register_post_accumulate_grad_hook gives per parameter (DistributedDataParallel's
+        overlap starts its all-reduces from it). Does not prevent fusion."""
+        return self._add_hook("post_backward", hook)
+
     # -- forward / backward -----------------------------------------------------------------
     def __call__(self, *args, **kwargs):
         st = STATE
@@ -306,6 +556,11 @@ class Module:
 
     def _release_saved(self):
         self._stack.clear()
+
+    def saved_states(self):
+        """How many forward calls' states this module keeps for backward: the backward calls
+        still to come in this pass (0 after the last one)."""
+        return len(self._stack)
 
     # -- input checks shared by the layers ------------------------------------------------------
     def _short_repr(self):

@@ -11,7 +11,7 @@ import numbers
 import numpy as np
 
 from fastmod._kernels import norm as _k
-from fastmod.nn._validate import boolean, finite_float, positive_int
+from fastmod._validate import boolean, finite_float, positive_int
 from fastmod.nn.module import Module, Parameter, as_float_dtype, grad_buffer_of, unmark_grad_buffers
 
 

@@ -8,7 +8,7 @@ padding, ceil_mode and count_include_pad follow torch.nn exactly.
 import numpy as np
 
 from fastmod._kernels import pool as _k
-from fastmod.nn._validate import boolean, int_tuple, positive_int
+from fastmod._validate import boolean, int_tuple, positive_int
 from fastmod.nn.module import Module
 
 

@@ -3,7 +3,7 @@ residual connections, layer normalization), and TransformerEncoder, a stack of t
 names."""
 import numpy as np
 
-from fastmod.nn._validate import boolean, finite_float, positive_int
+from fastmod._validate import boolean, finite_float, positive_int
 from fastmod.nn.activation import make_activation
 from fastmod.nn.attention import MultiheadAttention
 from fastmod.nn.linear import Linear
@@ -229,5 +229,4 @@ class TransformerEncoder(Module):
         layers = list(self.layers)
         for layer in reversed(layers[1:]):
             dy = layer.backward(dy)
-        return layers[0].backward(dy) if need_input_grad else \
-            layers[0].backward(dy, need_input_grad=False)
+        return layers[0].backward(dy, need_input_grad=need_input_grad)

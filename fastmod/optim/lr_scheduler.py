@@ -15,24 +15,8 @@ import numbers
 
 import numpy as np
 
+from fastmod._validate import finite_float, positive_int
 from fastmod.optim.optimizer import Optimizer
-
-
-def _positive_int(v, what):
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Integral, np.integer)) or v < 1:
-        raise ValueError(f"{what} must be a positive integer, got {v!r}")
-    return int(v)
-
-
-def _real(v, what, low=None, high=None, low_open=False):
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
-        raise ValueError(f"{what} must be a finite real number, got {v!r}")
-    v = float(v)
-    if low is not None and (v < low or (low_open and v == low)):
-        raise ValueError(f"{what} must be {'>' if low_open else '>='} {low}, got {v!r}")
-    if high is not None and v > high:
-        raise ValueError(f"{what} must be <= {high}, got {v!r}")
-    return v
 
 
 class LRScheduler:
@@ -114,8 +98,8 @@ class StepLR(LRScheduler):
     """
 
     def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
-        self.step_size = _positive_int(step_size, "StepLR: step_size")
-        self.gamma = _real(gamma, "StepLR: gamma", 0.0)
+        self.step_size = positive_int(step_size, "StepLR: step_size")
+        self.gamma = finite_float(gamma, "StepLR: gamma", 0.0)
         super().__init__(optimizer, last_epoch)
 
     def lrs_at(self, epoch):
@@ -130,8 +114,8 @@ class MultiStepLR(LRScheduler):
             ms = list(milestones)
         except TypeError:
             raise ValueError(f"MultiStepLR: milestones must be a list of integers, got {milestones!r}") from None
-        self.milestones = sorted(_positive_int(m, "MultiStepLR: a milestone") for m in ms)
-        self.gamma = _real(gamma, "MultiStepLR: gamma", 0.0)
+        self.milestones = sorted(positive_int(m, "MultiStepLR: a milestone") for m in ms)
+        self.gamma = finite_float(gamma, "MultiStepLR: gamma", 0.0)
         super().__init__(optimizer, last_epoch)
 
     def lrs_at(self, epoch):
@@ -144,8 +128,8 @@ class CosineAnnealingLR(LRScheduler):
     restarts; beyond T_max the cosine continues, as torch's)."""
 
     def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
-        self.T_max = _positive_int(T_max, "CosineAnnealingLR: T_max")
-        self.eta_min = _real(eta_min, "CosineAnnealingLR: eta_min", 0.0)
+        self.T_max = positive_int(T_max, "CosineAnnealingLR: T_max")
+        self.eta_min = finite_float(eta_min, "CosineAnnealingLR: eta_min", 0.0)
         super().__init__(optimizer, last_epoch)
 
     def lrs_at(self, epoch):
@@ -158,9 +142,9 @@ class LinearLR(LRScheduler):
     total_iters): a linear warm-up from start_factor to end_factor over total_iters steps."""
 
     def __init__(self, optimizer, start_factor=1.0 / 3, end_factor=1.0, total_iters=5, last_epoch=-1):
-        self.start_factor = _real(start_factor, "LinearLR: start_factor", 0.0, 1.0, low_open=True)
-        self.end_factor = _real(end_factor, "LinearLR: end_factor", 0.0, 1.0)
-        self.total_iters = _positive_int(total_iters, "LinearLR: total_iters")
+        self.start_factor = finite_float(start_factor, "LinearLR: start_factor", 0.0, 1.0, low_open=True)
+        self.end_factor = finite_float(end_factor, "LinearLR: end_factor", 0.0, 1.0)
+        self.total_iters = positive_int(total_iters, "LinearLR: total_iters")
         super().__init__(optimizer, last_epoch)
 
     def lrs_at(self, epoch):
@@ -230,7 +214,7 @@ class SequentialLR(LRScheduler):
             if s.optimizer is not optimizer:
                 raise ValueError(f"SequentialLR: schedulers[{i}] drives another optimizer than "
                                  "the one given")
-        ms = [_positive_int(m, "SequentialLR: a milestone") for m in milestones]
+        ms = [positive_int(m, "SequentialLR: a milestone") for m in milestones]
         if len(ms) != len(scheds) - 1:
             raise ValueError(f"SequentialLR: expected {len(scheds) - 1} milestones for "
                              f"{len(scheds)} schedulers, got {len(ms)}")

@@ -13,10 +13,10 @@ step(), as torch skips parameters whose grad is None.
 """
 import copy
 import math
-import numbers
 
 import numpy as np
 
+from fastmod._validate import boolean, finite_float
 from fastmod.nn.module import FLOAT_DTYPES, Parameter
 
 
@@ -253,25 +253,9 @@ class Optimizer:
 
 # -- hyper-parameter checks shared by the optimizers --------------------------------------------
 def check_real(group, key, who, low=0.0, high=None, high_open=False):
-    """group[key] must be a finite real in [low, high] (high open when asked)."""
-    v = group[key]
-    if type(v) is float:                 # the common case, checked every step: skip the ABCs
-        f = v
-    elif isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Real, np.floating, np.integer)):
-        raise ValueError(f"{who}: {key} must be a real number, got {v!r}")
-    else:
-        f = float(v)
-    if not math.isfinite(f):
-        raise ValueError(f"{who}: {key} must be finite, got {v!r}")
-    if low is not None and f < low:
-        raise ValueError(f"{who}: invalid {key} {v!r}, expected >= {low}")
-    if high is not None and (f > high or (high_open and f == high)):
-        raise ValueError(f"{who}: invalid {key} {v!r}, expected {'<' if high_open else '<='} {high}")
-    group[key] = f
+    """group[key] must be a finite real in [low, high] (high open when asked); stored as float."""
+    group[key] = finite_float(group[key], f"{who}: {key}", low, high, high_open=high_open)
 
 
 def check_bool(group, key, who):
-    v = group[key]
-    if not isinstance(v, (bool, np.bool_)):
-        raise ValueError(f"{who}: {key} must be a bool, got {v!r}")
-    group[key] = bool(v)
+    group[key] = boolean(group[key], f"{who}: {key}")
