@@ -295,10 +295,6 @@ def broadcast_parameters(module, root=0, buffers=True, comm=None):
 
 
 # ------------------------------------------------------------------------------ sampling
-def _nonneg_int(v, what, positive=False):
-    what = f"DistributedSampler: {what}"
-    return positive_int(v, what) if positive else nonneg_int(v, what)
-
 
 class DistributedSampler:
     """This rank's indices of a data set of n samples, as torch.utils.data.DistributedSampler.
@@ -321,15 +317,15 @@ class DistributedSampler:
     def __init__(self, n, num_replicas=None, rank=None, shuffle=True, seed=0, drop_last=False):
         if not isinstance(n, (numbers.Integral, np.integer)):
             n = len(n)
-        self.n = _nonneg_int(n, "n", positive=True)
-        self.num_replicas = _nonneg_int(world_size() if num_replicas is None else num_replicas,
-                                        "num_replicas", positive=True)
-        self.rank = _nonneg_int(globals()["rank"]() if rank is None else rank, "rank")
+        self.n = positive_int(n, "DistributedSampler: n")
+        self.num_replicas = positive_int(world_size() if num_replicas is None else num_replicas,
+                                         "DistributedSampler: num_replicas")
+        self.rank = nonneg_int(globals()["rank"]() if rank is None else rank, "DistributedSampler: rank")
         if self.rank >= self.num_replicas:
             raise ValueError(f"DistributedSampler: rank must be in [0, {self.num_replicas - 1}], "
                              f"got {self.rank}")
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
-        self.seed = _nonneg_int(seed, "seed")
+        self.seed = nonneg_int(seed, "DistributedSampler: seed")
         self.epoch = 0
         if self.drop_last:
             self.num_samples = self.n // self.num_replicas
@@ -341,7 +337,7 @@ class DistributedSampler:
         self.total_size = self.num_samples * self.num_replicas
 
     def set_epoch(self, epoch):
-        self.epoch = _nonneg_int(epoch, "epoch")
+        self.epoch = nonneg_int(epoch, "DistributedSampler: epoch")
 
     def permutation(self):
         """The global order of this epoch (the same on every rank)."""

@@ -327,6 +327,23 @@ def test_ddp_overlapped_small_buckets_matches(tmp_path):
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-11, atol=1e-11, err_msg=k)
 
 
+@pytest.mark.parametrize("overlap", [False, True])
+def test_ddp_user_modules_any_tree_matches_one_process(tmp_path, overlap):
+    """User modules (backward(dy) alone) in a Parallel / Residual tree with a module applied
+    twice per forward: 2 ranks match one process; with overlap the buckets are started from
+    post-backward hooks while backward runs (not all at the end)."""
+    _need_mpi()
+    _run(0, "ddp_train.py", tmp_path, "--model", "user", "--plain")
+    extra = ("--overlap", "--bucket-mb", "0.0005") if overlap else ()
+    r = _run(2, "ddp_train.py", tmp_path, "--model", "user", *extra)
+    ref, got = _load(tmp_path / "plain.npz"), _load(tmp_path / "ranks2.npz")
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-11, atol=1e-11, err_msg=k)
+    if overlap:
+        early, _, total = r.stdout.split("buckets started before backward ended: ")[1].split()[:3]
+        assert 0 < int(early) < int(total), r.stdout
+
+
 def test_syncbn_training_matches_one_process(tmp_path):
     """Conv + SyncBatchNorm on 3 ranks == BatchNorm on the whole batch in one process
     (losses, weights and running statistics)."""

@@ -543,6 +543,16 @@ class Module:
             stack.clear()                   # left over from an earlier pass: release it
         stack.append((pid, state))
 
+    def save_for_backward(self, *state):
+        """Keep `state` (any objects: arrays, shapes, flags) for this call's backward -- nothing
+        is kept under no_grad(). The public name of _save, for modules written by users."""
+        self._save(*state)
+
+    def saved_for_backward(self):
+        """The tuple the matching forward passed to save_for_backward (popped: each forward
+        allows one backward); a RuntimeError naming the module when there is none."""
+        return self._saved()
+
     def _saved(self):
         """Pop the state the matching forward saved; a clear error when there is none."""
         try:

@@ -15,7 +15,7 @@ from fastmod import losses, nn, optim
 
 ap = argparse.ArgumentParser()
 ap.add_argument("out")
-ap.add_argument("--model", default="mlp", choices=("mlp", "syncbn", "localbn", "cnn"))
+ap.add_argument("--model", default="mlp", choices=("mlp", "syncbn", "localbn", "cnn", "user"))
 ap.add_argument("--steps", type=int, default=6)
 ap.add_argument("--batch", type=int, default=24)
 ap.add_argument("--n", type=int, default=100)
@@ -35,8 +35,36 @@ else:
     x = rng.standard_normal((args.n, 20)).astype(dt)
 y = rng.integers(0, 5, args.n)
 
+
+
+class Scale(nn.Module):
+    """A user's module: y = x * w, backward(dy) alone (Module adapts it)."""
+
+    def __init__(self, features):
+        super().__init__()
+        self.weight = nn.Parameter(np.linspace(0.5, 1.5, features))
+
+    def forward(self, x):
+        self.save_for_backward(x)
+        return x * self.weight.data
+
+    def backward(self, dy):
+        (x,) = self.saved_for_backward()
+        self.weight.grad += (dy * x).sum(0)
+        return dy * self.weight.data
+
+
 fastmod.manual_seed(0)
-if args.model == "mlp":
+if args.model == "user":
+    # no Sequential at the top: a Residual / Parallel tree with user modules, a module applied
+    # twice in one forward (shared: its gradient is complete only after its second backward)
+    shared = nn.Linear(16, 16)
+    model = nn.Parallel(
+        nn.Sequential(nn.Linear(20, 16), nn.ReLU(), Scale(16),
+                      nn.Residual(nn.Sequential(shared, nn.Tanh(), shared, Scale(16))),
+                      nn.Linear(16, 5)),
+        nn.Sequential(Scale(20), nn.Linear(20, 5)))
+elif args.model == "mlp":
     model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 32), nn.Tanh(),
                           nn.Linear(32, 5))
 else:
@@ -64,6 +92,12 @@ else:
             p.data[...] = rng.standard_normal(p.shape)
     if args.sync_bn:
         dist.convert_sync_batchnorm(model)
+    # buckets already started when the last layer's backward ends (hook registered before
+    # DDP's own, so it runs first)
+    early = []
+    last = next(m for m in model.modules() if m._parameters)     # the first layer holding any
+    last.register_post_backward_hook(
+        lambda m: early.append(net._overlap_state["next"] if net._overlap_state else -1))
     net = dist.DistributedDataParallel(model, bucket_cap_mb=args.bucket_mb, overlap=args.overlap)
 
 step_losses = []
@@ -103,3 +137,6 @@ if r == 0:
              **{"p:" + k: v for k, v in sd.items()})
     print(f"rank 0 of {size}: {step} steps, last loss {step_losses[-1]:.6f}, "
           f"threads {fastmod.get_num_threads()}", flush=True)
+    if not args.plain and args.overlap:
+        print(f"buckets started before backward ended: {min(early)} of {len(net._buckets)}",
+              flush=True)
