@@ -155,7 +155,7 @@ class Importer:
                                 f"{n.name or '(unnamed)'} ({n.op_type})" for n in bad))
         problems = []
         for n in self.data_nodes:
-            if n.op_type == "Softmax":
+            if n.op_type == "Softmax" and self.single_user(n.output[0], "MatMul") is not None:
                 try:
                     self._find_attention(n)
                 except _ImportError as e:
@@ -360,7 +360,7 @@ class Importer:
         cls = nn.BatchNorm2d if rank == 4 else nn.BatchNorm1d
         c = scale.size
         m = cls(c, eps=self.attr(node, "epsilon", 1e-5),
-                momentum=1.0 - self.attr(node, "momentum", 0.9), dtype=self._dtype(scale))
+                momentum=round(1.0 - self.attr(node, "momentum", 0.9), 12), dtype=self._dtype(scale))
         _copy(m, weight=scale, bias=bias, running_mean=mean, running_var=var)
         return m, node.output[0]
 
@@ -572,7 +572,7 @@ class Importer:
         output projection with the input's shape."""
         qk = self._through(softmax.input[0], ("Add", "Mul", "Div"), backward=True)
         pv = self.single_user(softmax.output[0], "MatMul")
-        if qk is None or qk.op_type != "MatMul" or pv is None or pv.input[0] != softmax.output[0]:
+        if qk is None or qk.op_type != "MatMul" or pv.input[0] != softmax.output[0]:
             raise _ImportError(softmax, "a Softmax in the middle of the graph that is not "
                                         "attention's (MatMul -> Softmax -> MatMul)")
         n = self.producer.get(softmax.input[0])
@@ -738,6 +738,10 @@ def _fold(n, ins, attrs, imp):
             if key in attrs:
                 return [np.asarray(attrs[key])]
         return None
+    if op == "ConstantOfShape":
+        t = attrs.get("value")
+        fill = imp.np_helper.to_array(t).reshape(-1) if t is not None else np.zeros(1, np.float32)
+        return [np.full(tuple(int(d) for d in x), fill[0], fill.dtype)]
     if op == "Shape":
         s = imp.shapes.get(n.input[0])
         return None if s is None else [np.asarray(s, np.int64)]
