@@ -52,8 +52,9 @@ def export(model, example_input, path=None, *, kwargs=None, dtype=None, input_na
     every emitter). Parameters and buffers are initializers named as in model.state_dict().
 
     The model runs once on `example_input` (fastmod's own errors for a wrong input shape or
-    dtype), the graph's static shapes come from it, and its first dim is symbolic ("N", the
-    batch for batch-first models): any batch size runs. Each module's train/eval state is
+    dtype), the graph's static shapes come from it, except the batch dim: symbolic ("N"; the
+    first dim, the second for batch_first=False attention/transformer layers), any batch
+    size runs. Each module's train/eval state is
     restored afterwards.
 
     float64 models are written as float64 (every operator used is defined for double);
@@ -146,8 +147,10 @@ def export(model, example_input, path=None, *, kwargs=None, dtype=None, input_na
                     seq[j] = renames[n]
     helper = onnx.helper
     tensor_type = helper.np_dtype_to_tensor_dtype
-    graph_in = [helper.make_tensor_value_info(v.name, tensor_type(v.array.dtype),
-                                              ["N"] + list(v.shape[1:])) for v in ins]
+    axis = batch_axis(model)
+    graph_in = [helper.make_tensor_value_info(
+        v.name, tensor_type(v.array.dtype),
+        [("N" if i == axis else d) for i, d in enumerate(v.shape)]) for v in ins]
     graph_out = [helper.make_tensor_value_info(n, tensor_type(np.asarray(v.array).dtype), None)
                  for v, n in zip(outs, names)]
     proto = ex.b.model(graph_in, graph_out, f"fastmod {type(model).__name__}")
@@ -158,11 +161,18 @@ def export(model, example_input, path=None, *, kwargs=None, dtype=None, input_na
             out.type.CopyFrom(inf.type)
         else:                   # e.g. after GroupNormalization (a function): fastmod's shape
             out.type.CopyFrom(helper.make_tensor_type_proto(
-                out.type.tensor_type.elem_type, ["N"] + list(np.shape(v.array)[1:])))
+                out.type.tensor_type.elem_type,
+                [("N" if i == axis else d) for i, d in enumerate(np.shape(v.array))]))
     onnx.checker.check_model(proto)
     if path is not None:
         onnx.save(proto, path)
     return proto
+
+
+def batch_axis(model):
+    """The batch axis of the model's input: 1 for sequence-first attention and transformer
+    layers (batch_first=False, input (T, N, E)), else 0."""
+    return 1 if getattr(model, "batch_first", True) is False else 0
 
 
 def _names(given, base, n):

@@ -21,7 +21,7 @@ def _join(path, name):
 
 def _show(path):
     """Dotted path as from_torch's messages write it: 'model', 'model.0.mm1'."""
-    return _join("model", path)
+    return f"model.{path}" if path else "model"
 
 
 def _hint(path):

@@ -80,13 +80,15 @@ class Importer:
     # -- shapes and constants ---------------------------------------------------------------
     def _infer_shapes(self, model, inp):
         onnx = self.onnx
+        self.batch = None
         m = onnx.ModelProto()
         m.CopyFrom(model)
         for i in m.graph.input:
-            if i.name == inp.name:
-                dims = i.type.tensor_type.shape.dim
-                if len(dims) and not dims[0].HasField("dim_value"):
-                    dims[0].dim_value = _PROBE_N
+            if i.name == inp.name:          # the batch dim: the first symbolic one
+                probes = iter((_PROBE_N, 89, 83, 79))
+                for d in i.type.tensor_type.shape.dim:
+                    if not d.HasField("dim_value"):
+                        d.dim_value = next(probes, 73)
         try:
             m = onnx.shape_inference.infer_shapes(m, data_prop=True)
         except Exception:               # noqa: BLE001 -- shapes are optional: patterns check
@@ -96,7 +98,8 @@ class Importer:
             t = vi.type.tensor_type
             if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
                 shapes[vi.name] = tuple(d.dim_value for d in t.shape.dim)
-        self.batch = shapes.get(inp.name, (None,))[0]
+        probed = [d for d in shapes.get(inp.name, ()) if d == _PROBE_N]
+        self.batch = _PROBE_N if probed else shapes.get(inp.name, (None,))[0]
         return shapes
 
     def shape(self, name, node):
@@ -339,15 +342,32 @@ class Importer:
         return nn.LogSoftmax(dim=self.attr(node, "axis", -1)), node.output[0]
 
     def _gelu_erf(self, v, join, region):
-        """torch's exact GELU: Div(x, sqrt 2) -> Erf -> Add(1) -> Mul(x, .) -> Mul(0.5)."""
-        ops = sorted(n.op_type for n in region)
-        if ops != ["Add", "Div", "Erf", "Mul"] or v not in join.input:
+        """Exact GELU written out: x * 0.5 * (1 + erf(x / sqrt 2)) -- Div (or Mul) -> Erf ->
+        Add(1) -> Mul(x, .) with the Mul by 0.5 before (torch's dynamo exporter) or after
+        (its TorchScript exporter) the product."""
+        consts = {}
+        for n in region:
+            if n is join or n.op_type == "Erf":
+                continue
+            c = [self.const(i) for i in n.input if i not in self.data]
+            if len(c) != 1 or c[0] is None or c[0].size != 1 or n.op_type not in ("Div", "Mul", "Add"):
+                raise _ImportError(join, "an Erf subgraph that is not GELU's")
+            consts.setdefault(n.op_type, []).append(float(c[0].reshape(())))
+        out = join.output[0]
+        if "Mul" not in consts or len(consts["Mul"]) == 1 and "Div" not in consts:
+            half = self.single_user(out, "Mul")
+            c = None if half is None else [self.const(i) for i in half.input if i != out]
+            if c and c[0] is not None and c[0].size == 1:
+                consts.setdefault("Mul", []).append(float(c[0].reshape(())))
+                out = half.output[0]
+        scale = consts.get("Div", [])
+        muls = sorted(consts.get("Mul", []))
+        ok = (consts.get("Add") and np.allclose(consts["Add"], [1.0])
+              and (np.allclose(scale, [np.sqrt(2)]) and np.allclose(muls, [0.5]) or
+                   not scale and np.allclose(muls, sorted([0.5, 1 / np.sqrt(2)]))))
+        if not ok or v not in join.input:
             raise _ImportError(join, "an Erf subgraph that is not GELU's")
-        half = self.single_user(join.output[0], "Mul")
-        c = None if half is None else [self.const(i) for i in half.input if i != join.output[0]]
-        if not c or c[0] is None or not np.allclose(c[0], 0.5):
-            raise _ImportError(join, "expected GELU's Mul by 0.5 after x * (1 + erf(x / sqrt 2))")
-        return nn.GELU(), half.output[0]
+        return nn.GELU(), out
 
     # normalization
     def _op_BatchNormalization(self, node, v):
@@ -702,16 +722,19 @@ class Importer:
             else:
                 raise _ImportError(p, f"an attention projection of shape {w.shape} for roles "
                                       f"{sorted(roles)} (expected (E, E) each or (3E, E) packed)")
-        if set(weights) != {"q", "k", "v"} or len({b is None for b in biases.values()}
-                                                   | {out_proj.bias is None}) != 1:
-            raise _ImportError(anchor, "attention projections with and without biases")
-        has_bias = out_proj.bias is not None
-        m = nn.MultiheadAttention(E, H, bias=has_bias, batch_first=batch_first,
-                                  dtype=out_proj.weight.data.dtype)
+        if set(weights) != {"q", "k", "v"}:
+            raise _ImportError(anchor, "attention without query, key and value projections")
+        dt = out_proj.weight.data.dtype
+        # one bias flag for all four projections (torch's optimizer drops all-zero biases):
+        # a missing one is zeros
+        has_bias = out_proj.bias is not None or any(b is not None for b in biases.values())
+        m = nn.MultiheadAttention(E, H, bias=has_bias, batch_first=batch_first, dtype=dt)
         m.in_proj_weight.data[...] = np.concatenate([weights[r] for r in "qkv"])
         if has_bias:
-            m.in_proj_bias.data[...] = np.concatenate([biases[r] for r in "qkv"])
-        m.out_proj = out_proj
+            m.in_proj_bias.data[...] = np.concatenate(
+                [np.zeros(E, dt) if biases[r] is None else biases[r] for r in "qkv"])
+            m.out_proj.bias.data[...] = 0 if out_proj.bias is None else out_proj.bias.data
+        m.out_proj.weight.data[...] = out_proj.weight.data
         return m
 
 
