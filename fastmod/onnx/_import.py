@@ -140,9 +140,6 @@ class Importer:
     def data_inputs(self, node):
         return [i for i in node.input if i in self.data]
 
-    def const_inputs(self, node):
-        return [self.const(i) for i in node.input if i and i not in self.data]
-
     def single_user(self, value, op_type=None):
         us = self.users.get(value, [])
         if len(us) == 1 and value != self.output and (op_type is None or us[0].op_type == op_type):
@@ -158,7 +155,7 @@ class Importer:
                                 f"{n.name or '(unnamed)'} ({n.op_type})" for n in bad))
         problems = []
         for n in self.data_nodes:
-            if n.op_type == "Softmax" and self.single_user(n.output[0], "MatMul") is not None:
+            if n.op_type == "Softmax" and self._is_attention(n):
                 try:
                     self._find_attention(n)
                 except _ImportError as e:
@@ -590,7 +587,7 @@ class Importer:
         projection the first after; the block spans from the projections' common input
         (plus a Transpose(1, 0, 2) when the block ends with one) to the first value after the
         output projection with the input's shape."""
-        qk = self._through(softmax.input[0], ("Add", "Mul", "Div"), backward=True)
+        qk = self._producer_before(softmax.input[0], ("Add", "Mul", "Div"))
         pv = self.single_user(softmax.output[0], "MatMul")
         if qk is None or qk.op_type != "MatMul" or pv.input[0] != softmax.output[0]:
             raise _ImportError(softmax, "a Softmax in the middle of the graph that is not "
@@ -642,12 +639,19 @@ class Importer:
         H = scores[1] if len(scores) == 4 else scores[0] // self.batch
         if E % H:
             raise _ImportError(softmax, f"{H} heads do not divide the width {E}")
-        self._check_scale(softmax, qk, x0, 1.0 / np.sqrt(E // H))
+        self._check_scale(softmax, 1.0 / np.sqrt(E // H))
         m = self._mha(softmax, list(projs.values()), out_proj, E, H, batch_first)
         inside = {id(u) for u in self.users[x_in] if u.output[0] in self._ancestors(out, x_in)}
         self.attention[x_in] = (m, out, inside)
 
-    def _through(self, value, ops, backward):
+    def _is_attention(self, softmax):
+        """A Softmax between two products of computed values (scores, then weights x values)."""
+        pv = self.single_user(softmax.output[0], "MatMul")
+        qk = self._producer_before(softmax.input[0], ("Add", "Mul", "Div"))
+        return pv is not None and qk is not None and qk.op_type == "MatMul" and \
+            all(i in self.data for i in list(pv.input) + list(qk.input))
+
+    def _producer_before(self, value, ops):
         """The first node producing `value` (walking back over `ops` with one data input)."""
         n = self.producer.get(value)
         while n is not None and n.op_type in ops and len(self.data_inputs(n)) == 1:
@@ -676,7 +680,7 @@ class Importer:
             todo.extend(self.data_inputs(n))
         return found
 
-    def _check_scale(self, softmax, qk, x0, want):
+    def _check_scale(self, softmax, want):
         """The product of the constant scalar Mul/Div factors between the projections and
         the Softmax must be 1/sqrt(d_head)."""
         scale, seen, todo = 1.0, set(), [softmax.input[0]]
