@@ -118,6 +118,9 @@ def test_float64_conv_model_exports_as_float32_on_request():
     p64 = fastmod.onnx.export(m, x)
     onnx.checker.check_model(p64, full_check=True)
     assert p64.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+    fm = fastmod.onnx.load(p64)                     # and it comes back as float64
+    assert fm[0].weight.dtype == np.float64
+    assert_close(_eval(fm, [x])[0], _eval(m, [x])[0], np.float64, parity=False)
     p32 = fastmod.onnx.export(m, x, dtype=np.float32)
     assert m[0].weight.dtype == np.float64          # the model itself is not converted
     (got,) = _ort(p32, [x.astype(np.float32)])
@@ -290,7 +293,12 @@ def test_load_bad_arguments_and_structures():
 
 
 # ------------------------------------------------------------------------------ from torch
-def _torch_cases():
+@pytest.fixture
+def torch():
+    return pytest.importorskip("torch")
+
+
+def _torch_cases(torch):
     tnn = torch.nn
 
     class MHA(tnn.Module):              # torch's MultiheadAttention returns a tuple
@@ -323,7 +331,7 @@ def _torch_cases():
     }
 
 
-def _torch_export(tm, shape, dynamo=False):
+def _torch_export(torch, tm, shape, dynamo=False):
     tm.eval()
     x = torch.randn(*shape)
     f = io.BytesIO()
@@ -337,7 +345,7 @@ def _torch_export(tm, shape, dynamo=False):
     return onnx.load_from_string(f.getvalue())
 
 
-def _check_torch_round_trip(tm, proto, shape):
+def _check_torch_round_trip(torch, tm, proto, shape):
     fm = fastmod.onnx.load(proto)
     x = np.random.default_rng(5).standard_normal((shape[0] + 2,) + shape[1:]).astype(np.float32)
     (want,) = _ort(proto, [x])
@@ -350,17 +358,15 @@ def _check_torch_round_trip(tm, proto, shape):
 
 @pytest.mark.parametrize("name", ["mlp", "cnn-bn-pool", "mlp-bn1d-dropout", "layernorm-gelu",
                                   "groupnorm-cnn", "conv1d-reflect", "multihead-attention"])
-def test_round_trip_from_torch(name):
-    global torch
-    torch = pytest.importorskip("torch")
+def test_round_trip_from_torch(name, torch):
     import warnings
-    make, shape = _torch_cases()[name]
+    make, shape = _torch_cases(torch)[name]
     torch.manual_seed(0)
     tm = make()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")         # the TorchScript exporter's deprecation notice
-        proto = _torch_export(tm, shape)
-    fm = _check_torch_round_trip(tm, proto, shape)
+        proto = _torch_export(torch, tm, shape)
+    fm = _check_torch_round_trip(torch, tm, proto, shape)
     expected = {"cnn-bn-pool": nn.BatchNorm2d, "mlp-bn1d-dropout": nn.BatchNorm1d,
                 "layernorm-gelu": nn.GELU, "groupnorm-cnn": nn.GroupNorm,
                 "multihead-attention": nn.MultiheadAttention}.get(name)
@@ -368,11 +374,9 @@ def test_round_trip_from_torch(name):
         assert any(type(m) is expected for m in fm.modules())
 
 
-def test_transformer_encoder_from_torch():
+def test_transformer_encoder_from_torch(torch):
     # torch 2.13's TorchScript exporter cannot trace TransformerEncoderLayer (its
     # scaled_dot_product_attention call gets is_causal as a tensor); the dynamo exporter can
-    global torch
-    torch = pytest.importorskip("torch")
     pytest.importorskip("onnxscript")
     import contextlib
     import os
@@ -381,8 +385,8 @@ def test_transformer_encoder_from_torch():
     layer = tnn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, activation="gelu")
     tm = tnn.TransformerEncoder(layer, 2, norm=tnn.LayerNorm(8), enable_nested_tensor=False)
     with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
-        proto = _torch_export(tm, (2, 5, 8), dynamo=True)
-    fm = _check_torch_round_trip(tm, proto, (2, 5, 8))
+        proto = _torch_export(torch, tm, (2, 5, 8), dynamo=True)
+    fm = _check_torch_round_trip(torch, tm, proto, (2, 5, 8))
     assert sum(type(m) is nn.MultiheadAttention for m in fm.modules()) == 2
 
 
