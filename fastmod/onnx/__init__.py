@@ -198,9 +198,13 @@ def load(model, dtype=None):
     Sigmoid, Tanh, Softmax, LogSoftmax, BatchNormalization, LayerNormalization,
     GroupNormalization and torch's InstanceNormalization form of it, MaxPool, AveragePool,
     GlobalAveragePool, Flatten, Reshape (to (N, -1)), Dropout, Identity, Add of two branches
-    (Residual / Parallel), Concat (Parallel), Gather (Embedding) and the attention subgraph
-    export writes for MultiheadAttention. Shape arithmetic on constants (Shape, Gather,
-    Unsqueeze, Concat, ... of known values) is folded first.
+    (Residual / Parallel), Concat (Parallel), Gather (Embedding) and self-attention
+    subgraphs (MatMul -> Softmax -> MatMul between constant-weight projections: what export
+    writes for MultiheadAttention, and torch's for MultiheadAttention and
+    TransformerEncoderLayer) as MultiheadAttention. Arithmetic on constants and shapes
+    (Transpose / Split of a weight, Shape, Gather, Concat, ...) is folded first. Not read back:
+    masked attention, adaptive pools with unequal bins, BatchNorm without running statistics,
+    sequence-first transformer layers, graphs with several inputs or outputs.
 
     Args:
         model: a path to an .onnx file or an onnx.ModelProto with one input and one output.

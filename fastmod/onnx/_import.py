@@ -109,7 +109,7 @@ class Importer:
                                      "could not find it)")
         return s
 
-    def const(self, name, node=None):
+    def const(self, name):
         """The value of a constant (initializer, Constant, or arithmetic on them), or None
         when `name` is data or cannot be evaluated."""
         if name in self.consts:
