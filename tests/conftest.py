@@ -23,7 +23,7 @@ _want = [s.strip() for s in os.environ.get("FASTMOD_TEST_ISAS", "").split(",") i
 TEST_ISAS = [lv for lv in fastmod.supported_isas() if not _want or lv in _want] or [fastmod.get_isa()]
 ONE_ISA_FILES = {"test_allocator", "test_cli", "test_data", "test_datasets", "test_distributed",
                  "test_io", "test_readme", "test_fit", "test_isa", "test_probe", "test_bench_compare",
-                 "test_interop", "test_profile"}
+                 "test_interop", "test_profile", "test_onnx"}
 
 
 def pytest_generate_tests(metafunc):
