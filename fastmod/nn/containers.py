@@ -7,8 +7,8 @@ from fastmod._validate import positive_int
 from fastmod._runtime import STATE
 from fastmod.nn.activation import make_activation
 from fastmod.nn.linear import Linear
-from fastmod.nn.module import (Module, elementwise_activation, fuses_input_activation_grad,
-                               fuses_output_activation)
+from fastmod.nn.module import (STRUCTURE_VERSION, Module, elementwise_activation,
+                               fuses_input_activation_grad, fuses_output_activation)
 
 def _like(x):
     """(shape, dtype) of a float array, to check a gradient against in backward; (None, None)
@@ -54,49 +54,77 @@ class Sequential(Module):
                 raise TypeError(f"Sequential: element {name!r} is a {type(m).__name__}, not a Module")
             self.add_module(name, m)
 
-    def forward(self, x):
-        # Fusion by capability (Module's protocol), never by class:
-        # - a layer that fuses_output_activation followed by an elementwise_activation module:
-        #   one call, layer(x, activation=name), applies it to the fresh output in place -- the
-        #   activation module's call, check, allocation and pass over the output saved
-        #   (mlp_b1_infer: 2 us of ~65 us per Linear + ReLU; Conv + ReLU in training: 3% of a
-        #   cnn_b32 step at one thread);
-        # - an activation followed by a layer that fuses_input_activation_grad: the layer's
-        #   backward folds the activation's into its input gradient (Linear: ReLU's mask
-        #   applied block by block inside the kernel, no extra pass or array).
-        # The plan is saved with grad enabled, so backward follows exactly what forward did.
-        mods = tuple(self._modules.values())
-        if not mods:                                # empty: the identity (checked as Identity)
-            self._save(*_like(x))
-            return x
-        grad = STATE.grad_enabled
-        plan = [] if grad else None   # (module, its input_activation, activation module, its output)
-        absorbed = None               # an activation whose backward the next layer folds in
-        i, n = 0, len(mods)
+    # Fusion by capability (Module's protocol), never by class:
+    # - a layer that fuses_output_activation followed by an elementwise_activation module: one
+    #   call, layer(x, activation=name), applies it to the fresh output in place -- the
+    #   activation module's call, check, allocation and pass over the output saved
+    #   (mlp_b1_infer: 2 us of ~65 us per Linear + ReLU; Conv + ReLU in training: 3% of a
+    #   cnn_b32 step at one thread);
+    # - an activation followed by a layer that fuses_input_activation_grad: the layer's backward
+    #   folds the activation's into its input gradient (Linear: ReLU's mask applied block by
+    #   block inside the kernel, no extra pass or array).
+    # The plan is cached until a module's children or hooks change (STRUCTURE_VERSION), and
+    # what forward did is saved with grad enabled, so backward follows it exactly.
+    _CALL, _FUSED, _ACTIVATE = 0, 1, 2
+
+    def _plan(self):
+        """((kind, module, activation name, activation module, input activation, folded), ...):
+        _CALL -- m(x); _FUSED -- m(x, activation=name), the activation module skipped (folded:
+        the next layer does its backward, else this container does, from the output);
+        _ACTIVATE -- an activation computed without saving (the next layer folds its backward).
+        input activation: the name m's backward folds in (the activation before it), or None."""
+        d = self.__dict__
+        cached = d.get("_plan_cache")
+        if cached is not None and cached[0] == STRUCTURE_VERSION[0]:
+            return cached[1]
+        mods = tuple(m for m in self._modules.values() if m is not None)
+        plan, absorbed, i, n = [], None, 0, len(mods)
         while i < n:
             m = mods[i]
             act = elementwise_activation(mods[i + 1]) if i + 1 < n else None
             if act is not None and fuses_output_activation(m, act):
-                x = m(x, activation=act)
-                if grad:
-                    folded = i + 2 < n and fuses_input_activation_grad(mods[i + 2], act)
-                    plan.append((m, absorbed, mods[i + 1], None if folded else x))
-                    absorbed = act if folded else None
+                folded = i + 2 < n and fuses_input_activation_grad(mods[i + 2], act)
+                plan.append((self._FUSED, m, act, mods[i + 1], absorbed, folded))
+                absorbed = act if folded else None
                 i += 2
                 continue
-            if grad:
-                act = elementwise_activation(m)
-                if act is not None and i + 1 < n and fuses_input_activation_grad(mods[i + 1], act):
-                    x = m.activate(x)               # its backward is the next layer's
-                    absorbed = act
-                    i += 1
-                    continue
-                plan.append((m, absorbed, None, None))
+            act = elementwise_activation(m)
+            if act is not None and i + 1 < n and fuses_input_activation_grad(mods[i + 1], act):
+                plan.append((self._ACTIVATE, m, act, None, None, True))
+                absorbed = act
+            else:
+                plan.append((self._CALL, m, None, None, absorbed, False))
                 absorbed = None
-            x = m(x)
             i += 1
-        if grad:
-            self._save(plan)
+        plan = tuple(plan)
+        d["_plan_cache"] = (STRUCTURE_VERSION[0], plan)
+        return plan
+
+    def forward(self, x):
+        if not self._modules:                       # empty: the identity (checked as Identity)
+            self._save(*_like(x))
+            return x
+        plan = self._plan()
+        if not STATE.grad_enabled:
+            for kind, m, act, _, _, _ in plan:
+                if kind == 1:                       # nothing to release or save: no __call__
+                    x = m.forward(x, activation=act)
+                elif kind == 2:
+                    x = m.activate(x)
+                else:
+                    x = m(x)
+            return x
+        steps = []          # (module, its input activation, activation module, its output)
+        for kind, m, act, act_mod, absorbed, folded in plan:
+            if kind == 1:
+                x = m(x, activation=act)
+                steps.append((m, absorbed, act_mod, None if folded else x))
+            elif kind == 2:
+                x = m.activate(x)                   # its backward is the next layer's
+            else:
+                x = m(x)
+                steps.append((m, absorbed, None, None))
+        self._save(steps)
         return x
 
     def backward(self, dy, need_input_grad=True):
@@ -105,9 +133,9 @@ class Sequential(Module):
             if shape is not None:
                 dy = self._check_grad(dy, shape, dtype)
             return dy if need_input_grad else None
-        (plan,) = self._saved()
-        for k in range(len(plan) - 1, -1, -1):
-            m, absorbed, act, y = plan[k]
+        (steps,) = self._saved()
+        for k in range(len(steps) - 1, -1, -1):
+            m, absorbed, act, y = steps[k]
             if y is not None:                       # the fused activation's backward
                 dy = act.grad_from_output(dy, y)
             need = need_input_grad or k > 0

@@ -253,6 +253,10 @@ def _adapt_backward(fn):
     return backward
 
 
+# Bumped whenever any module's children or hooks change: containers cache their fusion plans
+# against it (a plan is rebuilt only after such a change, not at every call).
+STRUCTURE_VERSION = [0]
+
 _CAPABILITIES = (("fused_activations", frozenset()), ("fused_input_activation_grads", frozenset()),
                  ("elementwise_activation", None))
 
@@ -408,6 +412,7 @@ class Module:
             params.pop(name, None)
             d["_buffers"].pop(name, None)
             d["_modules"][name] = value
+            STRUCTURE_VERSION[0] += 1
         elif name in params:
             if value is not None:
                 raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} to "
@@ -422,11 +427,13 @@ class Module:
                 raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} to "
                                 f"submodule {name!r} (use a Module or None)")
             d["_modules"][name] = None
+            STRUCTURE_VERSION[0] += 1
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name):
         for reg in ("_parameters", "_buffers", "_modules"):
             self.__dict__[reg].pop(name, None)
+        STRUCTURE_VERSION[0] += 1
         object.__delattr__(self, name)
 
     def register_parameter(self, name, param):
@@ -451,6 +458,7 @@ class Module:
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"add_module: expected a Module, got {type(module).__name__}")
         self.__dict__["_modules"][str(name)] = module
+        STRUCTURE_VERSION[0] += 1
         object.__setattr__(self, str(name), module)
 
     # -- hooks ----------------------------------------------------------------------------------
@@ -483,6 +491,7 @@ class Module:
             elif not on and isinstance(cur, wrapper):
                 del d[name]
         d["_observed"] = fwd or bool(hooks["backward"])
+        STRUCTURE_VERSION[0] += 1
 
     def register_forward_pre_hook(self, hook):
         """hook(module, args) before each forward; may return new args (a tuple or one value)."""
