@@ -5,6 +5,7 @@
     python bench/compare.py --quick --json out.json
     python bench/compare.py --isa avx2            # fastmod's AVX2 kernels (torch, OpenBLAS native)
     python bench/compare.py --emulate-avx2        # every library as on an AVX2-only CPU
+    python bench/compare.py --frameworks fastmod,torch,compile,ort   # + torch.compile, ONNX Runtime
 
 All frameworks run in one process, float32, at the same thread count (fastmod.set_num_threads,
 torch.set_num_threads, NumPy's BLAS capped through threadpoolctl). Repeats are interleaved --
@@ -416,7 +417,7 @@ def fmt_ms(t, note):
         return f"{t * 1e3:.3f}" if t < 0.01 else f"{t * 1e3:.2f}"
     if note is None:
         return "-"
-    return "n/a" if note.startswith("not yet") else ("-" if note.startswith("no NumPy") else "ERR")
+    return "n/a" if note.startswith("not yet") else ("-" if note.startswith("no ") else "ERR")
 
 
 def main(argv=None):
@@ -427,7 +428,10 @@ def main(argv=None):
     ap.add_argument("--workloads", default=None,
                     help="comma-separated names (default: all): " + ",".join(W.WORKLOADS))
     ap.add_argument("--modes", default="train,infer", help="train,infer (default both)")
-    ap.add_argument("--frameworks", default="fastmod,torch,numpy")
+    ap.add_argument("--frameworks", default="fastmod,torch,numpy",
+                    help="any of fastmod, torch, numpy, compile (torch.compile), ort (ONNX "
+                         "Runtime, inference); with compile/ort a line per row gives their "
+                         "times and fastmod / the best of torch, compile and ort")
     ap.add_argument("--quick", action="store_true", help="fewer, shorter repeats (a smoke run)")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved samples per cell")
     ap.add_argument("--min-time", type=float, default=None, help="seconds per sample")
@@ -544,7 +548,8 @@ def main(argv=None):
            f"{'check':>9}  target")
     print(hdr)
     print("-" * (len(hdr) - 1))
-    ratios = []
+    ratios, best_ratios = [], []
+    extra_peers = [fw for fw in frameworks if fw in W.PEERS and fw != "torch"]
     for name in names:
         wl = W.WORKLOADS[name]
         for mode in wl.modes:
@@ -552,6 +557,9 @@ def main(argv=None):
                 continue
             times, notes, check, extra = run_workload(wl, mode, frameworks, repeats, min_time)
             tf, tt, tn = times.get("fastmod"), times.get("torch"), times.get("numpy")
+            peers = {fw: times[fw] for fw in W.PEERS if fw in times}
+            best = min(peers, key=peers.get) if peers else None
+            r_best = tf / peers[best] if tf and best else None
             r_t = tf / tt if tf and tt else None
             r_n = tf / tn if tf and tn else None
             flops = wl.flops(mode)
@@ -570,6 +578,12 @@ def main(argv=None):
                   f"{(f'{pct_fma:.0f}%' if pct_fma else '-'):>6}"
                   f"{(f'{tgf:.1f}' if tgf else '-'):>11}"
                   f"{(f'{check:.0e}' if check is not None else '-'):>9}  {verdict}")
+            if extra_peers:
+                print("    " + "  ".join(f"{fw} {fmt_ms(times.get(fw), notes.get(fw))} ms"
+                                         for fw in extra_peers)
+                      + (f"  | fastmod / best ({best}): {r_best:.3f}" if r_best else ""))
+            if r_best is not None:
+                best_ratios.append(r_best)
             for fw, note in notes.items():
                 if note.startswith("error"):
                     print(f"    {fw}: {note}")
@@ -579,9 +593,14 @@ def main(argv=None):
                                    "fastmod_gflops": gf, "torch_gflops": tgf,
                                    "percent_of_peak": pct, "percent_of_fma_peak": pct_fma,
                                    "check_max_rel_diff": check,
+                                   "best_peer": best, "fastmod_over_best": r_best,
                                    "target": target, **extra})
     gm = W.geomean(ratios)
     result["geomean_fastmod_over_torch"] = gm
+    if extra_peers and best_ratios:
+        result["geomean_fastmod_over_best"] = W.geomean(best_ratios)
+        print(f"\ngeometric mean fastmod / best of {', '.join(['torch'] + extra_peers)} over "
+              f"{len(best_ratios)} rows: {W.geomean(best_ratios):.3f}")
     sgd = {r.get("fastmod_sgd") for r in result["rows"] if r.get("fastmod_sgd")}
     print(f"\ngeometric mean fastmod/torch over {len(ratios)} rows: {gm:.3f} "
           f"(target <= {GEOMEAN_TARGET})" + (f" | fastmod optimizer: {', '.join(sorted(sgd))}" if sgd else ""))

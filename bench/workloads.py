@@ -379,6 +379,52 @@ class TorchRunner:
             return self.model(self.x)
 
 
+class TorchCompileRunner(TorchRunner):
+    """torch.compile'd model (inductor, default mode), torch's eager optimizer -- what a torch
+    user picks for speed in training. Compiled on the first call (not timed: the caller warms
+    every runner up before timing)."""
+    name = "compile"
+
+    def __init__(self, wl, mode, seed=0):
+        super().__init__(wl, mode, seed)
+        try:
+            self.model = self.torch.compile(self.model)
+        except Exception as e:                        # no compiler / unsupported platform
+            raise Unavailable(f"torch.compile unavailable ({e})") from None
+
+
+class OrtRunner:
+    """ONNX Runtime inference (all graph optimizations, `threads` intra-op threads, sequential
+    execution) of the torch model exported by torch.onnx.export -- what people pick for
+    serving. Inference only; the weights are the torch runner's (same seed)."""
+    name = "ort"
+
+    def __init__(self, wl, mode, seed=0):
+        if mode != "infer":
+            raise Unavailable("no train step (inference only)")
+        try:
+            import onnxruntime as ort
+            import torch
+        except ImportError as e:
+            raise Unavailable(f"not installed ({e})") from None
+        import io
+        tr = TorchRunner(wl, "infer", seed)
+        buf = io.BytesIO()
+        kw = {"dynamo": False} if "dynamo" in torch.onnx.export.__code__.co_varnames else {}
+        torch.onnx.export(tr.model, (tr.x,), buf, input_names=["x"], output_names=["y"],
+                          opset_version=17, **kw)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = torch.get_num_threads()
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+        self.feed = {"x": tr.x.numpy()}
+
+    def infer(self):
+        return self.sess.run(None, self.feed)[0]
+
+
 class NumpyRunner:
     name = "numpy"
 
@@ -403,7 +449,9 @@ class NumpyRunner:
         self.model.load({k: v.detach().numpy() for k, v in tmodel.state_dict().items()})
 
 
-RUNNERS = OrderedDict([("fastmod", FastmodRunner), ("torch", TorchRunner), ("numpy", NumpyRunner)])
+RUNNERS = OrderedDict([("fastmod", FastmodRunner), ("torch", TorchRunner), ("numpy", NumpyRunner),
+                       ("compile", TorchCompileRunner), ("ort", OrtRunner)])
+PEERS = ("torch", "compile", "ort")      # what a user could pick instead of fastmod
 
 
 def geomean(values):

@@ -106,3 +106,20 @@ def test_openblas_variables_warn(tmp_path):
     assert "WARNING: OPENBLAS_L2_SIZE=1048576 set" in r.stdout
     assert "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/compare.py" in r.stdout
     assert "fastmod ISA scalar" in r.stdout
+
+
+def test_onnx_runtime_peer_row():
+    """--frameworks fastmod,ort: ONNX Runtime's inference time and fastmod / best are printed
+    (and a train row says ORT has none, without an error)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    args = [a for a in SMOKE if a not in ("fastmod",)]
+    i = args.index("--frameworks")
+    args[i + 1:i + 1] = ["fastmod,torch,ort"]
+    args[args.index("--modes") + 1] = "train,infer"
+    args[args.index("--workloads") + 1] = "mlp_b128"
+    r = subprocess.run([sys.executable, COMPARE] + args, capture_output=True, text=True,
+                       env=_env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "fastmod / best (" in r.stdout and "ort - ms" in r.stdout, r.stdout
+    assert "geometric mean fastmod / best of torch, ort over 2 rows" in r.stdout, r.stdout
