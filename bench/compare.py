@@ -378,7 +378,7 @@ def run_workload(wl, mode, frameworks, repeats, min_time):
     tr = runners.get("torch")
     check = None
     if tr is not None and not isinstance(tr, str):
-        for fw in ("fastmod", "numpy"):
+        for fw in ("fastmod", "numpy", "planned"):
             r = runners.get(fw)
             if r is None or isinstance(r, str):
                 continue
@@ -430,7 +430,7 @@ def main(argv=None):
     ap.add_argument("--modes", default="train,infer", help="train,infer (default both)")
     ap.add_argument("--frameworks", default="fastmod,torch,numpy",
                     help="any of fastmod, torch, numpy, compile (torch.compile), ort (ONNX "
-                         "Runtime, inference); with compile/ort a line per row gives their "
+                         "Runtime, inference), planned (fastmod.inference, inference); with compile/ort a line per row gives their "
                          "times and fastmod / the best of torch, compile and ort")
     ap.add_argument("--quick", action="store_true", help="fewer, shorter repeats (a smoke run)")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved samples per cell")
@@ -548,8 +548,9 @@ def main(argv=None):
            f"{'check':>9}  target")
     print(hdr)
     print("-" * (len(hdr) - 1))
-    ratios, best_ratios = [], []
+    ratios, best_ratios, planned_ort = [], [], []
     extra_peers = [fw for fw in frameworks if fw in W.PEERS and fw != "torch"]
+    planned = "planned" in frameworks
     for name in names:
         wl = W.WORKLOADS[name]
         for mode in wl.modes:
@@ -584,6 +585,13 @@ def main(argv=None):
                       + (f"  | fastmod / best ({best}): {r_best:.3f}" if r_best else ""))
             if r_best is not None:
                 best_ratios.append(r_best)
+            tp = times.get("planned")
+            if planned and tp:
+                pb = {fw: times[fw] for fw in ("torch", "ort") if fw in times}
+                print(f"    fastmod.inference {fmt_ms(tp, None)} ms"
+                      + "".join(f" | planned / {fw}: {tp / t:.3f}" for fw, t in pb.items()))
+                if "ort" in pb:
+                    planned_ort.append(tp / pb["ort"])
             for fw, note in notes.items():
                 if note.startswith("error"):
                     print(f"    {fw}: {note}")
@@ -597,6 +605,10 @@ def main(argv=None):
                                    "target": target, **extra})
     gm = W.geomean(ratios)
     result["geomean_fastmod_over_torch"] = gm
+    if planned_ort:
+        result["geomean_planned_over_ort"] = W.geomean(planned_ort)
+        print(f"\ngeometric mean fastmod.inference / ONNX Runtime over {len(planned_ort)} rows: "
+              f"{W.geomean(planned_ort):.3f}")
     if extra_peers and best_ratios:
         result["geomean_fastmod_over_best"] = W.geomean(best_ratios)
         print(f"\ngeometric mean fastmod / best of {', '.join(['torch'] + extra_peers)} over "

@@ -316,6 +316,26 @@ class FastmodRunner:
         self.model.load_state_dict({k: v.detach().numpy() for k, v in tmodel.state_dict().items()})
 
 
+class PlannedRunner(FastmodRunner):
+    """fastmod.inference(model): the planned model (inference only)."""
+    name = "planned"
+
+    def __init__(self, wl, mode, seed=0):
+        if mode != "infer":
+            raise Unavailable("no train step (inference only)")
+        super().__init__(wl, mode, seed)
+        if not hasattr(self.fastmod, "inference"):
+            raise Unavailable("not yet available (fastmod.inference)")
+        self.planned = self.fastmod.inference(self.model)
+
+    def infer(self):
+        return self.planned(self.x)
+
+    def load_torch_weights(self, tmodel):
+        super().load_torch_weights(tmodel)
+        self.planned.refreeze()
+
+
 class _FusedSGD:
     """SGD with momentum (torch's formula: buf = m*buf + g; p -= lr*buf) on fastmod Parameters,
     used while fastmod.optim is not importable."""
@@ -450,7 +470,8 @@ class NumpyRunner:
 
 
 RUNNERS = OrderedDict([("fastmod", FastmodRunner), ("torch", TorchRunner), ("numpy", NumpyRunner),
-                       ("compile", TorchCompileRunner), ("ort", OrtRunner)])
+                       ("compile", TorchCompileRunner), ("ort", OrtRunner),
+                       ("planned", PlannedRunner)])
 PEERS = ("torch", "compile", "ort")      # what a user could pick instead of fastmod
 
 

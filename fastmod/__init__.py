@@ -15,6 +15,7 @@ from fastmod.io import save, load, load_into
 from fastmod.training import fit, evaluate
 from fastmod.interop import from_torch
 from fastmod.profiler import profile
+from fastmod.planned import inference, PlannedModel
 
 __version__ = "0.1.0"
 
@@ -22,4 +23,4 @@ __all__ = ["nn", "losses", "gradcheck", "GradcheckError", "set_num_threads", "ge
            "set_isa", "get_isa", "supported_isas", "show_config",
            "enable_grad", "is_grad_enabled", "manual_seed", "default_generator",
            "optim", "data", "models", "save", "load", "load_into", "fit", "evaluate",
-           "from_torch", "profile"]
+           "from_torch", "profile", "inference", "PlannedModel"]

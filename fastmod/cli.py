@@ -316,7 +316,7 @@ def cmd_train(args):
     if args.eval_only:
         model.load_state_dict(ckpt.state_dict)
         t0 = time.perf_counter()
-        test_loss, test_acc = evaluate(model, crit, test)
+        test_loss, test_acc = evaluate(fastmod.inference(model), crit, test)   # planned
         _out(f"{config['model']} from {args.eval_only} on {data_name} ({len(test[1])} test "
              f"samples): test accuracy {100 * test_acc:.2f}%, loss {test_loss:.4f}, "
              f"{nparams:,} parameters, {time.perf_counter() - t0:.2f} s")
@@ -365,7 +365,9 @@ def cmd_train(args):
     wall = time.perf_counter() - t0
     if _Say.quiet:                             # distributed: rank 0 reports and writes
         return 0
-    test_loss, test_acc = history["val_loss"][-1], history["val_acc"][-1]
+    # the final test evaluation with the planned model (fastmod.inference: BatchNorm folded,
+    # activations fused, buffers reused); the same values as the history's last epoch
+    test_loss, test_acc = evaluate(fastmod.inference(model), crit, test)
     _write_json({"config": config, "data": info, "parameters": nparams, "wall_time": wall,
                  "threads": fastmod.get_num_threads(), "ranks": ranks, "test_accuracy": test_acc,
                  "history": dict(history)}, os.path.join(out, "history.json"))

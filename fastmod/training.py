@@ -120,9 +120,14 @@ def _finite_params(model):
 
 def evaluate(model, loss, data, batch_size=512):
     """(mean loss, accuracy or None) of `model` on data (x, y), in eval mode under no_grad;
-    the model's training mode is restored afterwards."""
+    the model's training mode is restored afterwards. `model` may be a planned model
+    (fastmod.inference(model))."""
+    from fastmod.planned import PlannedModel
     x, y = _check_xy(data, "data")
-    dt = _input_dtype(model, x)
+    if isinstance(model, PlannedModel):                  # fastmod.inference(model): eval already
+        dt, model = _input_dtype(model.model, x), _Frozen(model)
+    else:
+        dt = _input_dtype(model, x)
     was_training = model.training
     model.eval()
     total, correct, acc_ok = 0.0, 0, True
@@ -140,6 +145,23 @@ def evaluate(model, loss, data, batch_size=512):
     finally:
         model.train(was_training)
     return total / len(x), (correct / len(x) if acc_ok else None)
+
+
+class _Frozen:
+    """A PlannedModel seen through evaluate's Module calls (train / eval do nothing)."""
+    training = False
+
+    def __init__(self, planned):
+        self.planned = planned
+
+    def __call__(self, x):
+        return self.planned(x)
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
 
 
 class _SigintFlag:

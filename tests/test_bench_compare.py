@@ -109,13 +109,14 @@ def test_openblas_variables_warn(tmp_path):
 
 
 def test_onnx_runtime_peer_row():
-    """--frameworks fastmod,ort: ONNX Runtime's inference time and fastmod / best are printed
-    (and a train row says ORT has none, without an error)."""
+    """--frameworks fastmod,torch,ort,planned: ONNX Runtime's inference time, fastmod / best and
+    the planned model's time against torch and ORT are printed (and a train row says ORT and
+    the planned model have none, without an error)."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("torch")
     args = [a for a in SMOKE if a not in ("fastmod",)]
     i = args.index("--frameworks")
-    args[i + 1:i + 1] = ["fastmod,torch,ort"]
+    args[i + 1:i + 1] = ["fastmod,torch,ort,planned"]
     args[args.index("--modes") + 1] = "train,infer"
     args[args.index("--workloads") + 1] = "mlp_b128"
     r = subprocess.run([sys.executable, COMPARE] + args, capture_output=True, text=True,
@@ -123,3 +124,5 @@ def test_onnx_runtime_peer_row():
     assert r.returncode == 0, r.stderr[-3000:]
     assert "fastmod / best (" in r.stdout and "ort - ms" in r.stdout, r.stdout
     assert "geometric mean fastmod / best of torch, ort over 2 rows" in r.stdout, r.stdout
+    assert "fastmod.inference " in r.stdout and "planned / ort: " in r.stdout, r.stdout
+    assert "geometric mean fastmod.inference / ONNX Runtime over 1 rows" in r.stdout, r.stdout

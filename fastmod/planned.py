@@ -1,0 +1,414 @@
+"""fastmod.inference (this module: fastmod.planned): a trained model planned once for inference.
+
+    planned = fastmod.inference(model)       # model is not modified and stays trainable
+    y = planned(x)                           # == model.eval()(x) under no_grad (float rounding)
+    planned.refreeze()                       # after more training: picks up the new weights
+
+Planning walks the module tree once and writes a flat program of steps over numbered
+registers (register 0 is the input):
+- a BatchNorm in eval mode right after a Conv / Linear is folded into it (w' = w * s,
+  b' = (b - mean) * s + beta, s = gamma / sqrt(var + eps), computed in float64);
+- a ReLU right after a Conv / Linear (folded or not) runs inside its kernel call;
+- a Residual's skip and a Parallel's sum are added in place into the branch's fresh output,
+  ResidualBlock runs as its two fused Linear calls and one in-place add, Flatten is a view,
+  Identity and Dropout (eval) are nothing;
+- a BatchNorm that follows something else is one scale-and-shift per channel, a lone ReLU one
+  np.maximum, both into their planned buffers;
+- any other module (attention, pools, norms, a user's module, ...) runs as it is: an eval-mode
+  copy taken at planning time, called under no_grad (correct, and allocating as it always does).
+Every register's buffer is allocated on the first call with a given input shape and dtype and
+reused by every later call with that shape (an arena per shape, per Python thread: planned
+models may be called from several threads at once). Each call returns a fresh copy of the
+result, so a later call never overwrites what an earlier one returned.
+"""
+import copy
+import threading
+
+import numpy as np
+
+from fastmod._kernels import linear as _kl
+from fastmod._runtime import no_grad
+from fastmod.nn import (BatchNorm1d, BatchNorm2d, BNResBlock, Conv1d, Conv2d, Dropout, Flatten,
+                        Identity, Linear, Parallel, ReLU, Residual, ResidualBlock, Sequential)
+from fastmod.nn.module import F32, Module, elementwise_activation
+
+__all__ = ["inference", "PlannedModel"]
+
+
+# ------------------------------------------------------------------------------ steps
+class _Linear:
+    """out = x W^T + b (then ReLU), one kernel call into the planned buffer."""
+    kind = "Linear"
+
+    def __init__(self, src, dst, w, b, relu, label):
+        self.src, self.dst, self.w, self.b, self.relu, self.label = src, dst, w, b, relu, label
+        self.out_features = w.shape[0]
+
+    def out_shape(self, shape):
+        return shape[:-1] + (self.out_features,)
+
+    def run(self, regs, arena):
+        x = regs[self.src]
+        w = self.w
+        if x.ndim == 0 or x.shape[-1] != w.shape[1] or x.dtype != w.dtype:
+            raise (TypeError if x.ndim and x.shape[-1] == w.shape[1] else ValueError)(
+                f"fastmod.inference: {self.label}: expected {w.dtype} input of shape "
+                f"(*, {w.shape[1]}), got {x.dtype} {x.shape}")
+        x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
+        y = arena.get(self.dst, self.out_shape(x.shape), x.dtype)
+        n, i, o = x2.shape[0], x2.shape[1], self.out_features
+        scratch = None
+        if x.dtype == F32 and n >= 32 and _kl.forward_scratch_ok(n, i, o):
+            scratch = arena.get((self.dst, "scratch"), (n * o,), F32)
+        _kl.linear_forward(y.reshape(-1, o), x2, self.w, self.b, self.relu, scratch)
+        regs[self.dst] = y
+
+
+class _Conv:
+    """out = conv(x) + b (then ReLU): forward_into of a frozen copy (BatchNorm folded in)."""
+    kind = "Conv"
+
+    def __init__(self, src, dst, conv, relu, label):
+        self.src, self.dst, self.conv, self.label = src, dst, conv, label
+        self.activation = "relu" if relu else None
+
+    def out_shape(self, shape):
+        return self.conv.output_shape(shape)
+
+    def run(self, regs, arena):
+        x = regs[self.src]
+        y = arena.get(self.dst, self.out_shape(x.shape), x.dtype)
+        self.conv.forward_into(y, x, activation=self.activation)
+        regs[self.dst] = y
+
+
+class _ScaleShift:
+    """out = x * scale[c] + shift[c] per channel (a BatchNorm in eval mode), into the buffer."""
+    kind = "BatchNorm"
+
+    def __init__(self, src, dst, scale, shift, label):
+        self.src, self.dst, self.label = src, dst, label
+        self.scale, self.shift = scale, shift
+
+    def run(self, regs, arena):
+        x = regs[self.src]
+        if x.ndim < 2 or x.shape[1] != self.scale.size:
+            raise ValueError(f"fastmod.inference: {self.label}: expected input of shape "
+                             f"(N, {self.scale.size}, ...), got {x.shape}")
+        y = arena.get(self.dst, x.shape, x.dtype)
+        view = (1, -1) + (1,) * (x.ndim - 2)
+        np.multiply(x, self.scale.reshape(view), out=y)
+        y += self.shift.reshape(view)
+        regs[self.dst] = y
+
+
+class _Relu:
+    kind = "ReLU"
+
+    def __init__(self, src, dst, label):
+        self.src, self.dst, self.label = src, dst, label
+
+    def run(self, regs, arena):
+        x = regs[self.src]
+        y = arena.get(self.dst, x.shape, x.dtype)
+        np.maximum(x, 0, out=y)
+        regs[self.dst] = y
+
+
+class _AddInto:
+    """regs[dst] += regs[other] in place (dst is a fresh buffer of this program)."""
+    kind = "Add"
+
+    def __init__(self, dst, other, label):
+        self.dst, self.other, self.label = dst, other, label
+
+    def run(self, regs, arena):
+        y, z = regs[self.dst], regs[self.other]
+        if y.shape != z.shape:
+            raise ValueError(f"fastmod.inference: {self.label}: cannot add shapes {y.shape} "
+                             f"and {z.shape}")
+        y += z
+
+
+class _Concat:
+    kind = "Concat"
+
+    def __init__(self, srcs, dst, dim, label):
+        self.srcs, self.dst, self.dim, self.label = srcs, dst, dim, label
+
+    def run(self, regs, arena):
+        xs = [regs[s] for s in self.srcs]
+        d = self.dim % xs[0].ndim
+        shape = list(xs[0].shape)
+        shape[d] = sum(x.shape[d] for x in xs)
+        y = arena.get(self.dst, tuple(shape), xs[0].dtype)
+        np.concatenate(xs, axis=d, out=y)
+        regs[self.dst] = y
+
+
+class _View:
+    """Flatten: a view of the input register, no copy."""
+    kind = "Flatten"
+
+    def __init__(self, src, dst, start, end, label):
+        self.src, self.dst, self.start, self.end, self.label = src, dst, start, end, label
+
+    def run(self, regs, arena):
+        x = regs[self.src]
+        nd = x.ndim
+        s, e = self.start % nd, self.end % nd
+        regs[self.dst] = x.reshape(x.shape[:s] + (-1,) + x.shape[e + 1:])
+
+
+class _Module:
+    """A module the planner does not rewrite: its eval-mode copy, called under no_grad."""
+    kind = "module"
+
+    def __init__(self, src, dst, module, label):
+        self.src, self.dst, self.module, self.label = src, dst, module, label
+
+    def run(self, regs, arena):
+        regs[self.dst] = self.module(regs[self.src])
+
+
+# ------------------------------------------------------------------------------ planning
+def _bn_scale_shift(bn):
+    """(scale, shift) float64 of an eval-mode BatchNorm; None when it has no running statistics."""
+    if bn.running_mean is None or bn.running_var is None:
+        return None
+    scale = 1.0 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
+    shift = -bn.running_mean.astype(np.float64) * scale
+    if bn.weight is not None:
+        scale = scale * bn.weight.data.astype(np.float64)
+        shift = shift * bn.weight.data.astype(np.float64) + bn.bias.data.astype(np.float64)
+    return scale, shift
+
+
+def _plain(m):
+    """True when m is exactly the built-in class (a subclass may compute something else)."""
+    return type(m) in (Sequential, Residual, Parallel, ResidualBlock, BNResBlock, Linear, Conv1d, Conv2d,
+                       BatchNorm1d, BatchNorm2d, ReLU, Flatten, Identity, Dropout)
+
+
+class _Planner:
+    def __init__(self):
+        self.steps, self.nreg, self.fresh = [], 1, set()     # fresh: buffers this program owns
+
+    def reg(self):
+        self.nreg += 1
+        self.fresh.add(self.nreg - 1)
+        return self.nreg - 1
+
+    def module(self, m, src, label):
+        if not _plain(m) or m.__dict__.get("_observed"):
+            return self.fallback(m, src, label)
+        t = type(m)
+        if t is Sequential:
+            return self.sequence(list(m._modules.items()), src, label)
+        if t in (Identity, Dropout):
+            return src
+        if t is Flatten:
+            dst = self.reg()
+            self.fresh.discard(dst)                           # a view of src, not a buffer
+            self.steps.append(_View(src, dst, m.start_dim, m.end_dim, label))
+            return dst
+        if t is Residual:
+            out = self.module(m.fn, src, f"{label}.fn")
+            return self.add_into(out, src, label)
+        if t is Parallel:
+            outs = [self.module(b, src, f"{label}.{name}") for name, b in m._modules.items()]
+            if m.combine == "sum":
+                out = outs[0]
+                for o in outs[1:]:
+                    out = self.add_into(out, o, label)
+                return out
+            dst = self.reg()
+            self.steps.append(_Concat(outs, dst, m.dim, label))
+            return dst
+        if t is ResidualBlock and elementwise_activation(m.act_inner) == "relu" == \
+                elementwise_activation(m.act_outer):
+            a = self.linear(m.mm2, None, True, src, f"{label}.mm2")
+            h = self.linear(m.mm1, None, True, a, f"{label}.mm1")
+            return self.add_into(h, src, label)
+        if t is BNResBlock and elementwise_activation(m.act1) == "relu" == \
+                elementwise_activation(m.act2) and _bn_scale_shift(m.bn1) is not None \
+                and _bn_scale_shift(m.bn2) is not None:
+            # bn2(relu(conv2(bn1(relu(conv1(x)))))) + x: the BatchNorms follow the ReLUs, so
+            # they cannot be folded into the convolutions before them
+            h = self.conv(m.conv1, None, True, src, f"{label}.conv1")
+            h = self.module(m.bn1, h, f"{label}.bn1")
+            h = self.conv(m.conv2, None, True, h, f"{label}.conv2")
+            h = self.module(m.bn2, h, f"{label}.bn2")
+            return self.add_into(h, src, label)
+        if t is ReLU:
+            dst = self.reg()
+            self.steps.append(_Relu(src, dst, label))
+            return dst
+        if t in (BatchNorm1d, BatchNorm2d):
+            ss = _bn_scale_shift(m)
+            if ss is None:
+                return self.fallback(m, src, label)
+            dt = m.running_mean.dtype
+            dst = self.reg()
+            self.steps.append(_ScaleShift(src, dst, ss[0].astype(dt), ss[1].astype(dt), label))
+            return dst
+        if t is Linear:
+            return self.linear(m, None, False, src, label)
+        if t in (Conv1d, Conv2d):
+            return self.conv(m, None, False, src, label)
+        return self.fallback(m, src, label)
+
+    def sequence(self, items, src, label):
+        i, n = 0, len(items)
+        while i < n:
+            name, m = items[i]
+            sub = f"{label}.{name}" if label else name
+            if type(m) in (Linear, Conv1d, Conv2d) and not m.__dict__.get("_observed") and \
+                    (type(m) is Linear or m.padding_mode == "zeros"):
+                bn, relu, j = None, False, i + 1
+                # folding a BatchNorm into a Linear is left out: BatchNorm1d normalizes dim 1,
+                # the Linear's features are the last dim (the same only for 2-D inputs)
+                if j < n and type(m) is not Linear and \
+                        type(items[j][1]) is (BatchNorm1d if type(m) is Conv1d else BatchNorm2d) \
+                        and not items[j][1].__dict__.get("_observed") \
+                        and _bn_scale_shift(items[j][1]) is not None:
+                    bn, j = items[j][1], j + 1
+                if j < n and type(items[j][1]) is ReLU and not items[j][1].__dict__.get("_observed"):
+                    relu, j = True, j + 1
+                src = (self.linear if type(m) is Linear else self.conv)(m, bn, relu, src, sub)
+                i = j
+                continue
+            src = self.module(m, src, sub)
+            i += 1
+        return src
+
+    def linear(self, m, bn, relu, src, label):
+        w = m.weight.data.copy()
+        b = m.bias.data.copy() if m.bias is not None else None
+        dst = self.reg()
+        self.steps.append(_Linear(src, dst, w, b, relu, label + ("+relu" if relu else "")))
+        return dst
+
+    def conv(self, m, bn, relu, src, label):
+        if m.padding_mode != "zeros":
+            return self.fallback(m, src, label)
+        c = copy.deepcopy(m)
+        if bn is not None or c.bias is None:
+            from fastmod.nn import Parameter
+            scale, shift = _bn_scale_shift(bn) if bn is not None else (np.ones(c.out_channels),
+                                                                       np.zeros(c.out_channels))
+            w = m.weight.data.astype(np.float64)
+            b = m.bias.data.astype(np.float64) if m.bias is not None else np.zeros(c.out_channels)
+            dt = m.weight.data.dtype
+            c.weight.data[...] = (w * scale.reshape((-1,) + (1,) * (w.ndim - 1))).astype(dt)
+            if c.bias is None:
+                c.bias = Parameter(np.zeros(c.out_channels, dt))
+            c.bias.data[...] = (b * scale + shift).astype(dt)
+        c.eval()
+        dst = self.reg()
+        self.steps.append(_Conv(src, dst, c, relu, label + ("+bn" if bn is not None else "")
+                                + ("+relu" if relu else "")))
+        return dst
+
+    def add_into(self, out, other, label):
+        if out not in self.fresh:                 # the input or a view: add into a new buffer
+            dst = self.reg()
+            self.steps.append(_Copy(out, dst, label))
+            out = dst
+        self.steps.append(_AddInto(out, other, label))
+        return out
+
+    def fallback(self, m, src, label):
+        c = copy.deepcopy(m)
+        c.eval()
+        dst = self.reg()
+        self.fresh.discard(dst)                   # the module's own output (may alias its input)
+        self.steps.append(_Module(src, dst, c, label or type(m).__name__))
+        return dst
+
+
+class _Copy:
+    kind = "Copy"
+
+    def __init__(self, src, dst, label):
+        self.src, self.dst, self.label = src, dst, label
+
+    def run(self, regs, arena):
+        x = regs[self.src]
+        y = arena.get(self.dst, x.shape, x.dtype)
+        np.copyto(y, x)
+        regs[self.dst] = y
+
+
+class _Arena:
+    """The buffers of one (input shape, dtype): allocated on first use, then reused."""
+
+    def __init__(self):
+        self.bufs = {}
+
+    def get(self, key, shape, dtype):
+        b = self.bufs.get(key)
+        if b is None or b.shape != shape or b.dtype != dtype:
+            b = self.bufs[key] = np.empty(shape, dtype)
+        return b
+
+
+# ------------------------------------------------------------------------------ the model
+class PlannedModel:
+    """What fastmod.inference returns: `planned(x)` is `model.eval()(x)` under no_grad."""
+
+    def __init__(self, model):
+        if not isinstance(model, Module):
+            raise TypeError(f"fastmod.inference: expected a fastmod Module, got {type(model).__name__}")
+        self.model = model
+        self._local = threading.local()
+        self.refreeze()
+
+    def refreeze(self):
+        """Plan again from the model's current weights (after more training); returns self."""
+        p = _Planner()
+        out = p.module(self.model, 0, "")
+        self.steps, self.out, self.nreg = tuple(p.steps), out, p.nreg
+        self.dtype = self.model.dtype
+        self._generation = getattr(self, "_generation", 0) + 1
+        return self
+
+    def __call__(self, x):
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"fastmod.inference: expected a numpy.ndarray input, got {type(x).__name__}")
+        if x.dtype.kind == "f" and x.dtype != self.dtype:
+            raise TypeError(f"fastmod.inference: expected {self.dtype} input like the model's "
+                            f"weights, got {x.dtype}")
+        x = np.ascontiguousarray(x)
+        local = self._local
+        arenas = getattr(local, "arenas", None)
+        if arenas is None or local.generation != self._generation:
+            arenas = local.arenas = {}
+            local.generation = self._generation
+        key = (x.shape, x.dtype.str)
+        arena = arenas.get(key)
+        if arena is None:
+            arena = arenas[key] = _Arena()
+        regs = [None] * self.nreg
+        regs[0] = x
+        with no_grad():
+            for step in self.steps:
+                step.run(regs, arena)
+        return np.array(regs[self.out], copy=True)
+
+    def describe(self):
+        """One line per step: its kind and the module path(s) it covers."""
+        return [f"{s.kind:<9} {s.label}" for s in self.steps]
+
+    def __repr__(self):
+        kinds = {}
+        for s in self.steps:
+            kinds[s.kind] = kinds.get(s.kind, 0) + 1
+        return (f"PlannedModel({type(self.model).__name__}: {len(self.steps)} steps, "
+                + ", ".join(f"{v} {k}" for k, v in kinds.items()) + ")")
+
+
+def inference(model):
+    """A planned copy of `model` for inference (see the module docstring); the model itself is
+    not modified and stays trainable. Call `.refreeze()` on the result after changing weights."""
+    return PlannedModel(model)

@@ -1,0 +1,163 @@
+"""fastmod.inference: a planned model gives model.eval()'s outputs under no_grad (float32 1e-5
+relative), folds BatchNorm into the convolution before it, reuses its buffers per input shape,
+leaves the model untouched, re-plans on refreeze, and is safe to call from several threads."""
+import threading
+
+import numpy as np
+import pytest
+
+import fastmod
+from fastmod import models, nn
+from reference import assert_close
+from test_protocol import Scale
+
+
+def _randomize_bn(model, rng):
+    for m in model.modules():
+        if getattr(m, "running_mean", None) is not None:
+            m.running_mean[...] = rng.standard_normal(m.running_mean.shape)
+            m.running_var[...] = rng.uniform(0.5, 2.0, m.running_var.shape)
+            if m.weight is not None:
+                m.weight.data[...] = rng.uniform(0.5, 1.5, m.weight.shape)
+                m.bias.data[...] = rng.standard_normal(m.bias.shape)
+    return model
+
+
+def _want(model, x):
+    was = model.training
+    model.eval()
+    with fastmod.no_grad():
+        y = model(x)
+    model.train(was)
+    return y
+
+
+CASES = {
+    "mlp": (lambda: models.mlp([12, 16, 16, 3]), (5, 12)),
+    "resnet_s": (lambda: models.resnet_s(8, 2, 3, in_features=12), (5, 12)),
+    "cnn": (lambda: models.cnn(in_channels=1, num_classes=3, image_size=8), (2, 1, 8, 8)),
+    "bn_resnet": (lambda: models.bn_resnet(in_channels=1, num_classes=3, channels=8, num_blocks=2),
+                  (2, 1, 8, 8)),
+    "densenet": (lambda: models.densenet(in_channels=1, num_classes=3), (2, 1, 8, 8)),
+    "transformer": (lambda: models.transformer_classifier(3, in_features=6, d_model=8, nhead=2,
+                                                          num_layers=1, max_len=5, dropout=0.0),
+                    (2, 5, 6)),
+    "conv-bn-relu": (lambda: nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                                           nn.Conv2d(6, 4, 3, bias=False), nn.BatchNorm2d(4),
+                                           nn.Conv1d if False else nn.Flatten(), nn.Linear(64, 3)),
+                     (3, 3, 6, 6)),
+    "conv1d-bn": (lambda: nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), nn.BatchNorm1d(4), nn.ReLU(),
+                                        nn.Flatten(), nn.Linear(28, 2)), (3, 2, 7)),
+    "composition": (lambda: nn.Sequential(
+        nn.Linear(6, 8), nn.ReLU(), Scale(8),
+        nn.Residual(nn.Sequential(nn.Linear(8, 8), nn.Tanh())),
+        nn.Parallel(nn.Linear(8, 4), nn.Sequential(nn.Identity(), nn.Linear(8, 4), nn.ReLU())),
+        nn.Parallel(nn.Identity(), nn.ReLU(), combine="concat"), nn.BatchNorm1d(8), nn.ReLU(),
+        nn.Dropout(0.5), nn.Linear(8, 2)), (4, 6)),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_planned_matches_eval_forward(name, dtype, rng):
+    make, shape = CASES[name]
+    fastmod.manual_seed(0)
+    model = _randomize_bn(make().astype(dtype), rng)
+    model.train()                                      # planning uses eval semantics anyway
+    x = rng.standard_normal(shape).astype(dtype)
+    planned = fastmod.inference(model)
+    want = _want(model, x)
+    got = planned(x)
+    assert got.dtype == dtype and got.shape == want.shape
+    assert_close(got, want, dtype)
+    assert model.training                              # the model is untouched
+    x2 = rng.standard_normal((shape[0] + 3,) + shape[1:]).astype(dtype)     # another shape
+    assert_close(planned(x2), _want(model, x2), dtype)
+    assert_close(planned(x), want, dtype)
+
+
+def test_batchnorm_is_folded_and_relu_fused(rng):
+    fastmod.manual_seed(0)
+    model = CASES["conv-bn-relu"][0]()
+    planned = fastmod.inference(model)
+    lines = planned.describe()
+    assert lines[0].split() == ["Conv", "0+bn+relu"]
+    assert lines[1].split() == ["Conv", "3+bn"]
+    assert not any(line.startswith(("BatchNorm", "ReLU", "module")) for line in lines)
+    bnres = fastmod.inference(models.bn_resnet(in_channels=1, num_classes=3, channels=8, num_blocks=1))
+    kinds = [line.split()[0] for line in bnres.describe()]
+    assert "module" not in kinds[:6] and kinds.count("Add") == 1
+
+
+def test_buffers_are_reused_and_results_are_fresh(rng):
+    model = models.mlp([12, 16, 3])
+    planned = fastmod.inference(model)
+    x = rng.standard_normal((4, 12)).astype(np.float32)
+    a = planned(x)
+    bufs = dict(planned._local.arenas[(x.shape, x.dtype.str)].bufs)
+    b = planned(x + 1)
+    after = planned._local.arenas[(x.shape, x.dtype.str)].bufs
+    assert all(after[k] is v for k, v in bufs.items())          # no allocation in steady state
+    assert not np.array_equal(a, b)                              # a was not overwritten
+    assert_close(a, _want(model, x), np.float32)
+
+
+def test_refreeze_picks_up_new_weights(rng):
+    model = models.mlp([6, 8, 2])
+    planned = fastmod.inference(model)
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    before = planned(x)
+    model[0].weight.data *= 2                                    # more training, in place
+    assert_close(planned(x), before, np.float32)                 # the plan holds its copy
+    planned.refreeze()
+    assert_close(planned(x), _want(model, x), np.float32)
+    assert not np.allclose(planned(x), before)
+
+
+def test_threads_share_a_planned_model(rng):
+    fastmod.manual_seed(0)
+    model = _randomize_bn(CASES["conv-bn-relu"][0](), rng)
+    planned = fastmod.inference(model)
+    xs = [rng.standard_normal((n, 3, 6, 6)).astype(np.float32) for n in (1, 2, 3, 2, 1, 3)]
+    wants = [_want(model, x) for x in xs]
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(20):
+                assert_close(planned(xs[i]), wants[i], np.float32)
+        except Exception as e:                                   # reported below
+            errors.append(e)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_hooked_and_user_modules_run_as_they_are(rng):
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), Scale(4), nn.Linear(4, 2))
+    seen = []
+    model[3].register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    planned = fastmod.inference(model)
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    assert_close(planned(x), _want(model, x), np.float32)
+    kinds = [line.split()[0] for line in planned.describe()]
+    assert kinds == ["Linear", "module", "module"]
+
+
+def test_bad_input():
+    planned = fastmod.inference(models.mlp([4, 2]))
+    with pytest.raises(TypeError, match="expected float32 input like the model's weights, got float64"):
+        planned(np.zeros((1, 4)))
+    with pytest.raises(TypeError, match="expected a numpy.ndarray input, got list"):
+        planned([[0.0] * 4])
+    with pytest.raises(ValueError, match=r"1: expected float32 input of shape \(\*, 4\), got float32 \(1, 3\)"):
+        fastmod.inference(nn.Sequential(Scale(3), nn.Linear(4, 2)))(np.zeros((1, 3), np.float32))
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 4, \.\.\.\), got \(2, 3\)"):
+        fastmod.inference(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(4)))(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match="x must be a float32 array of shape"):
+        fastmod.inference(nn.Sequential(nn.Conv2d(3, 2, 3)))(np.zeros((1, 2, 5, 5), np.float32))
+    with pytest.raises(TypeError, match="expected a fastmod Module, got int"):
+        fastmod.inference(3)
