@@ -9,6 +9,8 @@ registers (register 0 is the input):
 - a BatchNorm in eval mode right after a Conv / Linear is folded into it (w' = w * s,
   b' = (b - mean) * s + beta, s = gamma / sqrt(var + eps), computed in float64);
 - a ReLU right after a Conv / Linear (folded or not) runs inside its kernel call;
+- float32 Linear weights are packed once (fm_pgemm.h: transposed into register-block panels,
+  bias padded): a batch runs the prepacked GEMM, bias and ReLU in its registers;
 - a Residual's skip and a Parallel's sum are added in place into the branch's fresh output,
   ResidualBlock runs as its two fused Linear calls and one in-place add, Flatten is a view,
   Identity and Dropout (eval) are nothing;
@@ -36,13 +38,24 @@ __all__ = ["inference", "PlannedModel"]
 
 
 # ------------------------------------------------------------------------------ steps
+# float32 layers with at least this many rows run the prepacked GEMM (weights packed once, at
+# planning); fewer rows (batch 1) keep the Linear kernel's GEMV path, which reads w as it is
+PACKED_MIN_ROWS = 8
+
+
 class _Linear:
-    """out = x W^T + b (then ReLU), one kernel call into the planned buffer."""
+    """out = x W^T + b (then ReLU), one kernel call into the planned buffer: float32 through
+    the weights packed at planning time (_kl.linear_forward_packed), else the Linear kernel."""
     kind = "Linear"
 
     def __init__(self, src, dst, w, b, relu, label):
         self.src, self.dst, self.w, self.b, self.relu, self.label = src, dst, w, b, relu, label
         self.out_features = w.shape[0]
+        self.wk = self.bp = None
+        if w.dtype == F32:
+            wshape, bshape = _kl.packed_shape(w.shape[0], w.shape[1])
+            self.wk, self.bp = np.empty(wshape, F32), np.empty(bshape, F32)
+            _kl.pack_weights(self.wk, self.bp, w, b)
 
     def out_shape(self, shape):
         return shape[:-1] + (self.out_features,)
@@ -57,6 +70,10 @@ class _Linear:
         x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
         y = arena.get(self.dst, self.out_shape(x.shape), x.dtype)
         n, i, o = x2.shape[0], x2.shape[1], self.out_features
+        if self.wk is not None and n >= PACKED_MIN_ROWS:
+            _kl.linear_forward_packed(y.reshape(-1, o), x2, self.wk, self.bp, o, self.relu)
+            regs[self.dst] = y
+            return
         scratch = None
         if x.dtype == F32 and n >= 32 and _kl.forward_scratch_ok(n, i, o):
             scratch = arena.get((self.dst, "scratch"), (n * o,), F32)

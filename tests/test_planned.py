@@ -161,3 +161,35 @@ def test_bad_input():
         fastmod.inference(nn.Sequential(nn.Conv2d(3, 2, 3)))(np.zeros((1, 2, 5, 5), np.float32))
     with pytest.raises(TypeError, match="expected a fastmod Module, got int"):
         fastmod.inference(3)
+
+
+@pytest.mark.parametrize("n,i,o", [(1, 5, 3), (7, 33, 70), (13, 300, 17), (64, 256, 64),
+                                   (29, 520, 130), (6, 1, 1)])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_prepacked_gemm_kernel(n, i, o, relu, bias, threads, rng):
+    """linear_forward_packed over tails of every kind: rows not a multiple of the register
+    block, outputs not a multiple of a panel, k over several slabs (> 256) or one."""
+    from fastmod._kernels import linear as k
+    x = rng.standard_normal((n, i)).astype(np.float32)
+    w = rng.standard_normal((o, i)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32) if bias else None
+    wshape, bshape = k.packed_shape(o, i)
+    wk, bp = np.empty(wshape, np.float32), np.empty(bshape, np.float32)
+    k.pack_weights(wk, bp, w, b)
+    y = np.full((n, o), np.nan, np.float32)
+    k.linear_forward_packed(y, x, wk, bp, o, relu)
+    want = x.astype(np.float64) @ w.T.astype(np.float64) + (0 if b is None else b)
+    assert_close(y, np.maximum(want, 0) if relu else want, np.float32)
+
+
+def test_planned_linear_uses_the_packed_weights(rng):
+    """A float32 batch goes through the packed GEMM; batch 1 and float64 through the kernel."""
+    model = models.mlp([40, 70, 5])
+    planned = fastmod.inference(model)
+    step = planned.steps[0]
+    assert step.wk is not None and step.wk.shape[0] == 40
+    for n in (1, 32):
+        x = rng.standard_normal((n, 40)).astype(np.float32)
+        assert_close(planned(x), _want(model, x), np.float32)
+    assert fastmod.inference(model.double()).steps[0].wk is None

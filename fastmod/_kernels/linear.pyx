@@ -10,6 +10,7 @@ Python layer (fastmod.nn) has already checked shapes, dtypes and contiguity.
 """
 cimport numpy as cnp
 from cython cimport floating
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 from cython.parallel cimport prange
@@ -34,6 +35,16 @@ cdef extern from "fm_linear.h":
                       int o0, int o1, int n0, int n1, int relu) noexcept nogil
     void sk_gemv_rows(float* y, const float* w, const float* x, const float* b, int IN,
                       int o0, int o1, int relu) noexcept nogil
+
+# Prepacked GEMM (planned inference, fastmod.inference): simd/fm_pgemm.h
+cdef extern from "fm_pgemm.h":
+    int fm_pgemm_ocp(int OUT) noexcept nogil
+    int fm_pgemm_panel_cols(int OUT) noexcept nogil
+    void fm_pgemm_pack(float* wk, float* bp, const float* w, const float* b, int OUT,
+                       int IN) noexcept nogil
+    Py_ssize_t fm_pgemm_scratch(int IN) noexcept nogil
+    void fm_pgemm_rows(float* y, const float* x, const float* wk, const float* bp, int n0,
+                       int n1, int IN, int OUT, int p0, int p1, int relu, float* xk) noexcept nogil
 
 cdef enum:
     SKINNY_OUT = 16                  # out_features up to this go through the sk_* kernels
@@ -398,3 +409,71 @@ def bias_grad(cnp.ndarray db, cnp.ndarray dy, bint accumulate):
     else:
         with nogil:
             _bias_grad(<double*>pdb, <double*>pdy, R, C, accumulate)
+
+
+# ---------------------------------------------------------------- prepacked (planned inference)
+def packed_shape(int OUT, int IN):
+    """(IN, OCP) of the packed weights and (OCP,) of the padded bias for an (OUT, IN) Linear."""
+    cdef int ocp = fm_pgemm_ocp(OUT)
+    return (IN, ocp), (ocp,)
+
+
+def pack_weights(cnp.ndarray wk, cnp.ndarray bp, cnp.ndarray w, object b):
+    """wk (IN, OCP) <- w (OUT, IN) transposed, zero columns past OUT; bp (OCP,) <- b padded
+    (zeros when b is None). float32, shapes from packed_shape."""
+    cdef int OUT = <int>cnp.PyArray_DIM(w, 0), IN = <int>cnp.PyArray_DIM(w, 1)
+    cdef float* pk = <float*>cnp.PyArray_DATA(wk)
+    cdef float* pb = <float*>cnp.PyArray_DATA(bp)
+    cdef const float* pw = <const float*>cnp.PyArray_DATA(w)
+    cdef const float* pbi = <const float*>_ptr(b)
+    with nogil:
+        fm_pgemm_pack(pk, pb, pw, pbi, OUT, IN)
+
+
+cdef enum:
+    PACKED_GRAIN = 1 << 17           # multiply-adds per thread before a second thread helps
+
+
+def linear_forward_packed(cnp.ndarray y, cnp.ndarray x, cnp.ndarray wk, cnp.ndarray bp,
+                          int OUT, bint relu=False):
+    """y (N, OUT) = x (N, IN) @ w.T + b (then ReLU) from pack_weights' wk and bp; float32,
+    C-contiguous. Each thread takes a range of column panels (its part of wk stays in its own
+    L2) and, when there are fewer panels than threads, a range of rows."""
+    cdef int N = <int>cnp.PyArray_DIM(x, 0), IN = <int>cnp.PyArray_DIM(x, 1)
+    cdef float* py = <float*>cnp.PyArray_DATA(y)
+    cdef const float* px = <const float*>cnp.PyArray_DATA(x)
+    cdef const float* pk = <const float*>cnp.PyArray_DATA(wk)
+    cdef const float* pb = <const float*>cnp.PyArray_DATA(bp)
+    cdef int pw = fm_pgemm_panel_cols(OUT)
+    cdef int panels = (OUT + pw - 1) // pw
+    cdef int nt = threads_for(<Py_ssize_t>N * IN * OUT, PACKED_GRAIN)
+    cdef int pt, rt, t, p0, p1, n0, n1, rows, pper
+    cdef Py_ssize_t ss = fm_pgemm_scratch(IN)
+    cdef float* xk
+    if nt > 1 and panels >= nt:                   # threads over column panels
+        pt, rt = nt, 1
+    else:                                         # fewer panels: threads over rows as well
+        pt = 1 if nt <= 1 else panels
+        rt = 1 if nt <= 1 else (nt + panels - 1) // panels
+    nt = pt * rt if nt > 1 else 1
+    pper = (panels + pt - 1) // pt
+    rows = (N + rt - 1) // rt
+    if nt <= 1:
+        xk = <float*>malloc(ss * sizeof(float))
+        if xk == NULL:
+            raise MemoryError()
+        with nogil:
+            fm_pgemm_rows(py, px, pk, pb, 0, N, IN, OUT, 0, panels, relu, xk)
+        free(xk)
+        return
+    with nogil:
+        for t in prange(nt, num_threads=nt, schedule='static'):
+            xk = <float*>malloc(ss * sizeof(float))
+            if xk != NULL:
+                p0 = (t % pt) * pper
+                p1 = min(panels, p0 + pper)
+                n0 = (t // pt) * rows
+                n1 = min(N, n0 + rows)
+                if p0 < p1 and n0 < n1:
+                    fm_pgemm_rows(py, px, pk, pb, n0, n1, IN, OUT, p0, p1, relu, xk)
+                free(xk)
