@@ -207,7 +207,7 @@ class _ConvNd(Module):
         b = self.bias
         _k.conv2d_forward(y4, x4, self.weight.data.reshape(self.out_channels, -1, KH, KW),
                           None if b is None else b.data, SH, SW, PH, PW, DH, DW, self.groups,
-                          False, relu)
+                          relu)
 
     def _backward_into(self, dx4, dy4, x4, geom, acc_dx=False):
         """Parameter gradients (+)= and dx4 (N, C, H, W) (+)= (acc_dx) the input gradient
