@@ -159,7 +159,7 @@ ALGO_CASES = CASES + [
     # Winograd F(2x2, 3x3): odd and even output sizes, paddings 0 / 1 / 2 / asymmetric, batch 1,
     # inputs smaller than a tile
     ("2d", 8, 16, 3, dict(padding=1), (3, 8, 7, 9)),
-    ("2d", 6, 32, 3, dict(padding=1), (2, 6, 5, 7)),              # OC = 32: wino-igemm at every level
+    ("2d", 6, 32, 3, dict(padding=1), (2, 6, 5, 7)),              # OC 32: wino-igemm, every level
     ("2d", 5, 6, 3, dict(padding=2), (2, 5, 4, 5)),
     ("2d", 5, 6, 3, {}, (2, 5, 6, 8)),
     ("2d", 20, 12, 3, dict(padding=(0, 2)), (1, 20, 5, 3)),
@@ -304,8 +304,8 @@ def test_every_algorithm_is_reached(isa):
         for dt in seen:
             for phase, names in kernel_call(case, dt).algorithms().items():
                 seen[dt].update(f"{phase}={n}" for n in names)
-    every = ({"forward=" + n for n in conv.FORWARD_ALGORITHMS} | {"dW=" + n for n in conv.DW_ALGORITHMS}
-             | {"dx=" + n for n in conv.DX_ALGORITHMS})
+    every = ({"forward=" + n for n in conv.FORWARD_ALGORITHMS}
+             | {"dW=" + n for n in conv.DW_ALGORITHMS} | {"dx=" + n for n in conv.DX_ALGORITHMS})
     f32_only = {"forward=small", "forward=igemm", "forward=wino-igemm", "dW=direct", "dW=igemm",
                 "dW=wino-igemm", "dx=im2row-igemm", "dx=fwd:small", "dx=fwd:igemm",
                 "dx=fwd:wino-igemm"}

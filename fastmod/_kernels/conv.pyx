@@ -138,8 +138,9 @@ cdef void _check_name(str caller, str arg, object name, tuple names) except *:
         raise ValueError(f"{caller}: expected {arg} one of {', '.join(names)}, got {name!r}")
 
 
-cdef void _geom(Geom* g, cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int SH, int SW, int PH,
-                int PW, int DH, int DW, int G, const Override* o):
+cdef void _plan_arrays(Geom* g, cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int SH, int SW,
+                       int PH, int PW, int DH, int DW, int G, const Override* o):
+    # _plan from the arrays: their shapes, batch strides and dtype
     _plan(g, <int>cnp.PyArray_DIM(x, 0), <int>cnp.PyArray_DIM(x, 1),
           <int>cnp.PyArray_DIM(x, 2), <int>cnp.PyArray_DIM(x, 3),
           <int>cnp.PyArray_DIM(y, 1), <int>cnp.PyArray_DIM(y, 2), <int>cnp.PyArray_DIM(y, 3),
@@ -167,10 +168,11 @@ def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
     if algorithm is not None:
         _check_name("conv2d_forward", "algorithm", algorithm, FORWARD_ALGORITHMS)
         _override_forward(&o, algorithm)
-    _geom(&g, x, y, w, SH, SW, PH, PW, DH, DW, G, &o)
+    _plan_arrays(&g, x, y, w, SH, SW, PH, PW, DH, DW, G, &o)
     if algorithm is not None and _forward_name(&g) != algorithm:
+        ok = conv2d_algorithms(x, y, w, SH, SW, PH, PW, DH, DW, G, blocks)["forward"]
         raise ValueError(f"conv2d_forward: algorithm {algorithm!r} does not apply to this call "
-                         f"(applicable: {', '.join(conv2d_algorithms(x, y, w, SH, SW, PH, PW, DH, DW, G, blocks)['forward'])})")
+                         f"(applicable: {', '.join(ok)})")
     g.relu = relu
     cdef void* py = cnp.PyArray_DATA(y)
     cdef void* px = cnp.PyArray_DATA(x)
@@ -208,7 +210,7 @@ def conv2d_backward(object dx, object dw, object db, cnp.ndarray dy, cnp.ndarray
     if dx_algorithm is not None:
         _check_name("conv2d_backward", "dx_algorithm", dx_algorithm, DX_ALGORITHMS)
         _override_dx(&o, dx_algorithm)
-    _geom(&g, x, dy, w, SH, SW, PH, PW, DH, DW, G, &o)
+    _plan_arrays(&g, x, dy, w, SH, SW, PH, PW, DH, DW, G, &o)
     if dx is not None:
         g.xs = cnp.PyArray_STRIDES(<cnp.ndarray>dx)[0] // cnp.PyArray_ITEMSIZE(x)
         if g.xs != cnp.PyArray_STRIDES(x)[0] // cnp.PyArray_ITEMSIZE(x):
@@ -255,19 +257,19 @@ def conv2d_algorithms(cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int SH, int S
     for name in FORWARD_ALGORITHMS:
         _override_init(&o, blocks, "conv2d_algorithms")
         _override_forward(&o, name)
-        _geom(&g, x, y, w, SH, SW, PH, PW, DH, DW, G, &o)
+        _plan_arrays(&g, x, y, w, SH, SW, PH, PW, DH, DW, G, &o)
         if _forward_name(&g) == name:
             out["forward"].append(name)
     for name in DW_ALGORITHMS:
         _override_init(&o, blocks, "conv2d_algorithms")
         _override_dw(&o, name)
-        _geom(&g, x, y, w, SH, SW, PH, PW, DH, DW, G, &o)
+        _plan_arrays(&g, x, y, w, SH, SW, PH, PW, DH, DW, G, &o)
         if _dw_name(&g) == name:
             out["dW"].append(name)
     for name in DX_ALGORITHMS:
         _override_init(&o, blocks, "conv2d_algorithms")
         _override_dx(&o, name)
-        _geom(&g, x, y, w, SH, SW, PH, PW, DH, DW, G, &o)
+        _plan_arrays(&g, x, y, w, SH, SW, PH, PW, DH, DW, G, &o)
         _plan_dx(&g, &gt, &o)
         if _dx_name(&g, &gt) == name:
             out["dx"].append(name)
@@ -281,7 +283,7 @@ def conv2d_paths(cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int SH, int SW, in
     cdef Override o
     cdef Geom g, gt
     _override_init(&o, blocks, "conv2d_paths")
-    _geom(&g, x, y, w, SH, SW, PH, PW, DH, DW, G, &o)
+    _plan_arrays(&g, x, y, w, SH, SW, PH, PW, DH, DW, G, &o)
     fw, dwn = _forward_name(&g), _dw_name(&g)
     _plan_dx(&g, &gt, &o)
     return f"forward={fw} dW={dwn} dx={_dx_name(&g, &gt)}"

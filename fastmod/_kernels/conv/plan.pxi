@@ -70,25 +70,29 @@ cdef enum:
 
 # ---------------------------------------------------------------- thresholds, one table per level
 cdef struct Thresholds:
-    int tout_oc, tout_k                         # y^T (im2col-t) when OCg < tout_oc and K >= tout_k
-    int shifted_c, shifted_oc                   # shifted when C >= shifted_c and OC < shifted_oc
-    int im2row_c, im2row_c2                     # im2row when C >= im2row_c, or >= im2row_c2 with a stride / 2-D kernel
-    int wino_c, wino_coc                        # wino when C >= wino_c and (float32) C*OC >= wino_coc
-    int wdw_c                                   # Winograd dW when C >= wdw_c
-    int wino5_c                                 # wino5 when C >= wino5_c
-    int rbwd_c                                  # im2row backward (strided) when C >= rbwd_c
-    int dxfwd5_c                                # 1-D dx as a forward when C >= dxfwd5_c
-    int small_c, small_c_oc, small_oc, small_oc_c   # small when (C <= small_c and OC <= small_c_oc) or (OC <= small_oc and C <= small_oc_c)
-    int dwd_c, dwd_c_oc, dwd_oc, dwd_oc_c       # direct dW, the same form
-    int ig_fwd_c                                # igemm forward when C >= ig_fwd_c ...
-    bint ig_fwd_s1                              # ... also at stride 1 (except where Winograd takes the layer)
-    int ig_dw_c                                 # igemm dW when C >= ig_dw_c ...
-    int ig_dw_wino_oc                           # ... over Winograd's dW when OC < ig_dw_wino_oc (or Winograd's GEMMs are on BLAS)
-    bint ig_dx                                  # im2row dx's GEMM on the implicit-GEMM kernel
-    bint ig_wino                                # Winograd's GEMMs on the implicit-GEMM kernel
-    Py_ssize_t tile_elems                       # target elements of one im2col tile (the per-thread scratch)
-    Py_ssize_t im2row_positions                 # output positions per im2row GEMM
-    Py_ssize_t wino_tiles                       # 2x2 output tiles per Winograd block
+    int tout_oc, tout_k             # y^T (im2col-t) when OCg < tout_oc and K >= tout_k
+    int shifted_c, shifted_oc       # shifted when C >= shifted_c and OC < shifted_oc
+    int im2row_c, im2row_c2         # im2row when C >= im2row_c, or >= im2row_c2 with a stride
+                                    # or a 2-D kernel
+    int wino_c, wino_coc            # wino when C >= wino_c and (float32) C*OC >= wino_coc
+    int wdw_c                       # Winograd dW when C >= wdw_c
+    int wino5_c                     # wino5 when C >= wino5_c
+    int rbwd_c                      # im2row backward (strided) when C >= rbwd_c
+    int dxfwd5_c                    # 1-D dx as a forward when C >= dxfwd5_c
+    int small_c, small_c_oc         # small when C <= small_c and OC <= small_c_oc,
+    int small_oc, small_oc_c        # or OC <= small_oc and C <= small_oc_c
+    int dwd_c, dwd_c_oc             # direct dW, the same form
+    int dwd_oc, dwd_oc_c
+    int ig_fwd_c                    # igemm forward when C >= ig_fwd_c ...
+    bint ig_fwd_s1                  # ... at stride 1 too (except where Winograd takes the layer)
+    int ig_dw_c                     # igemm dW when C >= ig_dw_c ...
+    int ig_dw_wino_oc               # ... over Winograd's dW when OC < ig_dw_wino_oc (or where
+                                    # Winograd's GEMMs are on BLAS)
+    bint ig_dx                      # im2row dx's GEMM on the implicit-GEMM kernel
+    bint ig_wino                    # Winograd's GEMMs on the implicit-GEMM kernel
+    Py_ssize_t tile_elems           # target elements of one im2col tile (per-thread scratch)
+    Py_ssize_t im2row_positions     # output positions per im2row GEMM
+    Py_ssize_t wino_tiles           # 2x2 output tiles per Winograd block
 
 
 cdef void _table_every_level(Thresholds* t) noexcept nogil:
@@ -324,7 +328,8 @@ cdef void _plan(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW, int
     g.P = OH * OW
     g.xs = xs
     g.ys = ys
-    g.direct = KH == 1 and KW == 1 and SH == 1 and SW == 1 and PH == 0 and PW == 0 and OH == H and OW == W
+    g.direct = (KH == 1 and KW == 1 and SH == 1 and SW == 1 and PH == 0 and PW == 0
+                and OH == H and OW == W)
     g.dwise = not o.no_dwise and g.Cg == 1 and G > 1 and not g.direct
     g.rows = OH
     if not g.direct and not g.dwise:
@@ -351,11 +356,13 @@ cdef void _plan(Geom* g, int N, int C, int H, int W, int OC, int OH, int OW, int
 cdef void _plan_forward(Geom* g, const Override* o) noexcept nogil:
     cdef bint s1 = g.SH == 1 and g.SW == 1
     cdef int C = g.C, OC = g.OC
-    g.tout = _choose(o.fwd_layout, g.OCg < THR.tout_oc and g.K >= THR.tout_k and g.OCg < g.P) and not g.dwise
+    g.tout = _choose(o.fwd_layout, g.OCg < THR.tout_oc and g.K >= THR.tout_k
+                     and g.OCg < g.P) and not g.dwise
     g.shifted = _choose(o.shifted, C >= THR.shifted_c and g.KH > 1 and OC < THR.shifted_oc) and (
         g.G == 1 and s1 and not g.direct and g.rows == g.OH
         and <Py_ssize_t>C * g.KW * g.Hp * g.Wp <= o.tile_elems)
-    g.im2row = _choose(o.im2row, C >= THR.im2row_c or (C >= THR.im2row_c2 and (not s1 or g.KH > 1))) and (
+    g.im2row = _choose(o.im2row, C >= THR.im2row_c
+                       or (C >= THR.im2row_c2 and (not s1 or g.KH > 1))) and (
         g.G == 1 and not g.direct and not g.dwise and not g.shifted and g.rows == g.OH)
     g.wino = _choose(o.wino, C >= THR.wino_c and (not g.f32 or C * OC >= THR.wino_coc)) and (
         g.G == 1 and g.KH == 3 and g.KW == 3 and s1 and g.DH == 1 and g.DW == 1)
