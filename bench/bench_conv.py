@@ -1,8 +1,9 @@
 """Convolution workloads: fastmod vs torch, alternating in one process, printing ratios.
 
-    python bench/bench_conv.py [--threads 2] [--repeat 15] [--only train|layers|phases|recipe]
+    python bench/bench_conv.py [--threads 2] [--repeat 15] [--only train|layers|phases]
+                               [--forward NAME] [--dw NAME] [--dx NAME]
 
-Four sections:
+Three sections:
   train   SPEC §6's conv workloads (cnn_b32, conv1d_b64, bnresnet_b32, groupnorm_cnn_b32,
           densenet_b16): one train step (forward, cross-entropy, backward, SGD momentum step),
           median ms of fastmod and torch, ratio fastmod/torch (< 1: fastmod faster), and the
@@ -11,10 +12,10 @@ Four sections:
           (input + parameter gradients), fastmod vs torch -- to find the slow parts.
   phases  the same conv layers, each phase alone -- forward, dW + db, dx -- fastmod's kernels
           vs torch's convolution / convolution_backward with an output mask (which of the
-          kernel's paths each phase takes is printed: wino, wino5, small, im2row, shifted, ...)
-  recipe  the two GEMM recipes of the conv kernel on the same layers: per-image im2col into a
-          per-thread buffer + single-threaded GEMM (the default) vs one batched im2col and one
-          GEMM split over threads (forward only; the kernel keeps it for this comparison).
+          kernel's paths each phase takes is printed: wino, wino5, small, im2row, shifted, ...);
+          --forward / --dw / --dx NAME run that algorithm instead of the plan's choice on the
+          layers it applies to (conv2d_algorithms; the others keep the plan's), to compare two
+          algorithms on the same layers.
 Timings alternate fastmod / torch per repetition, medians of wall-clock time reported. On a
 shared machine, `--threads 1 --clock cpu` reports the minimum CPU time instead (process time is
 what a single-threaded run actually computed, whatever else the cores are doing).
@@ -144,7 +145,9 @@ def bench_layers(repeat):
               f"{tb * 1e3:8.3f} {fb / tb:6.2f}")
 
 
-def bench_phases(repeat):
+def bench_phases(repeat, forward=None, dw=None, dx=None):
+    """forward / dw / dx: an algorithm name (conv2d_algorithms) to run instead of the plan's
+    choice where it applies."""
     import torch
     from fastmod._kernels import conv as _k
     print("\n== conv phases alone, ms: forward | dW + db | dx (fastmod / torch) ==")
@@ -168,16 +171,20 @@ def bench_phases(repeat):
         xt, wt, bt, dyt = (torch.from_numpy(a) for a in (x4, w4, b, dy4))
         G = m.groups
         conv_args = ([SH, SW], [PH, PW], [DH, DW], False, [0, 0], G)
+        ok = _k.conv2d_algorithms(x4, y4, w4, SH, SW, PH, PW, DH, DW, G)
+        fo = {"algorithm": forward} if forward in ok["forward"] else {}
+        wo = {"dw_algorithm": dw} if dw in ok["dW"] else {}
+        xo = {"dx_algorithm": dx} if dx in ok["dx"] else {}
 
         def fm_fwd():
-            _k.conv2d_forward(y4, x4, w4, b, SH, SW, PH, PW, DH, DW, G)
+            _k.conv2d_forward(y4, x4, w4, b, SH, SW, PH, PW, DH, DW, G, **fo)
 
         def t_fwd():
             torch.ops.aten.convolution(xt, wt, bt, *conv_args)
 
         def fm_dw():
             _k.conv2d_backward(None, dw4, db, dy4, x4, w4, SH, SW, PH, PW, DH, DW, G,
-                               False, False, False)
+                               False, False, False, **wo)
 
         def t_dw():
             torch.ops.aten.convolution_backward(dyt, xt, wt, [m.out_channels], *conv_args,
@@ -185,7 +192,7 @@ def bench_phases(repeat):
 
         def fm_dx():
             _k.conv2d_backward(dx4, None, None, dy4, x4, w4, SH, SW, PH, PW, DH, DW, G,
-                               False, False, False)
+                               False, False, False, **xo)
 
         def t_dx():
             torch.ops.aten.convolution_backward(dyt, xt, wt, [m.out_channels], *conv_args,
@@ -196,44 +203,23 @@ def bench_phases(repeat):
             f2, t2 = alternate([fm_dw, t_dw], repeat)
             f3, t3 = alternate([fm_dx, t_dx], repeat)
         paths = _k.conv2d_paths(x4, y4, w4, SH, SW, PH, PW, DH, DW, G)
+        forced = " ".join(f"{k}={n}" for k, o in (("forward", fo), ("dW", wo), ("dx", xo))
+                          for n in o.values())
+        if forced:
+            paths += f" (forced: {forced})"
         print(f"{label:>24} {f1 * 1e3:7.2f} {t1 * 1e3:7.2f} {f1 / t1:5.2f} | {f2 * 1e3:7.2f} "
               f"{t2 * 1e3:7.2f} {f2 / t2:5.2f} | {f3 * 1e3:7.2f} {t3 * 1e3:7.2f} {f3 / t3:5.2f} | "
               f"{paths}")
-
-
-def bench_recipe(repeat):
-    from fastmod._kernels import conv as _k
-    print("\n== conv forward recipes (fastmod kernels), ms ==")
-    print(f"{'layer':>24} {'per-image':>10} {'batched':>10} {'ratio':>6}")
-    rng = np.random.default_rng(0)
-    for label, cls, args, kw, shape in CONV_LAYERS:
-        m = cls(*args, **kw)
-        if m.groups != 1:
-            continue
-        x = rng.standard_normal(shape, dtype=np.float32)
-        y = m(x)
-        geom = m._geometry(x.shape[2:])
-        H, Wd, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = geom
-        x4 = x.reshape(x.shape[0], -1, H, Wd)
-        y4 = y.reshape(y.shape[0], -1, OH, OW)
-        w4 = m.weight.data.reshape(m.out_channels, -1, KH, KW)
-        b = m.bias.data
-
-        def per_image():
-            _k.conv2d_forward(y4, x4, w4, b, SH, SW, PH, PW, DH, DW, 1, False)
-
-        def batched():
-            _k.conv2d_forward(y4, x4, w4, b, SH, SW, PH, PW, DH, DW, 1, True)
-
-        a, c = alternate([per_image, batched], repeat)
-        print(f"{label:>24} {a * 1e3:10.3f} {c * 1e3:10.3f} {a / c:6.2f}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=15)
-    ap.add_argument("--only", choices=["train", "layers", "phases", "recipe"], default=None)
+    ap.add_argument("--only", choices=["train", "layers", "phases"], default=None)
+    ap.add_argument("--forward", default=None, help="phases: the forward through this algorithm")
+    ap.add_argument("--dw", default=None, help="phases: dW through this algorithm")
+    ap.add_argument("--dx", default=None, help="phases: dx through this algorithm")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: minimum process time (meaningful with --threads 1 only)")
     args = ap.parse_args()
@@ -249,9 +235,7 @@ def main():
     if args.only in (None, "layers"):
         bench_layers(args.repeat)
     if args.only in (None, "phases"):
-        bench_phases(args.repeat)
-    if args.only in (None, "recipe"):
-        bench_recipe(args.repeat)
+        bench_phases(args.repeat, args.forward, args.dw, args.dx)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Conv1d / Conv2d (the seed's Conv1D / Conv2D): NumPy reference, gradcheck, torch parity, the
 seed's simplified forms (Conv1D-S = Q z, Conv2D-S's double sum), threads, bad input."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -147,209 +149,221 @@ def test_backward_matches_reference(case, dtype, threads):
         assert_close(m.bias.grad, rdb, dtype)
 
 
-@pytest.mark.parametrize("tiles", ["one-tile", "row-tiles"])
-@pytest.mark.parametrize("layout", [1, 2], ids=["plain", "transposed"])
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_both_gemm_orientations_match_reference(case, layout, tiles, dtype, threads):
-    # the kernel picks, per layer, y = W @ cols or y^T = cols^T @ W^T (and dW or dW^T), and
-    # im2cols a tile of output rows at a time; force each orientation, one tile per image or
-    # one output row per tile (depthwise convolutions too, instead of their direct loops)
-    from fastmod._kernels import conv as _k
-    m, x, geo = make_case(case, dtype)
-    _k.set_layouts(layout, layout)
-    _k.set_depthwise_direct(False)
-    _k.set_dx_as_conv(layout == 2, force=True)     # stride-1 dx: col2im (plain) or a conv of dy
-    _k.set_forward_shifted(2 if layout == 2 else 1)  # stride-1 forward: per-tap GEMMs or im2col
-    _k.set_tile_elements(1 << 40 if tiles == "one-tile" else 1)
-    try:
-        y = m(x)
-        dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
-        dx = m.backward(dy)
-    finally:
-        _k.set_layouts(0, 0)
-        _k.set_tile_elements(1 << 20)
-        _k.set_depthwise_direct(True)
-        _k.set_dx_as_conv(True)
-        _k.set_forward_shifted(0)
-    assert_close(y, conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data,
-                             *_ref_args(m, geo)), dtype)
-    rdx, rdw, rdb = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
-    assert_close(dx, rdx, dtype)
-    assert_close(m.weight.grad, rdw, dtype)
-
-
-@pytest.mark.parametrize("positions", [1, 1 << 20], ids=["image-per-gemm", "batch-per-gemm"])
-@pytest.mark.parametrize("mode", [1, 2], ids=["im2col", "im2row"])
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_forward_im2row_matches_reference(case, mode, positions, dtype, threads):
-    # the forward through position-major patch rows (any stride, groups 1) where possible, or
-    # never; the stride-1 shifted path off so that im2row takes its layers too; several images
-    # per GEMM (batch split over threads: partial blocks) or one
-    from fastmod._kernels import conv as _k
-    m, x, geo = make_case(case, dtype)
-    _k.set_forward_im2row(mode)
-    _k.set_forward_shifted(1)
-    _k.set_im2row_positions(positions)          # one image per GEMM, or the whole batch
-    try:
-        y = m(x)
-    finally:
-        _k.set_forward_im2row(0)
-        _k.set_forward_shifted(0)
-        _k.set_im2row_positions(512)
-    want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
-    assert y.shape == want.shape and y.dtype == dtype
-    assert_close(y, want, dtype)
-
-
-@pytest.mark.parametrize("accumulate", [False, True], ids=["overwrite", "accumulate"])
-@pytest.mark.parametrize("positions", [1, 1 << 20], ids=["image-per-gemm", "batch-per-gemm"])
-@pytest.mark.parametrize("mode", [1, 2], ids=["other", "im2row"])
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_backward_im2row_matches_reference(case, mode, positions, accumulate, dtype, threads):
-    # dW and dx through the position-major patch rows (Geom.rbwd, groups 1) wherever possible,
-    # or never; one image or the whole batch (split over threads) per GEMM; dW, dx and db alone
-    # and together, overwritten or accumulated into (dx, dW and db in turn)
-    from fastmod._kernels import conv as _k
-    m, x, geo = make_case(case, dtype)
-    y = m(x)
-    m._saved()
-    dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
-    H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = m._geometry(x.shape[2:])
-    x4 = x.reshape(x.shape[0], -1, H, W)
-    dy4 = dy.reshape(dy.shape[0], -1, OH, OW)
-    w4 = m.weight.data.reshape(m.out_channels, -1, KH, KW)
-    rng = np.random.default_rng(2)
-    dx0 = rng.standard_normal(x4.shape).astype(dtype)
-    dw0 = rng.standard_normal(w4.shape).astype(dtype)
-    db0 = rng.standard_normal(m.out_channels).astype(dtype)
-    rdx, rdw, rdb = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
-    rdx, rdw = rdx.reshape(x4.shape), rdw.reshape(w4.shape)
-    args = (dy4, x4, w4, SH, SW, PH, PW, DH, DW, m.groups)
-    _k.set_backward_im2row(mode)
-    _k.set_im2row_positions(positions)
-    try:
-        paths = _k.conv2d_paths(x4, dy4, w4, SH, SW, PH, PW, DH, DW, m.groups)
-        init = (lambda a: a.copy()) if accumulate else (lambda a: np.full_like(a, np.nan))
-        dx, dw, db = init(dx0), init(dw0), init(db0)
-        _k.conv2d_backward(dx, dw, db, *args, accumulate, accumulate, accumulate)
-        dx1, dw1 = init(dx0), init(dw0)
-        _k.conv2d_backward(dx1, None, None, *args, False, False, accumulate)
-        _k.conv2d_backward(None, dw1, None, *args, accumulate, False, False)
-    finally:
-        _k.set_backward_im2row(0)
-        _k.set_im2row_positions(512)
-    if mode == 2 and m.groups == 1 and "dwise" not in paths and KH * KW > 1:
-        assert "dW=im2row" in paths and "dx=im2row" in paths, paths
-    base = (lambda a: a) if accumulate else (lambda a: 0)
-    for got_dx, got_dw in ((dx, dw), (dx1, dw1)):
-        assert_close(got_dx, rdx + base(dx0), dtype)
-        assert_close(got_dw, rdw + base(dw0), dtype)
-    assert_close(db, rdb + base(db0), dtype)
-
-
-@pytest.mark.parametrize("accumulate", [False, True], ids=["overwrite", "accumulate"])
-@pytest.mark.parametrize("fwd", ["auto", "im2row-image", "shifted"])
-@pytest.mark.parametrize("mode", [1, 2], ids=["other", "dxfwd"])
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_dx_as_forward_matches_reference(case, mode, fwd, accumulate, dtype, threads):
-    # stride-1, groups-1 dx as a forward convolution of dy with the flipped weights (Geom.dxfwd)
-    # where possible, or never; that forward on each of its paths (im2row with one image per
-    # GEMM, the shifted path); dx overwritten or accumulated into (DenseBlock's prefix)
-    from fastmod._kernels import conv as _k
-    m, x, geo = make_case(case, dtype)
-    y = m(x)
-    m._saved()
-    dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
-    H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = m._geometry(x.shape[2:])
-    x4 = x.reshape(x.shape[0], -1, H, W)
-    dy4 = dy.reshape(dy.shape[0], -1, OH, OW)
-    w4 = m.weight.data.reshape(m.out_channels, -1, KH, KW)
-    dx0 = np.random.default_rng(2).standard_normal(x4.shape).astype(dtype)
-    dx = dx0.copy() if accumulate else np.full_like(x4, np.nan)
-    dw = np.full_like(w4, np.nan)
-    _k.set_dx_forward(mode)
-    if fwd == "im2row-image":
-        _k.set_forward_shifted(1)
-        _k.set_im2row_positions(1)
-    elif fwd == "shifted":
-        _k.set_forward_shifted(2)
-    try:
-        _k.conv2d_backward(dx, dw, None, dy4, x4, w4, SH, SW, PH, PW, DH, DW, m.groups,
-                           False, False, accumulate)
-    finally:
-        _k.set_dx_forward(0)
-        _k.set_forward_shifted(0)
-        _k.set_im2row_positions(512)
-    rdx, rdw, _ = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
-    assert_close(dx.reshape(x.shape), rdx + (dx0.reshape(x.shape) if accumulate else 0), dtype)
-    assert_close(dw.reshape(m.weight.shape), rdw, dtype)
-
-
-# 3x3, stride 1, groups 1: the Winograd F(2x2, 3x3) path's own shapes (odd and even output
-# sizes, paddings 0 / 1 / 2 / asymmetric, batch 1, inputs smaller than a tile)
-WINO_CASES = CASES + [
+# ------------------------------------------------------------------ every algorithm of the plan
+# The kernel module runs one of several algorithms per phase (conv/plan.pxi): conv2d_algorithms
+# lists the ones that apply to a call, and conv2d_forward(algorithm=) / conv2d_backward(
+# dw_algorithm=, dx_algorithm=) run a named one (ValueError where it does not apply). Each test
+# below runs every applicable algorithm of a phase on every shape against the NumPy reference.
+# Besides CASES, shapes of the algorithms' own edge cases:
+ALGO_CASES = CASES + [
+    # Winograd F(2x2, 3x3): odd and even output sizes, paddings 0 / 1 / 2 / asymmetric, batch 1,
+    # inputs smaller than a tile
     ("2d", 8, 16, 3, dict(padding=1), (3, 8, 7, 9)),
-    ("2d", 6, 32, 3, dict(padding=1), (2, 6, 5, 7)),              # OC = 32: Geom.wig at every level
+    ("2d", 6, 32, 3, dict(padding=1), (2, 6, 5, 7)),              # OC 32: wino-igemm, every level
     ("2d", 5, 6, 3, dict(padding=2), (2, 5, 4, 5)),
     ("2d", 5, 6, 3, {}, (2, 5, 6, 8)),
     ("2d", 20, 12, 3, dict(padding=(0, 2)), (1, 20, 5, 3)),
     ("2d", 4, 3, 3, dict(padding=1, bias=False), (2, 4, 1, 1)),
     ("2d", 33, 7, 3, dict(padding="same"), (2, 33, 6, 5)),
+    ("2d", 32, 6, 3, dict(padding=1), (2, 32, 5, 7)),             # C = 32: dx through wino-igemm
+    # Winograd F(2, 5)
+    ("1d", 8, 16, 5, dict(padding=2), (3, 8, 37)),                   # odd length
+    ("1d", 5, 7, 5, {}, (2, 5, 9)),                                  # no padding
+    ("1d", 6, 3, 5, dict(padding=4, bias=False), (1, 6, 2)),         # input shorter than a tile
+    ("1d", 32, 64, 5, dict(padding=2), (3, 32, 64)),
+    ("2d", 4, 6, (1, 5), dict(padding=(0, 2)), (2, 4, 3, 11)),       # several rows
+    # the direct loops: OC % 4, OW % 16 != 0; OW = 16 exactly; the register-block shapes of
+    # simd/fm_tuning.h: one vector of outputs with a partial channel block, NO = 8 with 7
+    # channels, NO = 6 (avx2) / 8 (avx512) with a ragged row
+    ("2d", 3, 13, 3, dict(padding=1), (2, 3, 17, 33)),
+    ("2d", 2, 5, (2, 4), dict(padding=(1, 2), dilation=(2, 1)), (2, 2, 9, 20)),
+    ("2d", 3, 4, 3, dict(padding=1), (1, 3, 16, 16)),
+    ("2d", 3, 13, 3, dict(padding=1), (2, 3, 9, 16)),
+    ("2d", 5, 7, 3, dict(padding=1), (1, 5, 6, 5)),
+    ("2d", 12, 30, 3, dict(padding=1), (2, 12, 7, 40)),
+    # the implicit GEMM's blocks: OC 70 (4 vectors + a partial block), a dilated 1-D kernel
+    # (runs of C), a 2x3 kernel with 33 output channels, position tails everywhere
+    ("2d", 20, 70, 3, dict(stride=2, padding=1), (2, 20, 9, 11)),
+    ("1d", 17, 40, 5, dict(padding=4, dilation=2), (2, 17, 23)),
+    ("2d", 16, 33, (2, 3), dict(padding=(1, 0)), (3, 16, 7, 6)),
 ]
-WINO_IDS = [f"{c[0]}-{i}" for i, c in enumerate(WINO_CASES)]
+ALGO_IDS = [f"{c[0]}-{i}" for i, c in enumerate(ALGO_CASES)]
+# the plan's blocking: the defaults; one output row per im2col tile and one image (one 2x2 tile)
+# per im2row (Winograd) GEMM; 3 Winograd tiles per block (partial images per block); the whole
+# batch in one block (threads then left without images)
+BLOCKS = {"default": None,
+          "row-tiles": dict(tile_elements=1),
+          "image-per-gemm": dict(im2row_positions=1, wino_tiles=1),
+          "3-tiles": dict(wino_tiles=3),
+          "batch": dict(tile_elements=1 << 40, im2row_positions=1 << 20, wino_tiles=1 << 20)}
 # (Winograd's rounding error scales with the largest values of the result -- its transforms mix
 # the terms of a tile before the GEMM and take differences after it -- as assert_close allows.)
 
 
-@pytest.mark.parametrize("gemm", [1, 2], ids=["blas", "igemm"])
-@pytest.mark.parametrize("tiles", [1, 3, 1 << 20], ids=["tile-blocks", "3-tiles", "batch"])
-@pytest.mark.parametrize("case", WINO_CASES, ids=WINO_IDS)
-def test_winograd_matches_reference(case, tiles, gemm, dtype, threads):
-    # forward, fused ReLU, the stride-1 dx computed as a forward convolution, and dW (16 GEMMs
-    # of depth T into per-thread dU partials), all through Winograd wherever the layer allows
-    # it; blocks of tiles smaller than an image (partial images per block), or the whole batch
-    # in one block (threads then left without images); the 16 GEMMs through BLAS or (float32,
-    # output channels a whole number of its blocks) the implicit-GEMM kernel (Geom.wig)
-    from fastmod._kernels import conv as _k
-    m, x, geo = make_case(case, dtype)
-    dy = np.random.default_rng(1).standard_normal(m.output_shape(x.shape)).astype(dtype)
-    _k.set_forward_winograd(2, tiles)
-    _k.set_dw_winograd(2)
-    _k.set_winograd_igemm(gemm)
-    try:
-        y = m(x)
-        dx = m.backward(dy)
-        with fastmod.no_grad():
-            yr = nn.Sequential(m, nn.ReLU())(x)
-    finally:
-        _k.set_forward_winograd(0)
-        _k.set_dw_winograd(0)
-        _k.set_winograd_igemm(0)
-    want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
-    assert_close(y, want, dtype)
-    assert_close(yr, np.maximum(want, 0), dtype)
+def kernel_call(case, dtype, seed=0):
+    """A case as the kernel sees it: 4-D x, w, dy (Conv1d: H = KH = 1), the geometry arguments,
+    the NumPy reference's y, dx, dw, db in those shapes, and random arrays to accumulate into."""
+    m, x, geo = make_case(case, dtype, seed)
+    H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = m._geometry(x.shape[2:])
+    N, OC = x.shape[0], m.out_channels
+    b = None if m.bias is None else m.bias.data
+    out_shape = m.output_shape(x.shape)
+    dy = np.random.default_rng(seed + 1).standard_normal(out_shape).astype(dtype)
     rdx, rdw, rdb = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
-    assert_close(dx, rdx, dtype)
-    assert_close(m.weight.grad, rdw, dtype)
+    c = SimpleNamespace(
+        x=x.reshape(N, -1, H, W), w=m.weight.data.reshape(OC, -1, KH, KW), b=b,
+        dy=dy.reshape(N, OC, OH, OW), args=(SH, SW, PH, PW, DH, DW, m.groups), dtype=dtype,
+        y_ref=conv_ref(x, m.weight.data, b, *_ref_args(m, geo)).reshape(N, OC, OH, OW),
+        dx_ref=rdx.reshape(N, -1, H, W), dw_ref=rdw.reshape(OC, -1, KH, KW), db_ref=rdb)
+    rng = np.random.default_rng(seed + 2)
+    c.dx0, c.dw0, c.db0 = (rng.standard_normal(a.shape).astype(dtype) for a in (c.x, c.w, rdb))
+    c.algorithms = lambda blocks=None: _k().conv2d_algorithms(c.x, c.dy, c.w, *c.args, blocks)
+    return c
 
 
-@pytest.mark.parametrize("case", WINO_CASES[-6:], ids=WINO_IDS[-6:])
+def _k():
+    from fastmod._kernels import conv
+    return conv
+
+
+def run_forward(c, relu=False, **override):
+    y = np.full(c.dy.shape, np.nan, c.dtype)
+    _k().conv2d_forward(y, c.x, c.w, c.b, *c.args, relu, **override)
+    return y
+
+
+def run_backward(c, want=("dx", "dw", "db"), accumulate=False, **override):
+    """(dx, dw, db) of the kernel (None where not wanted): written over NaN, or added to
+    c.dx0 / c.dw0 / c.db0 when accumulate."""
+    init = (lambda a: a.copy()) if accumulate else (lambda a: np.full_like(a, np.nan))
+    dx, dw, db = (init(a) if name in want else None
+                  for name, a in (("dx", c.dx0), ("dw", c.dw0), ("db", c.db0)))
+    _k().conv2d_backward(dx, dw, db, c.dy, c.x, c.w, *c.args, accumulate, accumulate, accumulate,
+                         **override)
+    return dx, dw, db
+
+
+def check_backward(c, got, accumulate):
+    base = (lambda a: a) if accumulate else (lambda a: 0)
+    for a, ref, a0 in zip(got, (c.dx_ref, c.dw_ref, c.db_ref), (c.dx0, c.dw0, c.db0)):
+        if a is not None:
+            assert_close(a, ref + base(a0), c.dtype)
+
+
+@pytest.mark.parametrize("blocks", list(BLOCKS))
+@pytest.mark.parametrize("case", ALGO_CASES, ids=ALGO_IDS)
+def test_every_forward_algorithm_matches_reference(case, blocks, dtype, threads):
+    # plain and with the fused ReLU (the same values as max(y, 0) of the plain call, bit for bit)
+    c = kernel_call(case, dtype)
+    names = c.algorithms(BLOCKS[blocks])["forward"]
+    assert "im2col" in names or "gemm-1x1" in names      # the general path applies everywhere
+    for name in names:
+        y = run_forward(c, algorithm=name, blocks=BLOCKS[blocks])
+        assert_close(y, c.y_ref, dtype)
+        yr = run_forward(c, relu=True, algorithm=name, blocks=BLOCKS[blocks])
+        np.testing.assert_array_equal(yr, np.maximum(y, 0), err_msg=name)
+
+
+@pytest.mark.parametrize("accumulate", [False, True], ids=["overwrite", "accumulate"])
+@pytest.mark.parametrize("blocks", list(BLOCKS))
+@pytest.mark.parametrize("case", ALGO_CASES, ids=ALGO_IDS)
+def test_every_dw_algorithm_matches_reference(case, blocks, accumulate, dtype, threads):
+    # dW through each algorithm with dx and db in the same call (dx: the plan's choice given
+    # that dW; im2row computes both), and dW alone; overwritten or accumulated into
+    c = kernel_call(case, dtype)
+    names = c.algorithms(BLOCKS[blocks])["dW"]
+    assert "im2col" in names
+    for name in names:
+        for want in (("dx", "dw", "db"), ("dw",)):
+            got = run_backward(c, want, accumulate, dw_algorithm=name, blocks=BLOCKS[blocks])
+            check_backward(c, got, accumulate)
+
+
+@pytest.mark.parametrize("accumulate", [False, True], ids=["overwrite", "accumulate"])
+@pytest.mark.parametrize("blocks", list(BLOCKS))
+@pytest.mark.parametrize("case", ALGO_CASES, ids=ALGO_IDS)
+def test_every_dx_algorithm_matches_reference(case, blocks, accumulate, dtype, threads):
+    # dx through each algorithm -- as a forward of dy through each forward algorithm that
+    # applies (fwd:...) too -- with dW and db in the same call, and dx alone (DenseBlock
+    # accumulates dx into a channel prefix)
+    c = kernel_call(case, dtype)
+    names = c.algorithms(BLOCKS[blocks])["dx"]
+    assert "col2im" in names or "depthwise" in names
+    for name in names:
+        for want in (("dx", "dw", "db"), ("dx",)):
+            got = run_backward(c, want, accumulate, dx_algorithm=name, blocks=BLOCKS[blocks])
+            check_backward(c, got, accumulate)
+
+
+def test_every_algorithm_is_reached(isa):
+    # between them the shapes above reach every algorithm name at every level (float32; float64
+    # all but the float32-only SIMD ones), so the tests above run each one
+    conv = _k()
+    seen = {np.float32: set(), np.float64: set()}
+    for case in ALGO_CASES:
+        for dt in seen:
+            for phase, names in kernel_call(case, dt).algorithms().items():
+                seen[dt].update(f"{phase}={n}" for n in names)
+    every = ({"forward=" + n for n in conv.FORWARD_ALGORITHMS}
+             | {"dW=" + n for n in conv.DW_ALGORITHMS} | {"dx=" + n for n in conv.DX_ALGORITHMS})
+    f32_only = {"forward=small", "forward=igemm", "forward=wino-igemm", "dW=direct", "dW=igemm",
+                "dW=wino-igemm", "dx=im2row-igemm", "dx=fwd:small", "dx=fwd:igemm",
+                "dx=fwd:wino-igemm"}
+    assert seen[np.float32] == every, every - seen[np.float32]
+    assert seen[np.float64] == every - f32_only, (every - f32_only) ^ seen[np.float64]
+
+
+def test_algorithm_override_rejects_what_does_not_apply():
+    conv = _k()
+    c = kernel_call(CASES[5], np.float64)                     # depthwise
+    with pytest.raises(ValueError, match=r"algorithm 'wino' does not apply to this call "
+                                         r"\(applicable: depthwise, im2col, im2col-t\)"):
+        run_forward(c, algorithm="wino")
+    with pytest.raises(ValueError, match="expected algorithm one of depthwise, small"):
+        run_forward(c, algorithm="fast")
+    c = kernel_call(ALGO_CASES[-3], np.float64)               # stride 2, groups 1
+    with pytest.raises(ValueError, match="do not apply to this call together"):
+        run_backward(c, dw_algorithm="im2row", dx_algorithm="col2im")   # im2row: dW and dx
+    with pytest.raises(ValueError, match="expected blocks keys"):
+        run_forward(c, blocks={"tiles": 3})
+    assert "dx=im2row" in conv.conv2d_paths(c.x, c.dy, c.w, *c.args)  # the default plan
+
+
+def _fd_check(c, fwd, dw, dx, n=12, eps=1e-6):
+    """Central differences of sum(y * dy) with the forward through `fwd` against dW through `dw`
+    and dx through `dx` (float64), at n random entries of w and of x."""
+    _, gw, _ = run_backward(c, ("dw",), dw_algorithm=dw)
+    gx, _, _ = run_backward(c, ("dx",), dx_algorithm=dx)
+    rng = np.random.default_rng(3)
+    for a, grad in ((c.w, gw), (c.x, gx)):
+        for i in rng.integers(0, a.size, n):
+            v = a.flat[i]
+            a.flat[i] = v + eps
+            up = np.sum(run_forward(c, algorithm=fwd) * c.dy)
+            a.flat[i] = v - eps
+            down = np.sum(run_forward(c, algorithm=fwd) * c.dy)
+            a.flat[i] = v
+            np.testing.assert_allclose(grad.flat[i], (up - down) / (2 * eps), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ALGO_CASES[len(CASES) + 1:len(CASES) + 7],
+                         ids=ALGO_IDS[len(CASES) + 1:len(CASES) + 7])
 def test_winograd_gradcheck(case):
-    from fastmod._kernels import conv as _k
-    m, x, _ = make_case(case, np.float64)
-    _k.set_forward_winograd(2)
-    _k.set_dw_winograd(2)
-    try:
-        fastmod.gradcheck(m, x, max_elements=64)
-    finally:
-        _k.set_forward_winograd(0)
-        _k.set_dw_winograd(0)
+    c = kernel_call(case, np.float64)
+    _fd_check(c, "wino", "wino", "fwd:wino")
+
+
+@pytest.mark.parametrize("case", ALGO_CASES[len(CASES) + 8:len(CASES) + 13],
+                         ids=ALGO_IDS[len(CASES) + 8:len(CASES) + 13])
+def test_winograd5_gradcheck(case):
+    c = kernel_call(case, np.float64)
+    _fd_check(c, "wino5", "im2col", "fwd:wino5")
 
 
 def test_winograd_dw_accumulates_and_repeats(dtype, threads):
     # dW (+)= through Winograd: accumulate=True adds to the gradient there; the same thread
     # count gives bit-identical results (fixed-order sum of the per-thread dU partials)
-    from fastmod._kernels import conv as _k
+    conv = _k()
     rng = np.random.default_rng(0)
     w = rng.standard_normal((10, 48, 3, 3)).astype(dtype)
     x = rng.standard_normal((5, 48, 7, 8)).astype(dtype)
@@ -358,7 +372,8 @@ def test_winograd_dw_accumulates_and_repeats(dtype, threads):
     outs = []
     for _ in range(2):
         dw = dw0.copy()
-        _k.conv2d_backward(None, dw, None, dy, x, w, 1, 1, 1, 1, 1, 1, 1, True, False, False)
+        conv.conv2d_backward(None, dw, None, dy, x, w, 1, 1, 1, 1, 1, 1, 1, True, False, False,
+                             dw_algorithm="wino")
         outs.append(dw)
     _, rdw, _ = conv_ref_backward(dy, x, w, (1, 1), (1, 1), (1, 1), 1)
     assert_close(outs[0], dw0 + rdw, dtype)
@@ -367,220 +382,17 @@ def test_winograd_dw_accumulates_and_repeats(dtype, threads):
 
 def test_winograd_accumulates_into_dx(dtype, threads):
     # DenseBlock adds each layer's input gradient into a channel prefix: dx through Winograd
-    # with accumulate=True adds to what is there
-    from fastmod._kernels import conv as _k
-    m = nn.Conv2d(40, 12, 3, padding=1, dtype=dtype)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((3, 40, 9, 10)).astype(dtype)
-    dy = rng.standard_normal((3, 12, 9, 10)).astype(dtype)
-    # dy has 12 channels, so force the dx convolution onto Winograd
-    dx0 = rng.standard_normal(x.shape).astype(dtype)
-    dx = dx0.copy()
-    _k.set_forward_winograd(2)
-    try:
-        _k.conv2d_backward(dx, None, None, dy, x, m.weight.data, 1, 1, 1, 1, 1, 1, 1,
-                           False, False, True)
-    finally:
-        _k.set_forward_winograd(0)
-    rdx, _, _ = conv_ref_backward(dy, x, m.weight.data, (1, 1), (1, 1), (1, 1), 1)
-    assert_close(dx, dx0 + rdx, dtype)
-
-
-WINO5_CASES = CASES + [
-    ("1d", 8, 16, 5, dict(padding=2), (3, 8, 37)),                   # odd length
-    ("1d", 5, 7, 5, {}, (2, 5, 9)),                                  # no padding
-    ("1d", 6, 3, 5, dict(padding=4, bias=False), (1, 6, 2)),         # input shorter than a tile
-    ("1d", 32, 64, 5, dict(padding=2), (3, 32, 64)),
-    ("2d", 4, 6, (1, 5), dict(padding=(0, 2)), (2, 4, 3, 11)),       # several rows
-]
-WINO5_IDS = [f"{c[0]}-{i}" for i, c in enumerate(WINO5_CASES)]
-
-
-@pytest.mark.parametrize("tiles", [1, 5, 1 << 20], ids=["tile-blocks", "5-tiles", "batch"])
-@pytest.mark.parametrize("case", WINO5_CASES, ids=WINO5_IDS)
-def test_winograd5_matches_reference(case, tiles, dtype, threads):
-    # k5 rows through Winograd F(2, 5) wherever the layer allows it: forward, fused ReLU, the
-    # stride-1 dx as such a forward, overwritten and accumulated
-    from fastmod._kernels import conv as _k
-    m, x, geo = make_case(case, dtype)
-    dy = np.random.default_rng(1).standard_normal(m.output_shape(x.shape)).astype(dtype)
-    _k.set_forward_winograd5(2)
-    _k.set_forward_winograd(0, tiles)
-    _k.set_dx_forward(2)
-    try:
-        y = m(x)
-        dx = m.backward(dy)
-        with fastmod.no_grad():
-            yr = nn.Sequential(m, nn.ReLU())(x)
-        H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = m._geometry(x.shape[2:])
-        x4 = x.reshape(x.shape[0], -1, H, W)
-        dx0 = np.random.default_rng(2).standard_normal(x4.shape).astype(dtype)
-        dxa = dx0.copy()
-        _k.conv2d_backward(dxa, None, None, dy.reshape(dy.shape[0], -1, OH, OW), x4,
-                           m.weight.data.reshape(m.out_channels, -1, KH, KW), SH, SW, PH, PW,
-                           DH, DW, m.groups, False, False, True)
-    finally:
-        _k.set_forward_winograd5(0)
-        _k.set_forward_winograd(0)
-        _k.set_dx_forward(0)
-    want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
-    assert_close(y, want, dtype)
-    assert_close(yr, np.maximum(want, 0), dtype)
-    rdx, rdw, _ = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
-    assert_close(dx, rdx, dtype)
-    assert_close(m.weight.grad, rdw, dtype)
-    assert_close(dxa.reshape(x.shape), dx0.reshape(x.shape) + rdx, dtype)
-
-
-@pytest.mark.parametrize("case", WINO5_CASES[-5:], ids=WINO5_IDS[-5:])
-def test_winograd5_gradcheck(case):
-    from fastmod._kernels import conv as _k
-    m, x, _ = make_case(case, np.float64)
-    _k.set_forward_winograd5(2)
-    _k.set_dx_forward(2)
-    try:
-        fastmod.gradcheck(m, x, max_elements=64)
-    finally:
-        _k.set_forward_winograd5(0)
-        _k.set_dx_forward(0)
-
-
-SMALL_CASES = CASES + [
-    ("2d", 3, 13, 3, dict(padding=1), (2, 3, 17, 33)),                # OC % 4, OW % 16 != 0
-    ("2d", 2, 5, (2, 4), dict(padding=(1, 2), dilation=(2, 1)), (2, 2, 9, 20)),
-    ("2d", 3, 4, 3, dict(padding=1), (1, 3, 16, 16)),                 # OW = 16 exactly
-    # the register-block shapes of simd/fm_tuning.h: one vector of outputs with a partial
-    # channel block, NO = 8 with 7 channels, NO = 6 (avx2) / 8 (avx512) with a ragged row
-    ("2d", 3, 13, 3, dict(padding=1), (2, 3, 9, 16)),
-    ("2d", 5, 7, 3, dict(padding=1), (1, 5, 6, 5)),
-    ("2d", 12, 30, 3, dict(padding=1), (2, 12, 7, 40)),
-]
-SMALL_IDS = [f"{c[0]}-{i}" for i, c in enumerate(SMALL_CASES)]
-
-
-@pytest.mark.parametrize("mode", [1, 2], ids=["other", "direct"])
-@pytest.mark.parametrize("case", SMALL_CASES, ids=SMALL_IDS)
-def test_small_direct_matches_reference(case, mode, dtype, threads):
-    # stride-1 float32 forwards through the direct 8-wide FMA loops (Geom.small) wherever the
-    # layer allows it (float64 falls back to im2col), plain and with the fused ReLU, and the
-    # stride-1 dx computed as such a forward (accumulating into dx where the kernel is asked to)
-    # and the stride-1 weight gradient through the direct loops (Geom.ddw), overwritten and
-    # accumulated into
-    from fastmod._kernels import conv as _k
-    m, x, geo = make_case(case, dtype)
-    dy = np.random.default_rng(1).standard_normal(m.output_shape(x.shape)).astype(dtype)
-    _k.set_forward_small(mode)
-    _k.set_dx_forward(mode)
-    _k.set_dw_direct(mode)
-    try:
-        y = m(x)
-        dx = m.backward(dy)
-        with fastmod.no_grad():
-            yr = nn.Sequential(m, nn.ReLU())(x)
-        H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = m._geometry(x.shape[2:])
-        x4 = x.reshape(x.shape[0], -1, H, W)
-        dy4 = dy.reshape(dy.shape[0], -1, OH, OW)
-        w4 = m.weight.data.reshape(m.out_channels, -1, KH, KW)
-        dx0 = np.random.default_rng(2).standard_normal(x4.shape).astype(dtype)
-        dw0 = np.random.default_rng(3).standard_normal(w4.shape).astype(dtype)
-        dxa, dwa = dx0.copy(), dw0.copy()
-        _k.conv2d_backward(dxa, None, None, dy4, x4, w4, SH, SW, PH, PW, DH, DW, m.groups,
-                           False, False, True)
-        _k.conv2d_backward(None, dwa, None, dy4, x4, w4, SH, SW, PH, PW, DH, DW, m.groups,
-                           True, False, False)
-        paths = _k.conv2d_paths(x4, dy4, w4, SH, SW, PH, PW, DH, DW, m.groups)
-    finally:
-        _k.set_forward_small(0)
-        _k.set_dx_forward(0)
-        _k.set_dw_direct(0)
-    if mode == 2 and SH == SW == 1 and m.groups == 1 and KH * KW > 1 and dtype == np.float32:
-        assert "forward=small" in paths and "dW=direct" in paths, paths
-    want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
-    assert_close(y, want, dtype)
-    assert_close(yr, np.maximum(want, 0), dtype)
-    rdx, rdw, _ = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
-    assert_close(dx, rdx, dtype)
-    assert_close(m.weight.grad, rdw, dtype)
-    assert_close(dxa.reshape(x.shape), dx0.reshape(x.shape) + rdx, dtype)
-    assert_close(dwa.reshape(m.weight.shape), dw0.reshape(m.weight.shape) + rdw, dtype)
-
-
-IGEMM_CASES = CASES + [
-    # the implicit GEMM's blocks: OC 70 (4 vectors + a partial block), a dilated 1-D kernel
-    # (runs of C), a 2x3 kernel with 33 output channels, position tails everywhere
-    ("2d", 20, 70, 3, dict(stride=2, padding=1), (2, 20, 9, 11)),
-    ("1d", 17, 40, 5, dict(padding=4, dilation=2), (2, 17, 23)),
-    ("2d", 16, 33, (2, 3), dict(padding=(1, 0)), (3, 16, 7, 6)),
-]
-IGEMM_IDS = [f"{c[0]}-{i}" for i, c in enumerate(IGEMM_CASES)]
-
-
-@pytest.mark.parametrize("dx_route", ["rows", "forward"])
-@pytest.mark.parametrize("mode", [1, 2], ids=["other", "igemm"])
-@pytest.mark.parametrize("case", IGEMM_CASES, ids=IGEMM_IDS)
-def test_implicit_gemm_matches_reference(case, mode, dx_route, dtype, threads):
-    # float32 forwards (plain, fused ReLU), weight gradients (overwrite, accumulate) and dx
-    # through the implicit GEMM (Geom.igemm / igdw / igdx) wherever possible, or never; dx
-    # through the patch rows with the kernel's dy^T W (Geom.rbwd + igdx) or as a forward of dy
-    # (Geom.dxfwd, stride 1); float64 takes the other paths
-    from fastmod._kernels import conv as _k
-    m, x, geo = make_case(case, dtype)
-    dy = np.random.default_rng(1).standard_normal(m.output_shape(x.shape)).astype(dtype)
-    H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = m._geometry(x.shape[2:])
-    x4 = x.reshape(x.shape[0], -1, H, W)
-    dy4 = dy.reshape(dy.shape[0], -1, OH, OW)
-    w4 = m.weight.data.reshape(m.out_channels, -1, KH, KW)
-    rng = np.random.default_rng(2)
-    dx0 = rng.standard_normal(x4.shape).astype(dtype)
-    dw0 = rng.standard_normal(w4.shape).astype(dtype)
-    args = (dy4, x4, w4, SH, SW, PH, PW, DH, DW, m.groups)
-    _k.set_forward_igemm(mode)
-    _k.set_dw_igemm(mode)
-    _k.set_dx_igemm(mode)
-    if dx_route == "rows":
-        _k.set_backward_im2row(mode)
-    else:
-        _k.set_dx_forward(mode)
-    try:
-        y = m(x)
-        m._saved()
-        with fastmod.no_grad():
-            yr = nn.Sequential(m, nn.ReLU())(x)
-        dxa, dwa = dx0.copy(), dw0.copy()
-        dx, dw = np.full_like(dx0, np.nan), np.full_like(dw0, np.nan)
-        _k.conv2d_backward(dx, dw, None, *args, False, False, False)
-        _k.conv2d_backward(dxa, dwa, None, *args, True, False, True)
-        paths = _k.conv2d_paths(x4, dy4, w4, SH, SW, PH, PW, DH, DW, m.groups)
-    finally:
-        _k.set_forward_igemm(0)
-        _k.set_dw_igemm(0)
-        _k.set_dx_igemm(0)
-        _k.set_backward_im2row(0)
-        _k.set_dx_forward(0)
-    if mode == 2 and dtype == np.float32 and m.groups == 1 and "gemm-1x1" not in paths:
-        assert "forward=igemm" in paths and "dW=igemm" in paths, paths
-    want = conv_ref(x, m.weight.data, None if m.bias is None else m.bias.data, *_ref_args(m, geo))
-    assert_close(y, want, dtype)
-    assert_close(yr, np.maximum(want, 0), dtype)
-    rdx, rdw, _ = conv_ref_backward(dy, x, m.weight.data, *_ref_args(m, geo))
-    rdx, rdw = rdx.reshape(x4.shape), rdw.reshape(w4.shape)
-    assert_close(dx, rdx, dtype)
-    assert_close(dw, rdw, dtype)
-    assert_close(dxa, dx0 + rdx, dtype)
-    assert_close(dwa, dw0 + rdw, dtype)
+    # (dy has 12 channels, which the plan leaves on dxconv) with accumulate=True adds to what is
+    # there
+    c = kernel_call(("2d", 40, 12, 3, dict(padding=1), (3, 40, 9, 10)), dtype)
+    got = run_backward(c, ("dx",), accumulate=True, dx_algorithm="fwd:wino")
+    check_backward(c, got, accumulate=True)
 
 
 def test_small_direct_keeps_nan_under_fused_relu():
-    from fastmod._kernels import conv as _k
-    m = nn.Conv2d(3, 5, 3, padding=1)
-    x = np.random.default_rng(0).standard_normal((2, 3, 6, 7)).astype(np.float32)
-    x[1, 0, 2, 2] = np.nan
-    _k.set_forward_small(2)
-    try:
-        with fastmod.no_grad():
-            got = nn.Sequential(m, nn.ReLU())(x)
-    finally:
-        _k.set_forward_small(0)
+    c = kernel_call(("2d", 3, 5, 3, dict(padding=1), (2, 3, 6, 7)), np.float32)
+    c.x[1, 0, 2, 2] = np.nan
+    got = run_forward(c, relu=True, algorithm="small")
     assert np.isnan(got[1, :, 1:4, 1:4]).all() and not np.isnan(got[0]).any()
     assert not (got < 0).any()
 
@@ -825,32 +637,18 @@ def test_bad_dtype_argument():
 
 
 # ------------------------------------------------------------------ fused ReLU (inference)
-_PATHS = {"auto": (0, 0, 0), "shifted": (2, 1, 0), "im2row": (1, 2, 0), "plain": (1, 1, 1),
-          "transposed": (1, 1, 2)}
-
-
-@pytest.mark.parametrize("path", list(_PATHS))
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_fused_relu_equals_conv_then_relu(case, path, dtype, threads):
+def test_fused_relu_equals_conv_then_relu(case, dtype, threads):
     # Sequential(Conv, ReLU) under no_grad: one kernel call applying the ReLU to each image;
-    # the same values as the convolution followed by the ReLU module, on every forward path
-    from fastmod._kernels import conv as _k
+    # the same values as the convolution followed by the ReLU module (the plan's algorithm here;
+    # every algorithm's fused ReLU: test_every_forward_algorithm_matches_reference)
     m, x, _ = make_case(case, dtype)
     seq = nn.Sequential(m, nn.ReLU())
-    shifted, im2row, layout = _PATHS[path]
-    _k.set_forward_shifted(shifted)
-    _k.set_forward_im2row(im2row)
-    _k.set_layouts(layout, 0)
-    try:
-        want = nn.ReLU()(m(x))
-        m._saved()                                  # drop what the grad-mode forward kept
-        with fastmod.no_grad():
-            got = seq(x)
-            plain = m(x)
-    finally:
-        _k.set_forward_shifted(0)
-        _k.set_forward_im2row(0)
-        _k.set_layouts(0, 0)
+    want = nn.ReLU()(m(x))
+    m._saved()                                  # drop what the grad-mode forward kept
+    with fastmod.no_grad():
+        got = seq(x)
+        plain = m(x)
     assert got.dtype == dtype and got.shape == want.shape
     np.testing.assert_array_equal(got, want)
     assert (plain < 0).any() and not (got < 0).any()   # the plain call left its ReLU off

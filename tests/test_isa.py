@@ -137,20 +137,31 @@ def test_cli_version_verbose_and_config(capsys):
 
 
 # ---------------------------------------------------------------- same answers at every level
+class _DirectConv2d(nn.Conv2d):
+    """Conv2d whose forward runs the direct (few-channel) loops at every level (the plan takes
+    them at avx2 / avx512 only), through the kernel's algorithm override."""
+
+    def _forward_into(self, y4, x4, geom, relu=False):
+        from fastmod._kernels import conv as _kconv
+        H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = geom
+        b = self.bias
+        _kconv.conv2d_forward(y4, x4, self.weight.data.reshape(self.out_channels, -1, KH, KW),
+                              None if b is None else b.data, SH, SW, PH, PW, DH, DW, self.groups,
+                              relu, algorithm="small")
+
+
 def _model_run(level):
     """Outputs, input gradients and parameter gradients of a model touching every family of
     hand-written vector kernels (skinny Linear, the transposed forward, GELU, the attention
     softmax, the direct convolution with ragged row tails, normalization, pooling) and one
     optimizer step, float32, at `level`."""
-    from fastmod._kernels import conv as _kconv
     prev = fastmod.get_isa()
     fastmod.set_isa(level)
-    _kconv.set_forward_small(2)                   # the direct (few-channel) path, every level
     try:
         fastmod.manual_seed(0)
         rng = np.random.default_rng(0)
-        conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.GroupNorm(2, 8),
-                             nn.Conv2d(8, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.MaxPool2d(2),
+        conv = nn.Sequential(_DirectConv2d(3, 8, 3, padding=1), nn.ReLU(), nn.GroupNorm(2, 8),
+                             _DirectConv2d(8, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.MaxPool2d(2),
                              nn.AdaptiveAvgPool2d(1), nn.Flatten())
         head = nn.Sequential(nn.Linear(6, 96), nn.GELU(), nn.Linear(96, 100), nn.ReLU(),
                              nn.Linear(100, 10))
@@ -178,7 +189,6 @@ def _model_run(level):
         out["adam"] = head[0].weight.data.copy()
         return out
     finally:
-        _kconv.set_forward_small(0)
         fastmod.set_isa(prev)
 
 

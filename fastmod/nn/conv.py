@@ -9,7 +9,7 @@ matrix Q), Conv2D-S the 2-D analogue; the multi-channel Conv1D / Conv2D sum one 
 The kernels (fastmod/_kernels/conv.pyx) run parallel over the batch, each thread with its own
 scratch: im2col / patch rows + a single-threaded GEMM in general, a plain GEMM for 1x1 kernels,
 Winograd F(2x2, 3x3) / F(2, 5) for wide 3x3 / k5 stride-1 layers, direct FMA loops for few
-input or output channels; the header of conv.pyx lists which layer takes which path.
+input or output channels; fastmod/_kernels/conv/plan.pxi lists which layer takes which path.
 """
 import numpy as np
 
@@ -207,7 +207,7 @@ class _ConvNd(Module):
         b = self.bias
         _k.conv2d_forward(y4, x4, self.weight.data.reshape(self.out_channels, -1, KH, KW),
                           None if b is None else b.data, SH, SW, PH, PW, DH, DW, self.groups,
-                          False, relu)
+                          relu)
 
     def _backward_into(self, dx4, dy4, x4, geom, acc_dx=False):
         """Parameter gradients (+)= and dx4 (N, C, H, W) (+)= (acc_dx) the input gradient

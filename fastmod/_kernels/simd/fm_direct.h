@@ -1,5 +1,5 @@
 /* Direct convolution loops for layers with few input or output channels (fastmod/_kernels/
- * conv.pyx, Geom.small), float32, stride 1, written once against the vector layer (fm_vec.h);
+ * conv/direct.pxi, Geom.small), float32, stride 1, written once against the vector layer (fm_vec.h);
  * the register-block shapes come from the per-level table in fm_tuning.h.
  *
  * Forward: x_n is copied into zero-padded planes xp (C, Hp, Ws), Ws >= OW rounded up to

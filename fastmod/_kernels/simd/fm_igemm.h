@@ -1,4 +1,4 @@
-/* Implicit-GEMM convolution on position-major planes (fastmod/_kernels/conv.pyx, Geom.igemm),
+/* Implicit-GEMM convolution on position-major planes (fastmod/_kernels/conv/gemm.pxi, Geom.igemm),
  * float32, written once against the vector layer (fm_vec.h); register-block shapes per level
  * in fm_tuning.h.
  *
@@ -128,7 +128,7 @@ FM_ALWAYS_INLINE void fm__ig_fwd(const int MR, const int NR, float* yt, const fl
 }
 
 /* yt (P, OCP) = the convolution of one image without bias, position-major: xp its zero-padded
-   position-major plane (Hq, Wq, C) (conv.pyx's _pack_nhwc), wk packed by fm_igemm_pack.
+   position-major plane (Hq, Wq, C) (conv/pack.pxi's _pack_nhwc), wk packed by fm_igemm_pack.
    KH*KW <= 64. */
 static void fm_igemm_fwd(float* yt, const float* xp, const float* wk, int OC, int OH, int OW,
                          int C, int Wq, int KH, int KW, int SH, int SW, int DH, int DW) {

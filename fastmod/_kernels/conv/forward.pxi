@@ -1,0 +1,128 @@
+# Included by conv.pyx: the forward driver -- the weights packed for the chosen algorithm, the
+# batch split into one contiguous chunk of images per thread, each image (or block of images)
+# through the algorithm the plan chose. Legend as in conv.pyx.
+
+cdef void _forward_image(floating* y, const floating* x, const floating* w, const floating* wr,
+                         const floating* b, floating* col, Geom* g, int gemm_nt) noexcept nogil:
+    _forward_image_body(y, x, w, wr, b, col, g, gemm_nt)
+    if g.relu and not g.im2row and not ((g.small or g.igemm) and floating is float):   # applied as written
+        _relu_inplace(y, <Py_ssize_t>g.OC * g.P)
+
+
+cdef void _forward_image_body(floating* y, const floating* x, const floating* w, const floating* wr,
+                              const floating* b, floating* col, Geom* g, int gemm_nt) noexcept nogil:
+    # one image through the per-image algorithm the plan chose (Geom's flags, in precedence order)
+    if g.dwise:
+        if g.SH == 1 and g.SW == 1:
+            _dw_forward_image_s1(y, x, w, b, col, g)
+        else:
+            _dw_forward_image(y, x, w, b, g)
+        return
+    if floating is float:
+        if g.small:
+            _small_forward_image(y, x, wr, col, g)
+            return
+        if g.igemm:
+            _igemm_forward_image(y, x, wr, b, col, g)
+            return
+    if g.shifted:
+        _shifted_forward_image(y, x, wr, b, col, g, gemm_nt)
+        return
+    if g.im2row:
+        _im2row_forward_images(y, x, wr, b, col, g, 1, gemm_nt)
+        return
+    _im2col_forward_image(y, x, w, b, col, g, gemm_nt)
+
+
+cdef inline void _block_forward(floating* y, const floating* x, const floating* wr,
+                                const floating* b, floating* buf, Geom* g, int cnt,
+                                int gemm_nt) noexcept nogil:
+    if g.wino:
+        _wino_forward_images(y, x, wr, b, buf, g, cnt, gemm_nt)
+    elif g.wino5:
+        _wino5_forward_images(y, x, wr, b, buf, g, cnt, gemm_nt)
+    else:
+        _im2row_forward_images(y, x, wr, b, buf, g, cnt, gemm_nt)
+
+
+cdef int _conv_forward(floating* y, const floating* x, const floating* w, const floating* b,
+                       Geom* g) noexcept nogil:
+    # 0, or -1 when out of memory (then nothing is written and nothing is held)
+    cdef int nt = _threads_for_batch(g)
+    cdef int t, n, lo, hi, chunk
+    cdef Py_ssize_t cs = _col_size(g)
+    cdef floating* colbuf = <floating*>fm_malloc(nt * cs * sizeof(floating))
+    cdef floating* wr = NULL
+    cdef int c, o, tap, KK = g.KH * g.KW
+    cdef int NO
+    cdef Py_ssize_t nwp
+    if colbuf == NULL:
+        return -1
+    if floating is float:
+        if g.small:
+            # fm_direct_pack's layout: ceil(OC/NO)*NO*C*KH*KW weights, then the bias
+            NO = fm_direct_fwd_no(g.OW, g.OC)
+            nwp = <Py_ssize_t>(g.OC + NO - 1) // NO * NO
+            wr = <floating*>fm_malloc(nwp * (g.C * KK + 1) * sizeof(floating))
+            if wr == NULL:
+                free(colbuf)
+                return -1
+            fm_direct_pack(wr, wr + nwp * g.C * KK, w, b, g.OC, g.C * KK, NO)
+        elif g.igemm:
+            wr = <floating*>fm_malloc(<Py_ssize_t>KK * g.C * fm_igemm_ocp(g.OC) * sizeof(floating))
+            if wr == NULL:
+                free(colbuf)
+                return -1
+            fm_igemm_pack(wr, w, g.OC, g.C, g.KH, g.KW)
+    if g.wino:
+        wr = <floating*>fm_malloc(16 * <Py_ssize_t>g.C * g.OC * sizeof(floating))
+    elif g.wino5:
+        wr = <floating*>fm_malloc(6 * <Py_ssize_t>g.C * g.OC * sizeof(floating))
+    elif g.shifted or g.im2row:
+        wr = <floating*>fm_malloc(<Py_ssize_t>KK * g.C * g.OC * sizeof(floating))
+    if wr == NULL and (g.wino or g.wino5 or g.shifted or g.im2row):
+        free(colbuf)
+        return -1
+    if g.wino:
+        _wino_weights(wr, w, g.C, g.OC)
+    elif g.wino5:
+        _wino5_weights(wr, w, g.C, g.OC)
+    elif g.shifted or g.im2row:
+        # wr[kh, kw*C + c, o] = w[o, c, kh, kw]: one (KW*C, OC) matrix per kernel row
+        for tap in range(KK):
+            for c in range(g.C):
+                for o in range(g.OC):
+                    wr[((<Py_ssize_t>(tap // g.KW) * g.KW + tap % g.KW) * g.C + c) * g.OC + o] = \
+                        w[(<Py_ssize_t>o * g.C + c) * KK + tap]
+    cdef int imb = g.wimb if (g.wino or g.wino5) else g.imb
+    if g.im2row or g.wino or g.wino5:
+        # blocks of imb images (the last of a thread's chunk may be shorter)
+        if nt <= 1:
+            n = 0
+            while n < g.N:
+                _block_forward(y + n * g.ys, x + n * g.xs, wr, b, colbuf, g,
+                               min(imb, g.N - n), num_threads())
+                n = n + imb
+        else:
+            chunk = (g.N + nt - 1) // nt
+            for t in prange(nt, num_threads=nt, schedule='static'):
+                lo = t * chunk
+                hi = min(g.N, lo + chunk)
+                n = lo
+                while n < hi:
+                    _block_forward(y + n * g.ys, x + n * g.xs, wr, b, colbuf + t * cs,
+                                   g, min(imb, hi - n), 1)
+                    n = n + imb
+    elif nt <= 1:
+        for n in range(g.N):
+            _forward_image(y + n * g.ys, x + n * g.xs, w, wr, b, colbuf, g, num_threads())
+    else:
+        chunk = (g.N + nt - 1) // nt
+        for t in prange(nt, num_threads=nt, schedule='static'):
+            lo = t * chunk
+            hi = min(g.N, lo + chunk)
+            for n in range(lo, hi):
+                _forward_image(y + n * g.ys, x + n * g.xs, w, wr, b, colbuf + t * cs, g, 1)
+    free(wr)
+    free(colbuf)
+    return 0
