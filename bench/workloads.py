@@ -438,6 +438,11 @@ class OrtRunner:
         so.intra_op_num_threads = torch.get_num_threads()
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if os.environ.get("FASTMOD_BENCH_ORT_SPIN", "0") != "1":
+            # ORT's idle intra-op threads otherwise spin-wait after each run and take the cores
+            # from the next framework timed (fastmod's cnn_b32 inference 1.8 ms alone, 2.1-5 ms
+            # right after ORT runs, even 0.1 s later)
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
         self.feed = {"x": tr.x.numpy()}
 
