@@ -403,7 +403,14 @@ def run_workload(wl, mode, frameworks, repeats, min_time):
             notes[fw] = f"error: {type(e).__name__}: {e}"
             continue
         fns[fw] = fn
+    # ONNX Runtime alone, after the others: its idle threads spin (its default, the fastest
+    # setting for it) and slow any other framework timed in the same process while its
+    # session lives (W.OrtRunner); closed afterwards, so the next row is not disturbed
+    alone = {fw: fns.pop(fw) for fw in ("ort",) if fw in fns}
     times = interleaved(fns, repeats, min_time) if fns else {}
+    for fw, fn in alone.items():
+        times.update(interleaved({fw: fn}, repeats, min_time))
+        runners[fw].close()
     extra = {}
     fr = runners.get("fastmod")
     if mode == "train" and fr is not None and not isinstance(fr, str):

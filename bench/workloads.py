@@ -438,16 +438,21 @@ class OrtRunner:
         so.intra_op_num_threads = torch.get_num_threads()
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if os.environ.get("FASTMOD_BENCH_ORT_SPIN", "0") != "1":
-            # ORT's idle intra-op threads otherwise spin-wait after each run and take the cores
-            # from the next framework timed (fastmod's cnn_b32 inference 1.8 ms alone, 2.1-5 ms
-            # right after ORT runs, even 0.1 s later)
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # ORT's default: idle intra-op threads spin-wait (faster for ORT: cnn_b32 inference
+        # 1.48 ms vs 1.65 without; batch 1 several times faster) -- and they slow whatever runs
+        # next in the process (fastmod's cnn_b32 inference 1.8 ms alone, 2-5 ms after ORT,
+        # even 0.6 s later): compare.py times ORT alone, after the others, then closes it
         self.sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
         self.feed = {"x": tr.x.numpy()}
 
     def infer(self):
         return self.sess.run(None, self.feed)[0]
+
+    def close(self):
+        """End the session and its thread pool (its threads stop spinning)."""
+        self.sess = None
+        import gc
+        gc.collect()
 
 
 class NumpyRunner:

@@ -431,6 +431,7 @@ def pack_weights(cnp.ndarray wk, cnp.ndarray bp, cnp.ndarray w, object b):
 
 
 cdef enum:
+    PACKED_ROWS_PER_THREAD = 16      # (x4: rows per thread before threads split the rows)
     PACKED_GRAIN = 1 << 17           # multiply-adds per thread before a second thread helps
 
 
@@ -450,11 +451,11 @@ def linear_forward_packed(cnp.ndarray y, cnp.ndarray x, cnp.ndarray wk, cnp.ndar
     cdef int pt, rt, t, p0, p1, n0, n1, rows, pper
     cdef Py_ssize_t ss = fm_pgemm_scratch(IN)
     cdef float* xk
-    if nt > 1 and panels >= nt:                   # threads over column panels
-        pt, rt = nt, 1
-    else:                                         # fewer panels: threads over rows as well
-        pt = 1 if nt <= 1 else panels
-        rt = 1 if nt <= 1 else (nt + panels - 1) // panels
+    if nt > 1 and panels % nt == 0 and N < 4 * PACKED_ROWS_PER_THREAD * nt:
+        pt, rt = nt, 1                            # few rows: threads over column panels
+    else:                                         # threads over rows (each all the panels)
+        pt = 1
+        rt = 1 if nt <= 1 else nt
     nt = pt * rt if nt > 1 else 1
     pper = (panels + pt - 1) // pt
     rows = (N + rt - 1) // rt
