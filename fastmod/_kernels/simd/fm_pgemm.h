@@ -57,9 +57,9 @@ FM_ALWAYS_INLINE void fm__pg_block(const int MR, const int NR, float* y, ptrdiff
                 a[i][v] = fm_vload(bp + v * FM_W);
             else if (i < mr && left >= FM_W)    /* later slabs: the partial sums in y */
                 a[i][v] = fm_vload(y + (ptrdiff_t)i * ldy + v * FM_W);
-            else
+            else                                /* a row past N, or the panel's last columns */
                 a[i][v] = fm_vload_n(y + (ptrdiff_t)(i < mr ? i : 0) * ldy + v * FM_W,
-                                     left < 0 ? 0 : left);
+                                     left < 0 ? 0 : (left > FM_W ? FM_W : left));
         }
     }
     for (k = 0; k < K; k++, wk += ldw, xk += MR) {
