@@ -434,7 +434,13 @@ def profile(model, x, target=None, *, loss=None, repeats=5, file=None, trace=Non
     """
     from fastmod import get_isa, get_num_threads
     from fastmod.losses import CrossEntropyLoss, MSELoss
+    from fastmod.planned import PlannedModel
 
+    if isinstance(model, PlannedModel):
+        if target is not None:
+            raise ValueError("profile: a planned model (fastmod.inference) has no train step; "
+                             "profile the model itself for one")
+        return _profile_planned(model, x, positive_int(repeats, "profile: repeats"), file)
     if not isinstance(model, Module):
         raise TypeError(f"profile: expected a fastmod Module, got {type(model).__name__}")
     repeats = positive_int(repeats, "profile: repeats")
@@ -630,6 +636,66 @@ def profile(model, x, target=None, *, loss=None, repeats=5, file=None, trace=Non
     result = ProfileResult(rows, totals)
     if trace is not None:
         _write_trace(trace, events, entries, result)
+    if file is not None:
+        text = str(result) + "\n"
+        if isinstance(file, (str, os.PathLike)):
+            with open(file, "w", encoding="utf-8") as f:
+                f.write(text)
+        else:
+            file.write(text)
+    return result
+
+
+def _profile_planned(planned, x, repeats, file):
+    """profile() of a fastmod.inference plan: one row per step (its kind and the module paths
+    it covers, e.g. 'Conv  0+bn+relu'), inference only."""
+    from fastmod import get_isa, get_num_threads
+    runs = [planned.run_timed(x)[1] for _ in range(repeats + 1)][1:]
+    t_plain = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        planned(x)
+        t_plain.append(time.perf_counter_ns() - t0)
+    dtype = planned.dtype
+    threads = get_num_threads()
+    peak = fma_peak_gflops(dtype, threads)
+    rows = []
+    for i, (step, src, out, _) in enumerate(runs[0]):
+        ms = statistics.median(r[i][3] for r in runs) / 1e6
+        if step.kind == "Linear":
+            flops = 2.0 * out.size * step.w.shape[1]
+        elif step.kind == "Conv":
+            c = step.conv
+            flops = 2.0 * out.size * (c.in_channels // c.groups) * int(np.prod(c.kernel_size))
+        elif step.kind == "module":
+            w, a = _gemm_flops(step.module, "forward", (src,), {}, out)
+            flops = w + a
+        else:
+            flops = 0.0
+        gfs = flops / (ms * 1e-3) / 1e9 if flops and ms else None
+        rows.append({"name": step.label or "(model)", "type": step.kind if step.kind != "module"
+                     else type(step.module).__name__, "infer_ms": ms, "infer_calls": 1,
+                     "infer_flops": flops, "infer_gflops_per_s": gfs,
+                     "infer_peak_pct": None if gfs is None else 100.0 * gfs / peak})
+    rows.sort(key=lambda r: r["infer_ms"], reverse=True)
+    total_ms = statistics.median(sum(s[3] for s in r) for r in runs) / 1e6
+    flops = sum(r["infer_flops"] for r in rows)
+    gfs = flops / (total_ms * 1e-3) / 1e9 if flops else None
+    total = {"name": "total", "type": f"{len(rows)} steps", "infer_ms": total_ms, "infer_calls": 1,
+             "infer_flops": flops, "infer_gflops_per_s": gfs,
+             "infer_peak_pct": None if gfs is None else 100.0 * gfs / peak}
+    shape = getattr(x, "shape", "?")
+    totals = {"description": (f"planned {type(planned.model).__name__} on {shape} "
+                              f"{np.dtype(dtype)}, inference, {len(rows)} plan steps, median of "
+                              f"{repeats}, {threads} thread{'s' if threads != 1 else ''}"),
+              "train": False, "repeats": repeats, "dtype": str(np.dtype(dtype)), "isa": get_isa(),
+              "threads": threads, "peak_gflops": peak, "infer_ms": total_ms,
+              "infer_ms_uninstrumented": statistics.median(t_plain) / 1e6,
+              "infer_flops": flops, "infer_peak_bytes": _peak_bytes(lambda: planned(x)),
+              "total_row": total, "loss": None, "saved_bytes": None, "step_ms": None,
+              "step_ms_uninstrumented": None, "fwd_ms": None, "loss_ms": None, "bwd_ms": None,
+              "train_flops": None, "step_peak_bytes": None}
+    result = ProfileResult(rows, totals)
     if file is not None:
         text = str(result) + "\n"
         if isinstance(file, (str, os.PathLike)):

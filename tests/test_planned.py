@@ -194,3 +194,20 @@ def test_planned_linear_uses_the_packed_weights(rng):
         x = rng.standard_normal((n, 40)).astype(np.float32)
         assert_close(planned(x), _want(model, x), np.float32)
     assert fastmod.inference(model.double()).steps[0].wk is None
+
+
+def test_profile_shows_the_plan(rng):
+    """fastmod.profile of a planned model: one row per plan step (folded and fused names),
+    GEMM work counted per step; a train step is refused."""
+    fastmod.manual_seed(0)
+    planned = fastmod.inference(CASES["conv-bn-relu"][0]())
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    r = fastmod.profile(planned, x, repeats=1)
+    names = {row["name"]: row for row in r.rows}
+    assert set(names) == {"0+bn+relu", "3+bn", "5", "6"}
+    assert names["0+bn+relu"]["type"] == "Conv"
+    assert names["0+bn+relu"]["infer_flops"] == 2.0 * 2 * 6 * 6 * 6 * 3 * 9
+    assert names["6"]["infer_flops"] == 2.0 * 2 * 64 * 3
+    assert "planned Sequential" in str(r) and "4 plan steps" in str(r)
+    with pytest.raises(ValueError, match="has no train step"):
+        fastmod.profile(planned, x, np.zeros(2, np.int64))
