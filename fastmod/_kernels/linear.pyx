@@ -42,6 +42,8 @@ cdef extern from "fm_pgemm.h":
     int fm_pgemm_panel_cols(int OUT) noexcept nogil
     void fm_pgemm_pack(float* wk, float* bp, const float* w, const float* b, int OUT,
                        int IN) noexcept nogil
+    void fm_pgemm_pack_cols(float* wk, const float* w, int OUT, int IN, int o0,
+                            int o1) noexcept nogil
     Py_ssize_t fm_pgemm_scratch(int IN) noexcept nogil
     void fm_pgemm_rows(float* y, const float* x, const float* wk, const float* bp, int n0,
                        int n1, int IN, int OUT, int p0, int p1, int relu, float* xk) noexcept nogil
@@ -420,17 +422,29 @@ def packed_shape(int OUT, int IN):
 
 def pack_weights(cnp.ndarray wk, cnp.ndarray bp, cnp.ndarray w, object b):
     """wk (IN, OCP) <- w (OUT, IN) transposed, zero columns past OUT; bp (OCP,) <- b padded
-    (zeros when b is None). float32, shapes from packed_shape."""
+    (zeros when b is None). float32, shapes from packed_shape. Threads split the columns."""
     cdef int OUT = <int>cnp.PyArray_DIM(w, 0), IN = <int>cnp.PyArray_DIM(w, 1)
     cdef float* pk = <float*>cnp.PyArray_DATA(wk)
     cdef float* pb = <float*>cnp.PyArray_DATA(bp)
     cdef const float* pw = <const float*>cnp.PyArray_DATA(w)
     cdef const float* pbi = <const float*>_ptr(b)
+    cdef int ocp = fm_pgemm_ocp(OUT), t, o0, o1
+    cdef int nt = threads_for(<Py_ssize_t>OUT * IN, PACK_GRAIN)
+    cdef int chunk = ((ocp + nt - 1) // nt + 15) // 16 * 16        # whole vectors per thread
     with nogil:
-        fm_pgemm_pack(pk, pb, pw, pbi, OUT, IN)
+        fm_pgemm_pack(pk, pb, pw, pbi, OUT, 0)            # the padded bias (no columns of w)
+        if nt <= 1:
+            fm_pgemm_pack_cols(pk, pw, OUT, IN, 0, ocp)
+        else:
+            for t in prange(nt, num_threads=nt, schedule='static'):
+                o0 = t * chunk
+                o1 = min(ocp, o0 + chunk)
+                if o0 < o1:
+                    fm_pgemm_pack_cols(pk, pw, OUT, IN, o0, o1)
 
 
 cdef enum:
+    PACK_GRAIN = 1 << 15             # weights per thread before a second thread helps packing
     PACKED_ROWS_PER_THREAD = 16      # (x4: rows per thread before threads split the rows)
     PACKED_GRAIN = 1 << 17           # multiply-adds per thread before a second thread helps
 
