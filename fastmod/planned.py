@@ -47,6 +47,15 @@ PACKED_MIN_ROWS = 8
 PACKED_MIN_OUT = 16
 
 
+def _aligned_empty(shape):
+    """An uninitialised float32 array starting at a 64-byte boundary: the packed GEMM's vector
+    loads of a misaligned wk each touch two cache lines (measured 8% slower, AVX-512)."""
+    n = int(np.prod(shape))
+    buf = np.empty(n + 16, F32)
+    off = (-buf.ctypes.data % 64) // 4
+    return buf[off:off + n].reshape(shape)
+
+
 class _Linear:
     """out = x W^T + b (then ReLU), one kernel call into the planned buffer: float32 through
     the weights packed at planning time (_kl.linear_forward_packed), else the Linear kernel."""
@@ -58,7 +67,7 @@ class _Linear:
         self.wk = self.bp = None
         if w.dtype == F32 and w.shape[0] > PACKED_MIN_OUT:
             wshape, bshape = _kl.packed_shape(w.shape[0], w.shape[1])
-            self.wk, self.bp = np.empty(wshape, F32), np.empty(bshape, F32)
+            self.wk, self.bp = _aligned_empty(wshape), _aligned_empty(bshape)
             _kl.pack_weights(self.wk, self.bp, w, b)
 
     def out_shape(self, shape):

@@ -1,17 +1,20 @@
 /* Prepacked float32 GEMM for planned inference (fastmod.inference): y (N, OUT) = x (N, IN) @ w.T
- * + b, then ReLU, with the weights packed ONCE into wk (IN, OCP): column o of the output is
- * contiguous along each row k (OCP = OUT rounded up to whole register blocks, zeros past OUT)
- * and the bias padded to bp (OCP). Written once against the vector layer (fm_vec.h), compiled
- * per level; the register block is fm_igemm.h's (MR rows x NR vectors of outputs, fm_tuning.h).
+ * + b, then ReLU, with the weights packed ONCE into wk (IN * OCP floats, panel-major: see
+ * fm__pg_at; OCP = OUT rounded up to whole register blocks, zeros past OUT) and the bias padded
+ * to bp (OCP). Written once against the vector layer (fm_vec.h), compiled per level; the
+ * register block is fm_igemm.h's (MR rows x NR vectors of outputs, fm_tuning.h).
  *
- * Per block and k: NR vector loads of wk's row k (from L2: a panel of NR*FM_W columns is
- * IN*NR*FM_W floats, 200 KB for IN = 784 at AVX-512), MR broadcasts of x (L1), MR*NR FMAs; the
+ * GotoBLAS's blocking: per slab of k (FM_PG_KC) and range of rows (FM_PG_MC) the rows are
+ * interleaved (k, MR) block by block into a work array (in L2), and each panel of the slab's
+ * weights (KC x NR*FM_W floats, 32 KB: in L1) meets every block of rows. Per k of a block: NR
+ * vector loads of weights (L1), MR broadcasts of x (one sequential stream), MR*NR FMAs; the
  * bias is the accumulators' initial value and the ReLU is applied in registers before the one
  * store of the block. OpenBLAS packs both operands at every call (its sgemm_incopy / oncopy);
- * here the weight side is packed once per plan, and only each block of MR rows of x is
- * interleaved (K, MR) into a small work array -- the broadcasts then read one sequential
- * stream instead of MR rows (measured, 1 thread, 128x256 -> 64: 122 GF/s reading the rows in
- * place).
+ * here the weight side is packed once per plan. Measured (AVX-512 Sapphire Rapids, 1 thread,
+ * best of 200 from C): 160-170 GF/s on 128x784->512, 1024x256->1024, 240x256->256 -- the 72%
+ * of the register-only FMA peak that OpenBLAS and oneDNN reach on 2048^3 on this host -- where
+ * the previous order (each block of rows over the whole slab, weights streamed from L2 with a
+ * 2-4 KB stride) gave 110-150.
  */
 #ifndef FM_PGEMM_H
 #define FM_PGEMM_H
@@ -20,7 +23,10 @@
 #include "fm_igemm.h"
 
 #ifndef FM_PG_KC
-#  define FM_PG_KC 256                      /* k per slab (see fm__pg_rows) */
+#  define FM_PG_KC 128                      /* k per slab: a panel of weights fills L1 */
+#endif
+#ifndef FM_PG_MC
+#  define FM_PG_MC 120                      /* rows per packed range of x (in L2) */
 #endif
 
 static inline int fm_pgemm_nr(int OUT) { return fm_igemm_nr(OUT); }
@@ -28,11 +34,19 @@ static inline int fm_pgemm_ocp(int OUT) { return fm_igemm_ocp(OUT); }
 /* the output columns of one panel (one register block's width) */
 static inline int fm_pgemm_panel_cols(int OUT) { return fm_pgemm_nr(OUT) * FM_W; }
 
-/* columns o0..o1 of wk (IN, OCP): wk[k*OCP + o] = w[o*IN + k], 0 for o >= OUT. Whole
-   FM_W x FM_W blocks go through registers (FM_W row loads, fm_vtranspose, FM_W stores: 256x256
-   packed in ~9 us instead of 46 us element by element, AVX-512, 1 thread); o0 a multiple of FM_W */
+/* where w[o, k] goes in wk: panel-major -- panel p (columns p*PW .. p*PW + PW - 1, PW =
+   fm_pgemm_panel_cols) is one contiguous (IN, PW) block, so a slab of it is one run of memory
+   that stays in L1 (as (IN, OCP) rows, OUT = 1024 put every k of a panel 4 KB apart: the same
+   few L1 sets, measured 110 GF/s instead of 150, 1 thread, 1024 x 256 -> 1024) */
+static inline ptrdiff_t fm__pg_at(int IN, int PW, int k, int o) {
+    return ((ptrdiff_t)(o / PW) * IN + k) * PW + o % PW;
+}
+
+/* columns o0..o1 of wk: wk[fm__pg_at(k, o)] = w[o*IN + k], 0 for o >= OUT. Whole FM_W x FM_W
+   blocks go through registers (FM_W row loads, fm_vtranspose, FM_W stores: 256x256 packed in
+   ~9 us instead of 46 us element by element, AVX-512, 1 thread); o0 a multiple of FM_W */
 static void fm_pgemm_pack_cols(float* wk, const float* w, int OUT, int IN, int o0, int o1) {
-    int OCP = fm_pgemm_ocp(OUT), k0, o, k, i;
+    int PW = fm_pgemm_panel_cols(OUT), k0, o, k, i;
     for (o = o0; o < o1; o += FM_W) {
         int full_o = o + FM_W <= OUT;
         for (k0 = 0; k0 < IN; k0 += FM_W) {
@@ -42,11 +56,11 @@ static void fm_pgemm_pack_cols(float* wk, const float* w, int OUT, int IN, int o
                     r[i] = fm_vload(w + (ptrdiff_t)(o + i) * IN + k0);
                 fm_vtranspose(r);
                 for (i = 0; i < FM_W; i++)
-                    fm_vstore(wk + (ptrdiff_t)(k0 + i) * OCP + o, r[i]);
+                    fm_vstore(wk + fm__pg_at(IN, PW, k0 + i, o), r[i]);
             } else {
                 for (k = k0; k < IN && k < k0 + FM_W; k++)
                     for (i = o; i < o + FM_W && i < o1; i++)
-                        wk[(ptrdiff_t)k * OCP + i] = i < OUT ? w[(ptrdiff_t)i * IN + k] : 0.0f;
+                        wk[fm__pg_at(IN, PW, k, i)] = i < OUT ? w[(ptrdiff_t)i * IN + k] : 0.0f;
             }
         }
     }
@@ -114,32 +128,50 @@ FM_ALWAYS_INLINE void fm__pg_block(const int MR, const int NR, float* y, ptrdiff
 FM_ALWAYS_INLINE void fm__pg_rows(const int MR, const int NR, float* y, const float* x,
                                   const float* wk, const float* bp, int n0, int n1, int IN,
                                   int OUT, int p0, int p1, int relu, float* xk) {
-    int OCP = fm_pgemm_ocp(OUT), PW = NR * FM_W, n, i, k, p, k0, kc;
-    /* slabs of FM_PG_KC k: a slab of the packed weights (KC x OCP) stays in L2 while every
-       block of rows passes over it (measured, 1 thread, 128x784 -> 512: 130 GF/s over all
-       784 k at once -- the whole 1.6 MB of weights cycled through L2 per block of rows) */
-    for (k0 = 0; k0 < IN; k0 += FM_PG_KC) {
-        kc = IN - k0 < FM_PG_KC ? IN - k0 : FM_PG_KC;
-        for (n = n0; n < n1; n += MR) {
-            int mr = n1 - n < MR ? n1 - n : MR;
-            for (i = 0; i < MR; i++) {        /* the block's rows interleaved (rows past N: 0) */
-                const float* xr = x + (ptrdiff_t)(n + (i < mr ? i : 0)) * IN + k0;
-                for (k = 0; k < kc; k++)
-                    xk[(ptrdiff_t)k * MR + i] = i < mr ? xr[k] : 0.0f;
+    int PW = NR * FM_W, n, i, k, p, k0, kc, m0, m1;
+    /* the rows in ranges of at most FM_PG_MC (+ MR - 1), balanced: 128 rows are one range, not
+       120 + 8 */
+    int ranges = (n1 - n0 + FM_PG_MC - 1) / FM_PG_MC;
+    int mc = ranges > 0 ? ((n1 - n0 + ranges - 1) / ranges + MR - 1) / MR * MR : MR;
+    /* and k in balanced slabs: 784 = 7 x 112, not 6 x 128 + 16 (a slab of 16 k reloads and
+       stores every accumulator for 16 FMAs each) */
+    int slabs = IN > FM_PG_KC ? (IN + FM_PG_KC - 1) / FM_PG_KC : 1, sl;
+    int KC = (IN + slabs - 1) / slabs;        /* IN = 0: one empty slab (y = the bias) */
+    /* GotoBLAS's loop order: per slab of FM_PG_KC k and range of FM_PG_MC rows, the rows are
+       interleaved into blocks of MR (xk, in L2); then each panel of the slab's weights (KC x
+       NR*FM_W, in L1) meets every block of rows, so only the broadcasts of x stream from L2 */
+    for (sl = 0; sl < slabs; sl++) {
+        k0 = sl * KC;
+        kc = IN - k0 < KC ? IN - k0 : KC;
+        for (m0 = n0; m0 < n1; m0 += mc) {
+            m1 = n1 - m0 < mc ? n1 : m0 + mc;
+            for (n = m0; n < m1; n += MR) {       /* the rows, MR at a time (past N: 0) */
+                int mr = m1 - n < MR ? m1 - n : MR;
+                float* xb = xk + (ptrdiff_t)(n - m0) * kc;
+                for (i = 0; i < MR; i++) {
+                    const float* xr = x + (ptrdiff_t)(n + (i < mr ? i : 0)) * IN + k0;
+                    for (k = 0; k < kc; k++)
+                        xb[(ptrdiff_t)k * MR + i] = i < mr ? xr[k] : 0.0f;
+                }
             }
             for (p = p0; p < p1; p++) {
                 int ob = p * PW, ncols = OUT - ob < PW ? OUT - ob : PW;
-                fm__pg_block(MR, NR, y + (ptrdiff_t)n * OUT + ob, OUT, xk,
-                             wk + (ptrdiff_t)k0 * OCP + ob, OCP, bp + ob, kc, k0 > 0,
-                             relu && k0 + kc == IN, mr, ncols);
+                for (n = m0; n < m1; n += MR) {
+                    int mr = m1 - n < MR ? m1 - n : MR;
+                    fm__pg_block(MR, NR, y + (ptrdiff_t)n * OUT + ob, OUT,
+                                 xk + (ptrdiff_t)(n - m0) * kc,
+                                 wk + fm__pg_at(IN, PW, k0, ob), PW, bp + ob, kc, k0 > 0,
+                                 relu && k0 + kc == IN, mr, ncols);
+                }
             }
         }
     }
 }
 
-/* the floats of fm_pgemm_rows' work array: one block of rows, interleaved */
+/* the floats of fm_pgemm_rows' work array: FM_PG_MC rows (rounded up to whole blocks) of one
+   slab of k, interleaved */
 static inline ptrdiff_t fm_pgemm_scratch(int IN) {
-    return (ptrdiff_t)(IN < FM_PG_KC ? IN : FM_PG_KC) * FM_IG_MAX_MR;
+    return (ptrdiff_t)(IN < 1 ? 1 : IN < FM_PG_KC ? IN : FM_PG_KC) * (FM_PG_MC + FM_IG_MAX_MR);
 }
 
 /* rows n0..n1 of y, column panels p0..p1 (of fm_pgemm_panel_cols(OUT) columns each); xk: a
