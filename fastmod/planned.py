@@ -95,12 +95,16 @@ class _Linear:
 
 
 class _Conv:
-    """out = conv(x) + b (then ReLU): forward_into of a frozen copy (BatchNorm folded in)."""
+    """out = conv(x) + b (then ReLU), then out * scale + shift (a BatchNorm after the ReLU),
+    then out + regs[res] (a skip connection): one forward_into of a frozen copy (a BatchNorm
+    before the ReLU folded into its weights), the epilogues on each image while it is in
+    cache."""
     kind = "Conv"
 
     def __init__(self, src, dst, conv, relu, label):
         self.src, self.dst, self.conv, self.label = src, dst, conv, label
         self.activation = "relu" if relu else None
+        self.scale = self.shift = self.res = None
 
     def out_shape(self, shape):
         return self.conv.output_shape(shape)
@@ -108,7 +112,16 @@ class _Conv:
     def run(self, regs, arena):
         x = regs[self.src]
         y = arena.get(self.dst, self.out_shape(x.shape), x.dtype)
-        self.conv.forward_into(y, x, activation=self.activation)
+        r = None
+        if self.res is not None:
+            r = regs[self.res]
+            if r.shape != y.shape or r.dtype != y.dtype:
+                raise ValueError(f"fastmod.inference: {self.label}: cannot add shapes {y.shape} "
+                                 f"and {r.shape}")
+            if not r[0].flags.c_contiguous:
+                r = np.ascontiguousarray(r)
+        self.conv.forward_into(y, x, activation=self.activation, scale=self.scale,
+                               shift=self.shift, residual=r)
         regs[self.dst] = y
 
 
@@ -245,10 +258,11 @@ class _Planner:
                 and _bn_scale_shift(m.bn2) is not None:
             # bn2(relu(conv2(bn1(relu(conv1(x)))))) + x: the BatchNorms follow the ReLUs, so
             # they cannot be folded into the convolutions before them
+            # -- they become the epilogues of those convolutions, with the skip's add
             h = self.conv(m.conv1, None, True, src, f"{label}.conv1")
-            h = self.module(m.bn1, h, f"{label}.bn1")
+            self.post_bn(m.bn1, f"{label}.bn1")
             h = self.conv(m.conv2, None, True, h, f"{label}.conv2")
-            h = self.module(m.bn2, h, f"{label}.bn2")
+            self.post_bn(m.bn2, f"{label}.bn2")
             return self.add_into(h, src, label)
         if t is ReLU:
             dst = self.reg()
@@ -283,6 +297,13 @@ class _Planner:
                 if j < n and type(items[j][1]) is ReLU and not items[j][1].__dict__.get("_observed"):
                     relu, j = True, j + 1
                 src = (self.linear if type(m) is Linear else self.conv)(m, bn, relu, src, sub)
+                # a BatchNorm after the ReLU: the convolution's epilogue
+                if relu and type(m) is not Linear and j < n and \
+                        type(items[j][1]) is (BatchNorm1d if type(m) is Conv1d else BatchNorm2d) \
+                        and not items[j][1].__dict__.get("_observed") \
+                        and _bn_scale_shift(items[j][1]) is not None:
+                    self.post_bn(items[j][1], f"{label}.{items[j][0]}" if label else items[j][0])
+                    j += 1
                 i = j
                 continue
             src = self.module(m, src, sub)
@@ -317,7 +338,21 @@ class _Planner:
                                 + ("+relu" if relu else "")))
         return dst
 
+    def post_bn(self, bn, label):
+        """The eval-mode BatchNorm bn applied to the output of the step just planned (a _Conv
+        with a ReLU) as its epilogue."""
+        step = self.steps[-1]
+        scale, shift = _bn_scale_shift(bn)
+        dt = step.conv.weight.data.dtype
+        step.scale, step.shift = scale.astype(dt), shift.astype(dt)
+        step.label += f"+{label.rsplit('.', 1)[-1]}"
+
     def add_into(self, out, other, label):
+        last = self.steps[-1] if self.steps else None
+        if type(last) is _Conv and last.dst == out and last.res is None and out != other:
+            last.res = other                      # the skip added in the convolution's epilogue
+            last.label += "+add"
+            return out
         if out not in self.fresh:                 # the input or a view: add into a new buffer
             dst = self.reg()
             self.steps.append(_Copy(out, dst, label))

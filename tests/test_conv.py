@@ -217,6 +217,8 @@ def kernel_call(case, dtype, seed=0):
         dx_ref=rdx.reshape(N, -1, H, W), dw_ref=rdw.reshape(OC, -1, KH, KW), db_ref=rdb)
     rng = np.random.default_rng(seed + 2)
     c.dx0, c.dw0, c.db0 = (rng.standard_normal(a.shape).astype(dtype) for a in (c.x, c.w, rdb))
+    c.scale, c.shift = rng.uniform(0.5, 2, OC).astype(dtype), rng.standard_normal(OC).astype(dtype)
+    c.res = rng.standard_normal((N, OC + 3, OH, OW)).astype(dtype)[:, 3:]
     c.algorithms = lambda blocks=None: _k().conv2d_algorithms(c.x, c.dy, c.w, *c.args, blocks)
     return c
 
@@ -262,6 +264,14 @@ def test_every_forward_algorithm_matches_reference(case, blocks, dtype, threads)
         assert_close(y, c.y_ref, dtype)
         yr = run_forward(c, relu=True, algorithm=name, blocks=BLOCKS[blocks])
         np.testing.assert_array_equal(yr, np.maximum(y, 0), err_msg=name)
+        # the inference epilogues on each image: a BatchNorm after the ReLU, then a skip (a
+        # batch-strided channel slice), each alone and both
+        for scale, shift, res in ((c.scale, c.shift, None), (None, None, c.res),
+                                  (c.scale, c.shift, c.res)):
+            ye = run_forward(c, relu=True, algorithm=name, blocks=BLOCKS[blocks], scale=scale,
+                             shift=shift, residual=res)
+            want = yr if scale is None else yr * scale[:, None, None] + shift[:, None, None]
+            assert_close(ye, want if res is None else want + res, dtype)
 
 
 @pytest.mark.parametrize("accumulate", [False, True], ids=["overwrite", "accumulate"])

@@ -48,6 +48,16 @@ CASES = {
                      (3, 3, 6, 6)),
     "conv1d-bn": (lambda: nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), nn.BatchNorm1d(4), nn.ReLU(),
                                         nn.Flatten(), nn.Linear(28, 2)), (3, 2, 7)),
+    # BatchNorms after the ReLU and skips: the convolutions' epilogues (1-D and 2-D, a skip
+    # of a different shape falls back to a plain add)
+    "conv-relu-bn-skip": (lambda: nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(6),
+        nn.Residual(nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(6))),
+        nn.Residual(nn.Conv2d(6, 6, 1)), nn.Flatten(), nn.Linear(216, 3)), (3, 3, 6, 6)),
+    "conv1d-relu-bn-skip": (lambda: nn.Sequential(
+        nn.Conv1d(2, 4, 3, padding=1), nn.ReLU(), nn.BatchNorm1d(4),
+        nn.Residual(nn.Sequential(nn.Conv1d(4, 4, 3, padding=1), nn.ReLU(), nn.BatchNorm1d(4))),
+        nn.Flatten(), nn.Linear(28, 2)), (3, 2, 7)),
     "composition": (lambda: nn.Sequential(
         nn.Linear(6, 8), nn.ReLU(), Scale(8),
         nn.Residual(nn.Sequential(nn.Linear(8, 8), nn.Tanh())),
@@ -85,8 +95,14 @@ def test_batchnorm_is_folded_and_relu_fused(rng):
     assert lines[1].split() == ["Conv", "3+bn"]
     assert not any(line.startswith(("ReLU", "module")) for line in lines)
     bnres = fastmod.inference(models.bn_resnet(in_channels=1, num_classes=3, channels=8, num_blocks=1))
-    kinds = [line.split()[0] for line in bnres.describe()]
-    assert kinds[1:6] == ["Conv", "module", "Conv", "module", "Add"], kinds
+    lines = [line.split() for line in bnres.describe()]
+    # bn2(relu(conv2(bn1(relu(conv1(x)))))) + x: the BatchNorms after the ReLUs and the skip's
+    # add are the convolutions' epilogues
+    assert lines[1:3] == [["Conv", "1.conv1+relu+bn1"], ["Conv", "1.conv2+relu+bn2+add"]], lines
+    assert not any(line[0] in ("module", "Add") for line in lines[:3])
+    chain = fastmod.inference(CASES["conv-relu-bn-skip"][0]())
+    assert [line.split() for line in chain.describe()][:3] == [
+        ["Conv", "0+relu+2"], ["Conv", "3.fn.0+relu+2+add"], ["Conv", "4.fn+add"]]
 
 
 def test_buffers_are_reused_and_results_are_fresh(rng):

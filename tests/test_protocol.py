@@ -314,6 +314,22 @@ def test_conv_stateless_pair_on_channel_slices(nd, rng):
     with pytest.raises(ValueError, match="needs padding_mode='zeros'"):
         nn.Conv2d(3, 2, 3, padding=1, padding_mode="reflect").forward_into(
             np.empty((1, 2, 4, 4), np.float32), np.ones((1, 3, 4, 4), np.float32))
+    # the inference epilogues: out = relu(conv(x)) * scale + shift + residual, per channel
+    scale, shift = rng.uniform(0.5, 2, 2), rng.standard_normal(2)
+    res = rng.standard_normal(want.shape)
+    shp = (-1,) + (1,) * nd
+    conv.forward_into(buf[:, 3:5], x, activation="relu", scale=scale, shift=shift, residual=res)
+    assert_close(buf[:, 3:5], want * scale.reshape(shp) + shift.reshape(shp) + res, np.float64)
+    conv.forward_into(buf[:, 3:5], x, residual=buf[:, 5:7])      # a skip from the same buffer
+    assert_close(buf[:, 3:5], conv(np.ascontiguousarray(x)) + buf[:, 5:7], np.float64)
+    with pytest.raises(ValueError, match="scale and shift go together"):
+        conv.forward_into(buf[:, 3:5], x, scale=scale)
+    with pytest.raises(ValueError, match=r"scale and shift must have shape \(2,\)"):
+        conv.forward_into(buf[:, 3:5], x, scale=np.ones(3), shift=np.ones(3))
+    with pytest.raises(ValueError, match="residual must be a float64 array of shape"):
+        conv.forward_into(buf[:, 3:5], x, residual=res[:1])
+    with pytest.raises(ValueError, match="residual must be a float64 array of shape"):
+        conv.forward_into(buf[:, 3:5], x, residual=res.astype(np.float32))
 
 
 # ------------------------------------------------------------------ hooks

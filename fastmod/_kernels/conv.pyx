@@ -152,7 +152,8 @@ cdef void _plan_arrays(Geom* g, cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int
 
 def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
                    int SH, int SW, int PH, int PW, int DH, int DW, int G, bint relu=False,
-                   object algorithm=None, object blocks=None):
+                   object algorithm=None, object blocks=None, object scale=None,
+                   object shift=None, object residual=None):
     """y (N, OC, OH, OW) = conv(x (N, C, H, W), w (OC, C/G, KH, KW)) + b (b may be None);
     then y = max(y, 0) when relu (image by image, while it is in cache; NaN stays NaN).
 
@@ -161,6 +162,11 @@ def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
     algorithm: one of FORWARD_ALGORITHMS instead of the plan's choice (ValueError where it does
     not apply: conv2d_algorithms lists what does); blocks: the plan's blocking, e.g.
     {"tile_elements": 1} (conv2d_algorithms).
+    scale, shift (OC,) and residual (y's shape and dtype; its batch stride may be larger): after
+    the bias and ReLU, y = y * scale + shift per channel, then y += residual, on each image while
+    it is in cache (a BatchNorm after the ReLU and a skip connection, fused; planned inference).
+    Unchecked: the caller gives x's dtype, C-contiguous scale / shift, residual images
+    C-contiguous.
     """
     cdef Override o
     cdef Geom g
@@ -174,6 +180,13 @@ def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
         raise ValueError(f"conv2d_forward: algorithm {algorithm!r} does not apply to this call "
                          f"(applicable: {', '.join(ok)})")
     g.relu = relu
+    cdef Post q
+    q.scale = _ptr(scale)
+    q.shift = _ptr(shift)
+    q.res = _ptr(residual)
+    q.rs = 0 if residual is None else \
+        cnp.PyArray_STRIDES(<cnp.ndarray>residual)[0] // cnp.PyArray_ITEMSIZE(<cnp.ndarray>residual)
+    cdef Post* pq = &q if (q.scale != NULL or q.res != NULL) else NULL
     cdef void* py = cnp.PyArray_DATA(y)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* pw = cnp.PyArray_DATA(w)
@@ -181,10 +194,10 @@ def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
     cdef int rc
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
         with nogil:
-            rc = _conv_forward(<float*>py, <float*>px, <float*>pw, <float*>pb, &g)
+            rc = _conv_forward(<float*>py, <float*>px, <float*>pw, <float*>pb, &g, pq)
     else:
         with nogil:
-            rc = _conv_forward(<double*>py, <double*>px, <double*>pw, <double*>pb, &g)
+            rc = _conv_forward(<double*>py, <double*>px, <double*>pw, <double*>pb, &g, pq)
     if rc != 0:
         raise MemoryError("conv2d_forward: out of memory for the convolution's scratch")
 

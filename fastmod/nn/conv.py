@@ -154,18 +154,41 @@ class _ConvNd(Module):
         return (shape[0], self.out_channels) + out
 
     # -- the stateless interface (DenseBlock's shared buffer) ------------------------------------
-    def forward_into(self, out, x, activation=None):
+    def forward_into(self, out, x, activation=None, scale=None, shift=None, residual=None):
         """out <- conv(x) + b (then max(., 0) when activation='relu'), nothing saved: for a
         container that keeps layers' inputs and outputs as channel slices of one buffer. x
         (N, C, *spatial) and out (N, C', *out_spatial) may be batch-strided views (contiguous
-        within one sample, e.g. buf[:, :C]); zero padding only. backward_into is its backward."""
+        within one sample, e.g. buf[:, :C]); zero padding only. backward_into is its backward.
+
+        Inference epilogues, fused into the same pass over each output image (no backward):
+        scale and shift (C',) -- out = out * scale + shift per channel after the activation (an
+        eval-mode BatchNorm that follows the ReLU); residual (out's shape, contiguous within each
+        sample) -- then out += residual (a skip connection)."""
         relu = activation_flag(activation, self)
         geom = self._raw_geometry(x, "forward_into")
-        if not _sample_contiguous(out, self.output_shape(x.shape), x.dtype, writeable=True):
+        oshape = self.output_shape(x.shape)
+        if not _sample_contiguous(out, oshape, x.dtype, writeable=True):
             raise ValueError(f"{self._short_repr()}.forward_into: out must be a writeable "
-                             f"{x.dtype} array of shape {self.output_shape(x.shape)}, contiguous "
-                             f"within each sample, got {_describe(out)}")
-        self._forward_into(self._as4(out), self._as4(x), geom, relu)
+                             f"{x.dtype} array of shape {oshape}, contiguous within each sample, "
+                             f"got {_describe(out)}")
+        if (scale is None) != (shift is None):
+            raise ValueError(f"{self._short_repr()}.forward_into: scale and shift go together")
+        if scale is not None:
+            scale = np.ascontiguousarray(scale, x.dtype)
+            shift = np.ascontiguousarray(shift, x.dtype)
+            if scale.shape != (self.out_channels,) or shift.shape != (self.out_channels,):
+                raise ValueError(f"{self._short_repr()}.forward_into: scale and shift must have "
+                                 f"shape ({self.out_channels},), got {scale.shape} and "
+                                 f"{shift.shape}")
+        if residual is not None:
+            if not _sample_contiguous(residual, oshape, x.dtype):
+                raise ValueError(f"{self._short_repr()}.forward_into: residual must be a "
+                                 f"{x.dtype} array of shape {oshape}, contiguous within each "
+                                 f"sample, got {_describe(residual)}")
+            residual = self._as4(residual)
+        post = {} if scale is None and residual is None else \
+            dict(scale=scale, shift=shift, residual=residual)
+        self._forward_into(self._as4(out), self._as4(x), geom, relu, **post)
 
     def backward_into(self, dy, x, dx=None, accumulate_dx=False):
         """forward_into's backward: the parameter gradients (+)= those of out = conv(x) + b for
@@ -200,14 +223,15 @@ class _ConvNd(Module):
                              f"within each sample, got {_describe(x)}")
         return self._geometry(x.shape[2:])
 
-    def _forward_into(self, y4, x4, geom, relu=False):
+    def _forward_into(self, y4, x4, geom, relu=False, scale=None, shift=None, residual=None):
         """y4 (N, OC, OH, OW) <- conv(x4 (N, C, H, W)), then max(., 0) in place when relu (in
-        the same kernel call); both may have a batch stride > C*H*W."""
+        the same kernel call), then forward_into's epilogues; both may have a batch stride >
+        C*H*W."""
         H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = geom
         b = self.bias
         _k.conv2d_forward(y4, x4, self.weight.data.reshape(self.out_channels, -1, KH, KW),
                           None if b is None else b.data, SH, SW, PH, PW, DH, DW, self.groups,
-                          relu)
+                          relu, scale=scale, shift=shift, residual=residual)
 
     def _backward_into(self, dx4, dy4, x4, geom, acc_dx=False):
         """Parameter gradients (+)= and dx4 (N, C, H, W) (+)= (acc_dx) the input gradient

@@ -45,9 +45,60 @@ cdef inline void _block_forward(floating* y, const floating* x, const floating* 
         _im2row_forward_images(y, x, wr, b, buf, g, cnt, gemm_nt)
 
 
+cdef struct Post:
+    # an epilogue after the bias and ReLU, on each image while it is in cache (planned
+    # inference: a BatchNorm after the ReLU, a residual add): y[o, :] = y[o, :] * scale[o] +
+    # shift[o] (scale NULL: skipped), then y += res (res NULL: skipped; batch stride rs)
+    const void* scale
+    const void* shift
+    const void* res
+    Py_ssize_t rs
+
+
+cdef inline void _post_images(floating* y, const Post* q, Geom* g, int n0, int cnt) noexcept nogil:
+    # Post's epilogue on images n0 .. n0 + cnt of y
+    cdef const floating* sc = <const floating*>q.scale
+    cdef const floating* sh = <const floating*>q.shift
+    cdef const floating* r
+    cdef floating* yo
+    cdef int n, o, i, P = g.P
+    cdef fm_vf vs, vt
+    for n in range(n0, n0 + cnt):
+        for o in range(g.OC):
+            yo = y + n * g.ys + <Py_ssize_t>o * P
+            r = NULL if q.res == NULL else <const floating*>q.res + n * q.rs + <Py_ssize_t>o * P
+            if floating is float:
+                i = 0
+                if sc != NULL:
+                    vs = fm_vset1(sc[o])
+                    vt = fm_vset1(sh[o])
+                    if r != NULL:
+                        while i + FM_W <= P:
+                            fm_vstore(yo + i, fm_vadd(fm_vfma(fm_vload(yo + i), vs, vt),
+                                                      fm_vload(r + i)))
+                            i = i + FM_W
+                    else:
+                        while i + FM_W <= P:
+                            fm_vstore(yo + i, fm_vfma(fm_vload(yo + i), vs, vt))
+                            i = i + FM_W
+                elif r != NULL:
+                    while i + FM_W <= P:
+                        fm_vstore(yo + i, fm_vadd(fm_vload(yo + i), fm_vload(r + i)))
+                        i = i + FM_W
+            else:
+                i = 0
+            while i < P:
+                if sc != NULL:
+                    yo[i] = yo[i] * sc[o] + sh[o]
+                if r != NULL:
+                    yo[i] = yo[i] + r[i]
+                i = i + 1
+
+
 cdef int _conv_forward(floating* y, const floating* x, const floating* w, const floating* b,
-                       Geom* g) noexcept nogil:
-    # 0, or -1 when out of memory (then nothing is written and nothing is held)
+                       Geom* g, const Post* q=NULL) noexcept nogil:
+    # 0, or -1 when out of memory (then nothing is written and nothing is held); q: an
+    # epilogue (planned inference), or NULL
     cdef int nt = _threads_for_batch(g)
     cdef int t, n, lo, hi, chunk
     cdef Py_ssize_t cs = _col_size(g)
@@ -102,6 +153,8 @@ cdef int _conv_forward(floating* y, const floating* x, const floating* w, const 
             while n < g.N:
                 _block_forward(y + n * g.ys, x + n * g.xs, wr, b, colbuf, g,
                                min(imb, g.N - n), num_threads())
+                if q != NULL:
+                    _post_images(y, q, g, n, min(imb, g.N - n))
                 n = n + imb
         else:
             chunk = (g.N + nt - 1) // nt
@@ -112,10 +165,14 @@ cdef int _conv_forward(floating* y, const floating* x, const floating* w, const 
                 while n < hi:
                     _block_forward(y + n * g.ys, x + n * g.xs, wr, b, colbuf + t * cs,
                                    g, min(imb, hi - n), 1)
+                    if q != NULL:
+                        _post_images(y, q, g, n, min(imb, hi - n))
                     n = n + imb
     elif nt <= 1:
         for n in range(g.N):
             _forward_image(y + n * g.ys, x + n * g.xs, w, wr, b, colbuf, g, num_threads())
+            if q != NULL:
+                _post_images(y, q, g, n, 1)
     else:
         chunk = (g.N + nt - 1) // nt
         for t in prange(nt, num_threads=nt, schedule='static'):
@@ -123,6 +180,8 @@ cdef int _conv_forward(floating* y, const floating* x, const floating* w, const 
             hi = min(g.N, lo + chunk)
             for n in range(lo, hi):
                 _forward_image(y + n * g.ys, x + n * g.xs, w, wr, b, colbuf + t * cs, g, 1)
+                if q != NULL:
+                    _post_images(y, q, g, n, 1)
     free(wr)
     free(colbuf)
     return 0
