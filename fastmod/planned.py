@@ -29,10 +29,12 @@ import time
 
 import numpy as np
 
+from fastmod._kernels import activations as _ka
 from fastmod._kernels import linear as _kl
 from fastmod._runtime import no_grad
 from fastmod.nn import (BatchNorm1d, BatchNorm2d, BNResBlock, Conv1d, Conv2d, Dropout, Flatten,
-                        Identity, Linear, Parallel, ReLU, Residual, ResidualBlock, Sequential)
+                        GroupNorm, Identity, Linear, Parallel, ReLU, Residual, ResidualBlock,
+                        Sequential)
 from fastmod.nn.module import F32, Module, elementwise_activation
 
 __all__ = ["inference", "PlannedModel"]
@@ -125,16 +127,26 @@ class _Conv:
         regs[self.dst] = y
 
 
+_RELU = _ka.KIND["relu"]
+
+
 class _Relu:
+    """max(x, 0) through the activation kernel (threads, vectors): in place when the planner
+    found x's buffer dead after this step (_Planner.finish), else into the planned buffer."""
     kind = "ReLU"
 
     def __init__(self, src, dst, label):
         self.src, self.dst, self.label = src, dst, label
+        self.inplace = False
 
     def run(self, regs, arena):
         x = regs[self.src]
-        y = arena.get(self.dst, x.shape, x.dtype)
-        np.maximum(x, 0, out=y)
+        if not (x.flags.c_contiguous and x.dtype in (np.float32, np.float64)):
+            y = arena.get(self.dst, x.shape, x.dtype)
+            np.maximum(x, 0, out=y)
+        else:
+            y = x if self.inplace else arena.get(self.dst, x.shape, x.dtype)
+            _ka.activation_forward(_RELU, y, x)
         regs[self.dst] = y
 
 
@@ -210,7 +222,7 @@ def _bn_scale_shift(bn):
 def _plain(m):
     """True when m is exactly the built-in class (a subclass may compute something else)."""
     return type(m) in (Sequential, Residual, Parallel, ResidualBlock, BNResBlock, Linear, Conv1d, Conv2d,
-                       BatchNorm1d, BatchNorm2d, ReLU, Flatten, Identity, Dropout)
+                       BatchNorm1d, BatchNorm2d, GroupNorm, ReLU, Flatten, Identity, Dropout)
 
 
 class _Planner:
@@ -268,6 +280,8 @@ class _Planner:
             dst = self.reg()
             self.steps.append(_Relu(src, dst, label))
             return dst
+        if t is GroupNorm:                        # runs as it is; its output is a new array
+            return self.fallback(m, src, label, fresh_output=True)
         if t in (BatchNorm1d, BatchNorm2d):
             # a BatchNorm after anything else runs as it is: its eval kernel is one pass (a
             # NumPy scale-and-shift took two: bnresnet_b32 inference 8.6 ms planned vs 6.8
@@ -347,6 +361,34 @@ class _Planner:
         step.scale, step.shift = scale.astype(dt), shift.astype(dt)
         step.label += f"+{label.rsplit('.', 1)[-1]}"
 
+    def finish(self, out):
+        """Mark the ReLUs that may overwrite their input: a buffer of this program (not the
+        caller's x) that no later step reads, directly or through a view (a Flatten, or a
+        fallback module's output, which may alias its input), and that is not the result."""
+        root = {0: 0}
+        defined = {0: -1}
+        reads = []
+        for i, st in enumerate(self.steps):
+            r = [getattr(st, a) for a in ("src", "other", "res") if getattr(st, a, None) is not None]
+            r += list(getattr(st, "srcs", ()))
+            if type(st) is _AddInto:
+                r.append(st.dst)
+            reads.append(r)
+            alias = type(st) in (_View, _Module, _Relu)     # (every ReLU as if in place)
+            if st.dst not in root:
+                root[st.dst] = root.get(st.src, st.src) if alias else st.dst
+                defined[st.dst] = i
+        for i, st in enumerate(self.steps):
+            if type(st) is not _Relu or st.src not in self.fresh:
+                continue
+            base = root.get(st.src, st.src)
+            if base == 0:
+                continue
+            group = {q for q, b in root.items() if b == base and defined[q] < i}
+            if out in group or any(q in group for r in reads[i + 1:] for q in r):
+                continue
+            st.inplace = True
+
     def add_into(self, out, other, label):
         last = self.steps[-1] if self.steps else None
         if type(last) is _Conv and last.dst == out and last.res is None and out != other:
@@ -411,6 +453,7 @@ class PlannedModel:
         """Plan again from the model's current weights (after more training); returns self."""
         p = _Planner()
         out = p.module(self.model, 0, "")
+        p.finish(out)
         self.steps, self.out, self.nreg = tuple(p.steps), out, p.nreg
         self.dtype = self.model.dtype
         self._generation = getattr(self, "_generation", 0) + 1

@@ -227,3 +227,28 @@ def test_profile_shows_the_plan(rng):
     assert "planned Sequential" in str(r) and "4 plan steps" in str(r)
     with pytest.raises(ValueError, match="has no train step"):
         fastmod.profile(planned, x, np.zeros(2, np.int64))
+
+
+def test_relu_in_place_only_on_dead_buffers(rng):
+    """A ReLU overwrites its input only when no later step reads that buffer (directly or
+    through a view) and it is not the caller's x; the results are eval()'s either way."""
+    cases = [
+        (nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.ReLU(), nn.Flatten(),
+                       nn.Linear(4 * 36, 3)), (2, 3, 8, 8), [True]),
+        # the skip reads the Linear's output after the inner ReLU; the last ReLU's input is dead
+        (nn.Sequential(nn.Linear(3, 4), nn.Residual(nn.Sequential(nn.ReLU(), nn.Linear(4, 4))),
+                       nn.ReLU()), (5, 3), [False, True]),
+        # the concatenation reads the GroupNorm's output beside the ReLU's
+        (nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4),
+                       nn.Parallel(nn.ReLU(), nn.Identity(), combine="concat")), (2, 3, 8, 8),
+         [False]),
+        (nn.Sequential(nn.ReLU(), nn.Linear(3, 2)), (4, 3), [False]),        # the caller's x
+    ]
+    for model, shape, want in cases:
+        planned = fastmod.inference(model)
+        assert [s.inplace for s in planned.steps if s.kind == "ReLU"] == want
+        x = rng.standard_normal(shape).astype(np.float32)
+        x0 = x.copy()
+        assert_close(planned(x), _want(model, x), np.float32)
+        np.testing.assert_array_equal(x, x0)
+        assert_close(planned(x), _want(model, x), np.float32)             # a second call
