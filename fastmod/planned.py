@@ -107,6 +107,7 @@ class _Conv:
         self.src, self.dst, self.conv, self.label = src, dst, conv, label
         self.activation = "relu" if relu else None
         self.scale = self.shift = self.res = None
+        self.packed = {}                          # (x.shape, x.strides) -> conv.pack_forward
 
     def out_shape(self, shape):
         return self.conv.output_shape(shape)
@@ -122,8 +123,12 @@ class _Conv:
                                  f"and {r.shape}")
             if not r[0].flags.c_contiguous:
                 r = np.ascontiguousarray(r)
+        key = (x.shape, x.strides, x.dtype.str)
+        pk = self.packed.get(key)
+        if pk is None:                            # the weights packed once per input shape
+            pk = self.packed[key] = self.conv.pack_forward(y, x)
         self.conv.forward_into(y, x, activation=self.activation, scale=self.scale,
-                               shift=self.shift, residual=r)
+                               shift=self.shift, residual=r, prepacked=pk)
         regs[self.dst] = y
 
 

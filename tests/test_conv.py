@@ -272,6 +272,14 @@ def test_every_forward_algorithm_matches_reference(case, blocks, dtype, threads)
                              shift=shift, residual=res)
             want = yr if scale is None else yr * scale[:, None, None] + shift[:, None, None]
             assert_close(ye, want if res is None else want + res, dtype)
+        # the weights packed once (planned inference): the same bits as packing per call
+        if blocks == "default":
+            got, pk = _k().conv2d_pack_forward(c.x, c.dy, c.w, c.b, *c.args, algorithm=name)
+            assert got == name
+            yp = run_forward(c, relu=True, algorithm=name, packed=pk)
+            np.testing.assert_array_equal(yp, yr, err_msg=name)
+            with pytest.raises(ValueError, match="packed must come from conv2d_pack_forward"):
+                run_forward(c, algorithm=name, packed=np.empty(pk.size + 1, dtype))
 
 
 @pytest.mark.parametrize("accumulate", [False, True], ids=["overwrite", "accumulate"])

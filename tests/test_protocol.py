@@ -320,6 +320,10 @@ def test_conv_stateless_pair_on_channel_slices(nd, rng):
     shp = (-1,) + (1,) * nd
     conv.forward_into(buf[:, 3:5], x, activation="relu", scale=scale, shift=shift, residual=res)
     assert_close(buf[:, 3:5], want * scale.reshape(shp) + shift.reshape(shp) + res, np.float64)
+    pk = conv.pack_forward(buf[:, 3:5], x)                       # the weights packed once
+    conv.forward_into(buf[:, 3:5], x, activation="relu", scale=scale, shift=shift, residual=res,
+                      prepacked=pk)
+    assert_close(buf[:, 3:5], want * scale.reshape(shp) + shift.reshape(shp) + res, np.float64)
     conv.forward_into(buf[:, 3:5], x, residual=buf[:, 5:7])      # a skip from the same buffer
     assert_close(buf[:, 3:5], conv(np.ascontiguousarray(x)) + buf[:, 5:7], np.float64)
     with pytest.raises(ValueError, match="scale and shift go together"):

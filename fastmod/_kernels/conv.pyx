@@ -153,7 +153,7 @@ cdef void _plan_arrays(Geom* g, cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int
 def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
                    int SH, int SW, int PH, int PW, int DH, int DW, int G, bint relu=False,
                    object algorithm=None, object blocks=None, object scale=None,
-                   object shift=None, object residual=None):
+                   object shift=None, object residual=None, object packed=None):
     """y (N, OC, OH, OW) = conv(x (N, C, H, W), w (OC, C/G, KH, KW)) + b (b may be None);
     then y = max(y, 0) when relu (image by image, while it is in cache; NaN stays NaN).
 
@@ -167,6 +167,8 @@ def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
     it is in cache (a BatchNorm after the ReLU and a skip connection, fused; planned inference).
     Unchecked: the caller gives x's dtype, C-contiguous scale / shift, residual images
     C-contiguous.
+    packed: conv2d_pack_forward's array for these shapes, w and b, with algorithm= the name it
+    returned (the weights then are not packed again: planned inference).
     """
     cdef Override o
     cdef Geom g
@@ -191,15 +193,58 @@ def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* pw = cnp.PyArray_DATA(w)
     cdef void* pb = _ptr(b)
+    cdef void* pp = NULL
     cdef int rc
+    if packed is not None:
+        if algorithm is None or cnp.PyArray_SIZE(<cnp.ndarray>packed) != _packed_size(&g) \
+                or cnp.PyArray_TYPE(<cnp.ndarray>packed) != cnp.PyArray_TYPE(x):
+            raise ValueError("conv2d_forward: packed must come from conv2d_pack_forward for "
+                             "this call, with algorithm= its name")
+        pp = cnp.PyArray_DATA(<cnp.ndarray>packed) if _packed_size(&g) > 0 else NULL
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
         with nogil:
-            rc = _conv_forward(<float*>py, <float*>px, <float*>pw, <float*>pb, &g, pq)
+            rc = _conv_forward(<float*>py, <float*>px, <float*>pw, <float*>pb, &g, pq,
+                               <float*>pp)
     else:
         with nogil:
-            rc = _conv_forward(<double*>py, <double*>px, <double*>pw, <double*>pb, &g, pq)
+            rc = _conv_forward(<double*>py, <double*>px, <double*>pw, <double*>pb, &g, pq,
+                               <double*>pp)
     if rc != 0:
         raise MemoryError("conv2d_forward: out of memory for the convolution's scratch")
+
+
+def conv2d_pack_forward(cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, object b, int SH, int SW,
+                        int PH, int PW, int DH, int DW, int G, object algorithm=None):
+    """(algorithm, packed): the forward algorithm the plan takes for these arrays (their shapes,
+    dtype and batch strides) and the weights (and bias, where that algorithm keeps it with them)
+    packed once in its layout, for conv2d_forward(..., algorithm=algorithm, packed=packed) --
+    planned inference, where the weights do not change between calls. An empty array when the
+    algorithm reads w as it is. algorithm: one of FORWARD_ALGORITHMS instead of the plan's
+    choice (ValueError where it does not apply)."""
+    cdef Override o
+    cdef Geom g
+    _override_init(&o, None, "conv2d_pack_forward")
+    if algorithm is not None:
+        _check_name("conv2d_pack_forward", "algorithm", algorithm, FORWARD_ALGORITHMS)
+        _override_forward(&o, algorithm)
+    _plan_arrays(&g, x, y, w, SH, SW, PH, PW, DH, DW, G, &o)
+    name = _forward_name(&g)
+    if algorithm is not None and name != algorithm:
+        raise ValueError(f"conv2d_pack_forward: algorithm {algorithm!r} does not apply to this "
+                         f"call")
+    cdef Py_ssize_t n = _packed_size(&g)
+    cdef cnp.ndarray packed = cnp.PyArray_EMPTY(1, [n], cnp.PyArray_TYPE(x), 0)
+    cdef void* pk = cnp.PyArray_DATA(packed)
+    cdef void* pw = cnp.PyArray_DATA(w)
+    cdef void* pb = _ptr(b)
+    if n > 0:
+        if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+            with nogil:
+                _pack_weights(<float*>pk, <float*>pw, <float*>pb, &g)
+        else:
+            with nogil:
+                _pack_weights(<double*>pk, <double*>pw, <double*>pb, &g)
+    return name, packed
 
 
 def conv2d_backward(object dx, object dw, object db, cnp.ndarray dy, cnp.ndarray x,

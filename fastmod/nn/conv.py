@@ -154,7 +154,20 @@ class _ConvNd(Module):
         return (shape[0], self.out_channels) + out
 
     # -- the stateless interface (DenseBlock's shared buffer) ------------------------------------
-    def forward_into(self, out, x, activation=None, scale=None, shift=None, residual=None):
+    def pack_forward(self, out, x):
+        """The forward's weights packed once for calls like forward_into(out, x) (the same
+        shapes, dtype and batch strides): an opaque value for forward_into(prepacked=), valid
+        until the weights change (planned inference)."""
+        geom = self._raw_geometry(x, "pack_forward")
+        H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = geom
+        b = self.bias
+        return _k.conv2d_pack_forward(self._as4(x), self._as4(out),
+                                      self.weight.data.reshape(self.out_channels, -1, KH, KW),
+                                      None if b is None else b.data, SH, SW, PH, PW, DH, DW,
+                                      self.groups)
+
+    def forward_into(self, out, x, activation=None, scale=None, shift=None, residual=None,
+                     prepacked=None):
         """out <- conv(x) + b (then max(., 0) when activation='relu'), nothing saved: for a
         container that keeps layers' inputs and outputs as channel slices of one buffer. x
         (N, C, *spatial) and out (N, C', *out_spatial) may be batch-strided views (contiguous
@@ -163,7 +176,8 @@ class _ConvNd(Module):
         Inference epilogues, fused into the same pass over each output image (no backward):
         scale and shift (C',) -- out = out * scale + shift per channel after the activation (an
         eval-mode BatchNorm that follows the ReLU); residual (out's shape, contiguous within each
-        sample) -- then out += residual (a skip connection)."""
+        sample) -- then out += residual (a skip connection). prepacked: pack_forward(out, x)'s
+        value for these shapes and the current weights (not packed again)."""
         relu = activation_flag(activation, self)
         geom = self._raw_geometry(x, "forward_into")
         oshape = self.output_shape(x.shape)
@@ -188,6 +202,8 @@ class _ConvNd(Module):
             residual = self._as4(residual)
         post = {} if scale is None and residual is None else \
             dict(scale=scale, shift=shift, residual=residual)
+        if prepacked is not None:
+            post["algorithm"], post["packed"] = prepacked
         self._forward_into(self._as4(out), self._as4(x), geom, relu, **post)
 
     def backward_into(self, dy, x, dx=None, accumulate_dx=False):
@@ -223,7 +239,8 @@ class _ConvNd(Module):
                              f"within each sample, got {_describe(x)}")
         return self._geometry(x.shape[2:])
 
-    def _forward_into(self, y4, x4, geom, relu=False, scale=None, shift=None, residual=None):
+    def _forward_into(self, y4, x4, geom, relu=False, scale=None, shift=None, residual=None,
+                      algorithm=None, packed=None):
         """y4 (N, OC, OH, OW) <- conv(x4 (N, C, H, W)), then max(., 0) in place when relu (in
         the same kernel call), then forward_into's epilogues; both may have a batch stride >
         C*H*W."""
@@ -231,7 +248,8 @@ class _ConvNd(Module):
         b = self.bias
         _k.conv2d_forward(y4, x4, self.weight.data.reshape(self.out_channels, -1, KH, KW),
                           None if b is None else b.data, SH, SW, PH, PW, DH, DW, self.groups,
-                          relu, scale=scale, shift=shift, residual=residual)
+                          relu, algorithm=algorithm, scale=scale, shift=shift,
+                          residual=residual, packed=packed)
 
     def _backward_into(self, dx4, dy4, x4, geom, acc_dx=False):
         """Parameter gradients (+)= and dx4 (N, C, H, W) (+)= (acc_dx) the input gradient

@@ -95,45 +95,39 @@ cdef inline void _post_images(floating* y, const Post* q, Geom* g, int n0, int c
                 i = i + 1
 
 
-cdef int _conv_forward(floating* y, const floating* x, const floating* w, const floating* b,
-                       Geom* g, const Post* q=NULL) noexcept nogil:
-    # 0, or -1 when out of memory (then nothing is written and nothing is held); q: an
-    # epilogue (planned inference), or NULL
-    cdef int nt = _threads_for_batch(g)
-    cdef int t, n, lo, hi, chunk
-    cdef Py_ssize_t cs = _col_size(g)
-    cdef floating* colbuf = <floating*>fm_malloc(nt * cs * sizeof(floating))
-    cdef floating* wr = NULL
+cdef Py_ssize_t _packed_size(Geom* g) noexcept nogil:
+    # the floats of the forward's packed weights for the plan's algorithm (0: it reads w as it is)
+    cdef int KK = g.KH * g.KW
+    if g.f32 and g.small:
+        # fm_direct_pack's layout: ceil(OC/NO)*NO*C*KH*KW weights, then the bias
+        return (<Py_ssize_t>(g.OC + fm_direct_fwd_no(g.OW, g.OC) - 1)
+                // fm_direct_fwd_no(g.OW, g.OC) * fm_direct_fwd_no(g.OW, g.OC)) * (g.C * KK + 1)
+    if g.f32 and g.igemm:
+        return <Py_ssize_t>KK * g.C * fm_igemm_ocp(g.OC)
+    if g.wino:
+        return 16 * <Py_ssize_t>g.C * g.OC
+    if g.wino5:
+        return 6 * <Py_ssize_t>g.C * g.OC
+    if g.shifted or g.im2row:
+        return <Py_ssize_t>KK * g.C * g.OC
+    return 0
+
+
+cdef void _pack_weights(floating* wr, const floating* w, const floating* b,
+                        Geom* g) noexcept nogil:
+    # the forward's weights in the layout of the plan's algorithm, into wr (_packed_size floats)
     cdef int c, o, tap, KK = g.KH * g.KW
     cdef int NO
     cdef Py_ssize_t nwp
-    if colbuf == NULL:
-        return -1
     if floating is float:
         if g.small:
-            # fm_direct_pack's layout: ceil(OC/NO)*NO*C*KH*KW weights, then the bias
             NO = fm_direct_fwd_no(g.OW, g.OC)
             nwp = <Py_ssize_t>(g.OC + NO - 1) // NO * NO
-            wr = <floating*>fm_malloc(nwp * (g.C * KK + 1) * sizeof(floating))
-            if wr == NULL:
-                free(colbuf)
-                return -1
             fm_direct_pack(wr, wr + nwp * g.C * KK, w, b, g.OC, g.C * KK, NO)
-        elif g.igemm:
-            wr = <floating*>fm_malloc(<Py_ssize_t>KK * g.C * fm_igemm_ocp(g.OC) * sizeof(floating))
-            if wr == NULL:
-                free(colbuf)
-                return -1
+            return
+        if g.igemm:
             fm_igemm_pack(wr, w, g.OC, g.C, g.KH, g.KW)
-    if g.wino:
-        wr = <floating*>fm_malloc(16 * <Py_ssize_t>g.C * g.OC * sizeof(floating))
-    elif g.wino5:
-        wr = <floating*>fm_malloc(6 * <Py_ssize_t>g.C * g.OC * sizeof(floating))
-    elif g.shifted or g.im2row:
-        wr = <floating*>fm_malloc(<Py_ssize_t>KK * g.C * g.OC * sizeof(floating))
-    if wr == NULL and (g.wino or g.wino5 or g.shifted or g.im2row):
-        free(colbuf)
-        return -1
+            return
     if g.wino:
         _wino_weights(wr, w, g.C, g.OC)
     elif g.wino5:
@@ -145,6 +139,29 @@ cdef int _conv_forward(floating* y, const floating* x, const floating* w, const 
                 for o in range(g.OC):
                     wr[((<Py_ssize_t>(tap // g.KW) * g.KW + tap % g.KW) * g.C + c) * g.OC + o] = \
                         w[(<Py_ssize_t>o * g.C + c) * KK + tap]
+
+
+cdef int _conv_forward(floating* y, const floating* x, const floating* w, const floating* b,
+                       Geom* g, const Post* q=NULL, const floating* packed=NULL) noexcept nogil:
+    # 0, or -1 when out of memory (then nothing is written and nothing is held); q: an
+    # epilogue (planned inference), or NULL; packed: the weights as _pack_weights lays them out
+    # for this plan (packed once by the caller), or NULL to pack them here
+    cdef int nt = _threads_for_batch(g)
+    cdef int t, n, lo, hi, chunk
+    cdef Py_ssize_t cs = _col_size(g)
+    cdef floating* colbuf = <floating*>fm_malloc(nt * cs * sizeof(floating))
+    cdef floating* wr = NULL
+    cdef Py_ssize_t nw = _packed_size(g)
+    if colbuf == NULL:
+        return -1
+    if packed != NULL:
+        wr = <floating*>packed
+    elif nw > 0:
+        wr = <floating*>fm_malloc(nw * sizeof(floating))
+        if wr == NULL:
+            free(colbuf)
+            return -1
+        _pack_weights(wr, w, b, g)
     cdef int imb = g.wimb if (g.wino or g.wino5) else g.imb
     if g.im2row or g.wino or g.wino5:
         # blocks of imb images (the last of a thread's chunk may be shorter)
@@ -182,6 +199,7 @@ cdef int _conv_forward(floating* y, const floating* x, const floating* w, const 
                 _forward_image(y + n * g.ys, x + n * g.xs, w, wr, b, colbuf + t * cs, g, 1)
                 if q != NULL:
                     _post_images(y, q, g, n, 1)
-    free(wr)
+    if packed == NULL:
+        free(wr)
     free(colbuf)
     return 0
