@@ -45,7 +45,10 @@ from libc.string cimport memcpy, memset
 from fastmod._kernels._alloc cimport fm_malloc
 from fastmod._kernels._blas cimport gemm, pgemm
 from fastmod._kernels._planes cimport sum_contig
-from fastmod._kernels._threads cimport num_threads
+from fastmod._kernels._threads cimport num_threads, threads_for
+
+cdef enum:
+    WINO_W_GRAIN = 1 << 15   # Winograd weights per thread before a second one helps
 
 cnp.import_array()
 
