@@ -49,6 +49,11 @@ def test_backward_matches_reference(dtype, shape, bias, rng):
 # C split by rows and by columns, with and without a transposed operand, edges not multiples
 # of the 16-element block alignment, and the batch-1 GEMV path.
 SPLIT_CASES = [(96, 96, 64), (40, 128, 160), (75, 101, 83), (1, 1024, 512)]
+# the float32 forward on fm_pgemm with w as it is (linear.pyx _raw_forward): threads over the
+# column panels (panels a multiple of the threads) or over the rows, several row ranges (250),
+# several balanced slabs of k (784), a last panel of 17 columns, two rows; and the shape that
+# goes back to BLAS (many slabs of k and a large y)
+SPLIT_CASES += [(128, 784, 512), (250, 300, 70), (130, 784, 33), (2, 17, 200), (600, 1024, 256)]
 
 
 @pytest.mark.parametrize("n,i,o", SPLIT_CASES)

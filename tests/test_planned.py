@@ -180,12 +180,13 @@ def test_bad_input():
 
 
 @pytest.mark.parametrize("n,i,o", [(1, 5, 3), (7, 33, 70), (13, 300, 17), (64, 256, 64),
-                                   (29, 520, 130), (6, 1, 1)])
+                                   (29, 520, 130), (6, 1, 1), (250, 784, 40), (129, 130, 96)])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
 def test_prepacked_gemm_kernel(n, i, o, relu, bias, threads, rng):
     """linear_forward_packed over tails of every kind: rows not a multiple of the register
-    block, outputs not a multiple of a panel, k over several slabs (> 256) or one."""
+    block, outputs not a multiple of a panel, k over one slab or several balanced ones (784 =
+    7 x 112), rows over several ranges (250 > 120); a NaN row stays NaN through the ReLU."""
     from fastmod._kernels import linear as k
     x = rng.standard_normal((n, i)).astype(np.float32)
     w = rng.standard_normal((o, i)).astype(np.float32)
@@ -193,10 +194,12 @@ def test_prepacked_gemm_kernel(n, i, o, relu, bias, threads, rng):
     wshape, bshape = k.packed_shape(o, i)
     wk, bp = np.empty(wshape, np.float32), np.empty(bshape, np.float32)
     k.pack_weights(wk, bp, w, b)
+    x[-1, 0] = np.nan
     y = np.full((n, o), np.nan, np.float32)
     k.linear_forward_packed(y, x, wk, bp, o, relu)
     want = x.astype(np.float64) @ w.T.astype(np.float64) + (0 if b is None else b)
-    assert_close(y, np.maximum(want, 0) if relu else want, np.float32)
+    assert np.isnan(y[-1]).all()
+    assert_close(y[:-1], (np.maximum(want, 0) if relu else want)[:-1], np.float32)
 
 
 def test_planned_linear_uses_the_packed_weights(rng):

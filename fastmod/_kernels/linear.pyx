@@ -12,6 +12,7 @@ cimport numpy as cnp
 from cython cimport floating
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
+from fastmod._kernels._alloc cimport fm_malloc
 
 from cython.parallel cimport prange
 
@@ -47,6 +48,10 @@ cdef extern from "fm_pgemm.h":
     Py_ssize_t fm_pgemm_scratch(int IN) noexcept nogil
     void fm_pgemm_rows(float* y, const float* x, const float* wk, const float* bp, int n0,
                        int n1, int IN, int OUT, int p0, int p1, int relu, float* xk) noexcept nogil
+    Py_ssize_t fm_pgemm_ws_size(int IN, int OUT, int np) noexcept nogil
+    void fm_pgemm_rows_raw(float* y, const float* x, const float* w, const float* bp, int n0,
+                           int n1, int IN, int OUT, int p0, int p1, int relu, float* xk,
+                           float* ws) noexcept nogil
 
 cdef enum:
     SKINNY_OUT = 16                  # out_features up to this go through the sk_* kernels
@@ -341,7 +346,14 @@ def linear_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b, bint r
     cdef void* pw = cnp.PyArray_DATA(w)
     cdef void* pb = _ptr(b)
     cdef void* pz = _ptr(scratch)
+    cdef int rc
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+        if _raw_ok(N, IN, OUT):
+            with nogil:
+                rc = _raw_forward(<float*>py, <float*>px, <float*>pw, <float*>pb, N, IN, OUT,
+                                  relu)
+            if rc == 0:
+                return
         if pz != NULL and _transposed_ok(N, IN, OUT):
             with nogil:
                 _linear_forward_t(<float*>py, <float*>pz, <float*>px, <float*>pw, <float*>pb,
@@ -352,6 +364,71 @@ def linear_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b, bint r
     else:
         with nogil:
             _linear_forward(<double*>py, <double*>px, <double*>pw, <double*>pb, N, IN, OUT, relu)
+
+
+# The float32 forward on the prepacked GEMM's kernel (simd/fm_pgemm.h) with w read as it is,
+# each thread packing the slabs of its own column panels as it needs them, against the BLAS
+# paths (OpenBLAS packs both operands at every call). Measured, AVX-512 Sapphire Rapids, 2
+# threads, GFLOP/s BLAS -> here (torch 2.13): 128x256->256 169 -> 219 (214), 128x784->512 192 ->
+# 239 (267), 128x512->512 229 -> 247 (290), 32x512->512 138 -> 179 (159), 8x512->512 66 -> 92
+# (125), 1024x256->768 289 -> 303 (286), 2048x256->1024 292 -> 304 (308); but 2048x1024->256
+# 282 -> 248: with many slabs of k a large y is re-read and re-written once per slab.
+cdef enum:
+    RAW_MIN_N = 2                    # rows from which the forward runs fm_pgemm on w as it is
+    RAW_COLS_MAX_N = 512             # threads split the column panels up to this many rows
+                                     # (64x784->512: 235 vs 186 GF/s splitting the rows)
+    RAW_MAX_SLABS = 2                # beyond this many slabs of k (fm_pgemm.h's FM_PG_KC) ...
+    RAW_MAX_Y_BYTES = 1 << 19        # ... only while a thread's part of y is this small
+
+
+cdef inline bint _raw_ok(int N, int IN, int OUT) noexcept nogil:
+    cdef int nt = threads_for(<Py_ssize_t>N * IN * OUT, PACKED_GRAIN)
+    return SK_HAVE and N >= RAW_MIN_N and OUT > SKINNY_OUT and (
+        (IN + 127) // 128 <= RAW_MAX_SLABS
+        or <double>N * OUT * 4 / max(nt, 1) <= RAW_MAX_Y_BYTES)
+
+
+cdef int _raw_forward(float* y, const float* x, const float* w, const float* b, int N, int IN,
+                      int OUT, bint relu) noexcept nogil:
+    # y = x @ w.T + b (then ReLU) through fm_pgemm with w read as it is: each thread packs the
+    # slabs of the column panels it computes, as it needs them (fm_pgemm_rows_raw). 0, or -1
+    # when out of memory (nothing written; the caller takes the BLAS path)
+    cdef int pw = fm_pgemm_panel_cols(OUT), ocp = fm_pgemm_ocp(OUT)
+    cdef int panels = ocp // pw, o
+    cdef int nt = threads_for(<Py_ssize_t>N * IN * OUT, PACKED_GRAIN)
+    cdef int pt, rt, pper, rows, t, p0, p1, n0, n1
+    if nt > 1 and panels % nt == 0 and N <= RAW_COLS_MAX_N:
+        pt, rt = nt, 1                            # threads over column panels: no duplicate packing
+    else:
+        pt = 1
+        rt = nt if nt > 1 else 1
+    nt = pt * rt
+    pper = (panels + pt - 1) // pt
+    rows = (N + rt - 1) // rt
+    cdef Py_ssize_t ss = fm_pgemm_scratch(IN), ws = fm_pgemm_ws_size(IN, OUT, pper)
+    cdef Py_ssize_t per = (ss + ws + 15) // 16 * 16
+    cdef float* buf = <float*>fm_malloc((ocp + 16 + nt * per + 16) * sizeof(float))
+    cdef float* bp
+    cdef float* mine
+    if buf == NULL:
+        return -1
+    bp = <float*>((<size_t>buf + 63) & ~(<size_t>63))      # 64-byte aligned work arrays
+    for o in range(ocp):
+        bp[o] = b[o] if (b != NULL and o < OUT) else 0
+    mine = bp + (ocp + 15) // 16 * 16
+    if nt <= 1:
+        fm_pgemm_rows_raw(y, x, w, bp, 0, N, IN, OUT, 0, panels, relu, mine + ws, mine)
+    else:
+        for t in prange(nt, num_threads=nt, schedule='static'):
+            p0 = (t % pt) * pper
+            p1 = min(panels, p0 + pper)
+            n0 = (t // pt) * rows
+            n1 = min(N, n0 + rows)
+            if p0 < p1 and n0 < n1:
+                fm_pgemm_rows_raw(y, x, w, bp, n0, n1, IN, OUT, p0, p1, relu,
+                                  mine + t * per + ws, mine + t * per)
+    free(buf)
+    return 0
 
 
 cdef enum:

@@ -49,14 +49,17 @@ static void fm_pgemm_pack_cols(float* wk, const float* w, int OUT, int IN, int o
     int PW = fm_pgemm_panel_cols(OUT), k0, o, k, i;
     for (o = o0; o < o1; o += FM_W) {
         int full_o = o + FM_W <= OUT;
+        float* d = wk + fm__pg_at(IN, PW, 0, o);          /* column o's place in its panel */
         for (k0 = 0; k0 < IN; k0 += FM_W) {
             if (full_o && k0 + FM_W <= IN) {
                 fm_vf r[FM_W];
+                FM_UNROLL_ALL
                 for (i = 0; i < FM_W; i++)
                     r[i] = fm_vload(w + (ptrdiff_t)(o + i) * IN + k0);
                 fm_vtranspose(r);
+                FM_UNROLL_ALL
                 for (i = 0; i < FM_W; i++)
-                    fm_vstore(wk + fm__pg_at(IN, PW, k0 + i, o), r[i]);
+                    fm_vstore(d + (ptrdiff_t)(k0 + i) * PW, r[i]);
             } else {
                 for (k = k0; k < IN && k < k0 + FM_W; k++)
                     for (i = o; i < o + FM_W && i < o1; i++)
@@ -115,7 +118,7 @@ FM_ALWAYS_INLINE void fm__pg_block(const int MR, const int NR, float* y, ptrdiff
             break;
         FM_UNROLL_ALL
         for (v = 0; v < NR; v++) {
-            fm_vf r = relu ? fm_vmax(a[i][v], fm_vzero()) : a[i][v];
+            fm_vf r = relu ? fm_vrelu(a[i][v]) : a[i][v];       /* NaN stays NaN */
             int left = ncols - v * FM_W;
             if (left >= FM_W)
                 fm_vstore(y + (ptrdiff_t)i * ldy + v * FM_W, r);
@@ -125,9 +128,42 @@ FM_ALWAYS_INLINE void fm__pg_block(const int MR, const int NR, float* y, ptrdiff
     }
 }
 
+/* the slab k0 .. k0 + kc of panels p0 .. p1 of w (OUT, IN) as it is, packed into ws: panel p's
+   rows k at ws + ((p - p0) * kc + k - k0) * PW (zeros past OUT); FM_W x FM_W blocks through
+   registers as fm_pgemm_pack_cols */
+static void fm__pg_pack_slab(float* ws, const float* w, int OUT, int IN, int PW, int k0, int kc,
+                             int p0, int p1) {
+    int o, k, i, kk;
+    for (o = p0 * PW; o < p1 * PW; o += FM_W) {
+        float* d = ws + (ptrdiff_t)(o / PW - p0) * kc * PW + o % PW;
+        int full_o = o + FM_W <= OUT;
+        for (k = 0; k < kc; k += FM_W) {
+            if (full_o && k + FM_W <= kc) {
+                fm_vf r[FM_W];
+                FM_UNROLL_ALL
+                for (i = 0; i < FM_W; i++)
+                    r[i] = fm_vload(w + (ptrdiff_t)(o + i) * IN + k0 + k);
+                fm_vtranspose(r);
+                FM_UNROLL_ALL
+                for (i = 0; i < FM_W; i++)
+                    fm_vstore(d + (ptrdiff_t)(k + i) * PW, r[i]);
+            } else {
+                for (kk = k; kk < kc && kk < k + FM_W; kk++)
+                    for (i = 0; i < FM_W; i++)
+                        d[(ptrdiff_t)kk * PW + i] =
+                            o + i < OUT ? w[(ptrdiff_t)(o + i) * IN + k0 + kk] : 0.0f;
+            }
+        }
+    }
+}
+
+/* rows n0..n1, panels p0..p1 of y = x @ w.T + bp (then ReLU): wk packed once (fm_pgemm_pack;
+   w_raw NULL), or w_raw (OUT, IN) as it is, each slab of the panels packed into ws as it is
+   needed (the eager Linear: no pack of the whole matrix, each thread packs what it uses) */
 FM_ALWAYS_INLINE void fm__pg_rows(const int MR, const int NR, float* y, const float* x,
                                   const float* wk, const float* bp, int n0, int n1, int IN,
-                                  int OUT, int p0, int p1, int relu, float* xk) {
+                                  int OUT, int p0, int p1, int relu, float* xk,
+                                  const float* w_raw, float* ws) {
     int PW = NR * FM_W, n, i, k, p, k0, kc, m0, m1;
     /* the rows in ranges of at most FM_PG_MC (+ MR - 1), balanced: 128 rows are one range, not
        120 + 8 */
@@ -143,6 +179,8 @@ FM_ALWAYS_INLINE void fm__pg_rows(const int MR, const int NR, float* y, const fl
     for (sl = 0; sl < slabs; sl++) {
         k0 = sl * KC;
         kc = IN - k0 < KC ? IN - k0 : KC;
+        if (w_raw != NULL)
+            fm__pg_pack_slab(ws, w_raw, OUT, IN, PW, k0, kc, p0, p1);
         for (m0 = n0; m0 < n1; m0 += mc) {
             m1 = n1 - m0 < mc ? n1 : m0 + mc;
             for (n = m0; n < m1; n += MR) {       /* the rows, MR at a time (past N: 0) */
@@ -160,7 +198,9 @@ FM_ALWAYS_INLINE void fm__pg_rows(const int MR, const int NR, float* y, const fl
                     int mr = m1 - n < MR ? m1 - n : MR;
                     fm__pg_block(MR, NR, y + (ptrdiff_t)n * OUT + ob, OUT,
                                  xk + (ptrdiff_t)(n - m0) * kc,
-                                 wk + fm__pg_at(IN, PW, k0, ob), PW, bp + ob, kc, k0 > 0,
+                                 w_raw != NULL ? ws + (ptrdiff_t)(p - p0) * kc * PW
+                                               : wk + fm__pg_at(IN, PW, k0, ob),
+                                 PW, bp + ob, kc, k0 > 0,
                                  relu && k0 + kc == IN, mr, ncols);
                 }
             }
@@ -181,7 +221,34 @@ static void fm_pgemm_rows(float* y, const float* x, const float* wk, const float
     int nr = fm_pgemm_nr(OUT);
 #define FM__PG(nr_, mr_) \
     if (nr == (nr_)) { \
-        fm__pg_rows(mr_, nr_, y, x, wk, bp, n0, n1, IN, OUT, p0, p1, relu, xk); \
+        fm__pg_rows(mr_, nr_, y, x, wk, bp, n0, n1, IN, OUT, p0, p1, relu, xk, NULL, NULL); \
+        return; \
+    }
+    FM__PG(1, FM_IG_MR1) FM__PG(2, FM_IG_MR2)
+#if FM_IG_NR >= 3
+    FM__PG(3, FM_IG_MR3)
+#endif
+#if FM_IG_NR >= 4
+    FM__PG(4, FM_IG_MR4)
+#endif
+#undef FM__PG
+}
+
+/* the floats of fm_pgemm_rows_raw's weight work array for np panels */
+static inline ptrdiff_t fm_pgemm_ws_size(int IN, int OUT, int np) {
+    return (ptrdiff_t)(IN < 1 ? 1 : IN < FM_PG_KC ? IN : FM_PG_KC) * fm_pgemm_panel_cols(OUT) * np;
+}
+
+/* fm_pgemm_rows from w (OUT, IN) as it is (the eager Linear): each slab of panels p0..p1 packed
+   into ws (fm_pgemm_ws_size(IN, OUT, p1 - p0) floats) as it is needed; bp: the bias padded to
+   whole panels (fm_pgemm_ocp(OUT) floats) */
+static void fm_pgemm_rows_raw(float* y, const float* x, const float* w, const float* bp, int n0,
+                              int n1, int IN, int OUT, int p0, int p1, int relu, float* xk,
+                              float* ws) {
+    int nr = fm_pgemm_nr(OUT);
+#define FM__PG(nr_, mr_) \
+    if (nr == (nr_)) { \
+        fm__pg_rows(mr_, nr_, y, x, NULL, bp, n0, n1, IN, OUT, p0, p1, relu, xk, w, ws); \
         return; \
     }
     FM__PG(1, FM_IG_MR1) FM__PG(2, FM_IG_MR2)
