@@ -45,12 +45,11 @@ cdef extern from "fm_pgemm.h":
                        int IN) noexcept nogil
     void fm_pgemm_pack_cols(float* wk, const float* w, int OUT, int IN, int o0,
                             int o1) noexcept nogil
-    Py_ssize_t fm_pgemm_scratch(int IN) noexcept nogil
     void fm_pgemm_rows(float* y, const float* x, const float* wk, const float* bp, int n0,
-                       int n1, int IN, int OUT, int p0, int p1, int relu, float* xk) noexcept nogil
+                       int n1, int IN, int OUT, int p0, int p1, int relu) noexcept nogil
     Py_ssize_t fm_pgemm_ws_size(int IN, int OUT, int np) noexcept nogil
     void fm_pgemm_rows_raw(float* y, const float* x, const float* w, const float* bp, int n0,
-                           int n1, int IN, int OUT, int p0, int p1, int relu, float* xk,
+                           int n1, int IN, int OUT, int p0, int p1, int relu,
                            float* ws) noexcept nogil
 
 cdef enum:
@@ -367,25 +366,24 @@ def linear_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b, bint r
 
 
 # The float32 forward on the prepacked GEMM's kernel (simd/fm_pgemm.h) with w read as it is,
-# each thread packing the slabs of its own column panels as it needs them, against the BLAS
+# each thread packing the k-slabs of its own column panels as it needs them, against the BLAS
 # paths (OpenBLAS packs both operands at every call). Measured, AVX-512 Sapphire Rapids, 2
-# threads, GFLOP/s BLAS -> here (torch 2.13): 128x256->256 169 -> 219 (214), 128x784->512 192 ->
-# 239 (267), 128x512->512 229 -> 247 (290), 32x512->512 138 -> 179 (159), 8x512->512 66 -> 92
-# (125), 1024x256->768 289 -> 303 (286), 2048x256->1024 292 -> 304 (308); but 2048x1024->256
-# 282 -> 248: with many slabs of k a large y is re-read and re-written once per slab.
+# threads, GFLOP/s BLAS -> here (torch 2.13): 128x256->256 169 -> 237 (227), 128x784->512 192
+# -> 253 (289), 128x512->512 229 -> 267 (282), 8x512->512 66 -> 84 (126), 1024x1024->256 276
+# -> 293 (297), 1024x256->1024 292 -> 303 (309), 4096x1024->256 273 -> 294 (301); but with
+# many slabs of k and large weights a large y is re-read and re-written once per slab:
+# 2048x2048->512 286 -> 280, 1024x4096->1024 297 -> 273 -- those stay on BLAS.
 cdef enum:
     RAW_MIN_N = 2                    # rows from which the forward runs fm_pgemm on w as it is
     RAW_COLS_MAX_N = 512             # threads split the column panels up to this many rows
                                      # (64x784->512: 235 vs 186 GF/s splitting the rows)
     RAW_MAX_SLABS = 2                # beyond this many slabs of k (fm_pgemm.h's FM_PG_KC) ...
-    RAW_MAX_Y_BYTES = 1 << 19        # ... only while a thread's part of y is this small
+    RAW_MAX_W_BYTES = 2 << 20        # ... only while the weights are this small
 
 
 cdef inline bint _raw_ok(int N, int IN, int OUT) noexcept nogil:
-    cdef int nt = threads_for(<Py_ssize_t>N * IN * OUT, PACKED_GRAIN)
     return SK_HAVE and N >= RAW_MIN_N and OUT > SKINNY_OUT and (
-        (IN + 127) // 128 <= RAW_MAX_SLABS
-        or <double>N * OUT * 4 / max(nt, 1) <= RAW_MAX_Y_BYTES)
+        (IN + 127) // 128 <= RAW_MAX_SLABS or <double>IN * OUT * 4 <= RAW_MAX_W_BYTES)
 
 
 cdef int _raw_forward(float* y, const float* x, const float* w, const float* b, int N, int IN,
@@ -405,8 +403,7 @@ cdef int _raw_forward(float* y, const float* x, const float* w, const float* b, 
     nt = pt * rt
     pper = (panels + pt - 1) // pt
     rows = (N + rt - 1) // rt
-    cdef Py_ssize_t ss = fm_pgemm_scratch(IN), ws = fm_pgemm_ws_size(IN, OUT, pper)
-    cdef Py_ssize_t per = (ss + ws + 15) // 16 * 16
+    cdef Py_ssize_t per = (fm_pgemm_ws_size(IN, OUT, pper) + 15) // 16 * 16
     cdef float* buf = <float*>fm_malloc((ocp + 16 + nt * per + 16) * sizeof(float))
     cdef float* bp
     cdef float* mine
@@ -417,7 +414,7 @@ cdef int _raw_forward(float* y, const float* x, const float* w, const float* b, 
         bp[o] = b[o] if (b != NULL and o < OUT) else 0
     mine = bp + (ocp + 15) // 16 * 16
     if nt <= 1:
-        fm_pgemm_rows_raw(y, x, w, bp, 0, N, IN, OUT, 0, panels, relu, mine + ws, mine)
+        fm_pgemm_rows_raw(y, x, w, bp, 0, N, IN, OUT, 0, panels, relu, mine)
     else:
         for t in prange(nt, num_threads=nt, schedule='static'):
             p0 = (t % pt) * pper
@@ -425,8 +422,7 @@ cdef int _raw_forward(float* y, const float* x, const float* w, const float* b, 
             n0 = (t // pt) * rows
             n1 = min(N, n0 + rows)
             if p0 < p1 and n0 < n1:
-                fm_pgemm_rows_raw(y, x, w, bp, n0, n1, IN, OUT, p0, p1, relu,
-                                  mine + t * per + ws, mine + t * per)
+                fm_pgemm_rows_raw(y, x, w, bp, n0, n1, IN, OUT, p0, p1, relu, mine + t * per)
     free(buf)
     return 0
 
@@ -540,8 +536,6 @@ def linear_forward_packed(cnp.ndarray y, cnp.ndarray x, cnp.ndarray wk, cnp.ndar
     cdef int panels = (OUT + pw - 1) // pw
     cdef int nt = threads_for(<Py_ssize_t>N * IN * OUT, PACKED_GRAIN)
     cdef int pt, rt, t, p0, p1, n0, n1, rows, pper
-    cdef Py_ssize_t ss = fm_pgemm_scratch(IN)
-    cdef float* xk
     if nt > 1 and panels % nt == 0 and N < 4 * PACKED_ROWS_PER_THREAD * nt:
         pt, rt = nt, 1                            # few rows: threads over column panels
     else:                                         # threads over rows (each all the panels)
@@ -551,21 +545,14 @@ def linear_forward_packed(cnp.ndarray y, cnp.ndarray x, cnp.ndarray wk, cnp.ndar
     pper = (panels + pt - 1) // pt
     rows = (N + rt - 1) // rt
     if nt <= 1:
-        xk = <float*>malloc(ss * sizeof(float))
-        if xk == NULL:
-            raise MemoryError()
         with nogil:
-            fm_pgemm_rows(py, px, pk, pb, 0, N, IN, OUT, 0, panels, relu, xk)
-        free(xk)
+            fm_pgemm_rows(py, px, pk, pb, 0, N, IN, OUT, 0, panels, relu)
         return
     with nogil:
         for t in prange(nt, num_threads=nt, schedule='static'):
-            xk = <float*>malloc(ss * sizeof(float))
-            if xk != NULL:
-                p0 = (t % pt) * pper
-                p1 = min(panels, p0 + pper)
-                n0 = (t // pt) * rows
-                n1 = min(N, n0 + rows)
-                if p0 < p1 and n0 < n1:
-                    fm_pgemm_rows(py, px, pk, pb, n0, n1, IN, OUT, p0, p1, relu, xk)
-                free(xk)
+            p0 = (t % pt) * pper
+            p1 = min(panels, p0 + pper)
+            n0 = (t // pt) * rows
+            n1 = min(N, n0 + rows)
+            if p0 < p1 and n0 < n1:
+                fm_pgemm_rows(py, px, pk, pb, n0, n1, IN, OUT, p0, p1, relu)

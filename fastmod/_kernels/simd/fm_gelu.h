@@ -24,7 +24,7 @@ static inline fm_vf fm_gelu_clamp(fm_vf x) {
 /* q = erfc(|xc| / sqrt 2); *e_out = exp(-xc^2 / 2) */
 static inline fm_vf fm_gelu_erfc(fm_vf xc, fm_vf* e_out) {
     fm_vf z = fm_vmul(fm_vabs(xc), fm_vset1(0.70710678118654752f));
-    fm_vf t = fm_vdiv(fm_vset1(1.0f), fm_vfma(fm_vset1(0.5f), z, fm_vset1(1.0f)));
+    fm_vf t = fm_vrecip(fm_vfma(fm_vset1(0.5f), z, fm_vset1(1.0f)));       /* in (0, 1] */
     fm_vf p = fm_vset1(4.319548607e-02f), h, l, e;
     p = fm_vfma(p, t, fm_vset1(-2.347338647e-01f));
     p = fm_vfma(p, t, fm_vset1(4.936955571e-01f));

@@ -1,20 +1,20 @@
-/* Prepacked float32 GEMM for planned inference (fastmod.inference): y (N, OUT) = x (N, IN) @ w.T
- * + b, then ReLU, with the weights packed ONCE into wk (IN * OCP floats, panel-major: see
- * fm__pg_at; OCP = OUT rounded up to whole register blocks, zeros past OUT) and the bias padded
- * to bp (OCP). Written once against the vector layer (fm_vec.h), compiled per level; the
- * register block is fm_igemm.h's (MR rows x NR vectors of outputs, fm_tuning.h).
+/* Prepacked float32 GEMM for planned inference (fastmod.inference) and the eager Linear
+ * forward: y (N, OUT) = x (N, IN) @ w.T + b, then ReLU, with the weights packed ONCE into wk
+ * (IN * OCP floats, panel-major: see fm__pg_at; OCP = OUT rounded up to whole register blocks,
+ * zeros past OUT) and the bias padded to bp (OCP) -- or, for the eager Linear, w packed slab by
+ * slab as it is needed (fm_pgemm_rows_raw). Written once against the vector layer (fm_vec.h),
+ * compiled per level; the register block is fm_igemm.h's (MR rows x NR vectors of outputs,
+ * fm_tuning.h).
  *
- * GotoBLAS's blocking: per slab of k (FM_PG_KC) and range of rows (FM_PG_MC) the rows are
- * interleaved (k, MR) block by block into a work array (in L2), and each panel of the slab's
- * weights (KC x NR*FM_W floats, 32 KB: in L1) meets every block of rows. Per k of a block: NR
- * vector loads of weights (L1), MR broadcasts of x (one sequential stream), MR*NR FMAs; the
- * bias is the accumulators' initial value and the ReLU is applied in registers before the one
- * store of the block. OpenBLAS packs both operands at every call (its sgemm_incopy / oncopy);
- * here the weight side is packed once per plan. Measured (AVX-512 Sapphire Rapids, 1 thread,
- * best of 200 from C): 160-170 GF/s on 128x784->512, 1024x256->1024, 240x256->256 -- the 72%
- * of the register-only FMA peak that OpenBLAS and oneDNN reach on 2048^3 on this host -- where
- * the previous order (each block of rows over the whole slab, weights streamed from L2 with a
- * 2-4 KB stride) gave 110-150.
+ * GotoBLAS's blocking: per slab of k (FM_PG_KC) and range of rows (FM_PG_MC), each panel of
+ * the slab's weights (KC x NR*FM_W floats, 32 KB: in L1) meets every block of MR rows. Per k of
+ * a block: NR vector loads of weights (L1), MR broadcasts of x (its rows read in place), MR*NR
+ * FMAs; the bias is the accumulators' initial value and the ReLU is applied in registers
+ * before the one store of the block. Measured (AVX-512 Sapphire Rapids, 1 thread, best of 200
+ * from C): 166-176 GF/s on 128x784->512, 128x256->256, 1024x256->1024, 1024x1024->256 -- above
+ * the ~165 that OpenBLAS and oneDNN reach on 2048^3 on this host -- where the previous order
+ * (each block of rows over the whole slab, weights streamed from L2 with a 2-4 KB stride) gave
+ * 110-150.
  */
 #ifndef FM_PGEMM_H
 #define FM_PGEMM_H
@@ -78,9 +78,9 @@ static void fm_pgemm_pack(float* wk, float* bp, const float* w, const float* b, 
 }
 
 /* one register block: y rows (mr <= MR), NR vectors of columns (ncols valid) from the packed
-   rows xk (K, MR) -- row i's k-th value at xk[k*MR + i], one sequential stream of broadcasts */
+   rows xs[i] (read in place: k at xs[i][k]) */
 FM_ALWAYS_INLINE void fm__pg_block(const int MR, const int NR, float* y, ptrdiff_t ldy,
-                                   const float* xk, const float* wk, ptrdiff_t ldw,
+                                   const float* const* xs, const float* wk, ptrdiff_t ldw,
                                    const float* bp, int K, int acc, int relu, int mr, int ncols) {
     fm_vf a[FM_IG_MAX_MR][FM_IG_MAX_NR];
     int i, v, k;
@@ -98,14 +98,14 @@ FM_ALWAYS_INLINE void fm__pg_block(const int MR, const int NR, float* y, ptrdiff
                                      left < 0 ? 0 : (left > FM_W ? FM_W : left));
         }
     }
-    for (k = 0; k < K; k++, wk += ldw, xk += MR) {
+    for (k = 0; k < K; k++, wk += ldw) {
         fm_vf wv[FM_IG_MAX_NR];
         FM_UNROLL_ALL
         for (v = 0; v < NR; v++)
             wv[v] = fm_vload(wk + v * FM_W);
         FM_UNROLL_ALL
         for (i = 0; i < MR; i++) {
-            fm_vf bx = fm_vset1(xk[i]);
+            fm_vf bx = fm_vset1(xs[i][k]);
             FM_IN_REGISTER(bx);
             FM_UNROLL_ALL
             for (v = 0; v < NR; v++)
@@ -162,20 +162,22 @@ static void fm__pg_pack_slab(float* ws, const float* w, int OUT, int IN, int PW,
    needed (the eager Linear: no pack of the whole matrix, each thread packs what it uses) */
 FM_ALWAYS_INLINE void fm__pg_rows(const int MR, const int NR, float* y, const float* x,
                                   const float* wk, const float* bp, int n0, int n1, int IN,
-                                  int OUT, int p0, int p1, int relu, float* xk,
+                                  int OUT, int p0, int p1, int relu,
                                   const float* w_raw, float* ws) {
-    int PW = NR * FM_W, n, i, k, p, k0, kc, m0, m1;
+    int PW = NR * FM_W, n, i, p, k0, kc, m0, m1;
     /* the rows in ranges of at most FM_PG_MC (+ MR - 1), balanced: 128 rows are one range, not
-       120 + 8 */
+       120 + 8 (a range's rows of a slab stay in L2 while the panels pass) */
     int ranges = (n1 - n0 + FM_PG_MC - 1) / FM_PG_MC;
     int mc = ranges > 0 ? ((n1 - n0 + ranges - 1) / ranges + MR - 1) / MR * MR : MR;
     /* and k in balanced slabs: 784 = 7 x 112, not 6 x 128 + 16 (a slab of 16 k reloads and
        stores every accumulator for 16 FMAs each) */
     int slabs = IN > FM_PG_KC ? (IN + FM_PG_KC - 1) / FM_PG_KC : 1, sl;
     int KC = (IN + slabs - 1) / slabs;        /* IN = 0: one empty slab (y = the bias) */
-    /* GotoBLAS's loop order: per slab of FM_PG_KC k and range of FM_PG_MC rows, the rows are
-       interleaved into blocks of MR (xk, in L2); then each panel of the slab's weights (KC x
-       NR*FM_W, in L1) meets every block of rows, so only the broadcasts of x stream from L2 */
+    /* GotoBLAS's loop order: per slab of FM_PG_KC k and range of FM_PG_MC rows, each panel of
+       the slab's weights (KC x NR*FM_W, in L1) meets every block of MR rows; the blocks read
+       their rows of x in place (MR short runs per slab -- interleaving them into a work array
+       first cost more than it saved: 1 thread from C, 1024x1024->256 142 -> 168 GF/s,
+       128x256->256 162 -> 176, the others +2-3%) */
     for (sl = 0; sl < slabs; sl++) {
         k0 = sl * KC;
         kc = IN - k0 < KC ? IN - k0 : KC;
@@ -183,21 +185,15 @@ FM_ALWAYS_INLINE void fm__pg_rows(const int MR, const int NR, float* y, const fl
             fm__pg_pack_slab(ws, w_raw, OUT, IN, PW, k0, kc, p0, p1);
         for (m0 = n0; m0 < n1; m0 += mc) {
             m1 = n1 - m0 < mc ? n1 : m0 + mc;
-            for (n = m0; n < m1; n += MR) {       /* the rows, MR at a time (past N: 0) */
-                int mr = m1 - n < MR ? m1 - n : MR;
-                float* xb = xk + (ptrdiff_t)(n - m0) * kc;
-                for (i = 0; i < MR; i++) {
-                    const float* xr = x + (ptrdiff_t)(n + (i < mr ? i : 0)) * IN + k0;
-                    for (k = 0; k < kc; k++)
-                        xb[(ptrdiff_t)k * MR + i] = i < mr ? xr[k] : 0.0f;
-                }
-            }
             for (p = p0; p < p1; p++) {
                 int ob = p * PW, ncols = OUT - ob < PW ? OUT - ob : PW;
                 for (n = m0; n < m1; n += MR) {
                     int mr = m1 - n < MR ? m1 - n : MR;
-                    fm__pg_block(MR, NR, y + (ptrdiff_t)n * OUT + ob, OUT,
-                                 xk + (ptrdiff_t)(n - m0) * kc,
+                    const float* xs[FM_IG_MAX_MR];
+                    FM_UNROLL_ALL
+                    for (i = 0; i < MR; i++)     /* rows past N: the last row again (not stored) */
+                        xs[i] = x + (ptrdiff_t)(n + (i < mr ? i : mr - 1)) * IN + k0;
+                    fm__pg_block(MR, NR, y + (ptrdiff_t)n * OUT + ob, OUT, xs,
                                  w_raw != NULL ? ws + (ptrdiff_t)(p - p0) * kc * PW
                                                : wk + fm__pg_at(IN, PW, k0, ob),
                                  PW, bp + ob, kc, k0 > 0,
@@ -208,20 +204,13 @@ FM_ALWAYS_INLINE void fm__pg_rows(const int MR, const int NR, float* y, const fl
     }
 }
 
-/* the floats of fm_pgemm_rows' work array: FM_PG_MC rows (rounded up to whole blocks) of one
-   slab of k, interleaved */
-static inline ptrdiff_t fm_pgemm_scratch(int IN) {
-    return (ptrdiff_t)(IN < 1 ? 1 : IN < FM_PG_KC ? IN : FM_PG_KC) * (FM_PG_MC + FM_IG_MAX_MR);
-}
-
-/* rows n0..n1 of y, column panels p0..p1 (of fm_pgemm_panel_cols(OUT) columns each); xk: a
-   work array of fm_pgemm_scratch(IN) floats */
+/* rows n0..n1 of y, column panels p0..p1 (of fm_pgemm_panel_cols(OUT) columns each) */
 static void fm_pgemm_rows(float* y, const float* x, const float* wk, const float* bp, int n0,
-                          int n1, int IN, int OUT, int p0, int p1, int relu, float* xk) {
+                          int n1, int IN, int OUT, int p0, int p1, int relu) {
     int nr = fm_pgemm_nr(OUT);
 #define FM__PG(nr_, mr_) \
     if (nr == (nr_)) { \
-        fm__pg_rows(mr_, nr_, y, x, wk, bp, n0, n1, IN, OUT, p0, p1, relu, xk, NULL, NULL); \
+        fm__pg_rows(mr_, nr_, y, x, wk, bp, n0, n1, IN, OUT, p0, p1, relu, NULL, NULL); \
         return; \
     }
     FM__PG(1, FM_IG_MR1) FM__PG(2, FM_IG_MR2)
@@ -243,12 +232,11 @@ static inline ptrdiff_t fm_pgemm_ws_size(int IN, int OUT, int np) {
    into ws (fm_pgemm_ws_size(IN, OUT, p1 - p0) floats) as it is needed; bp: the bias padded to
    whole panels (fm_pgemm_ocp(OUT) floats) */
 static void fm_pgemm_rows_raw(float* y, const float* x, const float* w, const float* bp, int n0,
-                              int n1, int IN, int OUT, int p0, int p1, int relu, float* xk,
-                              float* ws) {
+                              int n1, int IN, int OUT, int p0, int p1, int relu, float* ws) {
     int nr = fm_pgemm_nr(OUT);
 #define FM__PG(nr_, mr_) \
     if (nr == (nr_)) { \
-        fm__pg_rows(mr_, nr_, y, x, NULL, bp, n0, n1, IN, OUT, p0, p1, relu, xk, w, ws); \
+        fm__pg_rows(mr_, nr_, y, x, NULL, bp, n0, n1, IN, OUT, p0, p1, relu, w, ws); \
         return; \
     }
     FM__PG(1, FM_IG_MR1) FM__PG(2, FM_IG_MR2)
