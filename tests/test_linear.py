@@ -307,7 +307,7 @@ def test_backward_input_activation_relu_matches_reference(n, i, o, dtype, thread
 @pytest.mark.parametrize("mode", ["mask", "acc_dx", "both"])
 def test_backward_kernel_mask_and_accumulate(n, i, o, mode, dtype, threads, rng):
     """The kernel's two epilogues: mask (dx zeroed where mask <= 0, NaN -> 0) and acc_dx (the
-    input gradient added into dx, beta = 1)."""
+    input gradient added into dx, beta = 1); with both, dW and db accumulated too."""
     from fastmod._kernels import linear as k
     m = make(i, o, dtype=dtype)
     x = rng.standard_normal((n, i)).astype(dtype)
@@ -323,11 +323,15 @@ def test_backward_kernel_mask_and_accumulate(n, i, o, mode, dtype, threads, rng)
         want = np.where(mask > 0, want, 0)
     dx = buf.copy() if mode != "mask" else np.empty_like(buf)
     dw, db = np.empty_like(m.weight.data), np.empty_like(m.bias.data)
-    k.linear_backward(dx, dw, db, dy, x, m.weight.data, False, False,
+    acc = mode == "both"                          # and the parameter gradients accumulated
+    w0, b0 = (rng.standard_normal(a.shape).astype(dtype) for a in (dw, db))
+    if acc:
+        dw[...], db[...] = w0, b0
+    k.linear_backward(dx, dw, db, dy, x, m.weight.data, acc, acc,
                       mask if mode != "acc_dx" else None, mode != "mask")
     assert_close(dx, want, dtype)
-    assert_close(dw, rdw, dtype)
-    assert_close(db, rdb, dtype)
+    assert_close(dw, rdw + w0 if acc else rdw, dtype)
+    assert_close(db, rdb + b0 if acc else rdb, dtype)
 
 
 # ------------------------------------------------------------------ skinny layers (out <= 16)

@@ -48,6 +48,9 @@ cdef extern from "fm_pgemm.h":
     void fm_pgemm_rows(float* y, const float* x, const float* wk, const float* bp, int n0,
                        int n1, int IN, int OUT, int p0, int p1, int relu) noexcept nogil
     Py_ssize_t fm_pgemm_ws_size(int IN, int OUT, int np) noexcept nogil
+    void fm_pgemm_nn(float* y, Py_ssize_t ldy, const float* a, Py_ssize_t ars, Py_ssize_t aks,
+                     const float* b, Py_ssize_t ldb, int K, int NC, int m0, int m1, int p0,
+                     int p1, int beta, float* ws) noexcept nogil
     void fm_pgemm_rows_raw(float* y, const float* x, const float* w, const float* bp, int n0,
                            int n1, int IN, int OUT, int p0, int p1, int relu,
                            float* ws) noexcept nogil
@@ -233,6 +236,68 @@ cdef void _mask_block(floating* dx, const floating* mask, int N, int IN, int t,
             row[c] = row[c] if mrow[c] > 0 else 0
 
 
+cdef inline bint _raw_bwd_ok(int N, int IN, int OUT) noexcept nogil:
+    # the backward on fm_pgemm (_raw_backward; threads split IN's column panels), unless a
+    # product has many slabs of k and a large output (dW: k = N, output = the weights; dx: k =
+    # OUT, output (N, IN)) -- as the forward's rule
+    return SK_HAVE and N >= RAW_MIN_N and OUT > SKINNY_OUT and IN >= RAW_BWD_MIN_IN and (
+        (N + 127) // 128 <= RAW_MAX_SLABS or <double>IN * OUT * 4 <= RAW_MAX_W_BYTES) and (
+        (OUT + 127) // 128 <= RAW_MAX_SLABS or <double>N * IN * 4 <= RAW_MAX_W_BYTES)
+
+
+cdef int _raw_backward(float* dx, float* dw, float* db, const float* dy, const float* x,
+                       const float* w, int N, int IN, int OUT, bint acc_w, bint acc_b,
+                       const float* mask, bint acc_dx) noexcept nogil:
+    # dW (OUT, IN) (+)= dy^T x and dx (N, IN) (+)= dy W on fm_pgemm (fm_pgemm_nn: dy and dy^T
+    # read in place, each slab of x's / W's column panels copied as it is needed), db over
+    # column ranges, in one parallel region: thread t takes a range of IN's column panels for
+    # both products. 0, or -1 when out of memory (nothing written; the caller takes BLAS)
+    cdef int pw = fm_pgemm_panel_cols(IN)
+    cdef int panels = (IN + pw - 1) // pw
+    cdef int nt = threads_for(<Py_ssize_t>N * IN * OUT * ((dw != NULL) + (dx != NULL)),
+                              PACKED_GRAIN)
+    cdef int t, p0, p1, c0, c1, n, c, nbb = 0, cb = 0
+    cdef float* ws
+    cdef float* row
+    cdef const float* mrow
+    if nt > panels:
+        nt = panels
+    if nt < 1:
+        nt = 1
+    cdef int pper = (panels + nt - 1) // nt
+    cdef Py_ssize_t per = (max(fm_pgemm_ws_size(N, IN, pper),
+                               fm_pgemm_ws_size(OUT, IN, pper)) + 15) // 16 * 16
+    cdef float* buf = <float*>fm_malloc((nt * per + 16) * sizeof(float))
+    if buf == NULL:
+        return -1
+    ws = <float*>((<size_t>buf + 63) & ~(<size_t>63))
+    if db != NULL:
+        nbb = max(1, min(nt, threads_for(<Py_ssize_t>N * OUT, 32768)))
+        cb = (OUT + nbb - 1) // nbb
+    for t in prange(nt, num_threads=nt, schedule='static'):
+        p0 = t * pper
+        p1 = min(panels, p0 + pper)
+        if p0 < p1:
+            if dw != NULL:
+                fm_pgemm_nn(dw, IN, dy, 1, OUT, x, IN, N, IN, 0, OUT, p0, p1, acc_w,
+                            ws + t * per)
+            if dx != NULL:
+                fm_pgemm_nn(dx, IN, dy, OUT, 1, w, IN, OUT, IN, 0, N, p0, p1, acc_dx,
+                            ws + t * per)
+                if mask != NULL:                  # the ReLU before: dx = 0 where out <= 0
+                    c0 = p0 * pw
+                    c1 = min(IN, p1 * pw)
+                    for n in range(N):
+                        row = dx + <Py_ssize_t>n * IN
+                        mrow = mask + <Py_ssize_t>n * IN
+                        for c in range(c0, c1):
+                            row[c] = row[c] if mrow[c] > 0 else 0
+        if t < nbb:
+            _bias_grad(db, dy, N, OUT, acc_b, t * cb, min(OUT, (t + 1) * cb))
+    free(buf)
+    return 0
+
+
 cdef void _linear_backward(floating* dx, floating* dw, floating* db,
                            const floating* dy, const floating* x, const floating* w,
                            int N, int IN, int OUT, bint acc_w, bint acc_b,
@@ -246,6 +311,10 @@ cdef void _linear_backward(floating* dx, floating* dw, floating* db,
     if floating is float:
         if SK_HAVE and OUT <= SKINNY_OUT and N > 1:
             _skinny_backward(dx, dw, db, dy, x, w, N, IN, OUT, acc_w, acc_b, mask, acc_dx)
+            return
+    if floating is float:
+        if _raw_bwd_ok(N, IN, OUT) and \
+                _raw_backward(dx, dw, db, dy, x, w, N, IN, OUT, acc_w, acc_b, mask, acc_dx) == 0:
             return
     if N == 1:
         # batch 1: dW and db are outer products / copies, dx a GEMV
@@ -379,6 +448,7 @@ cdef enum:
                                      # (64x784->512: 235 vs 186 GF/s splitting the rows)
     RAW_MAX_SLABS = 2                # beyond this many slabs of k (fm_pgemm.h's FM_PG_KC) ...
     RAW_MAX_W_BYTES = 2 << 20        # ... only while the weights are this small
+    RAW_BWD_MIN_IN = 64              # the backward from this many input features
 
 
 cdef inline bint _raw_ok(int N, int IN, int OUT) noexcept nogil:

@@ -77,11 +77,13 @@ static void fm_pgemm_pack(float* wk, float* bp, const float* w, const float* b, 
         bp[o] = (b != NULL && o < OUT) ? b[o] : 0.0f;
 }
 
-/* one register block: y rows (mr <= MR), NR vectors of columns (ncols valid) from the packed
-   rows xs[i] (read in place: k at xs[i][k]) */
+/* one register block: y rows (mr <= MR), NR vectors of columns (ncols valid) from the rows
+   xs[i] of the left operand, read in place (its k-th value at xs[i][k * sk]); acc: start from
+   y (a later slab of k, or y += ...), else from the bias bp (NULL: zero) */
 FM_ALWAYS_INLINE void fm__pg_block(const int MR, const int NR, float* y, ptrdiff_t ldy,
-                                   const float* const* xs, const float* wk, ptrdiff_t ldw,
-                                   const float* bp, int K, int acc, int relu, int mr, int ncols) {
+                                   const float* const* xs, ptrdiff_t sk, const float* wk,
+                                   ptrdiff_t ldw, const float* bp, int K, int acc, int relu,
+                                   int mr, int ncols) {
     fm_vf a[FM_IG_MAX_MR][FM_IG_MAX_NR];
     int i, v, k;
     FM_UNROLL_ALL
@@ -90,7 +92,7 @@ FM_ALWAYS_INLINE void fm__pg_block(const int MR, const int NR, float* y, ptrdiff
         for (v = 0; v < NR; v++) {
             int left = ncols - v * FM_W;
             if (!acc)                           /* the first slab of k: start from the bias */
-                a[i][v] = fm_vload(bp + v * FM_W);
+                a[i][v] = bp != NULL ? fm_vload(bp + v * FM_W) : fm_vzero();
             else if (i < mr && left >= FM_W)    /* later slabs: the partial sums in y */
                 a[i][v] = fm_vload(y + (ptrdiff_t)i * ldy + v * FM_W);
             else                                /* a row past N, or the panel's last columns */
@@ -98,14 +100,15 @@ FM_ALWAYS_INLINE void fm__pg_block(const int MR, const int NR, float* y, ptrdiff
                                      left < 0 ? 0 : (left > FM_W ? FM_W : left));
         }
     }
-    for (k = 0; k < K; k++, wk += ldw) {
+    ptrdiff_t ko = 0;
+    for (k = 0; k < K; k++, wk += ldw, ko += sk) {
         fm_vf wv[FM_IG_MAX_NR];
         FM_UNROLL_ALL
         for (v = 0; v < NR; v++)
             wv[v] = fm_vload(wk + v * FM_W);
         FM_UNROLL_ALL
         for (i = 0; i < MR; i++) {
-            fm_vf bx = fm_vset1(xs[i][k]);
+            fm_vf bx = fm_vset1(xs[i][ko]);
             FM_IN_REGISTER(bx);
             FM_UNROLL_ALL
             for (v = 0; v < NR; v++)
@@ -157,60 +160,103 @@ static void fm__pg_pack_slab(float* ws, const float* w, int OUT, int IN, int PW,
     }
 }
 
-/* rows n0..n1, panels p0..p1 of y = x @ w.T + bp (then ReLU): wk packed once (fm_pgemm_pack;
-   w_raw NULL), or w_raw (OUT, IN) as it is, each slab of the panels packed into ws as it is
-   needed (the eager Linear: no pack of the whole matrix, each thread packs what it uses) */
-FM_ALWAYS_INLINE void fm__pg_rows(const int MR, const int NR, float* y, const float* x,
-                                  const float* wk, const float* bp, int n0, int n1, int IN,
-                                  int OUT, int p0, int p1, int relu,
-                                  const float* w_raw, float* ws) {
-    int PW = NR * FM_W, n, i, p, k0, kc, m0, m1;
+/* the slab k0 .. k0 + kc of panels p0 .. p1 of a right operand b (K, NC) stored row-major
+   (leading dimension ldb) -- y (+)= A @ b, the Linear backward's dW = dy^T x and dx = dy W: a
+   panel's rows are runs of b's rows, copied (zeros past NC); layout as fm__pg_pack_slab */
+static void fm__pg_copy_slab(float* ws, const float* b, ptrdiff_t ldb, int NC, int PW, int k0,
+                             int kc, int p0, int p1) {
+    int p, k, j;
+    for (p = p0; p < p1; p++) {
+        int c0 = p * PW, n = NC - c0 < PW ? NC - c0 : PW;
+        float* d = ws + (ptrdiff_t)(p - p0) * kc * PW;
+        for (k = 0; k < kc; k++, d += PW) {
+            const float* src = b + (ptrdiff_t)(k0 + k) * ldb + c0;
+            for (j = 0; j + FM_W <= n; j += FM_W)
+                fm_vstore(d + j, fm_vload(src + j));
+            if (j < n)
+                fm_vstore(d + j, fm_vload_n(src + j, n - j));    /* zeros past NC */
+            for (j = (n + FM_W - 1) / FM_W * FM_W; j < PW; j += FM_W)
+                fm_vstore(d + j, fm_vzero());
+        }
+    }
+}
+
+/* One GEMM y (M, NC) (+)= A (M, K) @ B (K, NC) (+ bias, then ReLU) for fm__pg_rows:
+   A[i][k] = a[i * ars + k * aks] (the forward's x: ars = K, aks = 1; the backward's dy^T:
+   ars = 1, aks = OUT), read in place; B one of
+     wk     packed once, panel-major (fm__pg_at with K rows): the planned Linear;
+     bt     B^T (NC, K) as it is, each slab of panels transposed into ws as it is needed (the
+            eager forward's w: y = x w^T);
+     bn     B (K, NC) row-major, leading dimension ldb, each slab copied into ws (the
+            backward's x for dW and W for dx). */
+typedef struct {
+    float* y;
+    ptrdiff_t ldy;
+    const float* a;
+    ptrdiff_t ars, aks;
+    const float* wk;
+    const float* bt;
+    const float* bn;
+    ptrdiff_t ldb;
+    const float* bias;      /* whole panels (fm_pgemm_ocp(NC) floats), or NULL: none */
+    float* ws;              /* fm_pgemm_ws_size(K, NC, panels) floats (bt, bn) */
+    int K, NC;
+    int beta;               /* y += the product (the first slab loads y) */
+    int relu;
+} fm_pg_args;
+
+/* rows n0..n1, column panels p0..p1 of one fm_pg_args GEMM */
+FM_ALWAYS_INLINE void fm__pg_rows(const int MR, const int NR, const fm_pg_args* g, int n0,
+                                  int n1, int p0, int p1) {
+    int PW = NR * FM_W, n, i, p, k0, kc, m0, m1, K = g->K, NC = g->NC;
     /* the rows in ranges of at most FM_PG_MC (+ MR - 1), balanced: 128 rows are one range, not
        120 + 8 (a range's rows of a slab stay in L2 while the panels pass) */
     int ranges = (n1 - n0 + FM_PG_MC - 1) / FM_PG_MC;
     int mc = ranges > 0 ? ((n1 - n0 + ranges - 1) / ranges + MR - 1) / MR * MR : MR;
     /* and k in balanced slabs: 784 = 7 x 112, not 6 x 128 + 16 (a slab of 16 k reloads and
        stores every accumulator for 16 FMAs each) */
-    int slabs = IN > FM_PG_KC ? (IN + FM_PG_KC - 1) / FM_PG_KC : 1, sl;
-    int KC = (IN + slabs - 1) / slabs;        /* IN = 0: one empty slab (y = the bias) */
+    int slabs = K > FM_PG_KC ? (K + FM_PG_KC - 1) / FM_PG_KC : 1, sl;
+    int KC = (K + slabs - 1) / slabs;         /* K = 0: one empty slab (y = the bias) */
     /* GotoBLAS's loop order: per slab of FM_PG_KC k and range of FM_PG_MC rows, each panel of
        the slab's weights (KC x NR*FM_W, in L1) meets every block of MR rows; the blocks read
-       their rows of x in place (MR short runs per slab -- interleaving them into a work array
+       their rows of A in place (MR short runs per slab -- interleaving them into a work array
        first cost more than it saved: 1 thread from C, 1024x1024->256 142 -> 168 GF/s,
        128x256->256 162 -> 176, the others +2-3%) */
     for (sl = 0; sl < slabs; sl++) {
         k0 = sl * KC;
-        kc = IN - k0 < KC ? IN - k0 : KC;
-        if (w_raw != NULL)
-            fm__pg_pack_slab(ws, w_raw, OUT, IN, PW, k0, kc, p0, p1);
+        kc = K - k0 < KC ? K - k0 : KC;
+        if (g->bt != NULL)
+            fm__pg_pack_slab(g->ws, g->bt, NC, K, PW, k0, kc, p0, p1);
+        else if (g->bn != NULL)
+            fm__pg_copy_slab(g->ws, g->bn, g->ldb, NC, PW, k0, kc, p0, p1);
         for (m0 = n0; m0 < n1; m0 += mc) {
             m1 = n1 - m0 < mc ? n1 : m0 + mc;
             for (p = p0; p < p1; p++) {
-                int ob = p * PW, ncols = OUT - ob < PW ? OUT - ob : PW;
+                int ob = p * PW, ncols = NC - ob < PW ? NC - ob : PW;
+                const float* bw = g->wk != NULL ? g->wk + fm__pg_at(K, PW, k0, ob)
+                                                : g->ws + (ptrdiff_t)(p - p0) * kc * PW;
                 for (n = m0; n < m1; n += MR) {
                     int mr = m1 - n < MR ? m1 - n : MR;
                     const float* xs[FM_IG_MAX_MR];
                     FM_UNROLL_ALL
-                    for (i = 0; i < MR; i++)     /* rows past N: the last row again (not stored) */
-                        xs[i] = x + (ptrdiff_t)(n + (i < mr ? i : mr - 1)) * IN + k0;
-                    fm__pg_block(MR, NR, y + (ptrdiff_t)n * OUT + ob, OUT, xs,
-                                 w_raw != NULL ? ws + (ptrdiff_t)(p - p0) * kc * PW
-                                               : wk + fm__pg_at(IN, PW, k0, ob),
-                                 PW, bp + ob, kc, k0 > 0,
-                                 relu && k0 + kc == IN, mr, ncols);
+                    for (i = 0; i < MR; i++)     /* rows past M: the last row again (not stored) */
+                        xs[i] = g->a + (ptrdiff_t)(n + (i < mr ? i : mr - 1)) * g->ars
+                                + (ptrdiff_t)k0 * g->aks;
+                    fm__pg_block(MR, NR, g->y + (ptrdiff_t)n * g->ldy + ob, g->ldy, xs, g->aks,
+                                 bw, PW, g->bias != NULL ? g->bias + ob : NULL, kc,
+                                 k0 > 0 || g->beta, g->relu && k0 + kc == K, mr, ncols);
                 }
             }
         }
     }
 }
 
-/* rows n0..n1 of y, column panels p0..p1 (of fm_pgemm_panel_cols(OUT) columns each) */
-static void fm_pgemm_rows(float* y, const float* x, const float* wk, const float* bp, int n0,
-                          int n1, int IN, int OUT, int p0, int p1, int relu) {
-    int nr = fm_pgemm_nr(OUT);
+/* fm__pg_rows at the register block of g->NC's width */
+static void fm_pgemm_run(const fm_pg_args* g, int n0, int n1, int p0, int p1) {
+    int nr = fm_pgemm_nr(g->NC);
 #define FM__PG(nr_, mr_) \
     if (nr == (nr_)) { \
-        fm__pg_rows(mr_, nr_, y, x, wk, bp, n0, n1, IN, OUT, p0, p1, relu, NULL, NULL); \
+        fm__pg_rows(mr_, nr_, g, n0, n1, p0, p1); \
         return; \
     }
     FM__PG(1, FM_IG_MR1) FM__PG(2, FM_IG_MR2)
@@ -223,30 +269,36 @@ static void fm_pgemm_rows(float* y, const float* x, const float* wk, const float
 #undef FM__PG
 }
 
-/* the floats of fm_pgemm_rows_raw's weight work array for np panels */
-static inline ptrdiff_t fm_pgemm_ws_size(int IN, int OUT, int np) {
-    return (ptrdiff_t)(IN < 1 ? 1 : IN < FM_PG_KC ? IN : FM_PG_KC) * fm_pgemm_panel_cols(OUT) * np;
+/* the floats of the work array ws for np panels of NC columns, K deep */
+static inline ptrdiff_t fm_pgemm_ws_size(int K, int NC, int np) {
+    return (ptrdiff_t)(K < 1 ? 1 : K < FM_PG_KC ? K : FM_PG_KC) * fm_pgemm_panel_cols(NC) * np;
 }
 
-/* fm_pgemm_rows from w (OUT, IN) as it is (the eager Linear): each slab of panels p0..p1 packed
+/* rows n0..n1 of y (N, OUT) = x (N, IN) @ w.T + bp (then ReLU), column panels p0..p1 (of
+   fm_pgemm_panel_cols(OUT) columns each), from wk packed once (fm_pgemm_pack) */
+static void fm_pgemm_rows(float* y, const float* x, const float* wk, const float* bp, int n0,
+                          int n1, int IN, int OUT, int p0, int p1, int relu) {
+    fm_pg_args g = {y, OUT, x, IN, 1, wk, NULL, NULL, 0, bp, NULL, IN, OUT, 0, relu};
+    fm_pgemm_run(&g, n0, n1, p0, p1);
+}
+
+/* the same from w (OUT, IN) as it is (the eager Linear): each slab of panels p0..p1 packed
    into ws (fm_pgemm_ws_size(IN, OUT, p1 - p0) floats) as it is needed; bp: the bias padded to
    whole panels (fm_pgemm_ocp(OUT) floats) */
 static void fm_pgemm_rows_raw(float* y, const float* x, const float* w, const float* bp, int n0,
                               int n1, int IN, int OUT, int p0, int p1, int relu, float* ws) {
-    int nr = fm_pgemm_nr(OUT);
-#define FM__PG(nr_, mr_) \
-    if (nr == (nr_)) { \
-        fm__pg_rows(mr_, nr_, y, x, NULL, bp, n0, n1, IN, OUT, p0, p1, relu, w, ws); \
-        return; \
-    }
-    FM__PG(1, FM_IG_MR1) FM__PG(2, FM_IG_MR2)
-#if FM_IG_NR >= 3
-    FM__PG(3, FM_IG_MR3)
-#endif
-#if FM_IG_NR >= 4
-    FM__PG(4, FM_IG_MR4)
-#endif
-#undef FM__PG
+    fm_pg_args g = {y, OUT, x, IN, 1, NULL, w, NULL, 0, bp, ws, IN, OUT, 0, relu};
+    fm_pgemm_run(&g, n0, n1, p0, p1);
+}
+
+/* rows m0..m1, column panels p0..p1 of y (M, NC) (+= when beta) A @ B, A[i][k] = a[i*ars +
+   k*aks], B (K, NC) row-major (leading dimension ldb), ws: fm_pgemm_ws_size(K, NC, p1 - p0)
+   floats (the Linear backward: dW = dy^T x, dx = dy W) */
+static void fm_pgemm_nn(float* y, ptrdiff_t ldy, const float* a, ptrdiff_t ars, ptrdiff_t aks,
+                        const float* b, ptrdiff_t ldb, int K, int NC, int m0, int m1, int p0,
+                        int p1, int beta, float* ws) {
+    fm_pg_args g = {y, ldy, a, ars, aks, NULL, NULL, b, ldb, NULL, ws, K, NC, beta, 0};
+    fm_pgemm_run(&g, m0, m1, p0, p1);
 }
 
 #endif /* FM_PGEMM_H */
