@@ -96,6 +96,39 @@ class _Linear:
         regs[self.dst] = y
 
 
+class _LinearChain:
+    """Consecutive float32 _Linear steps (each reading the one before): at fewer rows than
+    PACKED_MIN_ROWS (batch 1) one kernel call runs them all (linear_chain_forward: no Python
+    between the layers); at more, each step's own run (the packed GEMM)."""
+    kind = "Linear"
+
+    def __init__(self, steps):
+        self.steps = steps
+        self.src, self.dst = steps[0].src, steps[-1].dst
+        self.label = " > ".join(st.label for st in steps)
+
+    def out_shape(self, shape):
+        return shape[:-1] + (self.steps[-1].out_features,)
+
+    def run(self, regs, arena):
+        x = regs[self.src]
+        first = self.steps[0]
+        if x.ndim == 0 or x.dtype != F32 or x.shape[-1] != first.w.shape[1] or \
+                x.size // max(x.shape[-1], 1) >= PACKED_MIN_ROWS or not x.flags.c_contiguous:
+            for st in self.steps:
+                st.run(regs, arena)
+            return
+        x2 = x.reshape(-1, x.shape[-1])
+        layers = []
+        shape = x.shape
+        for st in self.steps:
+            shape = st.out_shape(shape)
+            y = arena.get(st.dst, shape, F32)
+            regs[st.dst] = y
+            layers.append((y.reshape(-1, st.out_features), st.w, st.b, st.relu))
+        _kl.linear_chain_forward(x2, tuple(layers))
+
+
 class _Conv:
     """out = conv(x) + b (then ReLU), then out * scale + shift (a BatchNorm after the ReLU),
     then out + regs[res] (a skip connection): one forward_into of a frozen copy (a BatchNorm
@@ -366,6 +399,34 @@ class _Planner:
         step.scale, step.shift = scale.astype(dt), shift.astype(dt)
         step.label += f"+{label.rsplit('.', 1)[-1]}"
 
+    def chain_linears(self):
+        """The steps with each run of float32 _Linear steps -- each reading the previous one's
+        output, which nothing else reads -- as one _LinearChain (batch 1 in one kernel call)."""
+        reads = {}
+        for st in self.steps:
+            for a in ("src", "other", "res"):
+                r = getattr(st, a, None)
+                if r is not None:
+                    reads[r] = reads.get(r, 0) + 1
+            for r in getattr(st, "srcs", ()):
+                reads[r] = reads.get(r, 0) + 1
+            if type(st) is _AddInto:
+                reads[st.dst] = reads.get(st.dst, 0) + 1
+        out, run = [], []
+        for st in self.steps + [None]:
+            if type(st) is _Linear and st.w.dtype == F32 and run and run[-1].dst == st.src \
+                    and reads.get(st.src, 0) == 1:
+                run.append(st)
+                continue
+            if len(run) > 1:
+                out.append(_LinearChain(run))
+            else:
+                out.extend(run)
+            run = [st] if type(st) is _Linear and st.w.dtype == F32 else []
+            if st is not None and not run:
+                out.append(st)
+        return out
+
     def finish(self, out):
         """Mark the ReLUs that may overwrite their input: a buffer of this program (not the
         caller's x) that no later step reads, directly or through a view (a Flatten, or a
@@ -460,6 +521,7 @@ class PlannedModel:
         out = p.module(self.model, 0, "")
         p.finish(out)
         self.steps, self.out, self.nreg = tuple(p.steps), out, p.nreg
+        self._program = tuple(p.chain_linears())      # what a call runs (describe: self.steps)
         self.dtype = self.model.dtype
         self._generation = getattr(self, "_generation", 0) + 1
         return self
@@ -483,7 +545,7 @@ class PlannedModel:
         regs = [None] * self.nreg
         regs[0] = x
         with no_grad():
-            for step in self.steps:
+            for step in self._program:
                 step.run(regs, arena)
         return np.array(regs[self.out], copy=True)
 

@@ -255,3 +255,27 @@ def test_relu_in_place_only_on_dead_buffers(rng):
         assert_close(planned(x), _want(model, x), np.float32)
         np.testing.assert_array_equal(x, x0)
         assert_close(planned(x), _want(model, x), np.float32)             # a second call
+
+
+def test_linear_chain_runs_batch_one_in_one_call(rng):
+    """Consecutive float32 Linear steps run as one kernel call at batch 1 (linear_chain_forward)
+    and step by step at larger batches; a Linear whose output is read twice (a skip) ends its
+    chain. describe() still lists every layer."""
+    from fastmod.planned import _LinearChain
+    model = models.mlp([40, 70, 60, 5])
+    planned = fastmod.inference(model)
+    assert [type(s).__name__ for s in planned._program] == ["_LinearChain"]
+    assert len(planned.describe()) == 3
+    for shape in ((1, 40), (40,), (3, 40), (32, 40)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        assert_close(planned(x), _want(model, x), np.float32)
+    skip = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8),
+                         nn.Residual(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))),
+                         nn.Linear(8, 3))
+    planned = fastmod.inference(skip)
+    kinds = [type(s).__name__ for s in planned._program]
+    assert kinds[0] == "_LinearChain" and len(planned._program[0].steps) == 2, kinds
+    assert "_AddInto" in kinds
+    x = rng.standard_normal((1, 6)).astype(np.float32)
+    assert_close(planned(x), _want(skip, x), np.float32)
+    assert all(type(s) is not _LinearChain for s in fastmod.inference(model.double())._program)
