@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 from fastmod._kernels import activations as _ka
+from fastmod._kernels import conv as _kconv
 from fastmod._kernels import linear as _kl
 from fastmod._runtime import no_grad
 from fastmod.nn import (BatchNorm1d, BatchNorm2d, BNResBlock, Conv1d, Conv2d, Dropout, Flatten,
@@ -127,6 +128,49 @@ class _LinearChain:
             regs[st.dst] = y
             layers.append((y.reshape(-1, st.out_features), st.w, st.b, st.relu))
         _kl.linear_chain_forward(x2, tuple(layers))
+
+
+class _ConvChain:
+    """Consecutive float32 _Conv steps, each reading the one before (an intermediate read by
+    nothing outside the chain but the chain's own skips), run depth first: one kernel call in
+    which each thread takes its images through every layer while they are in its cache
+    (conv2d_chain_forward)."""
+    kind = "Conv"
+
+    def __init__(self, steps):
+        self.steps = steps
+        self.src, self.dst = steps[0].src, steps[-1].dst
+        self.label = " > ".join(st.label for st in steps)
+
+    def run(self, regs, arena):
+        """The kernel's layer tuples (buffers, views, the weights packed once per shape; each
+        layer's shapes checked by its forward_into geometry), then one call."""
+        layers, cur = [], regs[self.src]
+        for st in self.steps:
+            conv = st.conv
+            H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = \
+                conv._raw_geometry(cur, "forward_into")
+            y = arena.get(st.dst, st.out_shape(cur.shape), cur.dtype)
+            key = (cur.shape, cur.strides, cur.dtype.str)
+            pk = st.packed.get(key)
+            if pk is None:
+                pk = st.packed[key] = conv.pack_forward(y, cur)
+            res = None
+            if st.res is not None:
+                r = regs[st.res] if st.res not in [s.dst for s in self.steps] else \
+                    arena.bufs[st.res]
+                if r.shape != y.shape or r.dtype != y.dtype or not r[0].flags.c_contiguous:
+                    raise ValueError(f"fastmod.inference: {st.label}: cannot add shapes "
+                                     f"{y.shape} and {r.shape}")
+                res = conv._as4(r)
+            b = conv.bias
+            layers.append((conv._as4(y), conv._as4(cur),
+                           conv.weight.data.reshape(conv.out_channels, -1, KH, KW),
+                           None if b is None else b.data, pk[0], pk[1], st.activation == "relu",
+                           SH, SW, PH, PW, DH, DW, st.scale, st.shift, res))
+            regs[st.dst] = y
+            cur = y
+        _kconv.conv2d_chain_forward(tuple(layers))
 
 
 class _Conv:
@@ -261,6 +305,33 @@ def _plain(m):
     """True when m is exactly the built-in class (a subclass may compute something else)."""
     return type(m) in (Sequential, Residual, Parallel, ResidualBlock, BNResBlock, Linear, Conv1d, Conv2d,
                        BatchNorm1d, BatchNorm2d, GroupNorm, ReLU, Flatten, Identity, Dropout)
+
+
+def _chain_convs(steps):
+    """steps with each run of float32 _Conv steps, each reading the previous one's output, as
+    one _ConvChain (depth first: every intermediate is still written whole, so later steps may
+    read it)."""
+    out, run = [], []
+
+    def flush():
+        if len(run) > 1:
+            out.append(_ConvChain(list(run)))
+        else:
+            out.extend(run)
+        run.clear()
+
+    for st in steps:
+        ok = type(st) is _Conv and st.conv.weight.data.dtype == F32
+        if ok and run and run[-1].dst == st.src:
+            run.append(st)
+            continue
+        flush()
+        if ok:
+            run.append(st)
+        else:
+            out.append(st)
+    flush()
+    return out
 
 
 class _Planner:
@@ -521,7 +592,7 @@ class PlannedModel:
         out = p.module(self.model, 0, "")
         p.finish(out)
         self.steps, self.out, self.nreg = tuple(p.steps), out, p.nreg
-        self._program = tuple(p.chain_linears())      # what a call runs (describe: self.steps)
+        self._program = tuple(_chain_convs(p.chain_linears()))   # what a call runs
         self.dtype = self.model.dtype
         self._generation = getattr(self, "_generation", 0) + 1
         return self

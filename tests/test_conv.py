@@ -774,3 +774,42 @@ def test_padding_modes_bad_input():
         nn.Conv1d(2, 3, 7, padding=3, padding_mode="circular")(np.zeros((1, 2, 2), np.float32))
     with pytest.raises(ValueError, match="expected input of shape"):
         nn.Conv2d(2, 3, 3, padding=1, padding_mode="replicate")(np.zeros((1, 3, 5, 5), np.float32))
+
+
+# ------------------------------------------------------------------ depth-first chains (planned)
+@pytest.mark.parametrize("group", [1, 3])
+def test_chain_forward_matches_layer_by_layer(group, threads, rng):
+    """conv2d_chain_forward (each thread takes its images through every layer in turn) gives
+    what the layers give one after another: the few-channel stem, a stride-2 implicit GEMM,
+    a Winograd layer with a BatchNorm epilogue and a skip from an earlier layer, a 1x1 layer
+    with a skip from the chain's input; blocks of `group` images."""
+    k = _k()
+    N = 5
+    x = rng.standard_normal((N, 3, 12, 12)).astype(np.float32)
+    specs = [(3, 16, 3, 1, 1), (16, 32, 3, 2, 1), (32, 32, 3, 1, 1), (32, 32, 1, 1, 0)]
+    ws = [(rng.standard_normal((o, c, kk, kk)) * 0.2).astype(np.float32) for c, o, kk, s, p in specs]
+    bs = [rng.standard_normal(o).astype(np.float32) for c, o, kk, s, p in specs]
+    scale, shift = rng.uniform(0.5, 2, 32).astype(np.float32), rng.standard_normal(32).astype(np.float32)
+    ys, cur, layers, want = [], x, [], []
+    for i, ((c, o, kk, s, p), w, b) in enumerate(zip(specs, ws, bs)):
+        oh = (cur.shape[2] + 2 * p - kk) // s + 1
+        y = np.full((N, o, oh, oh), np.nan, np.float32)
+        algo, pk = k.conv2d_pack_forward(cur, y, w, b, s, s, p, p, 1, 1, 1)
+        sc, sh = (scale, shift) if i == 2 else (None, None)
+        res = ys[1] if i == 2 else (ys[2] if i == 3 else None)
+        layers.append((y, cur, w, b, algo, pk, i < 3, s, s, p, p, 1, 1, sc, sh, res))
+        ref = np.empty_like(y)
+        res_i = {2: 1, 3: 2}.get(i)
+        k.conv2d_forward(ref, want[-1] if want else x, w, b, s, s, p, p, 1, 1, 1, i < 3,
+                         scale=sc, shift=sh, residual=None if res_i is None else want[res_i])
+        ys.append(y)
+        want.append(ref)
+        cur = y
+    if fastmod.get_isa() != "scalar":             # the SIMD algorithms (the scalar level: BLAS)
+        assert "small" in {l[4] for l in layers}
+    k.conv2d_chain_forward(tuple(layers), group)
+    for got, ref in zip(ys, want):
+        assert_close(got, ref, np.float32)
+    bad = (layers[0][:5] + (np.empty(3, np.float32),) + layers[0][6:],)
+    with pytest.raises(ValueError, match="packed must be conv2d_pack_forward's"):
+        k.conv2d_chain_forward(bad)

@@ -279,3 +279,18 @@ def test_linear_chain_runs_batch_one_in_one_call(rng):
     x = rng.standard_normal((1, 6)).astype(np.float32)
     assert_close(planned(x), _want(skip, x), np.float32)
     assert all(type(s) is not _LinearChain for s in fastmod.inference(model.double())._program)
+
+
+def test_conv_chain_runs_depth_first(rng):
+    """Consecutive float32 convolutions run as one depth-first chain (conv2d_chain_forward),
+    epilogues and skips included; results as eval()'s for two input shapes."""
+    from fastmod.planned import _ConvChain
+    for name in ("cnn", "bn_resnet", "conv-relu-bn-skip", "conv1d-relu-bn-skip"):
+        make, shape = CASES[name]
+        fastmod.manual_seed(0)
+        model = _randomize_bn(make(), rng)
+        planned = fastmod.inference(model)
+        assert any(type(s) is _ConvChain for s in planned._program), name
+        for n in (shape[0], 1):
+            x = rng.standard_normal((n,) + shape[1:]).astype(np.float32)
+            assert_close(planned(x), _want(model, x), np.float32)

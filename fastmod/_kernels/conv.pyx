@@ -250,6 +250,120 @@ def conv2d_pack_forward(cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, object b, i
     return name, packed
 
 
+cdef enum:
+    CHAIN_GROUP = 1          # images per layer step of conv2d_chain_forward (planned cnn_b32,
+                             # 2 threads: 1 image 2.12 ms, 2: 2.14, 4: 2.15, 8: 2.17, layer by
+                             # layer 2.22; bnresnet_b32 6.99 / 7.00 / 7.16 / 7.83, 6.97)
+
+
+cdef struct ChainConv:
+    Geom g
+    float* y
+    const float* x
+    const float* w
+    const float* wr         # the weights packed for g's algorithm (NULL: it reads w)
+    const float* b
+    Post q
+    bint post
+    Py_ssize_t cs           # this layer's per-thread scratch (floats, a multiple of 16)
+
+
+cdef inline void _chain_images(ChainConv* L, int im, int cnt, float* col) noexcept nogil:
+    # images im .. im + cnt through layer L: one block (im2row / Winograd) or image by image,
+    # then the epilogue
+    cdef Geom* g = &L.g
+    cdef int j
+    if g.im2row or g.wino or g.wino5:
+        _block_forward(L.y + im * g.ys, L.x + im * g.xs, L.wr, L.b, col, g, cnt, 1)
+    else:
+        for j in range(im, im + cnt):
+            _forward_image(L.y + j * g.ys, L.x + j * g.xs, L.w, L.wr, L.b, col, g, 1)
+    if L.post:
+        _post_images(L.y, &L.q, g, im, cnt)
+
+
+def conv2d_chain_forward(tuple layers, int group=CHAIN_GROUP):
+    """Several float32 convolutions in a row, depth first: each thread takes a range of images
+    and runs each image through every layer in turn, so a layer reads its input while the
+    layer before has just written it (in L2) instead of after the whole batch (from L3) --
+    planned inference. layers: a tuple of (y, x, w, b, algorithm, packed, relu, SH, SW, PH, PW,
+    DH, DW, scale, shift, residual), each as conv2d_forward's arguments with algorithm and
+    packed from conv2d_pack_forward (x of a layer: the y of one before it, or any array
+    computed before the chain; residual likewise). Unchecked but the algorithms and packed
+    sizes: fastmod.inference plans the shapes."""
+    cdef int n = len(layers), i, t, im, lo, hi, chunk, nt, N
+    cdef Override o
+    cdef Py_ssize_t total = 0, off
+    cdef ChainConv* c
+    cdef float* buf
+    if n == 0:
+        return
+    c = <ChainConv*>fm_malloc(n * sizeof(ChainConv))
+    if c == NULL:
+        raise MemoryError("conv2d_chain_forward: out of memory")
+    try:
+        for i in range(n):
+            (y, x, w, b, algorithm, packed, relu, SH, SW, PH, PW, DH, DW, scale, shift,
+             residual) = layers[i]
+            # one image per Winograd / im2row block: the scratch of one image
+            _override_init(&o, {"wino_tiles": 1, "im2row_positions": 1}, "conv2d_chain_forward")
+            o.wino_tiles = 1 << 30            # blocks of `group` images: scratch for them
+            o.im2row_positions = 1 << 30
+            _check_name("conv2d_chain_forward", "algorithm", algorithm, FORWARD_ALGORITHMS)
+            _override_forward(&o, algorithm)
+            _plan_arrays(&c[i].g, x, y, w, SH, SW, PH, PW, DH, DW, 1, &o)
+            if _forward_name(&c[i].g) != algorithm or cnp.PyArray_TYPE(x) != cnp.NPY_FLOAT32 \
+                    or cnp.PyArray_SIZE(<cnp.ndarray>packed) != _packed_size(&c[i].g):
+                raise ValueError(f"conv2d_chain_forward: layer {i}: algorithm {algorithm!r} and "
+                                 f"packed must be conv2d_pack_forward's for this float32 call")
+            c[i].g.relu = relu
+            c[i].y = <float*>cnp.PyArray_DATA(<cnp.ndarray>y)
+            c[i].x = <const float*>cnp.PyArray_DATA(<cnp.ndarray>x)
+            c[i].w = <const float*>cnp.PyArray_DATA(<cnp.ndarray>w)
+            c[i].wr = <const float*>cnp.PyArray_DATA(<cnp.ndarray>packed) \
+                if _packed_size(&c[i].g) > 0 else NULL
+            c[i].b = <const float*>_ptr(b)
+            c[i].q.scale = _ptr(scale)
+            c[i].q.shift = _ptr(shift)
+            c[i].q.res = _ptr(residual)
+            c[i].q.rs = 0 if residual is None else \
+                cnp.PyArray_STRIDES(<cnp.ndarray>residual)[0] // 4
+            c[i].post = c[i].q.scale != NULL or c[i].q.res != NULL
+            c[i].g.wimb = min(group, c[i].g.N)
+            c[i].g.imb = min(group, c[i].g.N)
+            c[i].cs = (_col_size(&c[i].g) + 15) // 16 * 16
+            total += c[i].cs
+        N = c[0].g.N
+        nt = max(1, min(N, num_threads()))
+        buf = <float*>fm_malloc(nt * total * sizeof(float))
+        if buf == NULL:
+            raise MemoryError("conv2d_chain_forward: out of memory for the scratch")
+        chunk = (N + nt - 1) // nt
+        with nogil:
+            if nt <= 1:
+                im = 0
+                while im < N:
+                    off = 0
+                    for i in range(n):
+                        _chain_images(&c[i], im, min(group, N - im), buf + off)
+                        off = off + c[i].cs
+                    im = im + group
+            else:
+                for t in prange(nt, num_threads=nt, schedule='static'):
+                    lo = t * chunk
+                    hi = min(N, lo + chunk)
+                    im = lo
+                    while im < hi:
+                        off = 0
+                        for i in range(n):
+                            _chain_images(&c[i], im, min(group, hi - im), buf + t * total + off)
+                            off = off + c[i].cs
+                        im = im + group
+        free(buf)
+    finally:
+        free(c)
+
+
 def conv2d_backward(object dx, object dw, object db, cnp.ndarray dy, cnp.ndarray x,
                     cnp.ndarray w, int SH, int SW, int PH, int PW, int DH, int DW, int G,
                     bint acc_w, bint acc_b, bint acc_dx, object dw_algorithm=None,
