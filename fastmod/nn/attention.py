@@ -11,7 +11,7 @@ from fastmod._runtime import STATE
 from fastmod.nn import init
 from fastmod._validate import boolean, finite_float, positive_int
 from fastmod.nn.linear import Linear
-from fastmod.nn.module import Module, Parameter, as_float_dtype, c_array, grad_buffer_of
+from fastmod.nn.module import aligned_empty, Module, Parameter, as_float_dtype, c_array, grad_buffer_of
 
 
 def _additive_mask(mask, dtype, shapes, who, name, bool_true_masks=True):
@@ -115,16 +115,16 @@ class MultiheadAttention(Module):
         dt = as_float_dtype(dtype, f"{who}: dtype")
         self.generator = generator
         if self._qkv_same_embed_dim:
-            self.in_proj_weight = Parameter(np.empty((3 * E, E), dt))
+            self.in_proj_weight = Parameter(aligned_empty((3 * E, E), dt))
         else:                                   # torch's names and shapes for kdim/vdim != E
             self.in_proj_weight = None
-            self.q_proj_weight = Parameter(np.empty((E, E), dt))
-            self.k_proj_weight = Parameter(np.empty((E, self.kdim), dt))
-            self.v_proj_weight = Parameter(np.empty((E, self.vdim), dt))
-        self.in_proj_bias = Parameter(np.empty(3 * E, dt)) if bias else None
+            self.q_proj_weight = Parameter(aligned_empty((E, E), dt))
+            self.k_proj_weight = Parameter(aligned_empty((E, self.kdim), dt))
+            self.v_proj_weight = Parameter(aligned_empty((E, self.vdim), dt))
+        self.in_proj_bias = Parameter(aligned_empty(3 * E, dt)) if bias else None
         if boolean(add_bias_kv, f"{who}: add_bias_kv"):
-            self.bias_k = Parameter(np.empty((1, 1, E), dt))
-            self.bias_v = Parameter(np.empty((1, 1, E), dt))
+            self.bias_k = Parameter(aligned_empty((1, 1, E), dt))
+            self.bias_v = Parameter(aligned_empty((1, 1, E), dt))
         else:
             self.bias_k = self.bias_v = None
         self.out_proj = Linear(E, E, bias=bias, dtype=dt)

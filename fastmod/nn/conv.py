@@ -16,7 +16,7 @@ import numpy as np
 from fastmod._kernels import conv as _k
 from fastmod.nn import init
 from fastmod._validate import boolean, int_tuple, positive_int
-from fastmod.nn.module import Module, activation_flag, Parameter, as_float_dtype, grad_buffer_of, unmark_grad_buffers
+from fastmod.nn.module import aligned_empty, Module, activation_flag, Parameter, as_float_dtype, grad_buffer_of, unmark_grad_buffers
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -87,9 +87,9 @@ class _ConvNd(Module):
         # itself (reflect / replicate / circular)
         self._kpad = self._pad if padding_mode == "zeros" else tuple((0, 0) for _ in range(nd))
         dt = as_float_dtype(dtype, f"{name}: dtype")
-        self.weight = Parameter(np.empty((self.out_channels, self.in_channels // self.groups)
+        self.weight = Parameter(aligned_empty((self.out_channels, self.in_channels // self.groups)
                                          + self.kernel_size, dt))
-        self.bias = Parameter(np.empty(self.out_channels, dt)) if bias else None
+        self.bias = Parameter(aligned_empty(self.out_channels, dt)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self):

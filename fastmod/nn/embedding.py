@@ -7,7 +7,7 @@ import numpy as np
 from fastmod._kernels import embedding as _k
 from fastmod.nn import init
 from fastmod._validate import boolean, finite_float, positive_int
-from fastmod.nn.module import Module, Parameter, as_float_dtype, c_array
+from fastmod.nn.module import aligned_empty, Module, Parameter, as_float_dtype, c_array
 
 
 class Embedding(Module):
@@ -60,7 +60,7 @@ class Embedding(Module):
         self.scale_grad_by_freq = boolean(scale_grad_by_freq, "Embedding: scale_grad_by_freq")
         dt = as_float_dtype(dtype, "Embedding: dtype")
         if _weight is None:
-            self.weight = Parameter(np.empty((V, self.embedding_dim), dt))
+            self.weight = Parameter(aligned_empty((V, self.embedding_dim), dt))
             self.reset_parameters(generator)
         else:
             self.weight = Parameter(np.array(_weight, dt, copy=True))

@@ -6,7 +6,7 @@ import numpy as np
 from fastmod._kernels import linear as _k
 from fastmod.nn import init
 from fastmod._validate import boolean, positive_int
-from fastmod.nn.module import F32, Module, Parameter, activation_flag, as_float_dtype, grad_buffer_of
+from fastmod.nn.module import aligned_empty, F32, Module, Parameter, activation_flag, as_float_dtype, grad_buffer_of
 
 
 _SCRATCH = threading.local()      # .z: the transposed forward's work array (see Linear._scratch)
@@ -40,8 +40,8 @@ class Linear(Module):
         self.out_features = positive_int(out_features, "Linear: out_features")
         boolean(bias, "Linear: bias")
         dt = as_float_dtype(dtype, "Linear: dtype")
-        self.weight = Parameter(np.empty((self.out_features, self.in_features), dt))
-        self.bias = Parameter(np.empty(self.out_features, dt)) if bias else None
+        self.weight = Parameter(aligned_empty((self.out_features, self.in_features), dt))
+        self.bias = Parameter(aligned_empty(self.out_features, dt)) if bias else None
         self.reset_parameters()
 
     def __setattr__(self, name, value):
