@@ -36,7 +36,7 @@ from fastmod._runtime import no_grad
 from fastmod.nn import (BatchNorm1d, BatchNorm2d, BNResBlock, Conv1d, Conv2d, Dropout, Flatten,
                         GroupNorm, Identity, Linear, Parallel, ReLU, Residual, ResidualBlock,
                         Sequential)
-from fastmod.nn.module import F32, Module, elementwise_activation
+from fastmod.nn.module import F32, Module, aligned_empty, elementwise_activation
 
 __all__ = ["inference", "PlannedModel"]
 
@@ -50,19 +50,10 @@ PACKED_MIN_ROWS = 8
 PACKED_MIN_OUT = 16
 
 
-def _aligned_empty(shape):
-    """An uninitialised float32 array starting at a 64-byte boundary: the packed GEMM's vector
-    loads of a misaligned wk each touch two cache lines (measured 8% slower, AVX-512)."""
-    n = int(np.prod(shape))
-    buf = np.empty(n + 16, F32)
-    off = (-buf.ctypes.data % 64) // 4
-    return buf[off:off + n].reshape(shape)
-
-
 def _aligned_copy(a):
-    """A C-contiguous copy of a starting at a 64-byte boundary (see _aligned_empty: the batch-1
-    GEMV of mlp_b1_infer ran 10% slower on a copy at 32 bytes off)."""
-    out = _aligned_empty(a.shape) if a.dtype == F32 else np.empty(a.shape, a.dtype)
+    """A C-contiguous copy of a starting at a 64-byte boundary (nn.module.aligned_empty: the
+    batch-1 GEMV of mlp_b1_infer ran 25% slower on a copy 32 bytes off)."""
+    out = aligned_empty(a.shape, a.dtype)
     np.copyto(out, a)
     return out
 
@@ -78,7 +69,7 @@ class _Linear:
         self.wk = self.bp = None
         if w.dtype == F32 and w.shape[0] > PACKED_MIN_OUT:
             wshape, bshape = _kl.packed_shape(w.shape[0], w.shape[1])
-            self.wk, self.bp = _aligned_empty(wshape), _aligned_empty(bshape)
+            self.wk, self.bp = aligned_empty(wshape, F32), aligned_empty(bshape, F32)
             _kl.pack_weights(self.wk, self.bp, w, b)
 
     def out_shape(self, shape):
@@ -591,7 +582,7 @@ class _Arena:
     def get(self, key, shape, dtype):
         b = self.bufs.get(key)
         if b is None or b.shape != shape or b.dtype != dtype:
-            b = self.bufs[key] = np.empty(shape, dtype)
+            b = self.bufs[key] = aligned_empty(shape, dtype)    # (a cache line per row start)
         return b
 
 
