@@ -331,7 +331,7 @@ def conv2d_chain_forward(tuple layers, int group=CHAIN_GROUP):
             c[i].post = c[i].q.scale != NULL or c[i].q.res != NULL
             c[i].g.wimb = min(group, c[i].g.N)
             c[i].g.imb = min(group, c[i].g.N)
-            c[i].cs = (_col_size(&c[i].g) + 15) // 16 * 16
+            c[i].cs = _col_size(&c[i].g)
             total += c[i].cs
         N = c[0].g.N
         nt = max(1, min(N, num_threads()))

@@ -450,6 +450,12 @@ cdef void _plan_dx(Geom* g, Geom* gt, const Override* o) noexcept nogil:
 
 
 cdef inline Py_ssize_t _col_size(Geom* g) noexcept nogil:
+    # per-thread scratch, in whole cache lines (16 floats: each thread's part of one fm_malloc
+    # starts on a line, as the first)
+    return (_col_floats(g) + 15) // 16 * 16
+
+
+cdef inline Py_ssize_t _col_floats(Geom* g) noexcept nogil:
     # per-thread scratch: the cols, then (tout) the transposed output
     cdef Py_ssize_t pt = <Py_ssize_t>g.rows * g.OW
     if g.dwise:
