@@ -148,8 +148,8 @@ class _ConvChain:
     (conv2d_chain_forward)."""
     kind = "Conv"
 
-    def __init__(self, steps):
-        self.steps = steps
+    def __init__(self, steps, dead):
+        self.steps, self.dead = steps, dead
         self.src, self.dst = steps[0].src, steps[-1].dst
         self.label = " > ".join(st.label for st in steps)
 
@@ -181,7 +181,7 @@ class _ConvChain:
                            SH, SW, PH, PW, DH, DW, st.scale, st.shift, res))
             regs[st.dst] = y
             cur = y
-        _kconv.conv2d_chain_forward(tuple(layers))
+        _kconv.conv2d_chain_forward(tuple(layers), dead=self.dead)
 
 
 class _Conv:
@@ -318,15 +318,34 @@ def _plain(m):
                        BatchNorm1d, BatchNorm2d, GroupNorm, ReLU, Flatten, Identity, Dropout)
 
 
-def _chain_convs(steps):
+def _read_counts(steps):
+    """{register: how many times the steps read it} (an _AddInto reads the buffer it adds into)."""
+    reads = {}
+    for st in steps:
+        for a in ("src", "other", "res"):
+            r = getattr(st, a, None)
+            if r is not None:
+                reads[r] = reads.get(r, 0) + 1
+        for r in getattr(st, "srcs", ()):
+            reads[r] = reads.get(r, 0) + 1
+        if type(st) is _AddInto:
+            reads[st.dst] = reads.get(st.dst, 0) + 1
+    return reads
+
+
+def _chain_convs(steps, result):
     """steps with each run of float32 _Conv steps, each reading the previous one's output, as
-    one _ConvChain (depth first: every intermediate is still written whole, so later steps may
-    read it)."""
+    one _ConvChain (depth first). An intermediate that nothing but the next convolution reads
+    (and not the result) is marked dead: between two implicit-GEMM layers the kernel then hands
+    it over in the next layer's layout without writing it (conv2d_chain_forward's dead)."""
     out, run = [], []
+    reads = _read_counts(steps)
+    reads[result] = reads.get(result, 0) + 1
 
     def flush():
         if len(run) > 1:
-            out.append(_ConvChain(list(run)))
+            out.append(_ConvChain(list(run), tuple(reads.get(st.dst, 0) == 1
+                                                   for st in run[:-1]) + (False,)))
         else:
             out.extend(run)
         run.clear()
@@ -484,16 +503,7 @@ class _Planner:
     def chain_linears(self):
         """The steps with each run of float32 _Linear steps -- each reading the previous one's
         output, which nothing else reads -- as one _LinearChain (batch 1 in one kernel call)."""
-        reads = {}
-        for st in self.steps:
-            for a in ("src", "other", "res"):
-                r = getattr(st, a, None)
-                if r is not None:
-                    reads[r] = reads.get(r, 0) + 1
-            for r in getattr(st, "srcs", ()):
-                reads[r] = reads.get(r, 0) + 1
-            if type(st) is _AddInto:
-                reads[st.dst] = reads.get(st.dst, 0) + 1
+        reads = _read_counts(self.steps)
         out, run = [], []
         for st in self.steps + [None]:
             if type(st) is _Linear and st.w.dtype == F32 and run and run[-1].dst == st.src \
@@ -603,7 +613,7 @@ class PlannedModel:
         out = p.module(self.model, 0, "")
         p.finish(out)
         self.steps, self.out, self.nreg = tuple(p.steps), out, p.nreg
-        self._program = tuple(_chain_convs(p.chain_linears()))   # what a call runs
+        self._program = tuple(_chain_convs(p.chain_linears(), out))   # what a call runs
         self.dtype = self.model.dtype
         self._generation = getattr(self, "_generation", 0) + 1
         return self

@@ -813,3 +813,37 @@ def test_chain_forward_matches_layer_by_layer(group, threads, rng):
     bad = (layers[0][:5] + (np.empty(3, np.float32),) + layers[0][6:],)
     with pytest.raises(ValueError, match="packed must be conv2d_pack_forward's"):
         k.conv2d_chain_forward(bad)
+
+
+def test_chain_hands_dead_outputs_to_the_next_implicit_gemm(threads, rng):
+    """dead=: between two implicit-GEMM layers an output only the next layer reads is never
+    written -- it goes straight into the next layer's padded plane (bias and ReLU applied on
+    the way) -- and the chain's last output is what the layers give one after another; odd
+    sizes (a 7x7 plane after a stride-2 layer, 20 channels: a partial vector)."""
+    k = _k()
+    N = 3
+    x = rng.standard_normal((N, 8, 13, 13)).astype(np.float32)
+    specs = [(8, 20, 3, 2, 1), (20, 24, 3, 1, 1), (24, 16, 3, 2, 1)]
+    layers, ys, cur, ref = [], [], x, x
+    for i, (c, o, kk, s, p) in enumerate(specs):
+        w = (rng.standard_normal((o, c, kk, kk)) * 0.2).astype(np.float32)
+        b = rng.standard_normal(o).astype(np.float32)
+        oh = (cur.shape[2] + 2 * p - kk) // s + 1
+        y = np.full((N, o, oh, oh), np.nan, np.float32)
+        names = k.conv2d_algorithms(cur, y, w, s, s, p, p, 1, 1, 1)["forward"]
+        if "igemm" not in names:
+            pytest.skip("no implicit GEMM at this level")
+        algo, pk = k.conv2d_pack_forward(cur, y, w, b, s, s, p, p, 1, 1, 1, algorithm="igemm")
+        layers.append((y, cur, w, b, algo, pk, True, s, s, p, p, 1, 1, None, None, None))
+        want = np.empty_like(y)
+        k.conv2d_forward(want, ref, w, b, s, s, p, p, 1, 1, 1, True)
+        ys.append(y)
+        cur, ref = y, want
+    k.conv2d_chain_forward(tuple(layers), 1, (True, True, False))
+    assert np.isnan(ys[0]).all() and np.isnan(ys[1]).all()         # handed over, not written
+    assert_close(ys[2], ref, np.float32)
+    for y in ys:
+        y.fill(np.nan)
+    k.conv2d_chain_forward(tuple(layers), 1, (False, True, False))  # the first one kept
+    assert not np.isnan(ys[0]).any() and np.isnan(ys[1]).all()
+    assert_close(ys[2], ref, np.float32)

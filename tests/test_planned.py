@@ -294,3 +294,16 @@ def test_conv_chain_runs_depth_first(rng):
         for n in (shape[0], 1):
             x = rng.standard_normal((n,) + shape[1:]).astype(np.float32)
             assert_close(planned(x), _want(model, x), np.float32)
+    # an output read by nothing but the next convolution is marked dead (handed over in the
+    # next layer's layout where both are implicit GEMMs and the first has no epilogue); one a
+    # skip reads as well is not
+    model = nn.Sequential(nn.Conv2d(8, 32, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.Residual(nn.Conv2d(32, 32, 3, padding=1)),
+                          nn.Conv2d(32, 16, 3, padding=1), nn.Flatten(), nn.Linear(16 * 16, 3))
+    planned = fastmod.inference(model)
+    chain = planned._program[0]
+    assert type(chain) is _ConvChain and chain.dead == (True, False, True, False), chain.dead
+    for n in (4, 1):
+        x = rng.standard_normal((n, 8, 16, 16)).astype(np.float32)
+        assert_close(planned(x), _want(model, x), np.float32)

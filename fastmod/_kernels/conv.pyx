@@ -266,14 +266,68 @@ cdef struct ChainConv:
     Post q
     bint post
     Py_ssize_t cs           # this layer's per-thread scratch (floats, a multiple of 16)
+    Py_ssize_t off          # its offset in a thread's scratch
+    bint handoff            # implicit GEMM whose output only the next layer (an implicit GEMM)
+                            # reads: written into that layer's padded plane, not into y
+    bint from_plane         # the layer after a handoff: its plane is ready (no pack)
 
 
-cdef inline void _chain_images(ChainConv* L, int im, int cnt, float* col) noexcept nogil:
+cdef void _handoff(float* xp, const float* yt, int OCP, Geom* g, Geom* h, const float* b,
+                   bint relu) noexcept nogil:
+    # layer g's position-major output yt (P, OCP) + b (then max(., 0)) into the interior of the
+    # next layer h's zero-padded position-major plane xp (Hq, Wq, C = g.OC): what y's NCHW
+    # write (a transpose) and h's pack (another) would have made, in one contiguous copy
+    cdef int oh, ow, o, k
+    cdef int rows = min(g.OH, h.Hq - h.PH), cols = min(g.OW, h.Wq - h.PW)
+    cdef const float* src
+    cdef float* dst
+    cdef fm_vf v
+    for oh in range(rows):
+        for ow in range(cols):
+            src = yt + (<Py_ssize_t>oh * g.OW + ow) * OCP
+            dst = xp + ((<Py_ssize_t>(oh + h.PH)) * h.Wq + ow + h.PW) * h.C
+            o = 0
+            while o < g.OC:
+                k = min(FM_W, g.OC - o)
+                v = fm_vload_n(src + o, k) if k < FM_W else fm_vload(src + o)
+                if b != NULL:
+                    v = fm_vadd(v, fm_vload_n(b + o, k) if k < FM_W else fm_vload(b + o))
+                if relu:
+                    v = fm_vrelu(v)
+                if k < FM_W:
+                    fm_vstore_n(dst + o, v, k)
+                else:
+                    fm_vstore(dst + o, v)
+                o = o + FM_W
+
+
+cdef inline void _chain_igemm(ChainConv* L, int im, float* col, float* nxt,
+                              Geom* h) noexcept nogil:
+    # image im through an implicit-GEMM layer of a chain: its plane packed from x (or already
+    # there: from_plane), the kernel, then y (transposed, bias, ReLU) or the next layer's plane
+    cdef Geom* g = &L.g
+    cdef float* xp = col
+    cdef float* yt = col + <Py_ssize_t>g.Hq * g.Wq * g.C
+    cdef int ocp = fm_igemm_ocp(g.OC)
+    if not L.from_plane:
+        _pack_nhwc(xp, L.x + im * g.xs, g.C, g.H, g.W, g.Hq, g.Wq, g.PH, g.PW)
+    fm_igemm_fwd(yt, xp, L.wr, g.OC, g.OH, g.OW, g.C, g.Wq, g.KH, g.KW, g.SH, g.SW, g.DH, g.DW)
+    if L.handoff:
+        _handoff(nxt, yt, ocp, g, h, L.b, g.relu)
+    else:
+        _transpose_add(L.y + im * g.ys, g.P, yt, ocp, g.P, g.OC, L.b, g.acc, g.relu)
+
+
+cdef inline void _chain_images(ChainConv* L, int im, int cnt, float* col, float* nxt,
+                               Geom* h) noexcept nogil:
     # images im .. im + cnt through layer L: one block (im2row / Winograd) or image by image,
-    # then the epilogue
+    # then the epilogue; nxt / h: the next layer's plane and plan (handoff)
     cdef Geom* g = &L.g
     cdef int j
-    if g.im2row or g.wino or g.wino5:
+    if L.handoff or L.from_plane:
+        for j in range(im, im + cnt):
+            _chain_igemm(L, j, col, nxt, h)
+    elif g.im2row or g.wino or g.wino5:
         _block_forward(L.y + im * g.ys, L.x + im * g.xs, L.wr, L.b, col, g, cnt, 1)
     else:
         for j in range(im, im + cnt):
@@ -282,7 +336,24 @@ cdef inline void _chain_images(ChainConv* L, int im, int cnt, float* col) noexce
         _post_images(L.y, &L.q, g, im, cnt)
 
 
-def conv2d_chain_forward(tuple layers, int group=CHAIN_GROUP):
+cdef void _chain_run(ChainConv* c, int n, int lo, int hi, int group,
+                     float* base) noexcept nogil:
+    # images lo .. hi through the n layers, `group` at a time, in one thread's scratch base;
+    # the planes a handoff writes into have their padding zeroed once (only the interior is
+    # written, image after image)
+    cdef int i, im = lo
+    for i in range(n):
+        if c[i].from_plane:
+            memset(base + c[i].off, 0, <Py_ssize_t>c[i].g.Hq * c[i].g.Wq * c[i].g.C * sizeof(float))
+    while im < hi:
+        for i in range(n):
+            _chain_images(&c[i], im, min(group, hi - im), base + c[i].off,
+                          base + c[i + 1].off if i + 1 < n else NULL,
+                          &c[i + 1].g if i + 1 < n else NULL)
+        im = im + group
+
+
+def conv2d_chain_forward(tuple layers, int group=CHAIN_GROUP, object dead=None):
     """Several float32 convolutions in a row, depth first: each thread takes a range of images
     and runs each image through every layer in turn, so a layer reads its input while the
     layer before has just written it (in L2) instead of after the whole batch (from L3) --
@@ -290,10 +361,15 @@ def conv2d_chain_forward(tuple layers, int group=CHAIN_GROUP):
     DH, DW, scale, shift, residual), each as conv2d_forward's arguments with algorithm and
     packed from conv2d_pack_forward (x of a layer: the y of one before it, or any array
     computed before the chain; residual likewise). Unchecked but the algorithms and packed
-    sizes: fastmod.inference plans the shapes."""
-    cdef int n = len(layers), i, t, im, lo, hi, chunk, nt, N
+    sizes: fastmod.inference plans the shapes.
+
+    dead: per layer, True when nothing but the next layer reads its y; between two implicit-
+    GEMM layers (the first without scale/shift/residual, one image at a time) such a y is then
+    never written: the output goes straight into the next layer's padded position-major plane
+    (no transpose out, no pack in)."""
+    cdef int n = len(layers), i, t, lo, hi, chunk, nt, N
     cdef Override o
-    cdef Py_ssize_t total = 0, off
+    cdef Py_ssize_t total = 0
     cdef ChainConv* c
     cdef float* buf
     if n == 0:
@@ -332,7 +408,16 @@ def conv2d_chain_forward(tuple layers, int group=CHAIN_GROUP):
             c[i].g.wimb = min(group, c[i].g.N)
             c[i].g.imb = min(group, c[i].g.N)
             c[i].cs = _col_size(&c[i].g)
+            c[i].off = total
+            c[i].handoff = False
+            c[i].from_plane = False
             total += c[i].cs
+        for i in range(n - 1):
+            if dead is not None and dead[i] and group == 1 and c[i].g.igemm and \
+                    c[i + 1].g.igemm and not c[i].post and c[i + 1].x == c[i].y and \
+                    c[i + 1].g.C == c[i].g.OC:
+                c[i].handoff = True
+                c[i + 1].from_plane = True
         N = c[0].g.N
         nt = max(1, min(N, num_threads()))
         buf = <float*>fm_malloc(nt * total * sizeof(float))
@@ -341,24 +426,13 @@ def conv2d_chain_forward(tuple layers, int group=CHAIN_GROUP):
         chunk = (N + nt - 1) // nt
         with nogil:
             if nt <= 1:
-                im = 0
-                while im < N:
-                    off = 0
-                    for i in range(n):
-                        _chain_images(&c[i], im, min(group, N - im), buf + off)
-                        off = off + c[i].cs
-                    im = im + group
+                _chain_run(c, n, 0, N, group, buf)
             else:
                 for t in prange(nt, num_threads=nt, schedule='static'):
                     lo = t * chunk
                     hi = min(N, lo + chunk)
-                    im = lo
-                    while im < hi:
-                        off = 0
-                        for i in range(n):
-                            _chain_images(&c[i], im, min(group, hi - im), buf + t * total + off)
-                            off = off + c[i].cs
-                        im = im + group
+                    if lo < hi:
+                        _chain_run(c, n, lo, hi, group, buf + t * total)
         free(buf)
     finally:
         free(c)
