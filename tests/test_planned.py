@@ -130,11 +130,23 @@ def test_refreeze_picks_up_new_weights(rng):
     assert not np.allclose(planned(x), before)
 
 
-def test_threads_share_a_planned_model(rng):
+THREAD_CASES = {
+    "conv-bn-relu": (lambda: CASES["conv-bn-relu"][0](), (3, 6, 6)),
+    # a depth-first chain with a handoff between implicit-GEMM layers; a batch-1 Linear chain
+    "handoff": (lambda: nn.Sequential(nn.Conv2d(4, 32, 3, stride=2, padding=1), nn.ReLU(),
+                                      nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
+                                      nn.Flatten(), nn.Linear(128, 40), nn.ReLU(),
+                                      nn.Linear(40, 3)), (4, 8, 8)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(THREAD_CASES))
+def test_threads_share_a_planned_model(case, rng):
     fastmod.manual_seed(0)
-    model = _randomize_bn(CASES["conv-bn-relu"][0](), rng)
+    make, shape = THREAD_CASES[case]
+    model = _randomize_bn(make(), rng)
     planned = fastmod.inference(model)
-    xs = [rng.standard_normal((n, 3, 6, 6)).astype(np.float32) for n in (1, 2, 3, 2, 1, 3)]
+    xs = [rng.standard_normal((n,) + shape).astype(np.float32) for n in (1, 2, 3, 2, 1, 3)]
     wants = [_want(model, x) for x in xs]
     errors = []
 
