@@ -677,3 +677,36 @@ def test_residual_block_fused_matches_separate(n, need, dtype, threads, rng):
 
 def test_residual_block_fused_gradcheck(rng):
     assert fastmod.gradcheck(nn.ResidualBlock(6, dtype=np.float64), rng.standard_normal((3, 6)))
+
+
+def test_sequential_linear_chain_under_no_grad(rng):
+    """Under no_grad a Sequential of float32 Linear layers (ReLUs fused) runs a batch of fewer
+    than 8 rows as one kernel call; the values are the layer-by-layer ones (NaN kept by the
+    ReLU), and a hooked layer, a float64 model or a larger batch take the ordinary path."""
+    from fastmod.nn import containers as C
+    m = nn.Sequential(nn.Linear(12, 40), nn.ReLU(), nn.Linear(40, 30), nn.Linear(30, 5))
+    assert m._linear_chain(m._plan()) is not None
+    calls = []
+    orig = C._kl.linear_chain_forward
+    C._kl.linear_chain_forward = lambda *a: (calls.append(1), orig(*a))[1]
+    try:
+        for n in (1, 7, 8):
+            x = rng.standard_normal((n, 12)).astype(np.float32)
+            x[0, 0] = np.nan
+            want = m[3](m[2](np.maximum(m[0](x), 0)))
+            with fastmod.no_grad():
+                got = m(x)
+            assert_close(got[1:], want[1:], np.float32)
+            assert np.isnan(got[0]).all()
+        assert len(calls) == 2                        # 1 and 7 rows; 8 rows layer by layer
+        seen = []
+        h = m[2].register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+        with fastmod.no_grad():
+            m(x[:2])
+        assert seen == [(2, 30)] and len(calls) == 2  # the hooked layer ran as itself
+        h.remove()
+        with fastmod.no_grad():
+            m.double()(x[:2].astype(np.float64))
+        assert len(calls) == 2
+    finally:
+        C._kl.linear_chain_forward = orig

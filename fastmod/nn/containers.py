@@ -6,9 +6,14 @@ import numpy as np
 from fastmod._validate import positive_int
 from fastmod._runtime import STATE
 from fastmod.nn.activation import make_activation
+from fastmod._kernels import linear as _kl
 from fastmod.nn.linear import Linear
-from fastmod.nn.module import (STRUCTURE_VERSION, Module, elementwise_activation,
+from fastmod.nn.module import (F32, STRUCTURE_VERSION, Module, elementwise_activation,
                                fuses_input_activation_grad, fuses_output_activation)
+
+# Sequential's float32 Linear chains (ReLUs fused) run in one kernel call below this many rows
+# under no_grad: the per-layer Python of a batch-1 MLP (~2-3 us a layer) against ~20 us of work
+CHAIN_MAX_ROWS = 8
 
 def _like(x):
     """(shape, dtype) of a float array, to check a gradient against in backward; (None, None)
@@ -100,12 +105,45 @@ class Sequential(Module):
         d["_plan_cache"] = (STRUCTURE_VERSION[0], plan)
         return plan
 
+    def _linear_chain(self, plan):
+        """(in_features, ((Linear, relu), ...)) when the plan is two or more float32 Linear
+        layers of exactly that class -- each followed by a fused ReLU or nothing, none hooked
+        or wrapped (profiling) -- else None; cached with the plan."""
+        d = self.__dict__
+        cached = d.get("_chain_cache")
+        if cached is not None and cached[0] is plan:
+            chain = cached[1]
+        else:
+            chain = None
+            if len(plan) >= 2 and all(
+                    type(m) is Linear and m.weight.data.dtype == F32 and (
+                        (kind == self._FUSED and act == "relu") or kind == self._CALL)
+                    for kind, m, act, _, _, _ in plan):
+                chain = (plan[0][1].in_features,
+                         tuple((m, kind == self._FUSED) for kind, m, _, _, _, _ in plan))
+            d["_chain_cache"] = (plan, chain)
+        if chain is None or any("forward" in m.__dict__ or m.__dict__.get("_observed")
+                                for m, _ in chain[1]):
+            return None
+        return chain
+
     def forward(self, x):
         if not self._modules:                       # empty: the identity (checked as Identity)
             self._save(*_like(x))
             return x
         plan = self._plan()
         if not STATE.grad_enabled:
+            chain = self._linear_chain(plan)
+            if chain is not None and type(x) is np.ndarray and x.dtype == F32 and x.ndim == 2 \
+                    and x.shape[0] < CHAIN_MAX_ROWS and x.shape[1] == chain[0] \
+                    and x.flags.c_contiguous and x.flags.aligned:
+                # float32 Linear layers (ReLUs fused) at a small batch: one kernel call
+                n = x.shape[0]
+                outs = [np.empty((n, m.out_features), F32) for m, _ in chain[1]]
+                _kl.linear_chain_forward(x, tuple(
+                    (y, m.weight.data, None if m.bias is None else m.bias.data, relu)
+                    for y, (m, relu) in zip(outs, chain[1])))
+                return outs[-1]
             for kind, m, act, _, _, _ in plan:
                 if kind == 1:                       # nothing to release or save: no __call__
                     x = m.forward(x, activation=act)
