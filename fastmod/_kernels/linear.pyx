@@ -36,6 +36,12 @@ cdef extern from "fm_linear.h":
                       int o0, int o1, int n0, int n1, int relu) noexcept nogil
     void sk_gemv_rows(float* y, const float* w, const float* x, const float* b, int IN,
                       int o0, int o1, int relu) noexcept nogil
+    ctypedef struct sk_gemv_layer:
+        float* y
+        const float* w
+        const float* b
+        int IN, OUT, relu
+    void sk_gemv_chain(const sk_gemv_layer* L, int n, const float* x, int nt) noexcept nogil
 
 # Prepacked GEMM (planned inference, fastmod.inference): simd/fm_pgemm.h
 cdef extern from "fm_pgemm.h":
@@ -557,24 +563,18 @@ def bias_grad(cnp.ndarray db, cnp.ndarray dy, bint accumulate):
 
 
 # ---------------------------------------------------------------- a chain of layers (planned)
-cdef struct ChainLayer:
-    float* y
-    const float* w
-    const float* b
-    int IN, OUT
-    bint relu
-
-
 def linear_chain_forward(cnp.ndarray x, tuple layers):
     """Several float32 Linear layers in a row, one Python call: layers is a tuple of (y, w, b,
     relu) with y (N, OUT) the layer's output buffer (the next layer's input), w (OUT, IN), b
     (OUT,) or None; x (N, IN) the first input. All C-contiguous float32 with matching shapes
     (unchecked: fastmod.inference plans them). Each layer's kernel is linear_forward's (batch 1:
     the GEMV). The per-layer Python overhead of a planned MLP at batch 1 was ~3 us a layer."""
-    cdef int n = len(layers), i
+    cdef int n = len(layers), i, nt
     cdef int N = <int>cnp.PyArray_DIM(x, 0)
-    cdef ChainLayer* c = <ChainLayer*>malloc(max(n, 1) * sizeof(ChainLayer))
+    cdef sk_gemv_layer* c = <sk_gemv_layer*>malloc(max(n, 1) * sizeof(sk_gemv_layer))
     cdef const float* src = <const float*>cnp.PyArray_DATA(x)
+    cdef Py_ssize_t most = 0
+    cdef int widest = 0
     if c == NULL:
         raise MemoryError()
     for i in range(n):
@@ -585,6 +585,17 @@ def linear_chain_forward(cnp.ndarray x, tuple layers):
         c[i].OUT = <int>cnp.PyArray_DIM(<cnp.ndarray>w, 0)
         c[i].IN = <int>cnp.PyArray_DIM(<cnp.ndarray>w, 1)
         c[i].relu = relu
+    if N == 1 and SK_HAVE:
+        # batch 1: one parallel region over every layer (sk_gemv_chain), threads as the
+        # largest layer's GEMV would take them
+        for i in range(n):
+            most = max(most, <Py_ssize_t>c[i].IN * c[i].OUT)
+            widest = max(widest, c[i].OUT)
+        nt = max(1, min(threads_for(most, GEMV_GRAIN), widest // 8))
+        with nogil:
+            sk_gemv_chain(c, n, src, nt)
+        free(c)
+        return
     with nogil:
         for i in range(n):
             _linear_forward(c[i].y, src, c[i].w, c[i].b, N, c[i].IN, c[i].OUT, c[i].relu)
