@@ -157,29 +157,17 @@ class _ConvChain:
         """The kernel's layer tuples (buffers, views, the weights packed once per shape; each
         layer's shapes checked by its forward_into geometry), then one call."""
         layers, cur = [], regs[self.src]
-        for st in self.steps:
+        for st in self.steps:              # (a skip from an earlier layer: in regs already)
             conv = st.conv
             H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, _ = \
                 conv._raw_geometry(cur, "forward_into")
-            y = arena.get(st.dst, st.out_shape(cur.shape), cur.dtype)
-            key = (cur.shape, cur.strides, cur.dtype.str)
-            pk = st.packed.get(key)
-            if pk is None:
-                pk = st.packed[key] = _pack_aligned(conv, y, cur)
-            res = None
-            if st.res is not None:
-                r = regs[st.res] if st.res not in [s.dst for s in self.steps] else \
-                    arena.bufs[st.res]
-                if r.shape != y.shape or r.dtype != y.dtype or not r[0].flags.c_contiguous:
-                    raise ValueError(f"fastmod.inference: {st.label}: cannot add shapes "
-                                     f"{y.shape} and {r.shape}")
-                res = conv._as4(r)
+            y, r, pk = st.prepare(regs, arena, cur)
             b = conv.bias
             layers.append((conv._as4(y), conv._as4(cur),
                            conv.weight.data.reshape(conv.out_channels, -1, KH, KW),
                            None if b is None else b.data, pk[0], pk[1], st.activation == "relu",
-                           SH, SW, PH, PW, DH, DW, st.scale, st.shift, res))
-            regs[st.dst] = y
+                           SH, SW, PH, PW, DH, DW, st.scale, st.shift,
+                           None if r is None else conv._as4(r)))
             cur = y
         _kconv.conv2d_chain_forward(tuple(layers), dead=self.dead)
 
@@ -200,8 +188,10 @@ class _Conv:
     def out_shape(self, shape):
         return self.conv.output_shape(shape)
 
-    def run(self, regs, arena):
-        x = regs[self.src]
+    def prepare(self, regs, arena, x):
+        """(y, residual, packed) for input x: the planned output buffer (set as regs[dst]), the
+        skip's array (checked, C-contiguous samples) or None, and the weights packed once per
+        input shape."""
         y = arena.get(self.dst, self.out_shape(x.shape), x.dtype)
         r = None
         if self.res is not None:
@@ -213,11 +203,16 @@ class _Conv:
                 r = np.ascontiguousarray(r)
         key = (x.shape, x.strides, x.dtype.str)
         pk = self.packed.get(key)
-        if pk is None:                            # the weights packed once per input shape
+        if pk is None:
             pk = self.packed[key] = _pack_aligned(self.conv, y, x)
+        regs[self.dst] = y
+        return y, r, pk
+
+    def run(self, regs, arena):
+        x = regs[self.src]
+        y, r, pk = self.prepare(regs, arena, x)
         self.conv.forward_into(y, x, activation=self.activation, scale=self.scale,
                                shift=self.shift, residual=r, prepacked=pk)
-        regs[self.dst] = y
 
 
 _RELU = _ka.KIND["relu"]

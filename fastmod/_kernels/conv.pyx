@@ -153,6 +153,23 @@ cdef void _plan_arrays(Geom* g, cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int
           cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32, o)
 
 
+cdef void _plan_call(Geom* g, cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, int SH, int SW,
+                     int PH, int PW, int DH, int DW, int G, object algorithm, object blocks,
+                     str caller) except *:
+    # the forward's plan for these arrays, through `algorithm` (one of FORWARD_ALGORITHMS)
+    # when given: ValueError naming the applicable ones where it does not apply
+    cdef Override o
+    _override_init(&o, blocks, caller)
+    if algorithm is not None:
+        _check_name(caller, "algorithm", algorithm, FORWARD_ALGORITHMS)
+        _override_forward(&o, algorithm)
+    _plan_arrays(g, x, y, w, SH, SW, PH, PW, DH, DW, G, &o)
+    if algorithm is not None and _forward_name(g) != algorithm:
+        ok = conv2d_algorithms(x, y, w, SH, SW, PH, PW, DH, DW, G, blocks)["forward"]
+        raise ValueError(f"{caller}: algorithm {algorithm!r} does not apply to this call "
+                         f"(applicable: {', '.join(ok)})")
+
+
 def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
                    int SH, int SW, int PH, int PW, int DH, int DW, int G, bint relu=False,
                    object algorithm=None, object blocks=None, object scale=None,
@@ -173,17 +190,8 @@ def conv2d_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b,
     packed: conv2d_pack_forward's array for these shapes, w and b, with algorithm= the name it
     returned (the weights then are not packed again: planned inference).
     """
-    cdef Override o
     cdef Geom g
-    _override_init(&o, blocks, "conv2d_forward")
-    if algorithm is not None:
-        _check_name("conv2d_forward", "algorithm", algorithm, FORWARD_ALGORITHMS)
-        _override_forward(&o, algorithm)
-    _plan_arrays(&g, x, y, w, SH, SW, PH, PW, DH, DW, G, &o)
-    if algorithm is not None and _forward_name(&g) != algorithm:
-        ok = conv2d_algorithms(x, y, w, SH, SW, PH, PW, DH, DW, G, blocks)["forward"]
-        raise ValueError(f"conv2d_forward: algorithm {algorithm!r} does not apply to this call "
-                         f"(applicable: {', '.join(ok)})")
+    _plan_call(&g, x, y, w, SH, SW, PH, PW, DH, DW, G, algorithm, blocks, "conv2d_forward")
     g.relu = relu
     cdef Post q
     q.scale = _ptr(scale)
@@ -224,17 +232,9 @@ def conv2d_pack_forward(cnp.ndarray x, cnp.ndarray y, cnp.ndarray w, object b, i
     planned inference, where the weights do not change between calls. An empty array when the
     algorithm reads w as it is. algorithm: one of FORWARD_ALGORITHMS instead of the plan's
     choice (ValueError where it does not apply)."""
-    cdef Override o
     cdef Geom g
-    _override_init(&o, None, "conv2d_pack_forward")
-    if algorithm is not None:
-        _check_name("conv2d_pack_forward", "algorithm", algorithm, FORWARD_ALGORITHMS)
-        _override_forward(&o, algorithm)
-    _plan_arrays(&g, x, y, w, SH, SW, PH, PW, DH, DW, G, &o)
+    _plan_call(&g, x, y, w, SH, SW, PH, PW, DH, DW, G, algorithm, None, "conv2d_pack_forward")
     name = _forward_name(&g)
-    if algorithm is not None and name != algorithm:
-        raise ValueError(f"conv2d_pack_forward: algorithm {algorithm!r} does not apply to this "
-                         f"call")
     cdef Py_ssize_t n = _packed_size(&g)
     cdef cnp.ndarray packed = cnp.PyArray_EMPTY(1, [n], cnp.PyArray_TYPE(x), 0)
     cdef void* pk = cnp.PyArray_DATA(packed)
@@ -254,6 +254,11 @@ cdef enum:
     CHAIN_GROUP = 1          # images per layer step of conv2d_chain_forward (planned cnn_b32,
                              # 2 threads: 1 image 2.12 ms, 2: 2.14, 4: 2.15, 8: 2.17, layer by
                              # layer 2.22; bnresnet_b32 6.99 / 7.00 / 7.16 / 7.83, 6.97)
+
+
+# the chain's plan blocking: scratch for every image of a block (the blocks are `group`
+# images, set after planning)
+CHAIN_BLOCKS = {"wino_tiles": 1 << 30, "im2row_positions": 1 << 30}
 
 
 cdef struct ChainConv:
@@ -368,7 +373,6 @@ def conv2d_chain_forward(tuple layers, int group=CHAIN_GROUP, object dead=None):
     never written: the output goes straight into the next layer's padded position-major plane
     (no transpose out, no pack in)."""
     cdef int n = len(layers), i, t, lo, hi, chunk, nt, N
-    cdef Override o
     cdef Py_ssize_t total = 0
     cdef ChainConv* c
     cdef float* buf
@@ -381,14 +385,10 @@ def conv2d_chain_forward(tuple layers, int group=CHAIN_GROUP, object dead=None):
         for i in range(n):
             (y, x, w, b, algorithm, packed, relu, SH, SW, PH, PW, DH, DW, scale, shift,
              residual) = layers[i]
-            # one image per Winograd / im2row block: the scratch of one image
-            _override_init(&o, {"wino_tiles": 1, "im2row_positions": 1}, "conv2d_chain_forward")
-            o.wino_tiles = 1 << 30            # blocks of `group` images: scratch for them
-            o.im2row_positions = 1 << 30
-            _check_name("conv2d_chain_forward", "algorithm", algorithm, FORWARD_ALGORITHMS)
-            _override_forward(&o, algorithm)
-            _plan_arrays(&c[i].g, x, y, w, SH, SW, PH, PW, DH, DW, 1, &o)
-            if _forward_name(&c[i].g) != algorithm or cnp.PyArray_TYPE(x) != cnp.NPY_FLOAT32 \
+            # Winograd / im2row blocks of `group` images (wimb, imb set below)
+            _plan_call(&c[i].g, x, y, w, SH, SW, PH, PW, DH, DW, 1, algorithm, CHAIN_BLOCKS,
+                       "conv2d_chain_forward")
+            if cnp.PyArray_TYPE(x) != cnp.NPY_FLOAT32 \
                     or cnp.PyArray_SIZE(<cnp.ndarray>packed) != _packed_size(&c[i].g):
                 raise ValueError(f"conv2d_chain_forward: layer {i}: algorithm {algorithm!r} and "
                                  f"packed must be conv2d_pack_forward's for this float32 call")

@@ -273,10 +273,9 @@ cdef int _raw_backward(float* dx, float* dw, float* db, const float* dy, const f
     cdef int pper = (panels + nt - 1) // nt
     cdef Py_ssize_t per = (max(fm_pgemm_ws_size(N, IN, pper),
                                fm_pgemm_ws_size(OUT, IN, pper)) + 15) // 16 * 16
-    cdef float* buf = <float*>fm_malloc((nt * per + 16) * sizeof(float))
-    if buf == NULL:
+    ws = <float*>fm_malloc(nt * per * sizeof(float))         # 64-byte aligned
+    if ws == NULL:
         return -1
-    ws = <float*>((<size_t>buf + 63) & ~(<size_t>63))
     if db != NULL:
         nbb = max(1, min(nt, threads_for(<Py_ssize_t>N * OUT, 32768)))
         cb = (OUT + nbb - 1) // nbb
@@ -300,7 +299,7 @@ cdef int _raw_backward(float* dx, float* dw, float* db, const float* dy, const f
                             row[c] = row[c] if mrow[c] > 0 else 0
         if t < nbb:
             _bias_grad(db, dy, N, OUT, acc_b, t * cb, min(OUT, (t + 1) * cb))
-    free(buf)
+    free(ws)
     return 0
 
 
@@ -462,44 +461,70 @@ cdef inline bint _raw_ok(int N, int IN, int OUT) noexcept nogil:
         (IN + 127) // 128 <= RAW_MAX_SLABS or <double>IN * OUT * 4 <= RAW_MAX_W_BYTES)
 
 
+cdef struct PgSplit:
+    # how fm_pgemm's forward is shared among threads: pt threads over column panels (pper
+    # each) times the rest over rows (rows each); nt threads in all (1: no parallel region)
+    int nt, pt, pper, rows, panels
+
+
+cdef inline void _pg_split(PgSplit* s, int N, int IN, int OUT, int cols_max_n) noexcept nogil:
+    # threads over the column panels (each thread its part of the weights) when the panels
+    # divide among them and there are at most cols_max_n rows, else over the rows
+    cdef int nt = threads_for(<Py_ssize_t>N * IN * OUT, PACKED_GRAIN), rt
+    s.panels = fm_pgemm_ocp(OUT) // fm_pgemm_panel_cols(OUT)
+    if nt > 1 and s.panels % nt == 0 and N <= cols_max_n:
+        s.pt, rt = nt, 1
+    else:
+        s.pt, rt = 1, max(nt, 1)
+    s.nt = s.pt * rt
+    s.pper = (s.panels + s.pt - 1) // s.pt
+    s.rows = (N + rt - 1) // rt
+
+
+cdef inline void _pg_part(const PgSplit* s, int t, float* y, const float* x, const float* wk,
+                          const float* w, const float* bp, int N, int IN, int OUT, bint relu,
+                          float* ws) noexcept nogil:
+    # thread t's part: from wk packed once (fm_pgemm_rows), or from w as it is, its slabs
+    # packed into ws as they are needed (fm_pgemm_rows_raw)
+    cdef int p0 = (t % s.pt) * s.pper, n0 = (t // s.pt) * s.rows
+    cdef int p1 = min(s.panels, p0 + s.pper), n1 = min(N, n0 + s.rows)
+    if p0 >= p1 or n0 >= n1:
+        return
+    if wk != NULL:
+        fm_pgemm_rows(y, x, wk, bp, n0, n1, IN, OUT, p0, p1, relu)
+    else:
+        fm_pgemm_rows_raw(y, x, w, bp, n0, n1, IN, OUT, p0, p1, relu, ws)
+
+
+cdef void _pg_forward(const PgSplit* s, float* y, const float* x, const float* wk,
+                      const float* w, const float* bp, int N, int IN, int OUT, bint relu,
+                      float* ws, Py_ssize_t per) noexcept nogil:
+    # y = x @ w.T + bp (then ReLU) over s's threads; ws: per floats a thread (raw w only)
+    cdef int t
+    if s.nt <= 1:
+        _pg_part(s, 0, y, x, wk, w, bp, N, IN, OUT, relu, ws)
+        return
+    for t in prange(s.nt, num_threads=s.nt, schedule='static'):
+        _pg_part(s, t, y, x, wk, w, bp, N, IN, OUT, relu, ws + t * per)
+
+
 cdef int _raw_forward(float* y, const float* x, const float* w, const float* b, int N, int IN,
                       int OUT, bint relu) noexcept nogil:
     # y = x @ w.T + b (then ReLU) through fm_pgemm with w read as it is: each thread packs the
     # slabs of the column panels it computes, as it needs them (fm_pgemm_rows_raw). 0, or -1
     # when out of memory (nothing written; the caller takes the BLAS path)
-    cdef int pw = fm_pgemm_panel_cols(OUT), ocp = fm_pgemm_ocp(OUT)
-    cdef int panels = ocp // pw, o
-    cdef int nt = threads_for(<Py_ssize_t>N * IN * OUT, PACKED_GRAIN)
-    cdef int pt, rt, pper, rows, t, p0, p1, n0, n1
-    if nt > 1 and panels % nt == 0 and N <= RAW_COLS_MAX_N:
-        pt, rt = nt, 1                            # threads over column panels: no duplicate packing
-    else:
-        pt = 1
-        rt = nt if nt > 1 else 1
-    nt = pt * rt
-    pper = (panels + pt - 1) // pt
-    rows = (N + rt - 1) // rt
-    cdef Py_ssize_t per = (fm_pgemm_ws_size(IN, OUT, pper) + 15) // 16 * 16
-    cdef float* buf = <float*>fm_malloc((ocp + 16 + nt * per + 16) * sizeof(float))
-    cdef float* bp
-    cdef float* mine
-    if buf == NULL:
+    cdef PgSplit s
+    cdef int ocp = fm_pgemm_ocp(OUT), o
+    _pg_split(&s, N, IN, OUT, RAW_COLS_MAX_N)
+    cdef Py_ssize_t per = (fm_pgemm_ws_size(IN, OUT, s.pper) + 15) // 16 * 16
+    cdef Py_ssize_t nb = (ocp + 15) // 16 * 16              # fm_malloc: 64-byte aligned
+    cdef float* bp = <float*>fm_malloc((nb + s.nt * per) * sizeof(float))
+    if bp == NULL:
         return -1
-    bp = <float*>((<size_t>buf + 63) & ~(<size_t>63))      # 64-byte aligned work arrays
     for o in range(ocp):
         bp[o] = b[o] if (b != NULL and o < OUT) else 0
-    mine = bp + (ocp + 15) // 16 * 16
-    if nt <= 1:
-        fm_pgemm_rows_raw(y, x, w, bp, 0, N, IN, OUT, 0, panels, relu, mine)
-    else:
-        for t in prange(nt, num_threads=nt, schedule='static'):
-            p0 = (t % pt) * pper
-            p1 = min(panels, p0 + pper)
-            n0 = (t // pt) * rows
-            n1 = min(N, n0 + rows)
-            if p0 < p1 and n0 < n1:
-                fm_pgemm_rows_raw(y, x, w, bp, n0, n1, IN, OUT, p0, p1, relu, mine + t * per)
-    free(buf)
+    _pg_forward(&s, y, x, NULL, w, bp, N, IN, OUT, relu, bp + nb, per)
+    free(bp)
     return 0
 
 
@@ -649,27 +674,8 @@ def linear_forward_packed(cnp.ndarray y, cnp.ndarray x, cnp.ndarray wk, cnp.ndar
     cdef const float* px = <const float*>cnp.PyArray_DATA(x)
     cdef const float* pk = <const float*>cnp.PyArray_DATA(wk)
     cdef const float* pb = <const float*>cnp.PyArray_DATA(bp)
-    cdef int pw = fm_pgemm_panel_cols(OUT)
-    cdef int panels = (OUT + pw - 1) // pw
-    cdef int nt = threads_for(<Py_ssize_t>N * IN * OUT, PACKED_GRAIN)
-    cdef int pt, rt, t, p0, p1, n0, n1, rows, pper
-    if nt > 1 and panels % nt == 0 and N < 4 * PACKED_ROWS_PER_THREAD * nt:
-        pt, rt = nt, 1                            # few rows: threads over column panels
-    else:                                         # threads over rows (each all the panels)
-        pt = 1
-        rt = 1 if nt <= 1 else nt
-    nt = pt * rt if nt > 1 else 1
-    pper = (panels + pt - 1) // pt
-    rows = (N + rt - 1) // rt
-    if nt <= 1:
-        with nogil:
-            fm_pgemm_rows(py, px, pk, pb, 0, N, IN, OUT, 0, panels, relu)
-        return
+    cdef PgSplit s
+    # few rows (below 4 x PACKED_ROWS_PER_THREAD a thread): threads over column panels
+    _pg_split(&s, N, IN, OUT, 4 * PACKED_ROWS_PER_THREAD * max(1, num_threads()) - 1)
     with nogil:
-        for t in prange(nt, num_threads=nt, schedule='static'):
-            p0 = (t % pt) * pper
-            p1 = min(panels, p0 + pper)
-            n0 = (t // pt) * rows
-            n1 = min(N, n0 + rows)
-            if p0 < p1 and n0 < n1:
-                fm_pgemm_rows(py, px, pk, pb, n0, n1, IN, OUT, p0, p1, relu)
+        _pg_forward(&s, py, px, pk, NULL, pb, N, IN, OUT, relu, NULL, 0)
