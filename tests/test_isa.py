@@ -184,6 +184,16 @@ def _model_run(level):
         for m in (conv, head, att):
             for name, p in m.named_parameters():
                 out[f"{type(m).__name__}.{name}.grad"] = p.grad.copy()
+        # planned inference: a depth-first conv chain with an implicit-GEMM handoff, the packed
+        # GEMM, and a batch-1 Linear chain in one parallel region
+        cnn = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+                            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                            nn.Linear(32 * 9, 40), nn.ReLU(), nn.Linear(40, 24))
+        planned = fastmod.inference(cnn)
+        out["planned"] = planned(x[:6, :, :11, :11].copy())
+        mlp = nn.Sequential(nn.Linear(37, 64), nn.ReLU(), nn.Linear(64, 48), nn.Linear(48, 5))
+        out["planned_b1"] = fastmod.inference(mlp)(x[:1, 0, 0, :].copy())
         opt = optim.Adam(list(head.parameters()), lr=1e-2)
         opt.step()
         out["adam"] = head[0].weight.data.copy()
@@ -212,7 +222,7 @@ def test_every_level_computes_the_same_model():
 
 # ---------------------------------------------------------------- the headers compile anywhere
 HEADERS = ["fm_vec.h", "fm_linear.h", "fm_gelu.h", "fm_softmax.h", "fm_reduce.h", "fm_peak.h",
-           "fm_cpu.h", "fm_conv.h", "fm_tuning.h", "fm_direct.h", "fm_igemm.h"]
+           "fm_cpu.h", "fm_conv.h", "fm_tuning.h", "fm_direct.h", "fm_igemm.h", "fm_pgemm.h"]
 DRIVER = "".join(f'#include "{h}"\n' for h in HEADERS) + r"""
 #include <stdio.h>
 int main(int argc, char** argv) {
