@@ -847,3 +847,39 @@ def test_chain_hands_dead_outputs_to_the_next_implicit_gemm(threads, rng):
     k.conv2d_chain_forward(tuple(layers), 1, (False, True, False))  # the first one kept
     assert not np.isnan(ys[0]).any() and np.isnan(ys[1]).all()
     assert_close(ys[2], ref, np.float32)
+
+
+@pytest.mark.parametrize("oc, width, bias, relu, dil", [(32, 32, True, True, 1), (20, 13, False, True, 1),
+                                                        (40, 9, True, False, 2), (7, 6, True, True, 1)])
+def test_chain_hands_a_direct_stem_to_the_next_implicit_gemm(oc, width, bias, relu, dil, threads, rng):
+    """dead=: a few-channel direct layer ("small") before an implicit GEMM writes its output
+    (+ bias, ReLU) straight into that layer's padded plane through the direct loops vectorized
+    over output channels -- its own y is never written; rows of any width (blocks of 8, 4 and
+    1 outputs), channel counts that are not whole vectors or blocks, dilation."""
+    k = _k()
+    N = 3
+    x = rng.standard_normal((N, 3, width, width)).astype(np.float32)
+    w0 = (rng.standard_normal((oc, 3, 3, 3)) * 0.3).astype(np.float32)
+    b0 = rng.standard_normal(oc).astype(np.float32) if bias else None
+    w1 = (rng.standard_normal((16, oc, 3, 3)) * 0.2).astype(np.float32)
+    b1 = rng.standard_normal(16).astype(np.float32)
+    y0 = np.full((N, oc, width, width), np.nan, np.float32)
+    oh = (width - 1) // 2 + 1
+    y1 = np.full((N, 16, oh, oh), np.nan, np.float32)
+    # (forced: the scalar level's plan takes neither, its kernels are tested all the same)
+    assert "small" in k.conv2d_algorithms(x, y0, w0, 1, 1, dil, dil, dil, dil, 1)["forward"]
+    assert "igemm" in k.conv2d_algorithms(y0, y1, w1, 2, 2, 1, 1, 1, 1, 1)["forward"]
+    a0, p0 = k.conv2d_pack_forward(x, y0, w0, b0, 1, 1, dil, dil, dil, dil, 1, algorithm="small")
+    a1, p1 = k.conv2d_pack_forward(y0, y1, w1, b1, 2, 2, 1, 1, 1, 1, 1, algorithm="igemm")
+    want0, want1 = np.empty_like(y0), np.empty_like(y1)
+    k.conv2d_forward(want0, x, w0, b0, 1, 1, dil, dil, dil, dil, 1, relu)
+    k.conv2d_forward(want1, want0, w1, b1, 2, 2, 1, 1, 1, 1, 1, True)
+    layers = ((y0, x, w0, b0, a0, p0, relu, 1, 1, dil, dil, dil, dil, None, None, None),
+              (y1, y0, w1, b1, a1, p1, True, 2, 2, 1, 1, 1, 1, None, None, None))
+    k.conv2d_chain_forward(layers, 1, (True, False))
+    assert np.isnan(y0).all()                                       # handed over, not written
+    assert_close(y1, want1, np.float32)
+    y1.fill(np.nan)
+    k.conv2d_chain_forward(layers, 1, (False, False))               # kept: written, same result
+    assert_close(y0, want0, np.float32)
+    assert_close(y1, want1, np.float32)

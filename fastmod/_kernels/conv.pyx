@@ -86,6 +86,12 @@ cdef extern from "fm_direct.h":
                             int DH, int DW) noexcept nogil
     void fm_direct_dw_finish(float* dw, const float* vacc, int nt, Py_ssize_t psize, int OC,
                              int CKK, int acc) noexcept nogil
+    int fm_direct_cv_ocp(int OC) noexcept nogil
+    void fm_direct_cv_pack(float* wk, float* bk, const float* w, const float* b, int OC,
+                           int CKK) noexcept nogil
+    void fm_direct_cv_fwd(float* y, Py_ssize_t ldr, Py_ssize_t ldp, const float* xp,
+                          const float* wk, const float* bk, int OC, int OH, int OW, int C,
+                          int Hp, int Ws, int KH, int KW, int DH, int DW, int relu) noexcept nogil
 
 cdef extern from "fm_igemm.h":
     int fm_igemm_ocp(int OC) noexcept nogil
@@ -272,9 +278,11 @@ cdef struct ChainConv:
     bint post
     Py_ssize_t cs           # this layer's per-thread scratch (floats, a multiple of 16)
     Py_ssize_t off          # its offset in a thread's scratch
-    bint handoff            # implicit GEMM whose output only the next layer (an implicit GEMM)
-                            # reads: written into that layer's padded plane, not into y
+    bint handoff            # implicit GEMM (or direct, small) whose output only the next layer
+                            # (an implicit GEMM) reads: written into that layer's padded plane,
+                            # not into y
     bint from_plane         # the layer after a handoff: its plane is ready (no pack)
+    float* wcv              # a small handoff's weights and bias for fm_direct_cv_fwd (owned)
 
 
 cdef void _handoff(float* xp, const float* yt, int OCP, Geom* g, Geom* h, const float* b,
@@ -323,13 +331,29 @@ cdef inline void _chain_igemm(ChainConv* L, int im, float* col, float* nxt,
         _transpose_add(L.y + im * g.ys, g.P, yt, ocp, g.P, g.OC, L.b, g.acc, g.relu)
 
 
+cdef inline void _chain_small(ChainConv* L, int im, float* col, float* nxt,
+                              Geom* h) noexcept nogil:
+    # image im through a few-channel direct layer whose output goes into the next (implicit-
+    # GEMM) layer's padded plane: the direct loops vectorized over output channels, which
+    # write position-major (+ bias, ReLU) at the plane's interior
+    cdef Geom* g = &L.g
+    cdef int ocp = fm_direct_cv_ocp(g.OC)
+    _small_plane(col, L.x + im * g.xs, g)
+    fm_direct_cv_fwd(nxt + (<Py_ssize_t>h.PH * h.Wq + h.PW) * h.C, <Py_ssize_t>h.Wq * h.C, h.C,
+                     col, L.wcv, L.wcv + <Py_ssize_t>g.C * g.KH * g.KW * ocp, g.OC, g.OH, g.OW,
+                     g.C, g.Hp, g.Ws, g.KH, g.KW, g.DH, g.DW, g.relu)
+
+
 cdef inline void _chain_images(ChainConv* L, int im, int cnt, float* col, float* nxt,
                                Geom* h) noexcept nogil:
     # images im .. im + cnt through layer L: one block (im2row / Winograd) or image by image,
     # then the epilogue; nxt / h: the next layer's plane and plan (handoff)
     cdef Geom* g = &L.g
     cdef int j
-    if L.handoff or L.from_plane:
+    if L.handoff and g.small:
+        for j in range(im, im + cnt):
+            _chain_small(L, j, col, nxt, h)
+    elif L.handoff or L.from_plane:
         for j in range(im, im + cnt):
             _chain_igemm(L, j, col, nxt, h)
     elif g.im2row or g.wino or g.wino5:
@@ -358,6 +382,16 @@ cdef void _chain_run(ChainConv* c, int n, int lo, int hi, int group,
         im = im + group
 
 
+cdef void _pack_cv(ChainConv* L) except *:
+    # a small handoff's weights and bias for fm_direct_cv_fwd (C*KH*KW*OCP + OCP floats; at
+    # most a few thousand: packed per call)
+    cdef int ckk = L.g.C * L.g.KH * L.g.KW, ocp = fm_direct_cv_ocp(L.g.OC)
+    L.wcv = <float*>fm_malloc((<Py_ssize_t>ckk * ocp + ocp) * sizeof(float))
+    if L.wcv == NULL:
+        raise MemoryError("conv2d_chain_forward: out of memory")
+    fm_direct_cv_pack(L.wcv, L.wcv + <Py_ssize_t>ckk * ocp, L.w, L.b, L.g.OC, ckk)
+
+
 def conv2d_chain_forward(tuple layers, int group=CHAIN_GROUP, object dead=None):
     """Several float32 convolutions in a row, depth first: each thread takes a range of images
     and runs each image through every layer in turn, so a layer reads its input while the
@@ -368,10 +402,10 @@ def conv2d_chain_forward(tuple layers, int group=CHAIN_GROUP, object dead=None):
     computed before the chain; residual likewise). Unchecked but the algorithms and packed
     sizes: fastmod.inference plans the shapes.
 
-    dead: per layer, True when nothing but the next layer reads its y; between two implicit-
-    GEMM layers (the first without scale/shift/residual, one image at a time) such a y is then
-    never written: the output goes straight into the next layer's padded position-major plane
-    (no transpose out, no pack in)."""
+    dead: per layer, True when nothing but the next layer reads its y; when the next layer is
+    an implicit GEMM and this one an implicit GEMM or a few-channel direct layer (without
+    scale/shift/residual, one image at a time), such a y is then never written: the output goes
+    straight into the next layer's padded position-major plane (no transpose out, no pack in)."""
     cdef int n = len(layers), i, t, lo, hi, chunk, nt, N
     cdef Py_ssize_t total = 0
     cdef ChainConv* c
@@ -381,6 +415,8 @@ def conv2d_chain_forward(tuple layers, int group=CHAIN_GROUP, object dead=None):
     c = <ChainConv*>fm_malloc(n * sizeof(ChainConv))
     if c == NULL:
         raise MemoryError("conv2d_chain_forward: out of memory")
+    for i in range(n):
+        c[i].wcv = NULL
     try:
         for i in range(n):
             (y, x, w, b, algorithm, packed, relu, SH, SW, PH, PW, DH, DW, scale, shift,
@@ -413,11 +449,14 @@ def conv2d_chain_forward(tuple layers, int group=CHAIN_GROUP, object dead=None):
             c[i].from_plane = False
             total += c[i].cs
         for i in range(n - 1):
-            if dead is not None and dead[i] and group == 1 and c[i].g.igemm and \
+            if dead is not None and dead[i] and group == 1 and \
+                    (c[i].g.igemm or c[i].g.small) and \
                     c[i + 1].g.igemm and not c[i].post and c[i + 1].x == c[i].y and \
                     c[i + 1].g.C == c[i].g.OC:
                 c[i].handoff = True
                 c[i + 1].from_plane = True
+                if c[i].g.small:
+                    _pack_cv(&c[i])
         N = c[0].g.N
         nt = max(1, min(N, num_threads()))
         buf = <float*>fm_malloc(nt * total * sizeof(float))
@@ -435,6 +474,8 @@ def conv2d_chain_forward(tuple layers, int group=CHAIN_GROUP, object dead=None):
                         _chain_run(c, n, lo, hi, group, buf + t * total)
         free(buf)
     finally:
+        for i in range(n):
+            free(c[i].wcv)
         free(c)
 
 

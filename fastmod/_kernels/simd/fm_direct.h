@@ -39,6 +39,8 @@
 
 #define FM_DMAX_NO 24
 #define FM_DMAX_NV 2
+#define FM_IG_MAX_MR 24
+#define FM_IG_MAX_NR 4
 
 /* the channel block of the forward for a row of OW outputs and OC channels: of the level's
    candidates (fm_tuning.h), the largest that computes the fewest padding channels */
@@ -167,6 +169,142 @@ static void fm_direct_fwd(float* y, const float* xp, const float* wp, const floa
         FM__DFWD(2, 12) FM__DFWD(2, 8) FM__DFWD(2, 6) FM__DFWD(2, 4)
     }
 #undef FM__DFWD
+}
+
+/* ---------------------------------------------------------------- forward over channels
+ * The same stride-1 convolution from the same padded planes xp (C, Hp, Ws), vectorized over
+ * output channels instead of outputs, for a layer whose output feeds an implicit-GEMM layer
+ * (conv.pyx's chain: cnn's 3 -> 32 stem before its 32 -> 64 stride-2 layer): the result is
+ * written position-major -- straight into the next layer's zero-padded plane -- where the
+ * outputs-vectorized kernel above writes rows of one channel (NCHW), which that layer would
+ * then transpose in again (the pack was 4-5 us of each image's 21 us of stem + pack).
+ * A block is MR consecutive outputs of one row x NR vectors of output channels: per tap, NR
+ * vector loads of the packed weights wk (C*KH*KW, OCP) and MR broadcasts from one input row at
+ * constant offsets (one pointer per block: the implicit GEMM's per-position pointers spilled
+ * at MR = 12), MR*NR FMAs. */
+
+/* the output channels of a block (NR vectors) for OC channels, and OC rounded up to blocks */
+static inline int fm_direct_cv_nr(int OC) {
+    int nr = (OC + FM_W - 1) / FM_W;
+    return nr > FM_DC_NR ? FM_DC_NR : nr;
+}
+
+static inline int fm_direct_cv_ocp(int OC) {
+    int b = fm_direct_cv_nr(OC) * FM_W;
+    return (OC + b - 1) / b * b;
+}
+
+/* wk[tap*OCP + o] = w[o, tap], bk[o] = b[o] (0 past OC or without bias): wk holds
+   C*KH*KW*OCP floats, bk OCP */
+static void fm_direct_cv_pack(float* wk, float* bk, const float* w, const float* b, int OC,
+                              int CKK) {
+    int OCP = fm_direct_cv_ocp(OC), t, o;
+    for (t = 0; t < CKK; t++)
+        for (o = 0; o < OCP; o++)
+            wk[(ptrdiff_t)t * OCP + o] = o < OC ? w[(ptrdiff_t)o * CKK + t] : 0.0f;
+    for (o = 0; o < OCP; o++)
+        bk[o] = (b && o < OC) ? b[o] : 0.0f;
+}
+
+/* one block: y[i*ldp + o] = max?(bk[o] + sum_taps xr[tap's offset + i] * wk[tap*ldw + o]) for
+   i < MR, o < noc (of this block's NR*FM_W channels) */
+FM_ALWAYS_INLINE void fm__dcv_block(const int MR, const int NR, float* y, ptrdiff_t ldp,
+                                    const float* xr, ptrdiff_t plane, int Ws, const float* wk,
+                                    ptrdiff_t ldw, const float* bk, int C, int KH, int KW,
+                                    int DH, int DW, int noc, int relu) {
+    fm_vf a[FM_IG_MAX_MR][FM_IG_MAX_NR];
+    int i, v, c, kh, kw;
+    const float* wt = wk;
+    FM_UNROLL_ALL
+    for (v = 0; v < NR; v++) {
+        fm_vf bv = fm_vload(bk + v * FM_W);
+        FM_UNROLL_ALL
+        for (i = 0; i < MR; i++)
+            a[i][v] = bv;
+    }
+    for (c = 0; c < C; c++)
+        for (kh = 0; kh < KH; kh++) {
+            const float* s = xr + c * plane + (ptrdiff_t)kh * DH * Ws;
+            for (kw = 0; kw < KW; kw++, wt += ldw) {
+                const float* sk = s + kw * DW;
+                fm_vf wv[FM_IG_MAX_NR];
+                FM_UNROLL_ALL
+                for (v = 0; v < NR; v++)
+                    wv[v] = fm_vload(wt + v * FM_W);
+                FM_UNROLL_ALL
+                for (i = 0; i < MR; i++) {
+                    fm_vf b = fm_vset1(sk[i]);
+                    FM_IN_REGISTER(b);
+                    FM_UNROLL_ALL
+                    for (v = 0; v < NR; v++)
+                        a[i][v] = fm_vfma(b, wv[v], a[i][v]);
+                }
+            }
+        }
+    FM_UNROLL_ALL
+    for (i = 0; i < MR; i++) {
+        FM_UNROLL_ALL
+        for (v = 0; v < NR; v++) {
+            int n = noc - v * FM_W;
+            fm_vf r = a[i][v];
+            if (n <= 0)
+                break;
+            if (relu)
+                r = fm_vrelu(r);
+            if (n >= FM_W)
+                fm_vstore(y + i * ldp + v * FM_W, r);
+            else
+                fm_vstore_n(y + i * ldp + v * FM_W, r, n);
+        }
+    }
+}
+
+FM_ALWAYS_INLINE void fm__dcv_rows(const int MR, const int NR, float* y, ptrdiff_t ldr,
+                                   ptrdiff_t ldp, const float* xp, const float* wk,
+                                   const float* bk, int OC, int OH, int OW, int C, int Hp, int Ws,
+                                   int KH, int KW, int DH, int DW, int relu) {
+    ptrdiff_t plane = (ptrdiff_t)Hp * Ws;
+    int OCP = fm_direct_cv_ocp(OC), ob, oh, ow;
+    for (ob = 0; ob < OCP; ob += NR * FM_W) {
+        int noc = OC - ob;
+        for (oh = 0; oh < OH; oh++) {
+            const float* xr = xp + (ptrdiff_t)oh * Ws;
+            float* yr = y + oh * ldr + ob;
+            for (ow = 0; OW - ow >= MR; ow += MR)
+                fm__dcv_block(MR, NR, yr + ow * ldp, ldp, xr + ow, plane, Ws, wk + ob, OCP,
+                              bk + ob, C, KH, KW, DH, DW, noc, relu);
+            if (MR > 4)
+                for (; OW - ow >= 4; ow += 4)
+                    fm__dcv_block(4, NR, yr + ow * ldp, ldp, xr + ow, plane, Ws, wk + ob, OCP,
+                                  bk + ob, C, KH, KW, DH, DW, noc, relu);
+            for (; ow < OW; ow++)
+                fm__dcv_block(1, NR, yr + ow * ldp, ldp, xr + ow, plane, Ws, wk + ob, OCP,
+                              bk + ob, C, KH, KW, DH, DW, noc, relu);
+        }
+    }
+}
+
+/* y[oh*ldr + ow*ldp + o] = conv(xp) + b for o < OC, then max(., 0) when relu (NaN kept): xp
+   fm_direct_fwd's padded planes (stride 1), wk / bk packed by fm_direct_cv_pack; y's lanes past
+   OC are not written. */
+static void fm_direct_cv_fwd(float* y, ptrdiff_t ldr, ptrdiff_t ldp, const float* xp,
+                             const float* wk, const float* bk, int OC, int OH, int OW, int C,
+                             int Hp, int Ws, int KH, int KW, int DH, int DW, int relu) {
+    int nr = fm_direct_cv_nr(OC);
+#define FM__DCV(nr_, mr_) \
+    if (nr == (nr_)) { \
+        fm__dcv_rows(mr_, nr_, y, ldr, ldp, xp, wk, bk, OC, OH, OW, C, Hp, Ws, KH, KW, DH, DW, \
+                     relu); \
+        return; \
+    }
+    FM__DCV(1, FM_DC_MR1) FM__DCV(2, FM_DC_MR2)
+#if FM_DC_NR >= 3
+    FM__DCV(3, FM_DC_MR3)
+#endif
+#if FM_DC_NR >= 4
+    FM__DCV(4, FM_DC_MR4)
+#endif
+#undef FM__DCV
 }
 
 /* ---------------------------------------------------------------- weight gradient */

@@ -26,8 +26,16 @@
 #include "fm_tuning.h"
 #include "fm_direct.h"
 
-#define FM_IG_MAX_MR 24
-#define FM_IG_MAX_NR 4
+/* the forward's k loop two steps per iteration (A/B, one core: 0.97 of the time on cnn.conv2
+   and cnn.conv3's shapes) */
+#if defined(__GNUC__) && !defined(__clang__)
+#  define FM_UNROLL2 _Pragma("GCC unroll 2")
+#elif defined(__clang__)
+#  define FM_UNROLL2 _Pragma("unroll 2")
+#else
+#  define FM_UNROLL2
+#endif
+
 
 /* the output channels of one register block (NR vectors) for OC channels */
 static inline int fm_igemm_nr(int OC) {
@@ -72,6 +80,7 @@ FM_ALWAYS_INLINE void fm__ig_block(const int MR, const int NR, float* yt, ptrdif
         FM_UNROLL_ALL
         for (i = 0; i < MR; i++)
             xs[i] = xr[i] + roff[r];
+        FM_UNROLL2
         for (j = 0; j < len; j++, w += ldw) {
             fm_vf wv[FM_IG_MAX_NR];
             FM_UNROLL_ALL

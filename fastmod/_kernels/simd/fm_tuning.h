@@ -32,6 +32,13 @@
 #  define FM_IG_MR2 12
 #  define FM_IG_MR3 8
 #  define FM_IG_MR4 6
+/* direct forward over output channels (fm_direct_cv_fwd): MR outputs of a row x NR vectors of
+ * channels; MR = 8 at NR = 2 divides the stems' 32-wide rows (no remainder blocks) */
+#  define FM_DC_NR 4
+#  define FM_DC_MR1 12
+#  define FM_DC_MR2 8
+#  define FM_DC_MR3 8
+#  define FM_DC_MR4 6
 #elif FM_LEVEL == 1
 /* 16 ymm registers: 2 x 6 (12 accumulators, 2 input vectors, one broadcast: 15 registers) or
  * 2 x 4; A/B 2 x 6 / 2 x 4: 0.83-0.86 for 3->24 and the DenseBlock layers (OC 12). Against the
@@ -44,6 +51,10 @@
 #  define FM_IG_NR 2
 #  define FM_IG_MR1 12
 #  define FM_IG_MR2 6
+/* direct forward over output channels: 6 x 2 or 12 x 1, as the implicit GEMM */
+#  define FM_DC_NR 2
+#  define FM_DC_MR1 12
+#  define FM_DC_MR2 6
 #else
 /* one float at a time: the plan does not choose these kernels at this level (the tests force
  * them) */
@@ -55,6 +66,11 @@
 #  define FM_IG_MR2 4
 #  define FM_IG_MR3 4
 #  define FM_IG_MR4 4
+#  define FM_DC_NR 4
+#  define FM_DC_MR1 4
+#  define FM_DC_MR2 4
+#  define FM_DC_MR3 4
+#  define FM_DC_MR4 4
 #endif
 
 #endif /* FM_TUNING_H */
