@@ -710,3 +710,49 @@ def test_sequential_linear_chain_under_no_grad(rng):
         assert len(calls) == 2
     finally:
         C._kl.linear_chain_forward = orig
+
+
+@pytest.mark.parametrize("dims", [2, 1])
+def test_sequential_conv_chain_under_no_grad(dims, threads, rng):
+    """Under no_grad a run of float32 convolutions in a Sequential (ReLUs fused) runs depth
+    first in one kernel call (conv.conv_chain_forward) with the layer-by-layer values (the
+    few-channel stem and the stride-2 implicit GEMMs hand their outputs over); a hooked layer,
+    a float64 model, a layer of two groups take the ordinary path; bad input raises the layer's
+    own error."""
+    from fastmod.nn import conv as K
+    Conv = nn.Conv2d if dims == 2 else nn.Conv1d
+    m = nn.Sequential(Conv(3, 32, 3, padding=1), nn.ReLU(), Conv(32, 24, 3, stride=2, padding=1),
+                      nn.ReLU(), Conv(24, 16, 3, stride=2, padding=1), nn.Flatten(),
+                      nn.Linear(16 * (4 if dims == 2 else 2) ** dims, 5))
+    m.eval()
+    shape = (3, 3, 13, 13) if dims == 2 else (3, 3, 7)
+    x = rng.standard_normal(shape).astype(np.float32)
+    want = m[6](m[5](m[4](np.maximum(m[2](np.maximum(m[0](x), 0)), 0))))
+    calls = []
+    orig = K._k.conv2d_chain_forward
+    K._k.conv2d_chain_forward = lambda *a, **k: (calls.append(1), orig(*a, **k))[1]
+    try:
+        with fastmod.no_grad():
+            got = m(x)
+        assert_close(got, want, np.float32)
+        assert len(calls) == 1
+        seen = []
+        h = m[2].register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+        with fastmod.no_grad():
+            assert_close(m(x), want, np.float32)
+        assert len(seen) == 1 and len(calls) == 1     # the hooked layer ran as itself
+        h.remove()
+        with pytest.raises(ValueError, match="expected input of shape"):
+            with fastmod.no_grad():
+                m(x[:, :2])
+        g = nn.Sequential(Conv(4, 8, 3, padding=1, groups=2), nn.ReLU(), Conv(8, 8, 1))
+        x4 = rng.standard_normal((2, 4) + shape[2:]).astype(np.float32)
+        with fastmod.no_grad():
+            assert_close(g(x4), g[2](np.maximum(g[0](x4), 0)), np.float32)
+        assert len(calls) == 1
+        with fastmod.no_grad():
+            got64 = m.double()(x.astype(np.float64))
+        assert len(calls) == 1
+        assert_close(got64, want, np.float32)
+    finally:
+        K._k.conv2d_chain_forward = orig

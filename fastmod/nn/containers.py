@@ -8,6 +8,7 @@ from fastmod._runtime import STATE
 from fastmod.nn.activation import make_activation
 from fastmod._kernels import linear as _kl
 from fastmod.nn.linear import Linear
+from fastmod.nn.conv import Conv1d, Conv2d, chainable, conv_chain_forward
 from fastmod.nn.module import (F32, STRUCTURE_VERSION, Module, elementwise_activation,
                                fuses_input_activation_grad, fuses_output_activation)
 
@@ -70,7 +71,7 @@ class Sequential(Module):
     #   block inside the kernel, no extra pass or array).
     # The plan is cached until a module's children or hooks change (STRUCTURE_VERSION), and
     # what forward did is saved with grad enabled, so backward follows it exactly.
-    _CALL, _FUSED, _ACTIVATE = 0, 1, 2
+    _CALL, _FUSED, _ACTIVATE, _CHAIN = 0, 1, 2, 3
 
     def _plan(self):
         """((kind, module, activation name, activation module, input activation, folded), ...):
@@ -127,6 +128,53 @@ class Sequential(Module):
             return None
         return chain
 
+    def _conv_runs(self, plan):
+        """The plan with each run of two or more convolutions (each followed by a fused ReLU or
+        nothing) as one entry (_CHAIN, ((conv, relu), ...), the run's plan entries), or None
+        when there is no such run; cached with the plan."""
+        d = self.__dict__
+        cached = d.get("_conv_runs_cache")
+        if cached is not None and cached[0] is plan:
+            return cached[1]
+        out, run = [], []
+
+        def flush():
+            if len(run) > 1:
+                out.append((self._CHAIN, tuple((e[1], e[0] == self._FUSED) for e in run),
+                            tuple(run)))
+            else:
+                out.extend(run)
+            run.clear()
+
+        for e in plan:
+            kind, m, act = e[:3]
+            if type(m) in (Conv1d, Conv2d) and (kind == self._CALL or (
+                    kind == self._FUSED and act == "relu")):
+                run.append(e)
+                continue
+            flush()
+            out.append(e)
+        flush()
+        runs = tuple(out) if any(e[0] == self._CHAIN for e in out) else None
+        d["_conv_runs_cache"] = (plan, runs)
+        return runs
+
+    def _forward_steps(self, steps, x):
+        """Under no_grad: the plan's entries in turn (a _CHAIN run depth first in one kernel call
+        when its layers and x allow, else layer by layer)."""
+        for e in steps:
+            kind, m = e[0], e[1]
+            if kind == self._CHAIN:
+                y = conv_chain_forward(m, x) if all(chainable(c) for c, _ in m) else None
+                x = self._forward_steps(e[2], x) if y is None else y
+            elif kind == 1:                         # nothing to release or save: no __call__
+                x = m.forward(x, activation=e[2])
+            elif kind == 2:
+                x = m.activate(x)
+            else:
+                x = m(x)
+        return x
+
     def forward(self, x):
         if not self._modules:                       # empty: the identity (checked as Identity)
             self._save(*_like(x))
@@ -144,14 +192,8 @@ class Sequential(Module):
                     (y, m.weight.data, None if m.bias is None else m.bias.data, relu)
                     for y, (m, relu) in zip(outs, chain[1])))
                 return outs[-1]
-            for kind, m, act, _, _, _ in plan:
-                if kind == 1:                       # nothing to release or save: no __call__
-                    x = m.forward(x, activation=act)
-                elif kind == 2:
-                    x = m.activate(x)
-                else:
-                    x = m(x)
-            return x
+            # runs of convolutions (ReLUs fused) depth first: one kernel call per run
+            return self._forward_steps(self._conv_runs(plan) or plan, x)
         steps = []          # (module, its input activation, activation module, its output)
         for kind, m, act, act_mod, absorbed, folded in plan:
             if kind == 1:

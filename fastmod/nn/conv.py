@@ -398,3 +398,41 @@ class Conv2d(_ConvNd):
         (4, 16, 16, 16)
     """
     _nd = 2
+
+
+def chainable(m):
+    """True when m can run inside conv_chain_forward: exactly a float32 Conv1d / Conv2d of one
+    group with zero padding, neither hooked nor wrapped (profiling)."""
+    return (type(m) in (Conv1d, Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
+            and m.weight.data.dtype == np.float32 and "forward" not in m.__dict__
+            and not m.__dict__.get("_observed"))
+
+
+def conv_chain_forward(layers, x):
+    """The output of the convolutions ((conv, relu), ...) applied one after another to x --
+    conv(x) + b, then max(., 0) where relu -- nothing saved (inference), computed depth first:
+    each thread takes its images through every layer while they are in its cache, and an output
+    that only the next layer reads goes straight into that layer's input layout between the
+    kernels that can (conv2d_chain_forward; the intermediates are not returned). None when x
+    is not a float32 array the layers accept one after another (the caller then runs them one
+    by one, which raises the layer's own error)."""
+    if type(x) is not np.ndarray or x.dtype != np.float32:
+        return None
+    x = np.ascontiguousarray(x)
+    tuples, cur = [], x
+    for m, relu in layers:
+        if cur.ndim != m._nd + 2 or cur.shape[1] != m.in_channels:
+            return None
+        g = m._geometry(cur.shape[2:])
+        if g[2] <= 0 or g[3] <= 0:
+            return None
+        KH, KW, SH, SW, PH, PW, DH, DW = g[4:12]
+        y = np.empty(m.output_shape(cur.shape), np.float32)
+        y4, x4 = m._as4(y), m._as4(cur)
+        w4 = m.weight.data.reshape(m.out_channels, -1, KH, KW)
+        b = None if m.bias is None else m.bias.data
+        algo, packed = _k.conv2d_pack_forward(x4, y4, w4, b, SH, SW, PH, PW, DH, DW, 1)
+        tuples.append((y4, x4, w4, b, algo, packed, relu, SH, SW, PH, PW, DH, DW, None, None, None))
+        cur = y
+    _k.conv2d_chain_forward(tuple(tuples), dead=(True,) * (len(tuples) - 1) + (False,))
+    return cur
