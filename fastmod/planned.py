@@ -135,12 +135,6 @@ class _LinearChain:
         _kl.linear_chain_forward(x2, layers)
 
 
-def _pack_aligned(conv, y, x):
-    """conv.pack_forward(y, x) with the packed weights moved to a 64-byte boundary."""
-    name, packed = conv.pack_forward(y, x)
-    return name, _aligned_copy(packed)
-
-
 class _ConvChain:
     """Consecutive float32 _Conv steps, each reading the one before (an intermediate read by
     nothing outside the chain but the chain's own skips), run depth first: one kernel call in
@@ -204,7 +198,7 @@ class _Conv:
         key = (x.shape, x.strides, x.dtype.str)
         pk = self.packed.get(key)
         if pk is None:
-            pk = self.packed[key] = _pack_aligned(self.conv, y, x)
+            pk = self.packed[key] = self.conv.pack_forward(y, x)   # (64-byte aligned)
         regs[self.dst] = y
         return y, r, pk
 

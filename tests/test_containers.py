@@ -734,8 +734,14 @@ def test_sequential_conv_chain_under_no_grad(dims, threads, rng):
     try:
         with fastmod.no_grad():
             got = m(x)
+            again = m[:5](x)                          # the chain's result: a fresh array
+            other = m[:5](x[:1] * 2)
         assert_close(got, want, np.float32)
-        assert len(calls) == 1
+        assert len(calls) == 3
+        assert not np.shares_memory(again, other)
+        assert_close(again, m[4](np.maximum(m[2](np.maximum(m[0](x), 0)), 0)), np.float32)
+        calls.clear()
+        calls.append(1)
         seen = []
         h = m[2].register_forward_hook(lambda mod, args, out: seen.append(out.shape))
         with fastmod.no_grad():

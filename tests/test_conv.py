@@ -876,6 +876,7 @@ def test_chain_hands_a_direct_stem_to_the_next_implicit_gemm(oc, width, bias, re
     k.conv2d_forward(want1, want0, w1, b1, 2, 2, 1, 1, 1, 1, 1, True)
     layers = ((y0, x, w0, b0, a0, p0, relu, 1, 1, dil, dil, dil, dil, None, None, None),
               (y1, y0, w1, b1, a1, p1, True, 2, 2, 1, 1, 1, 1, None, None, None))
+    assert p0.ctypes.data % 64 == 0 and p1.ctypes.data % 64 == 0   # packed rows on cache lines
     k.conv2d_chain_forward(layers, 1, (True, False))
     assert np.isnan(y0).all()                                       # handed over, not written
     assert_close(y1, want1, np.float32)

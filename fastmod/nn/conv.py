@@ -11,6 +11,8 @@ scratch: im2col / patch rows + a single-threaded GEMM in general, a plain GEMM f
 Winograd F(2x2, 3x3) / F(2, 5) for wide 3x3 / k5 stride-1 layers, direct FMA loops for few
 input or output channels; fastmod/_kernels/conv/plan.pxi lists which layer takes which path.
 """
+import threading
+
 import numpy as np
 
 from fastmod._kernels import conv as _k
@@ -408,12 +410,31 @@ def chainable(m):
             and not m.__dict__.get("_observed"))
 
 
+_POOL = threading.local()      # per thread: conv_chain_forward's intermediate outputs
+
+
+def _intermediate(shape, i):
+    """A float32 array of `shape` for the i-th intermediate output of a chain, reused by the
+    calling thread's later chains (nothing outside one kernel call ever sees it; a handed-over
+    output is never even written, so its pages are never touched). At most 16 kept."""
+    d = getattr(_POOL, "bufs", None)
+    if d is None:
+        d = _POOL.bufs = {}
+    a = d.get((shape, i))
+    if a is None:
+        if len(d) >= 16:
+            d.clear()
+        a = d[shape, i] = np.empty(shape, np.float32)
+    return a
+
+
 def conv_chain_forward(layers, x):
     """The output of the convolutions ((conv, relu), ...) applied one after another to x --
     conv(x) + b, then max(., 0) where relu -- nothing saved (inference), computed depth first:
     each thread takes its images through every layer while they are in its cache, and an output
     that only the next layer reads goes straight into that layer's input layout between the
-    kernels that can (conv2d_chain_forward; the intermediates are not returned). None when x
+    kernels that can (conv2d_chain_forward; the intermediates live in a per-thread pool, only
+    the result is a fresh array). None when x
     is not a float32 array the layers accept one after another (the caller then runs them one
     by one, which raises the layer's own error)."""
     if type(x) is not np.ndarray or x.dtype != np.float32:
@@ -427,7 +448,9 @@ def conv_chain_forward(layers, x):
         if g[2] <= 0 or g[3] <= 0:
             return None
         KH, KW, SH, SW, PH, PW, DH, DW = g[4:12]
-        y = np.empty(m.output_shape(cur.shape), np.float32)
+        oshape = m.output_shape(cur.shape)
+        y = np.empty(oshape, np.float32) if len(tuples) == len(layers) - 1 else \
+            _intermediate(oshape, len(tuples))
         y4, x4 = m._as4(y), m._as4(cur)
         w4 = m.weight.data.reshape(m.out_channels, -1, KH, KW)
         b = None if m.bias is None else m.bias.data
