@@ -613,3 +613,29 @@ def test_nan_scores_propagate_in_every_lane(T, bad):
     x[0, bad, 5] = np.nan
     y = att(x)
     assert np.isnan(y[0]).all() and np.isfinite(y[1]).all()
+
+
+@pytest.mark.parametrize("T,S,D,H", [(64, 64, 32, 8), (13, 29, 5, 3), (1, 70, 24, 2), (40, 1, 17, 1)])
+def test_attention_core_against_float64_reference(T, S, D, H, threads, rng):
+    """The attention kernel's per-head products (float32 at the vector levels: K_h transposed
+    and scaled, then fastmod's GEMM kernel for Q K^T and P V; float64 and the scalar level:
+    BLAS) against a float64 NumPy softmax(Q K^T / sqrt(D)) V, on head and key counts that fill
+    no vector (q, k, v read as strided views of one [Q | K | V] array, as the layer does)."""
+    from fastmod._kernels import attention as ka
+    N, E = 2, H * D
+    for dt in (np.float32, np.float64):
+        qkv = rng.standard_normal((N * max(T, S), 3 * E)).astype(dt)
+        q = qkv[:N * T].reshape(N, T, 3 * E)[..., :E]
+        k = qkv[:N * S].reshape(N, S, 3 * E)[..., E:2 * E]
+        v = qkv[:N * S].reshape(N, S, 3 * E)[..., 2 * E:]
+        ctx = np.full((N, T, E), np.nan, dt)
+        P = np.empty((N, H, T, S), dt)
+        ka.attention_forward(ctx, P, qkv, qkv[:, E:], qkv[:, 2 * E:], None, 0, None, N, H, T, S,
+                             D, 3 * E, 3 * E, 3 * E, E, 1 / math.sqrt(D), False, 0.0, 0)
+        sh = lambda a, L: a.astype(np.float64).reshape(N, L, H, D).transpose(0, 2, 1, 3)
+        sc = sh(q, T) @ sh(k, S).transpose(0, 1, 3, 2) / math.sqrt(D)
+        p = np.exp(sc - sc.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        want = (p @ sh(v, S)).transpose(0, 2, 1, 3).reshape(N, T, E)
+        assert_close(P, p, dt)
+        assert_close(ctx, want, dt)

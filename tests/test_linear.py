@@ -454,3 +454,33 @@ def test_batch1_forward_matches_reference(i, o, bias, threads, rng):
         assert_close(seq(x), np.maximum(want, 0), np.float32)
         x[0, i // 2] = np.nan
         assert np.isnan(lin(x)).all() and np.isnan(seq(x)).all()
+
+
+@pytest.mark.parametrize("n,i,o", [(64, 256, 1024), (33, 40, 70), (3, 16, 17), (300, 8, 5)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_gelu_epilogue_matches_separate_gelu(n, i, o, dtype, threads, rng):
+    """Linear._forward_gelu (inference's Linear + GELU: the exact GELU in the GEMM's epilogue on
+    the float32 fm_pgemm path, else in place after the GEMM) equals GELU applied to the layer's
+    output, on every path and level; linear_forward says whether it applied the GELU."""
+    from fastmod._kernels import linear as kl
+    m = nn.Linear(i, o, dtype=dtype)
+    x = rng.standard_normal((2, n, i)).astype(dtype) * 2
+    want = np.asarray(ref.gelu(m(x).astype(np.float64))).astype(dtype)
+    with fastmod.no_grad():
+        got = m._forward_gelu(x)
+    assert got.shape == (2, n, o) and got.dtype == dtype
+    assert_close(got, want, dtype)
+    y = np.empty((2 * n, o), dtype)
+    done = kl.linear_forward(y, x.reshape(-1, i), m.weight.data, m.bias.data, kl.GELU)
+    if done:
+        assert dtype == np.float32 and fastmod.get_isa() != "scalar"
+        assert_close(y, want.reshape(-1, o), dtype)
+    else:
+        assert_close(y, m(x).reshape(-1, o), dtype)       # the GEMM alone
+    if dtype == np.float32 and fastmod.get_isa() != "scalar" and (n, i, o) == (64, 256, 1024):
+        assert done                                      # transformer_b16's linear1: fused
+    assert kl.linear_forward(y, x.reshape(-1, i), m.weight.data, None, 1) is True
+    with pytest.raises(ValueError, match="relu must be 0, 1 or GELU"):
+        kl.linear_forward(y, x.reshape(-1, i), m.weight.data, None, 3)
+    with pytest.raises(ValueError, match="expected input of shape"):
+        m._forward_gelu(x[..., :-1])

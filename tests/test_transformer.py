@@ -380,3 +380,30 @@ def test_encoder_bad_arguments():
         nn.TransformerEncoder(layer, 2, norm=3)
     with pytest.raises(ValueError, match="expected src of shape"):
         nn.TransformerEncoder(layer, 2)(np.zeros((2, 3, 7), np.float32))
+
+
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post", "pre"])
+def test_inference_gelu_fused_into_linear1(rng, norm_first, threads):
+    """Under no_grad a plain GELU after linear1 runs in linear1's GEMM epilogue
+    (Linear._forward_gelu): the same output as the layer with grad enabled (which keeps
+    linear1's output for backward); a hooked activation runs as itself."""
+    m = nn.TransformerEncoderLayer(32, 4, dim_feedforward=80, dropout=0.0, activation="gelu",
+                                   batch_first=True, norm_first=norm_first)
+    m.eval()
+    x = rng.standard_normal((3, 7, 32)).astype(np.float32)
+    want = m(x)
+    calls = []
+    orig = type(m.linear1)._forward_gelu
+    type(m.linear1)._forward_gelu = lambda self, a: (calls.append(1), orig(self, a))[1]
+    try:
+        with fastmod.no_grad():
+            assert_close(m(x), want, np.float32)
+        assert len(calls) == 1
+        seen = []
+        h = m.activation.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+        with fastmod.no_grad():
+            assert_close(m(x), want, np.float32)
+        assert seen == [(3, 7, 80)] and len(calls) == 1
+        h.remove()
+    finally:
+        type(m.linear1)._forward_gelu = orig

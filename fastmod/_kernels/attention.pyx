@@ -29,7 +29,9 @@ from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport exp, INFINITY
 from libc.stdint cimport uint64_t
+from libc.stdlib cimport free
 
+from fastmod._kernels._alloc cimport fm_malloc
 from fastmod._kernels._blas cimport gemm
 from fastmod._kernels._threads cimport num_threads, threads_for
 
@@ -41,6 +43,52 @@ cdef Py_ssize_t GRAIN = 1 << 16          # multiply-adds per thread before a 2nd
 
 # float32 row helpers (max, exp + sum, dot; sums in double): vector kernels in
 # simd/fm_softmax.h, compiled per instruction set.
+# float32 at the vector levels: the two per-head products through fastmod's register-blocked
+# GEMM kernel (simd/fm_pgemm.h) instead of BLAS calls (a 64 x 64 x 32 sgemm is mostly call and
+# packing overhead: transformer_b16's attention core ran at 94 GFLOP/s, 716 us a layer)
+cdef extern from "fm_pgemm.h":
+    int FM_LEVEL
+    int fm_pgemm_panel_cols(int OUT) noexcept nogil
+    Py_ssize_t fm_pgemm_ws_size(int IN, int OUT, int panels) noexcept nogil
+    void fm_pgemm_nn(float* y, Py_ssize_t ldy, const float* a, Py_ssize_t ars, Py_ssize_t aks,
+                     const float* b, Py_ssize_t ldb, int K, int NC, int m0, int m1, int p0,
+                     int p1, int beta, float* ws) noexcept nogil
+
+cdef extern from "fm_conv.h":
+    void fm_transpose_add(float* dst, Py_ssize_t ldd, const float* src, Py_ssize_t lds,
+                          int rows, int cols, const float* bias, int acc, int relu) noexcept nogil
+
+
+cdef inline Py_ssize_t _own_size(int S, int D) noexcept nogil:
+    # floats of a thread's scratch for _own_products: K_h^T (D, S) and the two GEMMs' slabs
+    cdef int ps = fm_pgemm_panel_cols(S), pd = fm_pgemm_panel_cols(D)
+    return ((<Py_ssize_t>D * S + 15) // 16 * 16
+            + (fm_pgemm_ws_size(D, S, (S + ps - 1) // ps) + 15) // 16 * 16
+            + fm_pgemm_ws_size(S, D, (D + pd - 1) // pd))
+
+
+cdef inline void _own_scores(float* pp, const float* qh, int ldq, const float* kh, int ldk,
+                             int T, int S, int D, float scale, float* own) noexcept nogil:
+    # pp (T, S) = Q_h (T, D) @ (scale K_h^T) (D, S): K_h transposed and scaled into own first
+    cdef float* kt = own
+    cdef float* ws = own + (<Py_ssize_t>D * S + 15) // 16 * 16
+    cdef int ps = fm_pgemm_panel_cols(S)
+    cdef Py_ssize_t i
+    fm_transpose_add(kt, S, kh, ldk, S, D, NULL, 0, 0)
+    for i in range(<Py_ssize_t>D * S):
+        kt[i] = kt[i] * scale
+    fm_pgemm_nn(pp, S, qh, ldq, 1, kt, S, D, S, 0, T, 0, (S + ps - 1) // ps, 0, ws)
+
+
+cdef inline void _own_context(float* oh, int ldo, const float* pd, const float* vh, int ldv,
+                              int T, int S, int D, float* own) noexcept nogil:
+    # O_h (T, D) = P (T, S) @ V_h (S, D), V_h read row by row (its slabs copied)
+    cdef int ps = fm_pgemm_panel_cols(S), pdc = fm_pgemm_panel_cols(D)
+    cdef float* ws = own + (<Py_ssize_t>D * S + 15) // 16 * 16 \
+        + (fm_pgemm_ws_size(D, S, (S + ps - 1) // ps) + 15) // 16 * 16
+    fm_pgemm_nn(oh, ldo, pd, S, 1, vh, ldv, S, D, 0, T, 0, (D + pdc - 1) // pdc, 0, ws)
+
+
 cdef extern from "fm_softmax.h":
     float fm_rowmax_f32(const float* p, Py_ssize_t n) noexcept nogil
     double fm_expsum_f32(float* p, Py_ssize_t n, float m) noexcept nogil
@@ -116,20 +164,35 @@ cdef void _attention_forward(floating* out, floating* P,
     cdef floating* scratch = NULL
     cdef floating* pp
     cdef floating* pd
+    cdef float* own_all = NULL
+    cdef float* own = NULL
+    cdef Py_ssize_t own_stride = 0
     if nt > NH:
         nt = <int>NH
     if nt > max_threads:
         nt = max_threads
+    if floating is float and FM_LEVEL >= 1:
+        own_stride = (_own_size(S, D) + 15) // 16 * 16
+        own_all = <float*>fm_malloc(nt * own_stride * sizeof(float))   # NULL: BLAS instead
     with parallel(num_threads=nt):
         # this thread's (T, S) blocks: the scores when P is not kept, the dropped-out probabilities
         scratch = work + threadid() * work_stride
+        own = own_all + threadid() * own_stride if own_all != NULL else NULL
         for bh in prange(NH, schedule='static'):
             n = bh // H
             h = bh % H
             pp = P + bh * TS if P != NULL else scratch
             # scores (T, S) = scale * Q_h (T, D) @ K_h^T (D, S)
-            gemm(False, True, T, S, D, scale, q + n * T * ldq + h * D, ldq,
-                 k + n * S * ldk + h * D, ldk, <floating>0, pp, S)
+            if floating is float:
+                if own != NULL:
+                    _own_scores(pp, q + n * T * ldq + h * D, ldq, k + n * S * ldk + h * D, ldk,
+                                T, S, D, scale, own)
+                else:
+                    gemm(False, True, T, S, D, scale, q + n * T * ldq + h * D, ldq,
+                         k + n * S * ldk + h * D, ldk, <floating>0, pp, S)
+            else:
+                gemm(False, True, T, S, D, scale, q + n * T * ldq + h * D, ldq,
+                     k + n * S * ldk + h * D, ldk, <floating>0, pp, S)
             for t in range(T):
                 _softmax_row(pp + t * S,
                              amask + bh * amask_stride + t * S if amask != NULL else NULL,
@@ -142,8 +205,17 @@ cdef void _attention_forward(floating* out, floating* P,
                     _dropout_row(pd + t * S, pp + t * S, S, seed, <uint64_t>(bh * TS + t * S),
                                  thr, inv_keep)
             # O_h (T, D) = P (T, S) @ V_h (S, D), written into the heads' concatenation
-            gemm(False, False, T, D, S, <floating>1, pd, S, v + n * S * ldv + h * D, ldv,
-                 <floating>0, out + n * T * ldo + h * D, ldo)
+            if floating is float:
+                if own != NULL:
+                    _own_context(out + n * T * ldo + h * D, ldo, pd, v + n * S * ldv + h * D,
+                                 ldv, T, S, D, own)
+                else:
+                    gemm(False, False, T, D, S, <floating>1, pd, S, v + n * S * ldv + h * D,
+                         ldv, <floating>0, out + n * T * ldo + h * D, ldo)
+            else:
+                gemm(False, False, T, D, S, <floating>1, pd, S, v + n * S * ldv + h * D, ldv,
+                     <floating>0, out + n * T * ldo + h * D, ldo)
+    free(own_all)
 
 
 cdef void _attention_backward(floating* dq, floating* dk, floating* dv, const floating* dout,

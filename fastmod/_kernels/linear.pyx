@@ -60,6 +60,10 @@ cdef extern from "fm_pgemm.h":
     void fm_pgemm_rows_raw(float* y, const float* x, const float* w, const float* bp, int n0,
                            int n1, int IN, int OUT, int p0, int p1, int relu,
                            float* ws) noexcept nogil
+    int FM_PG_GELU
+    int fm_pgemm_gelu_ok() noexcept nogil
+
+GELU = 2    # linear_forward's relu= for a GELU epilogue (simd/fm_pgemm.h's FM_PG_GELU)
 
 cdef enum:
     SKINNY_OUT = 16                  # out_features up to this go through the sk_* kernels
@@ -405,12 +409,17 @@ cdef void _linear_forward_t(float* y, float* z, const float* x, const float* w, 
         _forward_t_block(y, z, x, w, b, N, IN, OUT, t, chunk, relu)
 
 
-def linear_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b, bint relu=False,
+def linear_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b, int relu=0,
                    object scratch=None):
     """y (N, OUT) = x (N, IN) @ w.T + b (b may be None); then y = max(y, 0) when relu.
 
     scratch: None, or a float32 array of N * OUT elements for the transposed path (float32,
     32 <= N <= 192, OUT > 16; see forward_scratch_ok); other calls ignore it.
+
+    relu = GELU (inference only: the output before it is not kept) asks for y = GELU(x @ w.T +
+    b) in the GEMM's epilogue, on each block while it is in registers; that happens on the
+    float32 fm_pgemm path at the vector levels, and the return value says whether it did (else
+    y holds x @ w.T + b and the caller applies the GELU). Returns True for relu 0 or 1.
     """
     cdef int N = <int>cnp.PyArray_DIM(x, 0), IN = <int>cnp.PyArray_DIM(x, 1)
     cdef int OUT = <int>cnp.PyArray_DIM(w, 0)
@@ -420,23 +429,35 @@ def linear_forward(cnp.ndarray y, cnp.ndarray x, cnp.ndarray w, object b, bint r
     cdef void* pb = _ptr(b)
     cdef void* pz = _ptr(scratch)
     cdef int rc
+    cdef bint gelu = relu == 2                  # GELU
+    if relu != 0 and relu != 1 and not gelu:
+        raise ValueError(f"linear_forward: relu must be 0, 1 or GELU ({GELU}), got {relu}")
+    if gelu:
+        relu = 0
+        if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32 and fm_pgemm_gelu_ok() and _raw_ok(N, IN, OUT):
+            with nogil:
+                rc = _raw_forward(<float*>py, <float*>px, <float*>pw, <float*>pb, N, IN, OUT,
+                                  FM_PG_GELU)
+            if rc == 0:
+                return True
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
         if _raw_ok(N, IN, OUT):
             with nogil:
                 rc = _raw_forward(<float*>py, <float*>px, <float*>pw, <float*>pb, N, IN, OUT,
                                   relu)
             if rc == 0:
-                return
+                return not gelu
         if pz != NULL and _transposed_ok(N, IN, OUT):
             with nogil:
                 _linear_forward_t(<float*>py, <float*>pz, <float*>px, <float*>pw, <float*>pb,
                                   N, IN, OUT, relu)
-            return
+            return not gelu
         with nogil:
             _linear_forward(<float*>py, <float*>px, <float*>pw, <float*>pb, N, IN, OUT, relu)
     else:
         with nogil:
             _linear_forward(<double*>py, <double*>px, <double*>pw, <double*>pb, N, IN, OUT, relu)
+    return not gelu
 
 
 # The float32 forward on the prepacked GEMM's kernel (simd/fm_pgemm.h) with w read as it is,
@@ -482,7 +503,7 @@ cdef inline void _pg_split(PgSplit* s, int N, int IN, int OUT, int cols_max_n) n
 
 
 cdef inline void _pg_part(const PgSplit* s, int t, float* y, const float* x, const float* wk,
-                          const float* w, const float* bp, int N, int IN, int OUT, bint relu,
+                          const float* w, const float* bp, int N, int IN, int OUT, int relu,
                           float* ws) noexcept nogil:
     # thread t's part: from wk packed once (fm_pgemm_rows), or from w as it is, its slabs
     # packed into ws as they are needed (fm_pgemm_rows_raw)
@@ -497,9 +518,10 @@ cdef inline void _pg_part(const PgSplit* s, int t, float* y, const float* x, con
 
 
 cdef void _pg_forward(const PgSplit* s, float* y, const float* x, const float* wk,
-                      const float* w, const float* bp, int N, int IN, int OUT, bint relu,
+                      const float* w, const float* bp, int N, int IN, int OUT, int relu,
                       float* ws, Py_ssize_t per) noexcept nogil:
-    # y = x @ w.T + bp (then ReLU) over s's threads; ws: per floats a thread (raw w only)
+    # y = x @ w.T + bp (then relu 1: ReLU, FM_PG_GELU: GELU) over s threads; ws: per floats
+    # a thread (raw w only)
     cdef int t
     if s.nt <= 1:
         _pg_part(s, 0, y, x, wk, w, bp, N, IN, OUT, relu, ws)
@@ -509,7 +531,7 @@ cdef void _pg_forward(const PgSplit* s, float* y, const float* x, const float* w
 
 
 cdef int _raw_forward(float* y, const float* x, const float* w, const float* b, int N, int IN,
-                      int OUT, bint relu) noexcept nogil:
+                      int OUT, int relu) noexcept nogil:
     # y = x @ w.T + b (then ReLU) through fm_pgemm with w read as it is: each thread packs the
     # slabs of the column panels it computes, as it needs them (fm_pgemm_rows_raw). 0, or -1
     # when out of memory (nothing written; the caller takes the BLAS path)

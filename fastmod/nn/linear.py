@@ -3,6 +3,7 @@ import threading
 
 import numpy as np
 
+from fastmod._kernels import activations as _ka
 from fastmod._kernels import linear as _k
 from fastmod.nn import init
 from fastmod._validate import boolean, positive_int
@@ -91,6 +92,24 @@ class Linear(Module):
         _k.linear_forward(y, x2, w, b, relu, self._scratch(x2.shape[0], w.dtype))
         self._save(x2, shape)                       # x (N, in) for dW, x's shape for dx
         return y.reshape(shape[:-1] + (self.out_features,))
+
+    def _forward_gelu(self, x):
+        """GELU(x W^T + b) (exact GELU), nothing saved: inference's fusion of a following GELU
+        (TransformerEncoderLayer's feed-forward under no_grad). The GELU runs in the GEMM's
+        epilogue where the kernel can (float32 fm_pgemm path), else in place on the output:
+        no second array, no second pass over it from memory."""
+        w = self.weight.data
+        x = self._check_dtype(x, w.dtype)
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"{self._short_repr()}: expected input of shape (*, {self.in_features}), "
+                             f"got {x.shape}")
+        b = self.bias
+        x2 = x.reshape(-1, self.in_features)
+        y = np.empty((x2.shape[0], self.out_features), w.dtype)
+        if not _k.linear_forward(y, x2, w, None if b is None else b.data, _k.GELU,
+                                 self._scratch(x2.shape[0], w.dtype)):
+            _ka.activation_forward(_ka.KIND["gelu"], y, y)
+        return y.reshape(x.shape[:-1] + (self.out_features,))
 
     def _scratch(self, n, dtype):
         """The float32 forward's (out, N) work array when the kernel takes its transposed path,

@@ -4,7 +4,8 @@ names."""
 import numpy as np
 
 from fastmod._validate import boolean, finite_float, positive_int
-from fastmod.nn.activation import make_activation
+from fastmod._runtime import STATE
+from fastmod.nn.activation import GELU, make_activation
 from fastmod.nn.attention import MultiheadAttention
 from fastmod.nn.linear import Linear
 from fastmod.nn.misc import Dropout
@@ -102,6 +103,12 @@ class TransformerEncoderLayer(Module):
         return self.dropout1(self.self_attn(x, **mask_kw))     # a fresh array: safe to += into
 
     def _ff(self, x):
+        if not STATE.grad_enabled and type(self.activation) is GELU and \
+                self.activation.approximate == "none" and type(self.linear1) is Linear and \
+                not any(m.__dict__.get("_observed") or "forward" in m.__dict__
+                        for m in (self.linear1, self.activation)):
+            # inference: the GELU in linear1's GEMM epilogue (its input is not kept)
+            return self.dropout2(self.linear2(self.dropout(self.linear1._forward_gelu(x))))
         return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
 
     def _ff_backward(self, d):
