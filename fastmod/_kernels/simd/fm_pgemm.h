@@ -118,6 +118,7 @@ FM_ALWAYS_INLINE void fm__pg_block(const int MR, const int NR, float* y, ptrdiff
         }
     }
     ptrdiff_t ko = 0;
+    FM_UNROLL2
     for (k = 0; k < K; k++, wk += ldw, ko += sk) {
         fm_vf wv[FM_IG_MAX_NR];
         FM_UNROLL_ALL
