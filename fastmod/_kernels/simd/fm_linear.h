@@ -58,6 +58,45 @@ static inline void sk_fwd_2x5(float* y, int ldy, const float* x, int ldx, const 
     y[4] = sk_out(fm_vhsum(a14), x1, w4, k, K, b, 4, relu);
 }
 
+#if FM_LEVEL >= 2
+/* forward, 4 rows x 5 outputs (32 registers: 20 accumulators + 4 x + 1 w): each weight vector
+   serves 4 rows, halving the weights' trips from L2 against 2 x 5 (cnn_b32's 4096 -> 10 head
+   streams its 160 KB of weights once per block of rows); the same sums, in the same order, as
+   2 x 5 */
+#  if defined(__GNUC__)
+#    define SK_UNROLL _Pragma("GCC unroll 8")
+#  else
+#    define SK_UNROLL
+#  endif
+static inline void sk_fwd_4x5(float* y, int ldy, const float* x, int ldx, const float* w,
+                              int ldw, const float* b, int K, int relu) {
+    fm_vf a[4][5], v[4], u;
+    int k, r, o;
+    SK_UNROLL
+    for (r = 0; r < 4; r++) {
+        SK_UNROLL
+        for (o = 0; o < 5; o++)
+            a[r][o] = fm_vzero();
+    }
+    for (k = 0; k + FM_W <= K; k += FM_W) {
+        SK_UNROLL
+        for (r = 0; r < 4; r++)
+            v[r] = fm_vload(x + (ptrdiff_t)r * ldx + k);
+        SK_UNROLL
+        for (o = 0; o < 5; o++) {
+            u = fm_vload(w + (ptrdiff_t)o * ldw + k);
+            SK_UNROLL
+            for (r = 0; r < 4; r++)
+                a[r][o] = fm_vfma(v[r], u, a[r][o]);
+        }
+    }
+    for (r = 0; r < 4; r++)
+        for (o = 0; o < 5; o++)
+            y[(ptrdiff_t)r * ldy + o] = sk_out(fm_vhsum(a[r][o]), x + (ptrdiff_t)r * ldx,
+                                               w + (ptrdiff_t)o * ldw, k, K, b, o, relu);
+}
+#endif
+
 /* forward, 1 row x 1 output, two accumulators */
 static inline float sk_fwd_1x1(const float* x, const float* w, const float* b, int o, int K, int relu) {
     fm_vf a = fm_vzero(), c = fm_vzero();
@@ -74,6 +113,18 @@ static inline float sk_fwd_1x1(const float* x, const float* w, const float* b, i
 static void sk_forward_rows(float* y, const float* x, const float* w, const float* b,
                             int IN, int OUT, int r0, int r1, int relu) {
     int r = r0, o, rr;
+#if FM_LEVEL >= 2
+    if (OUT >= 5)
+        for (; r + 4 <= r1; r += 4) {
+            const float* xr = x + (ptrdiff_t)r * IN;
+            float* yr = y + (ptrdiff_t)r * OUT;
+            for (o = 0; o + 5 <= OUT; o += 5)
+                sk_fwd_4x5(yr + o, OUT, xr, IN, w + (ptrdiff_t)o * IN, IN, b ? b + o : 0, IN, relu);
+            for (; o < OUT; o++)            /* as the 2-row blocks do them */
+                for (rr = 0; rr < 4; rr++)
+                    yr[(ptrdiff_t)rr * OUT + o] = sk_fwd_1x1(xr + (ptrdiff_t)rr * IN, w + (ptrdiff_t)o * IN, b, o, IN, relu);
+        }
+#endif
     for (; r + 2 <= r1; r += 2) {
         const float* xr = x + (ptrdiff_t)r * IN;
         float* yr = y + (ptrdiff_t)r * OUT;
