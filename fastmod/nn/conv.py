@@ -434,7 +434,7 @@ def conv_chain_forward(layers, x):
     each thread takes its images through every layer while they are in its cache, and an output
     that only the next layer reads goes straight into that layer's input layout between the
     kernels that can (conv2d_chain_forward; the intermediates live in a per-thread pool, only
-    the result is a fresh array). None when x
+    the result is a fresh array). None when no output can be handed over, or when x
     is not a float32 array the layers accept one after another (the caller then runs them one
     by one, which raises the layer's own error)."""
     if type(x) is not np.ndarray or x.dtype != np.float32:
@@ -457,5 +457,9 @@ def conv_chain_forward(layers, x):
         algo, packed = _k.conv2d_pack_forward(x4, y4, w4, b, SH, SW, PH, PW, DH, DW, 1)
         tuples.append((y4, x4, w4, b, algo, packed, relu, SH, SW, PH, PW, DH, DW, None, None, None))
         cur = y
+    if not any(a[4] in ("small", "igemm") and c[4] == "igemm" for a, c in zip(tuples, tuples[1:])):
+        # no output to hand over: one image at a time only shrinks the Winograd / im2row
+        # blocks (conv1d_b64 at the avx2 level, F(2, 5) twice: 1.03x the layers one by one)
+        return None
     _k.conv2d_chain_forward(tuple(tuples), dead=(True,) * (len(tuples) - 1) + (False,))
     return cur
