@@ -163,9 +163,10 @@ cdef void _table_avx2(Thresholds* t) noexcept nogil:
     # direct dW: 3->32 0.68, 3->64 0.80, 3->24 0.62 (vs im2col), 48->12, 60->12 0.78, 0.85 (vs
     # the implicit GEMM) -- the avx512 level's thresholds
     t.dwd_c, t.dwd_c_oc, t.dwd_oc, t.dwd_oc_c = 12, 64, 24, 64
-    # implicit GEMM forward: cnn.conv2, conv3 0.88, 0.89 (vs im2row), conv1d.1, conv1d.2 1.01,
-    # 1.11 (vs F(2, 5): stride-1 layers stay off), bnres.conv 1.42
-    t.ig_fwd_c, t.ig_fwd_s1 = 16, False
+    # implicit GEMM forward: cnn.conv2, conv3 0.88, 0.89 (vs im2row), bnres.conv 1.42 (Winograd
+    # kept); conv1d.1, conv1d.2 0.88, 0.98 (vs F(2, 5); 1 thread, CPU time, 2026-12-04, after
+    # the kernel's k loop was unrolled by two: 1.01, 1.11 before), so stride-1 layers too
+    t.ig_fwd_c, t.ig_fwd_s1 = 16, True
     # its dW: cnn.conv2, conv3 0.92, 0.74, conv1d 0.92, 0.94, dense.l3 0.80 (vs Winograd's dW),
     # bnres.conv 1.22 (Winograd's dW kept from 32 output channels)
     t.ig_dw_c, t.ig_dw_wino_oc = 16, 32
