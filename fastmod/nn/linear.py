@@ -75,10 +75,7 @@ class Linear(Module):
         stays with the caller."""
         relu = activation_flag(activation, self)
         w = self.weight.data
-        x = self._check_dtype(x, w.dtype)
-        if x.ndim == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"{self._short_repr()}: expected input of shape (*, {self.in_features}), "
-                             f"got {x.shape}")
+        x = self._check_input(x, w)
         b = self.bias
         b = None if b is None else b.data
         shape = x.shape
@@ -93,16 +90,21 @@ class Linear(Module):
         self._save(x2, shape)                       # x (N, in) for dW, x's shape for dx
         return y.reshape(shape[:-1] + (self.out_features,))
 
+    def _check_input(self, x, w):
+        """x as an array of w's dtype, of shape (*, in_features) (else ValueError)."""
+        x = self._check_dtype(x, w.dtype)
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"{self._short_repr()}: expected input of shape (*, {self.in_features}), "
+                             f"got {x.shape}")
+        return x
+
     def _forward_gelu(self, x):
         """GELU(x W^T + b) (exact GELU), nothing saved: inference's fusion of a following GELU
         (TransformerEncoderLayer's feed-forward under no_grad). The GELU runs in the GEMM's
         epilogue where the kernel can (float32 fm_pgemm path), else in place on the output:
         no second array, no second pass over it from memory."""
         w = self.weight.data
-        x = self._check_dtype(x, w.dtype)
-        if x.ndim == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"{self._short_repr()}: expected input of shape (*, {self.in_features}), "
-                             f"got {x.shape}")
+        x = self._check_input(x, w)
         b = self.bias
         x2 = x.reshape(-1, self.in_features)
         y = np.empty((x2.shape[0], self.out_features), w.dtype)
